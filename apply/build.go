@@ -1,0 +1,141 @@
+package apply
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"peerup/blobstore"
+	"peerup/manifest"
+)
+
+// builder creates a tree entry by entry, in manifest order. A directory's
+// own mode, owner and mtime are set when the walk leaves it, so that a
+// read-only directory can still be filled and its mtime is not disturbed by
+// its children.
+type builder struct {
+	root  string
+	batch *blobstore.Batch
+	open  []*manifest.Entry // directories being filled, outermost first
+}
+
+func (b *builder) path(rel string) string {
+	if rel == "." {
+		return b.root
+	}
+	return filepath.Join(b.root, filepath.FromSlash(rel))
+}
+
+func (b *builder) closeDirsUntil(parent string) error {
+	for len(b.open) > 0 {
+		top := b.open[len(b.open)-1]
+		if top.Path == parent {
+			return nil
+		}
+		if err := b.finishDir(top); err != nil {
+			return err
+		}
+		b.open = b.open[:len(b.open)-1]
+	}
+	return nil
+}
+
+func (b *builder) finishDir(e *manifest.Entry) error {
+	if err := blobstore.SetMeta(b.path(e.Path), blobstore.MetaOf(e)); err != nil {
+		return fmt.Errorf("build %s: %w", e.Path, err)
+	}
+	return nil
+}
+
+func (b *builder) add(e *manifest.Entry) error {
+	if e.Path != "." {
+		if err := b.closeDirsUntil(manifest.Parent(e.Path)); err != nil {
+			return err
+		}
+	}
+	p := b.path(e.Path)
+	var err error
+	switch e.Type {
+	case manifest.TypeDir:
+		if e.Path != "." {
+			err = os.Mkdir(p, 0o700)
+		}
+		if err == nil {
+			b.open = append(b.open, e)
+		}
+	case manifest.TypeFile:
+		err = b.linkFile(p, e)
+	case manifest.TypeSymlink:
+		err = os.Symlink(e.Target, p)
+		if err == nil {
+			err = os.Lchown(p, int(e.UID), int(e.GID))
+		}
+		if err == nil {
+			err = blobstore.FixMtime(p)
+		}
+	case manifest.TypeFifo, manifest.TypeChar, manifest.TypeBlock:
+		mode := uint32(unix.S_IFIFO)
+		if e.Type == manifest.TypeChar {
+			mode = unix.S_IFCHR
+		} else if e.Type == manifest.TypeBlock {
+			mode = unix.S_IFBLK
+		}
+		err = unix.Mknod(p, mode|0o600, int(unix.Mkdev(e.Major, e.Minor)))
+		if err == nil {
+			err = blobstore.SetMeta(p, blobstore.MetaOf(e))
+		}
+	default:
+		err = fmt.Errorf("unknown type %v", e.Type)
+	}
+	if err != nil {
+		return fmt.Errorf("build %s (%s): %w", e.Path, e.Type, err)
+	}
+	return nil
+}
+
+// linkFile hard-links the store's inode for the entry into the tree, or
+// copies it where the filesystem refuses a link: across filesystems (EXDEV),
+// at the link-count limit (EMLINK), or where protected_hardlinks says no
+// (EPERM).
+func (b *builder) linkFile(p string, e *manifest.Entry) error {
+	src, err := b.batch.LinkFile(e.SHA256, blobstore.MetaOf(e))
+	if err != nil {
+		return err
+	}
+	err = os.Link(src, p)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EXDEV) && !errors.Is(err, unix.EMLINK) && !errors.Is(err, unix.EPERM) {
+		return err
+	}
+	return copyFile(src, p, e)
+}
+
+func copyFile(src, dst string, e *manifest.Entry) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = blobstore.SetMeta(dst, blobstore.MetaOf(e))
+	}
+	return err
+}
+
+func (b *builder) finish() error {
+	return b.closeDirsUntil("\x00") // a path no directory has: close them all
+}

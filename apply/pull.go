@@ -1,0 +1,315 @@
+package apply
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"peerup/blobstore"
+	"peerup/manifest"
+)
+
+// Source is where a pull gets a version from: a peer, a server or a static
+// repo. Every Source is untrusted; Pull checks what it returns.
+type Source interface {
+	Index(ctx context.Context) (*blobstore.Index, error)
+	Manifest(ctx context.Context, image string, v uint64) (m, sig []byte, err error)
+	FetchObject(ctx context.Context, b *blobstore.Batch, d manifest.Digest, size int64) error
+	String() string
+}
+
+// PullOptions say what to pull.
+type PullOptions struct {
+	Image   string // "" means the sysroot's image, or the source's only one
+	Version uint64 // 0 means the newest the source offers
+	Trust   *manifest.Keyring
+	// Parallel is how many objects are fetched at once (default 4).
+	Parallel int
+	// Progress, if set, is called as objects arrive with the bytes fetched
+	// so far and the bytes to fetch in all.
+	Progress func(done, total int64)
+}
+
+// PullResult reports what a pull did.
+type PullResult struct {
+	Image          string `json:"image"`
+	Version        uint64 `json:"version"`
+	AlreadyStaged  bool   `json:"already_staged"`
+	Signer         string `json:"signer"`
+	FetchedObjects int    `json:"fetched_objects"`
+	FetchedBytes   int64  `json:"fetched_bytes"`
+	ReusedObjects  int    `json:"reused_objects"` // already held locally
+	ReusedBytes    int64  `json:"reused_bytes"`
+}
+
+// Pull fetches a signed version from src and stages its tree. It checks the
+// signature and the version rule before fetching any object, every object's
+// hash before keeping it, and changes nothing visible unless all of it
+// succeeds.
+func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullResult, error) {
+	if o.Trust == nil {
+		return nil, errors.New("pull: no trusted keys")
+	}
+	unlock, err := s.Lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := s.cleanup(); err != nil {
+		return nil, err
+	}
+	st, err := s.Status()
+	if err != nil {
+		return nil, err
+	}
+	image, v, err := s.choose(ctx, src, st, o)
+	if err != nil {
+		return nil, err
+	}
+	res := &PullResult{Image: image, Version: v}
+	if st.Staged == v {
+		res.AlreadyStaged = true
+		return res, nil
+	}
+	mb, sig, err := src.Manifest(ctx, image, v)
+	if err != nil {
+		return nil, fmt.Errorf("pull: %w", err)
+	}
+	if res.Signer, err = o.Trust.Verify(bytes.NewReader(mb), sig); err != nil {
+		return nil, fmt.Errorf("pull %s v%d from %s: manifest: %w", image, v, src, err)
+	}
+	h, err := s.checkHeader(mb, image, v, st)
+	if err != nil {
+		return nil, fmt.Errorf("pull from %s: %w", src, err)
+	}
+	if s.haveTree(image, v, mb) {
+		// The tree is still on disk (say, previous after a rollback) and was
+		// built from these very bytes: point staged at it again.
+		if err := s.setLink(LinkStaged, v); err != nil {
+			return nil, err
+		}
+		return res, blobstore.FsyncDir(s.dir)
+	}
+	b, err := s.repo.Begin()
+	if err != nil {
+		return nil, err
+	}
+	defer b.Abort()
+	if err := s.fetchMissing(ctx, src, b, mb, o, res); err != nil {
+		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
+	}
+	if err := s.stage(ctx, b, mb, h, sig); err != nil {
+		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
+	}
+	return res, nil
+}
+
+// choose picks the image and version to pull and applies the version rule
+// to what the source's index claims (the signed manifest is checked again).
+func (s *Sysroot) choose(ctx context.Context, src Source, st Status, o PullOptions) (string, uint64, error) {
+	ix, err := src.Index(ctx)
+	if err != nil {
+		return "", 0, fmt.Errorf("pull: %w", err)
+	}
+	image := o.Image
+	if image == "" {
+		image = st.Image
+	}
+	if image == "" {
+		imgs := ix.Images()
+		if len(imgs) != 1 {
+			return "", 0, fmt.Errorf("pull: %s offers images %v; choose one with --image", src, imgs)
+		}
+		image = imgs[0]
+	}
+	if st.Image != "" && image != st.Image {
+		return "", 0, fmt.Errorf("pull: this sysroot runs image %q, not %q", st.Image, image)
+	}
+	var e blobstore.IndexEntry
+	var ok bool
+	if o.Version != 0 {
+		e, ok = ix.Find(image, o.Version)
+		if !ok {
+			return "", 0, fmt.Errorf("pull: %s does not offer %s version %d", src, image, o.Version)
+		}
+	} else if e, ok = ix.Latest(image); !ok {
+		return "", 0, fmt.Errorf("pull: %s offers no version of %s", src, image)
+	}
+	if e.Version <= st.Current {
+		if o.Version == 0 {
+			return "", 0, fmt.Errorf("%s offers %s version %d at most: %w", src, image, e.Version, ErrUpToDate)
+		}
+		return "", 0, fmt.Errorf("pull: %s version %d is %w (%d)", image, e.Version, ErrNotNewer, st.Current)
+	}
+	return image, e.Version, nil
+}
+
+// checkHeader applies the rules to what the signature vouches for: the
+// signed image and version must be the ones asked for (no mix-and-match) and
+// newer than current (no rollback).
+func (s *Sysroot) checkHeader(mb []byte, image string, v uint64, st Status) (*manifest.Header, error) {
+	r, err := manifest.NewReader(bytes.NewReader(mb))
+	if err != nil {
+		return nil, fmt.Errorf("manifest %s v%d: %w", image, v, err)
+	}
+	h := r.Header()
+	if h.Image != image || h.Version != v {
+		return nil, fmt.Errorf("manifest offered as %s v%d is signed as %s v%d", image, v, h.Image, h.Version)
+	}
+	if h.Version <= st.Current {
+		return nil, fmt.Errorf("manifest %s v%d is %w (%d)", image, v, ErrNotNewer, st.Current)
+	}
+	return &h, nil
+}
+
+// haveTree reports whether version v's tree exists, built from manifest mb.
+func (s *Sysroot) haveTree(image string, v uint64, mb []byte) bool {
+	if _, err := os.Lstat(s.TreePath(v)); err != nil {
+		return false
+	}
+	old, _, err := s.repo.ReadVersion(image, v)
+	return err == nil && bytes.Equal(old, mb)
+}
+
+type need struct {
+	path string
+	d    manifest.Digest
+	size int64
+}
+
+// fetchMissing fetches, in parallel, every object the manifest names that
+// the node holds neither as an object nor in this batch.
+func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Batch, mb []byte, o PullOptions, res *PullResult) error {
+	r, err := manifest.NewReader(bytes.NewReader(mb))
+	if err != nil {
+		return err
+	}
+	var needs []need
+	queued := map[manifest.Digest]bool{}
+	var total int64
+	for {
+		e, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if e.Type != manifest.TypeFile {
+			continue
+		}
+		switch {
+		case queued[e.SHA256]:
+		case b.Has(e.SHA256):
+			res.ReusedObjects++
+			res.ReusedBytes += e.Size
+		default:
+			queued[e.SHA256] = true
+			needs = append(needs, need{e.Path, e.SHA256, e.Size})
+			total += e.Size
+		}
+		queued[e.SHA256] = true
+	}
+	par := o.Parallel
+	if par <= 0 {
+		par = 4
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var done atomic.Int64
+	var wg sync.WaitGroup
+	jobs := make(chan need)
+	for range par {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range jobs {
+				if err := src.FetchObject(ctx, b, n.d, n.size); err != nil {
+					cancel(fmt.Errorf("fetch %s: %w", n.path, err))
+					continue
+				}
+				d := done.Add(n.size)
+				if o.Progress != nil {
+					o.Progress(d, total)
+				}
+			}
+		}()
+	}
+feed:
+	for _, n := range needs {
+		select {
+		case jobs <- n:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil {
+		return err
+	}
+	res.FetchedObjects, res.FetchedBytes = len(needs), total
+	return nil
+}
+
+// stage builds the tree under a temporary name, makes it and the new objects
+// durable with the batch's one syncfs, renames it into place, records the
+// version in the node's repo and points the staged link at it.
+func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *manifest.Header, sig []byte) error {
+	trees := filepath.Join(s.dir, treesDir)
+	tmp, err := os.MkdirTemp(trees, tmpPrefix+strconv.FormatUint(h.Version, 10)+"-")
+	if err != nil {
+		return fmt.Errorf("build tree: %w", err)
+	}
+	defer removeTree(tmp) // no-op once renamed
+	r, err := manifest.NewReader(bytes.NewReader(mb))
+	if err != nil {
+		return err
+	}
+	bld := &builder{root: tmp, batch: b}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		e, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if err := bld.add(e); err != nil {
+			return err
+		}
+	}
+	if err := bld.finish(); err != nil {
+		return err
+	}
+	if err := b.Commit(); err != nil {
+		return err
+	}
+	final := s.TreePath(h.Version)
+	if err := removeTree(final); err != nil { // an orphan from an interrupted pull
+		return err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return fmt.Errorf("build tree: %w", err)
+	}
+	if err := blobstore.FsyncDir(trees); err != nil {
+		return err
+	}
+	if _, err := s.repo.AddVersion(h, mb, sig); err != nil {
+		return err
+	}
+	if err := s.setLink(LinkStaged, h.Version); err != nil {
+		return err
+	}
+	return blobstore.FsyncDir(s.dir)
+}

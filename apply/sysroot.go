@@ -1,0 +1,293 @@
+package apply
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"peerup/blobstore"
+)
+
+// Names inside a sysroot (SPEC.md §6).
+const (
+	LinkCurrent  = "current"
+	LinkPrevious = "previous"
+	LinkStaged   = "staged"
+	treesDir     = "trees"
+	stateDir     = "peerup"
+	tmpPrefix    = ".tmp-"
+)
+
+// Errors a caller can test for with errors.Is.
+var (
+	ErrNotNewer      = errors.New("not newer than the current version")
+	ErrNothingStaged = errors.New("no staged version")
+	ErrNoPrevious    = errors.New("no previous version to roll back to")
+	ErrUpToDate      = errors.New("already up to date")
+)
+
+// Sysroot is a directory holding image trees and the links between them.
+type Sysroot struct {
+	dir  string
+	repo *blobstore.Repo
+}
+
+// Open opens (creating if needed) the sysroot at dir.
+func Open(dir string) (*Sysroot, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(abs, treesDir), 0o755); err != nil {
+		return nil, fmt.Errorf("open sysroot: %w", err)
+	}
+	repo, err := blobstore.OpenRepo(filepath.Join(abs, stateDir, "repo"))
+	if err != nil {
+		return nil, fmt.Errorf("open sysroot: %w", err)
+	}
+	return &Sysroot{dir: abs, repo: repo}, nil
+}
+
+// Dir is the sysroot's path.
+func (s *Sysroot) Dir() string { return s.dir }
+
+// Repo is the node's own repo: what it holds and serves to its neighbours.
+func (s *Sysroot) Repo() *blobstore.Repo { return s.repo }
+
+// StateDir is where the node keeps its own state (store, daemon database).
+func (s *Sysroot) StateDir() string { return filepath.Join(s.dir, stateDir) }
+
+// Lock takes the sysroot's exclusive lock, failing at once if another peerup
+// process holds it.
+func (s *Sysroot) Lock() (func(), error) {
+	unlock, err := blobstore.LockFile(filepath.Join(s.dir, stateDir, "lock"))
+	if err != nil {
+		return nil, fmt.Errorf("sysroot %w", err)
+	}
+	return unlock, nil
+}
+
+// TreePath is where version v's tree lives.
+func (s *Sysroot) TreePath(v uint64) string {
+	return filepath.Join(s.dir, treesDir, strconv.FormatUint(v, 10))
+}
+
+// Status says which versions the links point at; 0 means no link.
+type Status struct {
+	Image    string
+	Current  uint64
+	Previous uint64
+	Staged   uint64
+}
+
+// readLink returns the version a link names, or 0 if there is no link.
+func (s *Sysroot) readLink(name string) (uint64, error) {
+	t, err := os.Readlink(filepath.Join(s.dir, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read %s link: %w", name, err)
+	}
+	rest, ok := strings.CutPrefix(t, treesDir+"/")
+	v, err := strconv.ParseUint(rest, 10, 64)
+	if !ok || err != nil || v == 0 {
+		return 0, fmt.Errorf("%s link points at %q, not %s/<version>", name, t, treesDir)
+	}
+	return v, nil
+}
+
+// Status reads the links.
+func (s *Sysroot) Status() (Status, error) {
+	var st Status
+	var err error
+	if st.Current, err = s.readLink(LinkCurrent); err != nil {
+		return st, err
+	}
+	if st.Previous, err = s.readLink(LinkPrevious); err != nil {
+		return st, err
+	}
+	if st.Staged, err = s.readLink(LinkStaged); err != nil {
+		return st, err
+	}
+	if st.Staged != 0 && st.Staged <= st.Current {
+		// A crash after a switch but before the staged link was removed.
+		st.Staged = 0
+	}
+	st.Image, err = s.image()
+	return st, err
+}
+
+// image is the image the node tracks: the one its repo holds versions of.
+func (s *Sysroot) image() (string, error) {
+	ix, err := s.repo.ReadIndex()
+	if err != nil {
+		return "", err
+	}
+	imgs := ix.Images()
+	switch len(imgs) {
+	case 0:
+		return "", nil
+	case 1:
+		return imgs[0], nil
+	}
+	return "", fmt.Errorf("sysroot %s holds several images (%s); one sysroot tracks one image", s.dir, strings.Join(imgs, ", "))
+}
+
+// setLink points name at version v's tree, atomically: a new symlink under a
+// temporary name renamed over the old one.
+func (s *Sysroot) setLink(name string, v uint64) error {
+	tmp := filepath.Join(s.dir, "."+name+".tmp")
+	os.Remove(tmp)
+	if err := os.Symlink(treesDir+"/"+strconv.FormatUint(v, 10), tmp); err != nil {
+		return fmt.Errorf("set %s link: %w", name, err)
+	}
+	if err := os.Rename(tmp, filepath.Join(s.dir, name)); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("set %s link: %w", name, err)
+	}
+	return nil
+}
+
+func (s *Sysroot) removeLink(name string) error {
+	err := os.Remove(filepath.Join(s.dir, name))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %s link: %w", name, err)
+	}
+	return nil
+}
+
+// cleanup removes what an interrupted peerup left: half-built trees, link
+// temporaries and staging. The caller holds the lock.
+func (s *Sysroot) cleanup() error {
+	ents, err := os.ReadDir(filepath.Join(s.dir, treesDir))
+	if err != nil {
+		return fmt.Errorf("cleanup: %w", err)
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), tmpPrefix) {
+			if err := removeTree(filepath.Join(s.dir, treesDir, e.Name())); err != nil {
+				return fmt.Errorf("cleanup: %w", err)
+			}
+		}
+	}
+	for _, n := range []string{LinkCurrent, LinkPrevious, LinkStaged} {
+		os.Remove(filepath.Join(s.dir, "."+n+".tmp"))
+	}
+	return s.repo.CleanStaging()
+}
+
+// removeTree deletes a built tree, first making its directories writable
+// (a tree may hold 0555 directories).
+func removeTree(dir string) error {
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			os.Chmod(p, 0o700)
+		}
+		return nil
+	})
+	return os.RemoveAll(dir)
+}
+
+// pruneTrees removes trees that no link names any more. Their files stay in
+// the store until gc.
+func (s *Sysroot) pruneTrees() error {
+	st, err := s.Status()
+	if err != nil {
+		return err
+	}
+	keep := map[string]bool{}
+	for _, v := range []uint64{st.Current, st.Previous, st.Staged} {
+		if v != 0 {
+			keep[strconv.FormatUint(v, 10)] = true
+		}
+	}
+	ents, err := os.ReadDir(filepath.Join(s.dir, treesDir))
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if !keep[e.Name()] && !strings.HasPrefix(e.Name(), tmpPrefix) {
+			if err := removeTree(filepath.Join(s.dir, treesDir, e.Name())); err != nil {
+				return fmt.Errorf("remove old tree %s: %w", e.Name(), err)
+			}
+		}
+	}
+	return nil
+}
+
+// Apply switches current to the staged tree and keeps the old current as
+// previous. If want is not 0 the staged version must be want.
+func (s *Sysroot) Apply(want uint64) (from, to uint64, err error) {
+	unlock, err := s.Lock()
+	if err != nil {
+		return 0, 0, err
+	}
+	defer unlock()
+	if err := s.cleanup(); err != nil {
+		return 0, 0, err
+	}
+	st, err := s.Status()
+	if err != nil {
+		return 0, 0, err
+	}
+	if st.Staged == 0 {
+		return 0, 0, fmt.Errorf("apply: %w (run peerup pull first)", ErrNothingStaged)
+	}
+	if want != 0 && st.Staged != want {
+		return 0, 0, fmt.Errorf("apply: version %d is not staged (staged: %d)", want, st.Staged)
+	}
+	// previous first: a crash between the two renames leaves current and
+	// previous both on the old tree, which still boots.
+	if st.Current != 0 {
+		if err := s.setLink(LinkPrevious, st.Current); err != nil {
+			return 0, 0, err
+		}
+	}
+	if err := s.setLink(LinkCurrent, st.Staged); err != nil {
+		return 0, 0, err
+	}
+	if err := s.removeLink(LinkStaged); err != nil {
+		return 0, 0, err
+	}
+	if err := blobstore.FsyncDir(s.dir); err != nil {
+		return 0, 0, err
+	}
+	return st.Current, st.Staged, s.pruneTrees()
+}
+
+// Rollback swaps current and previous: the explicit exception to the rule
+// that versions only rise.
+func (s *Sysroot) Rollback() (from, to uint64, err error) {
+	unlock, err := s.Lock()
+	if err != nil {
+		return 0, 0, err
+	}
+	defer unlock()
+	st, err := s.Status()
+	if err != nil {
+		return 0, 0, err
+	}
+	if st.Previous == 0 || st.Previous == st.Current {
+		return 0, 0, fmt.Errorf("rollback: %w", ErrNoPrevious)
+	}
+	if _, err := os.Stat(s.TreePath(st.Previous)); err != nil {
+		return 0, 0, fmt.Errorf("rollback: previous tree: %w", err)
+	}
+	// current first, so the user's choice takes effect even if power fails
+	// before previous is updated.
+	if err := s.setLink(LinkCurrent, st.Previous); err != nil {
+		return 0, 0, err
+	}
+	if err := s.setLink(LinkPrevious, st.Current); err != nil {
+		return 0, 0, err
+	}
+	if err := blobstore.FsyncDir(s.dir); err != nil {
+		return 0, 0, err
+	}
+	return st.Current, st.Previous, nil
+}

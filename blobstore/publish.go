@@ -1,0 +1,191 @@
+package blobstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"peerup/manifest"
+)
+
+// PublishOptions say what version to make of a tree.
+type PublishOptions struct {
+	Image   string
+	Version uint64 // 0 means one above the newest the repo holds
+	Label   string
+	Created time.Time // zero means now
+	Signer  *manifest.Signer
+	// Progress, if set, is called with bytes hashed so far and the total.
+	Progress func(done, total int64)
+}
+
+// Published describes a new version.
+type Published struct {
+	Header     manifest.Header
+	Manifest   Digest
+	NewObjects int   // objects the repo did not hold before
+	NewBytes   int64 // their size
+}
+
+// Publish makes a signed version of the tree at dir: it stores every file's
+// bytes as objects, writes and signs the manifest, and lists it in the index
+// last, so that peers never see a version whose objects are missing.
+func (r *Repo) Publish(ctx context.Context, dir string, o PublishOptions) (*Published, error) {
+	if err := manifest.ValidImage(o.Image); err != nil {
+		return nil, err
+	}
+	if o.Signer == nil {
+		return nil, errors.New("publish: no signing key")
+	}
+	unlock, err := r.Lock()
+	if err != nil {
+		return nil, fmt.Errorf("publish: repo %w", err)
+	}
+	defer unlock()
+	if err := r.CleanStaging(); err != nil {
+		return nil, err
+	}
+	ix, err := r.ReadIndex()
+	if err != nil {
+		return nil, err
+	}
+	latest, have := ix.Latest(o.Image)
+	v := o.Version
+	switch {
+	case v == 0:
+		v = latest.Version + 1
+	case have && v <= latest.Version:
+		return nil, fmt.Errorf("publish: version %d is not newer than %s's newest, %d (versions must rise)", v, o.Image, latest.Version)
+	}
+	entries, err := manifest.Scan(ctx, dir)
+	if err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	b, err := r.Begin()
+	if err != nil {
+		return nil, err
+	}
+	defer b.Abort()
+	pub := &Published{}
+	if err := r.storeFiles(ctx, b, dir, entries, o.Progress, pub); err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	created := o.Created
+	if created.IsZero() {
+		created = time.Now()
+	}
+	m := &manifest.Manifest{
+		Header:  manifest.Header{Format: manifest.FormatVersion, Image: o.Image, Version: v, Label: o.Label, Created: created.UTC().Truncate(time.Second)},
+		Entries: entries,
+	}
+	mb, err := m.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	var sig bytes.Buffer
+	if err := o.Signer.Sign(&sig, bytes.NewReader(mb)); err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	if err := b.Commit(); err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	ie, err := r.AddVersion(&m.Header, mb, sig.Bytes())
+	if err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	manifest.Totals(&m.Header, entries)
+	pub.Header, pub.Manifest = m.Header, ie.Manifest
+	return pub, nil
+}
+
+// storeFiles hashes every file on all cores and stores the ones the repo
+// lacks. A file is hashed first and copied only if new; the copy is hashed
+// again, so a file that changes under us cannot be stored under a stale name.
+func (r *Repo) storeFiles(ctx context.Context, b *Batch, dir string, entries []manifest.Entry, progress func(int64, int64), pub *Published) error {
+	var total int64
+	var idx []int
+	for i := range entries {
+		if entries[i].Type == manifest.TypeFile {
+			idx = append(idx, i)
+			total += entries[i].Size
+		}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	jobs := make(chan int)
+	var done atomic.Int64
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for w := 0; w < runtime.NumCPU(); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				e := &entries[i]
+				isNew, err := r.storeFile(ctx, b, filepath.Join(dir, e.Path), e)
+				if err != nil {
+					cancel(fmt.Errorf("%s: %w", e.Path, err))
+					continue
+				}
+				if isNew {
+					mu.Lock()
+					pub.NewObjects++
+					pub.NewBytes += e.Size
+					mu.Unlock()
+				}
+				if progress != nil {
+					progress(done.Add(e.Size), total)
+				}
+			}
+		}()
+	}
+feed:
+	for _, i := range idx {
+		select {
+		case jobs <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	return context.Cause(ctx)
+}
+
+func (r *Repo) storeFile(ctx context.Context, b *Batch, path string, e *manifest.Entry) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	buf := copyBufs.Get().(*[]byte)
+	n, err := io.CopyBuffer(h, ctxReader{ctx, f}, *buf)
+	copyBufs.Put(buf)
+	if err != nil {
+		return false, err
+	}
+	if n != e.Size {
+		return false, fmt.Errorf("changed while publishing (size %d, then %d)", e.Size, n)
+	}
+	h.Sum(e.SHA256[:0])
+	if b.Has(e.SHA256) {
+		return false, nil
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return false, err
+	}
+	if err := b.Put(ctx, e.SHA256, e.Size, f); err != nil {
+		return false, fmt.Errorf("changed while publishing: %w", err)
+	}
+	return true, nil
+}

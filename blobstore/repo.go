@@ -1,0 +1,339 @@
+package blobstore
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"peerup/manifest"
+)
+
+// Limits on the files a repo serves besides objects.
+const (
+	MaxIndex    = 1 << 20
+	indexMagic  = "peerup-index 1"
+	markerFile  = "peerup-repo"
+	markerMagic = "peerup-repo 1\n"
+)
+
+// ErrBusy is returned when another peerup process holds a repo's lock.
+var ErrBusy = errors.New("busy: another peerup process is working on it")
+
+// Repo is a store plus signed manifests and an index: a folder of static
+// files that any web server can serve (SPEC.md §5).
+type Repo struct {
+	*Store
+	dir string
+}
+
+// OpenRepo opens the repo at dir, creating an empty one if dir is new.
+func OpenRepo(dir string) (*Repo, error) {
+	marker := filepath.Join(dir, markerFile)
+	b, err := os.ReadFile(marker)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("create repo: %w", err)
+		}
+		if err := WriteAtomic(marker, []byte(markerMagic)); err != nil {
+			return nil, fmt.Errorf("create repo: %w", err)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("open repo: %w", err)
+	case string(b) != markerMagic:
+		return nil, fmt.Errorf("open repo %s: %s says %.30q, want %q", dir, markerFile, b, markerMagic)
+	}
+	s, err := Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "images"), 0o755); err != nil {
+		return nil, fmt.Errorf("open repo: %w", err)
+	}
+	return &Repo{Store: s, dir: dir}, nil
+}
+
+// Dir is the repo's folder.
+func (r *Repo) Dir() string { return r.dir }
+
+// Lock takes the repo's exclusive lock without waiting; release it with the
+// returned function. Every writer holds it.
+func (r *Repo) Lock() (func(), error) {
+	return LockFile(filepath.Join(r.dir, "lock"))
+}
+
+// LockFile takes an exclusive flock on path, failing at once if it is held.
+func LockFile(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s: %w", filepath.Dir(path), ErrBusy)
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// ManifestPath is where version v of image lives, relative to the repo.
+func ManifestPath(image string, v uint64) string {
+	return "images/" + image + "/" + strconv.FormatUint(v, 10) + ".manifest"
+}
+
+// SignaturePath is the detached signature beside ManifestPath.
+func SignaturePath(image string, v uint64) string { return ManifestPath(image, v) + ".sig" }
+
+// ObjectURLPath is an object's path relative to the repo.
+func ObjectURLPath(d Digest) string {
+	h := d.String()
+	return "objects/" + h[:2] + "/" + h
+}
+
+// IndexEntry is one published version.
+type IndexEntry struct {
+	Image    string
+	Version  uint64
+	Manifest Digest // SHA-256 of the manifest file
+}
+
+// Index lists the versions a repo holds. It is a hint for choosing what to
+// fetch; only the signed manifests are trusted.
+type Index struct {
+	Entries []IndexEntry // sorted by image, then version
+}
+
+// Latest returns the newest version of image.
+func (ix *Index) Latest(image string) (IndexEntry, bool) {
+	var best IndexEntry
+	ok := false
+	for _, e := range ix.Entries {
+		if e.Image == image && (!ok || e.Version > best.Version) {
+			best, ok = e, true
+		}
+	}
+	return best, ok
+}
+
+// Find returns the entry for image at version v.
+func (ix *Index) Find(image string, v uint64) (IndexEntry, bool) {
+	for _, e := range ix.Entries {
+		if e.Image == image && e.Version == v {
+			return e, true
+		}
+	}
+	return IndexEntry{}, false
+}
+
+// Images lists the image ids in the index.
+func (ix *Index) Images() []string {
+	var out []string
+	for _, e := range ix.Entries {
+		if len(out) == 0 || out[len(out)-1] != e.Image {
+			out = append(out, e.Image)
+		}
+	}
+	return out
+}
+
+// Set adds or replaces an entry, keeping the order.
+func (ix *Index) Set(e IndexEntry) {
+	for i := range ix.Entries {
+		if ix.Entries[i].Image == e.Image && ix.Entries[i].Version == e.Version {
+			ix.Entries[i] = e
+			return
+		}
+	}
+	ix.Entries = append(ix.Entries, e)
+	sort.Slice(ix.Entries, func(i, j int) bool {
+		a, b := ix.Entries[i], ix.Entries[j]
+		if a.Image != b.Image {
+			return a.Image < b.Image
+		}
+		return a.Version < b.Version
+	})
+}
+
+// Remove drops image at version v.
+func (ix *Index) Remove(image string, v uint64) {
+	out := ix.Entries[:0]
+	for _, e := range ix.Entries {
+		if e.Image != image || e.Version != v {
+			out = append(out, e)
+		}
+	}
+	ix.Entries = out
+}
+
+// Marshal encodes the index.
+func (ix *Index) Marshal() []byte {
+	var b bytes.Buffer
+	b.WriteString(indexMagic + "\n")
+	for _, e := range ix.Entries {
+		fmt.Fprintf(&b, "%s %d %s\n", e.Image, e.Version, e.Manifest)
+	}
+	return b.Bytes()
+}
+
+// ErrIndex is wrapped by every error about a malformed index.
+var ErrIndex = errors.New("malformed repo index")
+
+// ParseIndex reads an index strictly.
+func ParseIndex(b []byte) (*Index, error) {
+	if len(b) > MaxIndex {
+		return nil, fmt.Errorf("%w: larger than %d bytes", ErrIndex, MaxIndex)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 0, 4096), 4096)
+	if !sc.Scan() || sc.Text() != indexMagic {
+		return nil, fmt.Errorf("%w: first line is not %q", ErrIndex, indexMagic)
+	}
+	ix := &Index{}
+	line := 1
+	for sc.Scan() {
+		line++
+		f := strings.Split(sc.Text(), " ")
+		if len(f) != 3 {
+			return nil, fmt.Errorf("%w: line %d: want IMAGE VERSION SHA256", ErrIndex, line)
+		}
+		if err := manifest.ValidImage(f[0]); err != nil {
+			return nil, fmt.Errorf("%w: line %d: %w", ErrIndex, line, err)
+		}
+		v, err := strconv.ParseUint(f[1], 10, 64)
+		if err != nil || v == 0 || strconv.FormatUint(v, 10) != f[1] {
+			return nil, fmt.Errorf("%w: line %d: bad version %q", ErrIndex, line, f[1])
+		}
+		d, err := manifest.ParseDigest(f[2])
+		if err != nil {
+			return nil, fmt.Errorf("%w: line %d: %w", ErrIndex, line, err)
+		}
+		e := IndexEntry{Image: f[0], Version: v, Manifest: d}
+		if n := len(ix.Entries); n > 0 {
+			p := ix.Entries[n-1]
+			if p.Image > e.Image || p.Image == e.Image && p.Version >= e.Version {
+				return nil, fmt.Errorf("%w: line %d: not sorted", ErrIndex, line)
+			}
+		}
+		ix.Entries = append(ix.Entries, e)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrIndex, err)
+	}
+	if len(b) > 0 && b[len(b)-1] != '\n' {
+		return nil, fmt.Errorf("%w: truncated (no final newline)", ErrIndex)
+	}
+	return ix, nil
+}
+
+// ReadIndex reads the repo's index; a repo with nothing published has an
+// empty one.
+func (r *Repo) ReadIndex() (*Index, error) {
+	b, err := os.ReadFile(filepath.Join(r.dir, "index"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return &Index{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read index: %w", err)
+	}
+	return ParseIndex(b)
+}
+
+// WriteIndex replaces the index atomically and durably.
+func (r *Repo) WriteIndex(ix *Index) error {
+	if err := WriteAtomic(filepath.Join(r.dir, "index"), ix.Marshal()); err != nil {
+		return fmt.Errorf("write index: %w", err)
+	}
+	return nil
+}
+
+// AddVersion stores a verified manifest and its signature and lists it in the
+// index. The caller must have committed every object the manifest names, so
+// that a peer who reads the index finds everything in place.
+func (r *Repo) AddVersion(h *manifest.Header, manifestBytes, sig []byte) (IndexEntry, error) {
+	e := IndexEntry{Image: h.Image, Version: h.Version, Manifest: digestOf(manifestBytes)}
+	mp := filepath.Join(r.dir, ManifestPath(h.Image, h.Version))
+	if err := os.MkdirAll(filepath.Dir(mp), 0o755); err != nil {
+		return e, fmt.Errorf("add version: %w", err)
+	}
+	if err := WriteAtomic(mp, manifestBytes); err != nil {
+		return e, fmt.Errorf("add version: %w", err)
+	}
+	if err := WriteAtomic(mp+".sig", sig); err != nil {
+		return e, fmt.Errorf("add version: %w", err)
+	}
+	ix, err := r.ReadIndex()
+	if err != nil {
+		return e, err
+	}
+	ix.Set(e)
+	return e, r.WriteIndex(ix)
+}
+
+// ReadVersion returns the stored manifest and signature bytes of a version.
+func (r *Repo) ReadVersion(image string, v uint64) (m, sig []byte, err error) {
+	m, err = os.ReadFile(filepath.Join(r.dir, ManifestPath(image, v)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("read manifest %s v%d: %w", image, v, err)
+	}
+	sig, err = os.ReadFile(filepath.Join(r.dir, SignaturePath(image, v)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("read signature %s v%d: %w", image, v, err)
+	}
+	return m, sig, nil
+}
+
+// RemoveVersion unlists a version and deletes its manifest (gc).
+func (r *Repo) RemoveVersion(image string, v uint64) error {
+	ix, err := r.ReadIndex()
+	if err != nil {
+		return err
+	}
+	ix.Remove(image, v)
+	if err := r.WriteIndex(ix); err != nil {
+		return err
+	}
+	os.Remove(filepath.Join(r.dir, SignaturePath(image, v)))
+	os.Remove(filepath.Join(r.dir, ManifestPath(image, v)))
+	return nil
+}
+
+func digestOf(b []byte) Digest { return Digest(sha256.Sum256(b)) }
+
+// WriteAtomic replaces path with data durably: temp file, fsync, rename,
+// fsync of the directory. For the few small files outside batches.
+func WriteAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return err
+	}
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Chmod(0o644)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return FsyncDir(filepath.Dir(path))
+}

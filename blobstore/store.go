@@ -1,0 +1,474 @@
+package blobstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"peerup/manifest"
+)
+
+// Digest names an object: the SHA-256 of its bytes.
+type Digest = manifest.Digest
+
+// Errors a caller can test for with errors.Is.
+var (
+	ErrNotFound = errors.New("object not in store")
+	ErrMismatch = errors.New("content does not match its declared hash")
+	ErrTooLong  = errors.New("more bytes than declared")
+	ErrTooShort = errors.New("fewer bytes than declared")
+)
+
+// Store is a content-addressed object store rooted at a directory.
+type Store struct {
+	root string
+}
+
+// Open opens (creating if needed) the store at root.
+func Open(root string) (*Store, error) {
+	for _, d := range []string{"objects", "files", "staging"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+	}
+	return &Store{root: root}, nil
+}
+
+// Root is the store's directory.
+func (s *Store) Root() string { return s.root }
+
+func fanout(dir string, d Digest) string {
+	h := d.String()
+	return filepath.Join(dir, h[:2], h)
+}
+
+// Path is where the object d lives once committed.
+func (s *Store) Path(d Digest) string { return fanout(filepath.Join(s.root, "objects"), d) }
+
+func (s *Store) filePath(id Digest) string { return fanout(filepath.Join(s.root, "files"), id) }
+
+// Has reports whether the object d is committed in the store.
+func (s *Store) Has(d Digest) bool {
+	_, err := os.Lstat(s.Path(d))
+	return err == nil
+}
+
+// Open opens the object d for reading.
+func (s *Store) Open(d Digest) (*os.File, error) {
+	f, err := os.Open(s.Path(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("object %s: %w", d, ErrNotFound)
+	}
+	return f, err
+}
+
+// CleanStaging removes what interrupted batches left behind. Only the holder
+// of the store's lock may call it.
+func (s *Store) CleanStaging() error {
+	dir := filepath.Join(s.root, "staging")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("clean staging: %w", err)
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("clean staging: %w", err)
+		}
+	}
+	return nil
+}
+
+// Meta is the metadata a file carries in a built tree.
+type Meta struct {
+	Mode   uint32 // permission bits, 07777
+	UID    uint32
+	GID    uint32
+	Xattrs []manifest.Xattr
+}
+
+// MetaOf returns the metadata of a manifest entry.
+func MetaOf(e *manifest.Entry) Meta {
+	return Meta{Mode: e.Mode, UID: e.UID, GID: e.GID, Xattrs: e.Xattrs}
+}
+
+// FileID names the inode holding object d with metadata m (SPEC.md §4). Two
+// entries share an inode in built trees exactly when their FileIDs match.
+func FileID(d Digest, m Meta) Digest {
+	h := sha256.New()
+	fmt.Fprintf(h, "peerup-file-v1\x00%s\x00%o\x00%d\x00%d\x00", d, m.Mode, m.UID, m.GID)
+	for _, x := range m.Xattrs {
+		fmt.Fprintf(h, "%d:%s%d:", len(x.Name), x.Name, len(x.Value))
+		h.Write(x.Value)
+	}
+	var id Digest
+	h.Sum(id[:0])
+	return id
+}
+
+// Batch stages new objects and files, and makes them durable and visible
+// together on Commit. A Batch is safe for concurrent use.
+type Batch struct {
+	s   *Store
+	dir string
+
+	linkMu  sync.Mutex // serialises LinkFile, which checks then creates
+	mu      sync.Mutex
+	objects map[Digest]bool // staged objects
+	files   map[Digest]bool // staged files
+	done    bool
+}
+
+// Begin starts a batch.
+func (s *Store) Begin() (*Batch, error) {
+	dir, err := os.MkdirTemp(filepath.Join(s.root, "staging"), "batch-")
+	if err != nil {
+		return nil, fmt.Errorf("begin batch: %w", err)
+	}
+	return &Batch{s: s, dir: dir, objects: map[Digest]bool{}, files: map[Digest]bool{}}, nil
+}
+
+func (b *Batch) stagedObject(d Digest) string { return filepath.Join(b.dir, "o-"+d.String()) }
+func (b *Batch) stagedFile(id Digest) string  { return filepath.Join(b.dir, "f-"+id.String()) }
+
+// Has reports whether object d is committed or staged in this batch.
+func (b *Batch) Has(d Digest) bool {
+	b.mu.Lock()
+	staged := b.objects[d]
+	b.mu.Unlock()
+	return staged || b.s.Has(d)
+}
+
+// ObjectPath returns where object d can be read now: staged or committed.
+func (b *Batch) ObjectPath(d Digest) (string, error) {
+	b.mu.Lock()
+	staged := b.objects[d]
+	b.mu.Unlock()
+	if staged {
+		return b.stagedObject(d), nil
+	}
+	p := b.s.Path(d)
+	if _, err := os.Lstat(p); err != nil {
+		return "", fmt.Errorf("object %s: %w", d, ErrNotFound)
+	}
+	return p, nil
+}
+
+// Put streams an object whose hash and size are known in advance (from a
+// signed manifest) into the batch. It hashes while writing and refuses to
+// read past size bytes, so a peer that sends too much is cut off. On any
+// error nothing is left behind.
+func (b *Batch) Put(ctx context.Context, want Digest, size int64, r io.Reader) error {
+	if b.Has(want) {
+		return nil
+	}
+	got, n, tmp, err := b.write(ctx, io.LimitReader(r, size+1), size+1)
+	if err != nil {
+		return err
+	}
+	switch {
+	case n > size:
+		err = fmt.Errorf("object %s: %w (%d)", want, ErrTooLong, size)
+	case n < size:
+		err = fmt.Errorf("object %s: %w: got %d of %d", want, ErrTooShort, n, size)
+	case got != want:
+		err = fmt.Errorf("object %s: %w: got %s", want, ErrMismatch, got)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return b.adopt(tmp, got)
+}
+
+// Add streams an object of unknown hash (a publisher reading a tree) into the
+// batch and returns its digest and size.
+func (b *Batch) Add(ctx context.Context, r io.Reader) (Digest, int64, error) {
+	got, n, tmp, err := b.write(ctx, r, -1)
+	if err != nil {
+		return got, n, err
+	}
+	if b.Has(got) {
+		os.Remove(tmp)
+		return got, n, nil
+	}
+	return got, n, b.adopt(tmp, got)
+}
+
+// PutFile copies a file of known hash (a peer's object or a decoded patch
+// written elsewhere) into the batch, with the same checks as Put.
+func (b *Batch) PutFile(ctx context.Context, want Digest, size int64, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return b.Put(ctx, want, size, f)
+}
+
+// ctxReader stops a copy when its context ends, between reads.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+func (b *Batch) write(ctx context.Context, r io.Reader, limit int64) (Digest, int64, string, error) {
+	var d Digest
+	f, err := os.CreateTemp(b.dir, "tmp-")
+	if err != nil {
+		return d, 0, "", fmt.Errorf("stage object: %w", err)
+	}
+	h := sha256.New()
+	buf := copyBufs.Get().(*[]byte)
+	n, err := io.CopyBuffer(io.MultiWriter(f, h), ctxReader{ctx, r}, *buf)
+	copyBufs.Put(buf)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return d, n, "", fmt.Errorf("stage object: %w", err)
+	}
+	h.Sum(d[:0])
+	return d, n, f.Name(), nil
+}
+
+func (b *Batch) adopt(tmp string, d Digest) error {
+	dst := b.stagedObject(d)
+	// Objects are read-only: nothing should ever write through a name that
+	// promises a hash.
+	if err := os.Chmod(tmp, 0o444); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("stage object: %w", err)
+	}
+	b.mu.Lock()
+	b.objects[d] = true
+	b.mu.Unlock()
+	return nil
+}
+
+// LinkFile returns the path of an inode holding object d with metadata m,
+// ready to be hard-linked into a tree. It reuses a committed file, else the
+// object's own inode when no other metadata has claimed it, else a copy.
+func (b *Batch) LinkFile(d Digest, m Meta) (string, error) {
+	b.linkMu.Lock()
+	defer b.linkMu.Unlock()
+	id := FileID(d, m)
+	if p := b.s.filePath(id); exists(p) {
+		return p, nil
+	}
+	b.mu.Lock()
+	staged := b.files[id]
+	b.mu.Unlock()
+	if staged {
+		return b.stagedFile(id), nil
+	}
+	src, err := b.ObjectPath(d)
+	if err != nil {
+		return "", err
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(src, &st); err != nil {
+		return "", fmt.Errorf("object %s: %w", d, err)
+	}
+	dst := b.stagedFile(id)
+	if st.Nlink == 1 {
+		// Nothing else links the object yet: give it this metadata and let
+		// the tree share the object's inode, so the bytes are stored once.
+		if err := SetMeta(src, m); err != nil {
+			return "", fmt.Errorf("object %s: %w", d, err)
+		}
+		err = os.Link(src, dst)
+	} else {
+		err = copyWithMeta(src, dst, m)
+	}
+	if err != nil {
+		return "", fmt.Errorf("file for object %s: %w", d, err)
+	}
+	b.mu.Lock()
+	b.files[id] = true
+	b.mu.Unlock()
+	return dst, nil
+}
+
+func copyWithMeta(src, dst string, m Meta) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp := dst + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = SetMeta(tmp, m)
+	}
+	if err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
+}
+
+// SetMeta gives an entry the owner, mode, xattrs and fixed mtime it has in a
+// built tree.
+func SetMeta(path string, m Meta) error {
+	// chown first: it clears setuid and setgid bits.
+	if err := os.Lchown(path, int(m.UID), int(m.GID)); err != nil {
+		return fmt.Errorf("set owner %d:%d: %w (building files owned by others needs root)", m.UID, m.GID, err)
+	}
+	if err := unix.Chmod(path, m.Mode); err != nil {
+		return fmt.Errorf("set mode %04o: %w", m.Mode, err)
+	}
+	for _, x := range m.Xattrs {
+		if err := unix.Lsetxattr(path, x.Name, x.Value, 0); err != nil {
+			return fmt.Errorf("set xattr %s: %w", x.Name, err)
+		}
+	}
+	return FixMtime(path)
+}
+
+// FixMtime sets the fixed mtime every built entry carries (the epoch, as
+// OSTree does): hard links share one inode, so no tree may have its own.
+func FixMtime(path string) error {
+	ts := []unix.Timespec{{Sec: 0}, {Sec: 0}}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("set mtime: %w", err)
+	}
+	return nil
+}
+
+func exists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
+}
+
+// Syncfs flushes the whole filesystem holding path: one call instead of an
+// fsync per file, which on flash is the difference between seconds and
+// minutes (OSTree PR #49).
+func Syncfs(path string) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("syncfs %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Syncfs(fd); err != nil {
+		return fmt.Errorf("syncfs %s: %w", path, err)
+	}
+	return nil
+}
+
+// FsyncDir makes renames and links inside dir durable.
+func FsyncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Commit makes every staged object and file durable, then visible under its
+// name. Callers that wrote other data beside the batch (a tree linking to
+// staged files) rely on Commit's syncfs covering it too.
+func (b *Batch) Commit() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done {
+		return errors.New("batch already finished")
+	}
+	if err := Syncfs(b.s.root); err != nil {
+		return err
+	}
+	dirs := map[string]bool{}
+	move := func(src, dst string) error {
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		if exists(dst) {
+			// Same name, same verified content: keep the one in place.
+			return os.Remove(src)
+		}
+		dirs[filepath.Dir(dst)] = true
+		return os.Rename(src, dst)
+	}
+	for d := range b.objects {
+		if err := move(b.stagedObject(d), b.s.Path(d)); err != nil {
+			return fmt.Errorf("commit object %s: %w", d, err)
+		}
+	}
+	for id := range b.files {
+		if err := move(b.stagedFile(id), b.s.filePath(id)); err != nil {
+			return fmt.Errorf("commit file %s: %w", id, err)
+		}
+	}
+	for d := range dirs {
+		if err := FsyncDir(d); err != nil {
+			return err
+		}
+	}
+	b.done = true
+	os.RemoveAll(b.dir)
+	return nil
+}
+
+// Abort drops everything staged. It is safe to call after Commit.
+func (b *Batch) Abort() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done {
+		return
+	}
+	b.done = true
+	os.RemoveAll(b.dir)
+}
+
+// Objects lists every committed object, for gc and verify.
+func (s *Store) Objects() ([]Digest, error) {
+	var out []Digest
+	err := filepath.WalkDir(filepath.Join(s.root, "objects"), func(p string, de fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if de.IsDir() {
+			return nil
+		}
+		if d, err := manifest.ParseDigest(de.Name()); err == nil && !strings.HasPrefix(de.Name(), ".") {
+			out = append(out, d)
+		}
+		return nil
+	})
+	return out, err
+}

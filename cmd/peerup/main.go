@@ -1,0 +1,71 @@
+// Command peerup publishes, serves, fetches and applies OS image versions.
+// It only parses flags and wires the packages together; see SPEC.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// defaultListen is where serve and the daemon listen unless told otherwise
+// (SPEC.md §5).
+const defaultListen = ":7380"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRoot().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "peerup: %v\n", err)
+		if errors.Is(err, context.Canceled) {
+			os.Exit(130)
+		}
+		os.Exit(1)
+	}
+}
+
+// app carries what every verb shares.
+type app struct {
+	verbose bool
+	log     *slog.Logger
+}
+
+func newRoot() *cobra.Command {
+	a := &app{log: slog.New(slog.DiscardHandler)}
+	root := &cobra.Command{
+		Use:   "peerup",
+		Short: "Peer-to-peer OS updates for laptop fleets",
+		Long: `peerup publishes signed OS image versions, serves them over HTTP, and
+updates a sysroot to a new version by building a hard-linked tree beside the
+running one and switching to it atomically. The previous tree is kept for
+rollback.`,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		PersistentPreRun: func(cmd *cobra.Command, args []string) {
+			level := slog.LevelWarn
+			if a.verbose {
+				level = slog.LevelDebug
+			}
+			a.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+		},
+	}
+	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log what peerup does")
+	root.AddCommand(
+		a.newKeygenCmd(),
+		a.newPublishCmd(),
+		a.newServeCmd(),
+		a.newPullCmd(),
+		a.newApplyCmd(),
+		a.newUpdateCmd(),
+		a.newStatusCmd(),
+		a.newRollbackCmd(),
+	)
+	return root
+}

@@ -1,0 +1,418 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"peerup/apply"
+	"peerup/blobstore"
+	"peerup/manifest"
+	"peerup/transfer"
+)
+
+// progress returns a byte progress callback that draws a bar on a terminal
+// and does nothing otherwise, and a function that clears the bar.
+func progress(desc string) (func(done, total int64), func()) {
+	if !term.IsTerminal(int(os.Stderr.Fd())) {
+		return nil, func() {}
+	}
+	var bar *progressbar.ProgressBar
+	return func(done, total int64) {
+			if bar == nil {
+				bar = progressbar.NewOptions64(total,
+					progressbar.OptionSetDescription(desc),
+					progressbar.OptionSetWriter(os.Stderr),
+					progressbar.OptionShowBytes(true),
+					progressbar.OptionThrottle(100*time.Millisecond),
+					progressbar.OptionClearOnFinish())
+			}
+			bar.Set64(done)
+		}, func() {
+			if bar != nil {
+				bar.Finish()
+			}
+		}
+}
+
+func (a *app) newKeygenCmd() *cobra.Command {
+	var name, out string
+	cmd := &cobra.Command{
+		Use:   "keygen --name NAME --out DIR",
+		Short: "Make a fleet signing key",
+		Long: `Writes DIR/NAME.key (the secret key, mode 0600; keep it on the build
+server only) and DIR/NAME.pub (the public key, armored; install it on every
+laptop and pass it with --trust). The key is ed25519 in the form GnuPG 2.2
+accepts, so gpg can check peerup's signatures.`,
+		Example: "  peerup keygen --name fleet --out /etc/peerup/keys",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, err := manifest.GenerateKey(name)
+			if err != nil {
+				return err
+			}
+			if err := os.MkdirAll(out, 0o755); err != nil {
+				return err
+			}
+			sec, pub, err := manifest.WriteKeyPair(e, out, name)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("secret key: %s\npublic key: %s\nfingerprint: %s\n", sec, pub, manifest.NewSigner(e).Fingerprint())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "fleet", "key name (file names and user id)")
+	cmd.Flags().StringVar(&out, "out", ".", "directory to write the key files to")
+	return cmd
+}
+
+func (a *app) newPublishCmd() *cobra.Command {
+	var repoDir, image, key, label string
+	var version uint64
+	cmd := &cobra.Command{
+		Use:   "publish --repo REPO --image ID --key KEYFILE [--label TEXT] [--version N] TREE",
+		Short: "Publish a tree as a new signed image version",
+		Long: `Stores every file of TREE in REPO by its SHA-256, writes a manifest listing
+every path with its type, mode, owner, size and hash, signs it with KEYFILE,
+and lists the version in REPO's index. The version is one above the newest in
+REPO unless --version gives a higher one. REPO is created if it does not exist
+and can be served by 'peerup serve' or any static web server.`,
+		Example: "  peerup publish --repo /srv/peerup --image school-laptop --key fleet.key --label 'Spring term' /build/rootfs",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			signer, err := manifest.LoadSigner(key)
+			if err != nil {
+				return err
+			}
+			repo, err := blobstore.OpenRepo(repoDir)
+			if err != nil {
+				return err
+			}
+			prog, clear := progress("hashing")
+			pub, err := repo.Publish(cmd.Context(), args[0], blobstore.PublishOptions{
+				Image: image, Version: version, Label: label, Signer: signer, Progress: prog,
+			})
+			clear()
+			if err != nil {
+				return err
+			}
+			h := pub.Header
+			fmt.Printf("published %s version %d: %d entries, %d files, %s; %d new objects (%s)\n",
+				h.Image, h.Version, h.Entries, h.Files, human(int64(h.Bytes)), pub.NewObjects, human(pub.NewBytes))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&repoDir, "repo", "", "repository directory (required)")
+	f.StringVar(&image, "image", "", "image id, e.g. school-laptop (required)")
+	f.StringVar(&key, "key", "", "secret signing key file (required)")
+	f.StringVar(&label, "label", "", "free-text label shown to users")
+	f.Uint64Var(&version, "version", 0, "version number (default: the next one)")
+	for _, n := range []string{"repo", "image", "key"} {
+		cmd.MarkFlagRequired(n)
+	}
+	return cmd
+}
+
+func (a *app) newServeCmd() *cobra.Command {
+	var repoDir, sysroot, listen string
+	cmd := &cobra.Command{
+		Use:   "serve (--repo REPO | --sysroot DIR) [--listen ADDR]",
+		Short: "Serve a repo over HTTP",
+		Long: `Serves the repo's index, signed manifests and objects over HTTP, with Range
+support so cut transfers resume. With --sysroot it serves what a node holds,
+so laptops can fetch from each other. Only the repo's own paths are served.`,
+		Example: "  peerup serve --repo /srv/peerup --listen :7380",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := repoDir
+			if sysroot != "" {
+				s, err := apply.Open(sysroot)
+				if err != nil {
+					return err
+				}
+				dir = s.Repo().Dir()
+			}
+			if dir == "" {
+				return errors.New("give --repo or --sysroot")
+			}
+			if _, err := blobstore.OpenRepo(dir); err != nil {
+				return err
+			}
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return err
+			}
+			srv := transfer.NewServer(listen, transfer.NewHandler(dir, a.log))
+			fmt.Printf("serving %s on http://%s/\n", dir, ln.Addr())
+			go func() {
+				<-cmd.Context().Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				srv.Shutdown(ctx)
+			}()
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&repoDir, "repo", "", "repository directory")
+	cmd.Flags().StringVar(&sysroot, "sysroot", "", "serve this node's own repo instead")
+	cmd.Flags().StringVar(&listen, "listen", defaultListen, "address to listen on")
+	return cmd
+}
+
+// pullFlags are shared by pull and update.
+type pullFlags struct {
+	sysroot, from, image string
+	trust                []string
+	version              uint64
+	json                 bool
+}
+
+func (p *pullFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&p.sysroot, "sysroot", "", "sysroot directory (required)")
+	f.StringSliceVar(&p.trust, "trust", nil, "trusted public key file; repeat for several (required)")
+	f.StringVar(&p.from, "from", "", "repo URL, e.g. http://server:7380/ (required)")
+	f.StringVar(&p.image, "image", "", "image id (default: the sysroot's, or the repo's only one)")
+	f.Uint64Var(&p.version, "version", 0, "version to fetch (default: the newest)")
+	f.BoolVar(&p.json, "json", false, "print the result as JSON")
+	for _, n := range []string{"sysroot", "trust", "from"} {
+		cmd.MarkFlagRequired(n)
+	}
+}
+
+func (p *pullFlags) pull(ctx context.Context) (*apply.Sysroot, *apply.PullResult, error) {
+	kr, err := manifest.LoadKeyring(p.trust...)
+	if err != nil {
+		return nil, nil, err
+	}
+	src, err := transfer.NewClient(p.from, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := apply.Open(p.sysroot)
+	if err != nil {
+		return nil, nil, err
+	}
+	prog, clear := progress("fetching")
+	res, err := s.Pull(ctx, src, apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog})
+	clear()
+	return s, res, err
+}
+
+func (a *app) newPullCmd() *cobra.Command {
+	var p pullFlags
+	cmd := &cobra.Command{
+		Use:   "pull --sysroot DIR --trust PUBFILE... --from URL [--version N]",
+		Short: "Fetch a version and stage its tree, without switching",
+		Long: `Fetches the newest (or the given) version's signed manifest from URL, checks
+its signature against the trusted keys and that it is newer than the current
+version, fetches only the objects the node lacks, checks each one's hash, and
+builds the version's tree beside the running one. 'peerup apply' switches to
+it. Nothing changes unless everything checks out.`,
+		Example: "  peerup pull --sysroot /sysroot --trust /etc/peerup/fleet.pub --from http://school-server:7380/",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, res, err := p.pull(cmd.Context())
+			if errors.Is(err, apply.ErrUpToDate) {
+				fmt.Println(err)
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if p.json {
+				return printJSON(res)
+			}
+			if res.AlreadyStaged {
+				fmt.Printf("%s version %d is already staged\n", res.Image, res.Version)
+				return nil
+			}
+			fmt.Printf("staged %s version %d: fetched %d objects (%s), reused %d already held (%s)\n",
+				res.Image, res.Version, res.FetchedObjects, human(res.FetchedBytes), res.ReusedObjects, human(res.ReusedBytes))
+			return nil
+		},
+	}
+	p.register(cmd)
+	return cmd
+}
+
+func (a *app) newApplyCmd() *cobra.Command {
+	var sysroot string
+	var version uint64
+	cmd := &cobra.Command{
+		Use:   "apply --sysroot DIR [--version N]",
+		Short: "Switch to the staged version",
+		Long: `Makes the staged tree current and keeps the old current as previous. Each
+link is replaced with an atomic rename, so a power cut leaves either the old
+or the new version current, never neither.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := apply.Open(sysroot)
+			if err != nil {
+				return err
+			}
+			from, to, err := s.Apply(version)
+			if err != nil {
+				return err
+			}
+			fmt.Println(switchLine(from, to))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&sysroot, "sysroot", "", "sysroot directory (required)")
+	cmd.Flags().Uint64Var(&version, "version", 0, "apply only if this version is the staged one")
+	cmd.MarkFlagRequired("sysroot")
+	return cmd
+}
+
+func switchLine(from, to uint64) string {
+	if from == 0 {
+		return fmt.Sprintf("current is now version %d", to)
+	}
+	return fmt.Sprintf("current is now version %d (previous: %d)", to, from)
+}
+
+func (a *app) newUpdateCmd() *cobra.Command {
+	var p pullFlags
+	cmd := &cobra.Command{
+		Use:   "update --sysroot DIR --trust PUBFILE... --from URL [--version N]",
+		Short: "Pull a version, then switch to it",
+		Long:  `Does 'peerup pull' and then 'peerup apply'. Without --version it takes the newest.`,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, res, err := p.pull(cmd.Context())
+			if errors.Is(err, apply.ErrUpToDate) {
+				fmt.Println(err)
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			from, to, err := s.Apply(res.Version)
+			if err != nil {
+				return err
+			}
+			if p.json {
+				return printJSON(struct {
+					*apply.PullResult
+					Previous uint64 `json:"previous"`
+				}{res, from})
+			}
+			fmt.Printf("fetched %d objects (%s), reused %d; %s\n", res.FetchedObjects, human(res.FetchedBytes), res.ReusedObjects, switchLine(from, to))
+			return nil
+		},
+	}
+	p.register(cmd)
+	return cmd
+}
+
+func (a *app) newStatusCmd() *cobra.Command {
+	var sysroot string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status --sysroot DIR [--json]",
+		Short: "Show the current, previous and staged versions",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := apply.Open(sysroot)
+			if err != nil {
+				return err
+			}
+			st, err := s.Status()
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(statusJSON(st))
+			}
+			show := func(v uint64) string {
+				if v == 0 {
+					return "none"
+				}
+				return fmt.Sprint(v)
+			}
+			img := st.Image
+			if img == "" {
+				img = "none yet"
+			}
+			fmt.Printf("image:    %s\ncurrent:  %s\nprevious: %s\nstaged:   %s\n", img, show(st.Current), show(st.Previous), show(st.Staged))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&sysroot, "sysroot", "", "sysroot directory (required)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.MarkFlagRequired("sysroot")
+	return cmd
+}
+
+// statusJSON spells absent versions as null.
+func statusJSON(st apply.Status) map[string]any {
+	v := func(n uint64) any {
+		if n == 0 {
+			return nil
+		}
+		return n
+	}
+	var img any
+	if st.Image != "" {
+		img = st.Image
+	}
+	return map[string]any{"image": img, "current": v(st.Current), "previous": v(st.Previous), "staged": v(st.Staged)}
+}
+
+func (a *app) newRollbackCmd() *cobra.Command {
+	var sysroot string
+	cmd := &cobra.Command{
+		Use:   "rollback --sysroot DIR",
+		Short: "Swap current and previous",
+		Long:  `Makes the previous tree current again, and the current one previous, so a second rollback undoes the first.`,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := apply.Open(sysroot)
+			if err != nil {
+				return err
+			}
+			from, to, err := s.Rollback()
+			if err != nil {
+				return err
+			}
+			fmt.Printf("rolled back: current is now version %d (previous: %d)\n", to, from)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&sysroot, "sysroot", "", "sysroot directory (required)")
+	cmd.MarkFlagRequired("sysroot")
+	return cmd
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func human(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}

@@ -1,0 +1,142 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"peerup/blobstore"
+	"peerup/manifest"
+)
+
+// ErrPeer is wrapped by errors that blame the peer (bad status, bad data),
+// as opposed to local failures.
+var ErrPeer = errors.New("peer error")
+
+// Client fetches from one repo URL.
+type Client struct {
+	base *url.URL
+	http *http.Client
+}
+
+// NewClient returns a client for the repo at base (http:// or https://).
+func NewClient(base string, hc *http.Client) (*Client, error) {
+	u, err := url.Parse(base)
+	if err != nil {
+		return nil, fmt.Errorf("repo URL %q: %w", base, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("repo URL %q: want http:// or https://", base)
+	}
+	if !strings.HasSuffix(u.Path, "/") {
+		u.Path += "/"
+	}
+	if hc == nil {
+		hc = DefaultHTTPClient()
+	}
+	return &Client{base: u, http: hc}, nil
+}
+
+// DefaultHTTPClient has timeouts for each phase of a request but none for the
+// whole body: a large object on a slow link may take long, and the caller's
+// context bounds it.
+func DefaultHTTPClient() *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			ResponseHeaderTimeout: 30 * time.Second,
+			MaxIdleConnsPerHost:   8,
+			IdleConnTimeout:       60 * time.Second,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return errors.New("repo redirects are not followed")
+		},
+	}
+}
+
+// String is the repo URL.
+func (c *Client) String() string { return c.base.String() }
+
+func (c *Client) get(ctx context.Context, rel string) (*http.Response, error) {
+	u := c.base.JoinPath(rel)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", u, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("%w: GET %s: %s", ErrPeer, u, resp.Status)
+	}
+	return resp, nil
+}
+
+// getSmall reads a whole small file, refusing more than limit bytes.
+func (c *Client) getSmall(ctx context.Context, rel string, limit int64) ([]byte, error) {
+	resp, err := c.get(ctx, rel)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", c.base.JoinPath(rel), err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrPeer, c.base.JoinPath(rel), limit)
+	}
+	return b, nil
+}
+
+// Index fetches the repo's index of versions.
+func (c *Client) Index(ctx context.Context) (*blobstore.Index, error) {
+	b, err := c.getSmall(ctx, "index", blobstore.MaxIndex)
+	if err != nil {
+		return nil, err
+	}
+	ix, err := blobstore.ParseIndex(b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrPeer, c.base, err)
+	}
+	return ix, nil
+}
+
+// Manifest fetches a version's manifest and signature, unverified.
+func (c *Client) Manifest(ctx context.Context, image string, v uint64) (m, sig []byte, err error) {
+	if m, err = c.getSmall(ctx, blobstore.ManifestPath(image, v), manifest.MaxSize); err != nil {
+		return nil, nil, err
+	}
+	if sig, err = c.getSmall(ctx, blobstore.SignaturePath(image, v), manifest.MaxSignature); err != nil {
+		return nil, nil, err
+	}
+	return m, sig, nil
+}
+
+// FetchObject streams object d of the given size into the batch, which checks
+// the size and hash; a peer that sends more than size bytes is cut off.
+func (c *Client) FetchObject(ctx context.Context, b *blobstore.Batch, d manifest.Digest, size int64) error {
+	resp, err := c.get(ctx, blobstore.ObjectURLPath(d))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.ContentLength > size {
+		return fmt.Errorf("%w: object %s: peer offers %d bytes, manifest says %d", ErrPeer, d, resp.ContentLength, size)
+	}
+	if err := b.Put(ctx, d, size, resp.Body); err != nil {
+		if errors.Is(err, blobstore.ErrMismatch) || errors.Is(err, blobstore.ErrTooLong) || errors.Is(err, blobstore.ErrTooShort) {
+			return fmt.Errorf("%w: from %s: %w", ErrPeer, c.base, err)
+		}
+		return err
+	}
+	return nil
+}

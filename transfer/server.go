@@ -1,0 +1,74 @@
+package transfer
+
+import (
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"time"
+)
+
+// servable matches the only paths a repo serves (SPEC.md §5). Anything else,
+// including every traversal attempt, is 404 before the filesystem is touched.
+var servable = regexp.MustCompile(`^/(?:peerup-repo|index|objects/[0-9a-f]{2}/[0-9a-f]{64}|images/[a-z0-9][a-z0-9._-]{0,62}/[1-9][0-9]{0,19}\.manifest(?:\.sig)?)$`)
+
+// Handler serves the repo in dir.
+type Handler struct {
+	dir string
+	log *slog.Logger
+}
+
+// NewHandler returns a handler serving the repo at dir.
+func NewHandler(dir string, log *slog.Logger) *Handler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Handler{dir: dir, log: log}
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	p := r.URL.Path
+	if !servable.MatchString(p) {
+		http.NotFound(w, r)
+		return
+	}
+	f, err := os.Open(filepath.Join(h.dir, filepath.FromSlash(p[1:])))
+	if err != nil {
+		http.NotFound(w, r)
+		return
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		http.NotFound(w, r)
+		return
+	}
+	if p == "/index" {
+		// The index changes as versions are published; everything else is
+		// immutable once it exists under its name.
+		w.Header().Set("Cache-Control", "no-cache")
+	} else {
+		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	// ServeContent answers Range requests, so a cut transfer resumes.
+	http.ServeContent(w, r, "", time.Time{}, f)
+}
+
+// NewServer wraps a handler with timeouts that keep slow or idle clients from
+// holding connections forever.
+func NewServer(addr string, h http.Handler) *http.Server {
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+}
