@@ -1,7 +1,6 @@
 package blobstore
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"errors"
@@ -195,16 +194,17 @@ func ParseIndex(b []byte) (*Index, error) {
 	if len(b) > MaxIndex {
 		return nil, fmt.Errorf("%w: larger than %d bytes", ErrIndex, MaxIndex)
 	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 0, 4096), 4096)
-	if !sc.Scan() || sc.Text() != indexMagic {
+	if len(b) == 0 || b[len(b)-1] != '\n' {
+		return nil, fmt.Errorf("%w: empty or truncated (no final newline)", ErrIndex)
+	}
+	lines := strings.Split(string(b[:len(b)-1]), "\n")
+	if lines[0] != indexMagic {
 		return nil, fmt.Errorf("%w: first line is not %q", ErrIndex, indexMagic)
 	}
 	ix := &Index{}
-	line := 1
-	for sc.Scan() {
-		line++
-		f := strings.Split(sc.Text(), " ")
+	for n, text := range lines[1:] {
+		line := n + 2
+		f := strings.Split(text, " ")
 		if len(f) != 3 {
 			return nil, fmt.Errorf("%w: line %d: want IMAGE VERSION SHA256", ErrIndex, line)
 		}
@@ -227,12 +227,6 @@ func ParseIndex(b []byte) (*Index, error) {
 			}
 		}
 		ix.Entries = append(ix.Entries, e)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrIndex, err)
-	}
-	if len(b) > 0 && b[len(b)-1] != '\n' {
-		return nil, fmt.Errorf("%w: truncated (no final newline)", ErrIndex)
 	}
 	return ix, nil
 }

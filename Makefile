@@ -1,0 +1,44 @@
+# peerup — the two commands a newcomer needs are `make demo` and `make test`.
+GO      ?= go
+BIN     := bin/peerup
+# Each fuzz target runs this long in `make test`; `make fuzz` runs them longer.
+FUZZTIME ?= 5s
+FUZZLONG ?= 10m
+
+.PHONY: all build test unit fuzz-short fuzz demo bench deps vet clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/peerup
+
+# Installs the real tools the tests drive (gpg, bsdiff, nginx, avahi, ...)
+# from Debian's packages when run as root; tests that need a missing tool skip
+# with a message saying which.
+deps:
+	@sh .ci/deps
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed on:"; gofmt -l .; exit 1; }
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -count=1 -timeout 15m ./...
+
+# Runs every fuzz target briefly on top of its committed corpus.
+fuzz-short:
+	@sh .ci/fuzz $(FUZZTIME)
+
+fuzz:
+	@sh .ci/fuzz $(FUZZLONG)
+
+test: deps vet unit fuzz-short
+
+demo: build
+	$(GO) run ./cmd/peerup-demo --peerup $(BIN)
+
+bench: deps build
+	$(GO) run ./bench
+
+clean:
+	rm -rf bin
