@@ -153,4 +153,3 @@ func ReadXattrs(path string) ([]Xattr, error) {
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
 }
-
