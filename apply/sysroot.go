@@ -178,6 +178,16 @@ func (s *Sysroot) cleanup() error {
 	for _, n := range []string{LinkCurrent, LinkPrevious, LinkStaged} {
 		os.Remove(filepath.Join(s.dir, "."+n+".tmp"))
 	}
+	cur, err := s.readLink(LinkCurrent)
+	if err != nil {
+		return err
+	}
+	if staged, err := s.readLink(LinkStaged); err == nil && staged != 0 && staged <= cur {
+		// A crash between switching current and removing staged.
+		if err := s.removeLink(LinkStaged); err != nil {
+			return err
+		}
+	}
 	return s.repo.CleanStaging()
 }
 
