@@ -1,0 +1,140 @@
+package transfer
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"peerup/blobstore"
+	"peerup/manifest"
+)
+
+func TestServerServesOnlyRepoPaths(t *testing.T) {
+	repo, err := blobstore.OpenRepo(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := strings.Repeat("object bytes ", 100)
+	d := manifest.Digest(sha256.Sum256([]byte(data)))
+	b, _ := repo.Begin()
+	b.Put(context.Background(), d, int64(len(data)), strings.NewReader(data))
+	b.Commit()
+	os.WriteFile(filepath.Join(repo.Dir(), "secret"), []byte("private"), 0o600)
+	srv := httptest.NewServer(NewHandler(repo.Dir(), nil))
+	defer srv.Close()
+
+	tests := []struct {
+		path string
+		want int
+	}{
+		{"/peerup-repo", 200},
+		{"/" + blobstore.ObjectURLPath(d), 200},
+		{"/secret", 404},
+		{"/lock", 404},
+		{"/objects/../secret", 404},
+		{"/objects/%2e%2e/secret", 404},
+		{"/images/x/../../secret", 404},
+		{"/files/" + d.String()[:2] + "/" + d.String(), 404},
+		{"/staging/", 404},
+		{"/objects/" + d.String()[:2] + "/" + strings.ToUpper(d.String()), 404},
+	}
+	for _, tc := range tests {
+		req, _ := http.NewRequest("GET", srv.URL+tc.path, nil)
+		req.URL.Opaque = tc.path // send the path exactly as written, unnormalised
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("GET %s = %d, want %d", tc.path, resp.StatusCode, tc.want)
+		}
+	}
+	req, _ := http.NewRequest("GET", srv.URL+"/"+blobstore.ObjectURLPath(d), nil)
+	req.Header.Set("Range", "bytes=100-")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent || string(got) != data[100:] {
+		t.Errorf("Range request: %d, %d bytes", resp.StatusCode, len(got))
+	}
+	resp, _ = http.Post(srv.URL+"/peerup-repo", "text/plain", nil)
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST = %d", resp.StatusCode)
+	}
+}
+
+// hostile serves whatever body a test gives for every path.
+func hostile(t *testing.T, h http.HandlerFunc) *Client {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	c, err := NewClient(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestClientRefusesBadPeers(t *testing.T) {
+	data := "the real object"
+	d := manifest.Digest(sha256.Sum256([]byte(data)))
+	size := int64(len(data))
+	endless := func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(data))
+		buf := make([]byte, 64<<10)
+		for i := 0; i < 1<<10; i++ { // 64 MiB unless the client hangs up
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+		}
+	}
+	tests := []struct {
+		name string
+		h    http.HandlerFunc
+		want error
+	}{
+		{"wrong bytes", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("the fake object")) }, blobstore.ErrMismatch},
+		{"truncated", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte(data[:4])) }, blobstore.ErrTooShort},
+		{"endless", endless, blobstore.ErrTooLong},
+		{"declares too much", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", "1000000")
+			w.Write([]byte(data))
+		}, ErrPeer},
+		{"not found", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) }, ErrPeer},
+		{"redirect", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "http://127.0.0.1:1/", http.StatusFound) }, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, _ := blobstore.Open(t.TempDir())
+			b, _ := s.Begin()
+			defer b.Abort()
+			err := hostile(t, tc.h).FetchObject(context.Background(), b, d, size)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if tc.want != nil && !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if b.Has(d) {
+				t.Fatal("bad bytes kept under the object's name")
+			}
+		})
+	}
+	t.Run("endless index", func(t *testing.T) {
+		_, err := hostile(t, endless).Index(context.Background())
+		if !errors.Is(err, ErrPeer) {
+			t.Fatalf("err = %v", err)
+		}
+	})
+}
