@@ -112,7 +112,9 @@ func TestClientRefusesBadPeers(t *testing.T) {
 			w.Write([]byte(data))
 		}, ErrPeer},
 		{"not found", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) }, ErrPeer},
-		{"redirect", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "http://127.0.0.1:1/", http.StatusFound) }, nil},
+		{"redirect", func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, "http://127.0.0.1:1/", http.StatusFound)
+		}, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
