@@ -95,6 +95,12 @@ func ManifestPath(image string, v uint64) string {
 // SignaturePath is the detached signature beside ManifestPath.
 func SignaturePath(image string, v uint64) string { return ManifestPath(image, v) + ".sig" }
 
+// DeltasPath is a version's signed delta index (SPEC.md §8), beside its
+// manifest.
+func DeltasPath(image string, v uint64) string {
+	return "images/" + image + "/" + strconv.FormatUint(v, 10) + ".deltas"
+}
+
 // ObjectURLPath is an object's path relative to the repo.
 func ObjectURLPath(d Digest) string {
 	h := d.String()

@@ -15,9 +15,13 @@ import (
 	"peerup/manifest"
 )
 
-// ErrPeer is wrapped by errors that blame the peer (bad status, bad data),
-// as opposed to local failures.
-var ErrPeer = errors.New("peer error")
+// Errors a caller can test for with errors.Is. ErrPeer blames the peer (bad
+// status, bad data), as opposed to local failures; ErrNotFound is a peer
+// that does not have what was asked for, which is no fault.
+var (
+	ErrPeer     = errors.New("peer error")
+	ErrNotFound = errors.New("not found")
+)
 
 // Client fetches from one repo URL.
 type Client struct {
@@ -73,6 +77,10 @@ func (c *Client) get(ctx context.Context, rel string) (*http.Response, error) {
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", u, err)
 	}
+	if resp.StatusCode == http.StatusNotFound {
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s: %w", u, ErrNotFound)
+	}
 	if resp.StatusCode != http.StatusOK {
 		resp.Body.Close()
 		return nil, fmt.Errorf("%w: GET %s: %s", ErrPeer, u, resp.Status)
@@ -119,6 +127,19 @@ func (c *Client) Manifest(ctx context.Context, image string, v uint64) (m, sig [
 		return nil, nil, err
 	}
 	return m, sig, nil
+}
+
+// Deltas fetches a version's delta index and signature, unverified. A repo
+// without one answers with an error wrapping ErrNotFound.
+func (c *Client) Deltas(ctx context.Context, image string, v uint64) (idx, sig []byte, err error) {
+	p := blobstore.DeltasPath(image, v)
+	if idx, err = c.getSmall(ctx, p, manifest.MaxSize); err != nil {
+		return nil, nil, err
+	}
+	if sig, err = c.getSmall(ctx, p+".sig", manifest.MaxSignature); err != nil {
+		return nil, nil, err
+	}
+	return idx, sig, nil
 }
 
 // FetchObject streams object d of the given size into the batch, which checks

@@ -11,7 +11,7 @@ import (
 
 // servable matches the only paths a repo serves (SPEC.md §5). Anything else,
 // including every traversal attempt, is 404 before the filesystem is touched.
-var servable = regexp.MustCompile(`^/(?:peerup-repo|index|objects/[0-9a-f]{2}/[0-9a-f]{64}|images/[a-z0-9][a-z0-9._-]{0,62}/[1-9][0-9]{0,19}\.manifest(?:\.sig)?)$`)
+var servable = regexp.MustCompile(`^/(?:peerup-repo|index|objects/[0-9a-f]{2}/[0-9a-f]{64}|images/[a-z0-9][a-z0-9._-]{0,62}/[1-9][0-9]{0,19}\.(?:manifest|deltas)(?:\.sig)?)$`)
 
 // Handler serves the repo in dir.
 type Handler struct {

@@ -111,7 +111,7 @@ func TestClientRefusesBadPeers(t *testing.T) {
 			w.Header().Set("Content-Length", "1000000")
 			w.Write([]byte(data))
 		}, ErrPeer},
-		{"not found", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) }, ErrPeer},
+		{"not found", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) }, ErrNotFound},
 		{"redirect", func(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, "http://127.0.0.1:1/", http.StatusFound)
 		}, nil},
