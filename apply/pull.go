@@ -6,11 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
-	"sync/atomic"
 
 	"peerup/blobstore"
 	"peerup/manifest"
@@ -21,6 +20,9 @@ import (
 type Source interface {
 	Index(ctx context.Context) (*blobstore.Index, error)
 	Manifest(ctx context.Context, image string, v uint64) (m, sig []byte, err error)
+	// Deltas returns a version's delta index and signature, or an error
+	// wrapping transfer.ErrNotFound if the source has none.
+	Deltas(ctx context.Context, image string, v uint64) (idx, sig []byte, err error)
 	FetchObject(ctx context.Context, b *blobstore.Batch, d manifest.Digest, size int64) error
 	String() string
 }
@@ -35,6 +37,7 @@ type PullOptions struct {
 	// Progress, if set, is called as objects arrive with the bytes fetched
 	// so far and the bytes to fetch in all.
 	Progress func(done, total int64)
+	Log      *slog.Logger
 }
 
 // PullResult reports what a pull did.
@@ -47,6 +50,18 @@ type PullResult struct {
 	FetchedBytes   int64  `json:"fetched_bytes"`
 	ReusedObjects  int    `json:"reused_objects"` // already held locally
 	ReusedBytes    int64  `json:"reused_bytes"`
+	// Bytes on the wire by kind: patches (bsdiff, zstd-dict) and whole
+	// objects (raw or zstd). They add up to FetchedBytes.
+	PatchObjects int   `json:"patch_objects"`
+	PatchBytes   int64 `json:"patch_bytes"`
+	WholeObjects int   `json:"whole_objects"`
+	WholeBytes   int64 `json:"whole_bytes"`
+	// RawBytes is what the fetched objects would have cost sent raw.
+	RawBytes int64 `json:"raw_bytes"`
+	// Resumed objects were verified by an interrupted earlier pull and kept
+	// (they count among the reused ones too).
+	ResumedObjects int   `json:"resumed_objects"`
+	ResumedBytes   int64 `json:"resumed_bytes"`
 }
 
 // Pull fetches a signed version from src and stages its tree. It checks the
@@ -97,15 +112,25 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 		}
 		return res, blobstore.FsyncDir(s.dir)
 	}
+	deltas, err := s.deltaIndex(ctx, src, image, v, mb, o.Trust)
+	if err != nil {
+		return nil, fmt.Errorf("pull %s v%d from %s: %w", image, v, src, err)
+	}
 	b, err := s.repo.Begin()
 	if err != nil {
 		return nil, err
 	}
-	defer b.Abort()
-	if err := s.fetchMissing(ctx, src, b, mb, o, res); err != nil {
+	// A failed pull keeps what it verified for the next attempt; after a
+	// successful commit Suspend does nothing.
+	defer b.Suspend()
+	// Objects an interrupted pull already verified are not fetched again.
+	if res.ResumedObjects, res.ResumedBytes, err = b.Salvage(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.fetchMissing(ctx, src, b, mb, deltas, o, res); err != nil {
 		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
 	}
-	if err := s.stage(ctx, b, mb, h, sig); err != nil {
+	if err := s.stage(ctx, b, mb, h, sig, deltas); err != nil {
 		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
 	}
 	return res, nil
@@ -178,91 +203,10 @@ func (s *Sysroot) haveTree(image string, v uint64, mb []byte) bool {
 	return err == nil && bytes.Equal(old, mb)
 }
 
-type need struct {
-	path string
-	d    manifest.Digest
-	size int64
-}
-
-// fetchMissing fetches, in parallel, every object the manifest names that
-// the node holds neither as an object nor in this batch.
-func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Batch, mb []byte, o PullOptions, res *PullResult) error {
-	r, err := manifest.NewReader(bytes.NewReader(mb))
-	if err != nil {
-		return err
-	}
-	var needs []need
-	queued := map[manifest.Digest]bool{}
-	var total int64
-	for {
-		e, err := r.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return err
-		}
-		if e.Type != manifest.TypeFile {
-			continue
-		}
-		switch {
-		case queued[e.SHA256]:
-		case b.Has(e.SHA256):
-			res.ReusedObjects++
-			res.ReusedBytes += e.Size
-		default:
-			queued[e.SHA256] = true
-			needs = append(needs, need{e.Path, e.SHA256, e.Size})
-			total += e.Size
-		}
-		queued[e.SHA256] = true
-	}
-	par := o.Parallel
-	if par <= 0 {
-		par = 4
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var done atomic.Int64
-	var wg sync.WaitGroup
-	jobs := make(chan need)
-	for range par {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := range jobs {
-				if err := src.FetchObject(ctx, b, n.d, n.size); err != nil {
-					cancel(fmt.Errorf("fetch %s: %w", n.path, err))
-					continue
-				}
-				d := done.Add(n.size)
-				if o.Progress != nil {
-					o.Progress(d, total)
-				}
-			}
-		}()
-	}
-feed:
-	for _, n := range needs {
-		select {
-		case jobs <- n:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(jobs)
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil {
-		return err
-	}
-	res.FetchedObjects, res.FetchedBytes = len(needs), total
-	return nil
-}
-
 // stage builds the tree under a temporary name, makes it and the new objects
 // durable with the batch's one syncfs, renames it into place, records the
 // version in the node's repo and points the staged link at it.
-func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *manifest.Header, sig []byte) error {
+func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *manifest.Header, sig []byte, deltas *signedDeltas) error {
 	trees := filepath.Join(s.dir, treesDir)
 	tmp, err := os.MkdirTemp(trees, tmpPrefix+strconv.FormatUint(h.Version, 10)+"-")
 	if err != nil {
@@ -304,6 +248,17 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 	}
 	if err := blobstore.FsyncDir(trees); err != nil {
 		return err
+	}
+	if deltas != nil {
+		// Kept so neighbours can plan from it too; it names encodings this
+		// node may not hold, and they fall back to others.
+		p := filepath.Join(s.repo.Dir(), blobstore.DeltasPath(h.Image, h.Version))
+		if err := blobstore.WriteAtomic(p, deltas.raw); err != nil {
+			return err
+		}
+		if err := blobstore.WriteAtomic(p+".sig", deltas.sig); err != nil {
+			return err
+		}
 	}
 	if _, err := s.repo.AddVersion(h, mb, sig); err != nil {
 		return err

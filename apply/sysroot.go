@@ -161,8 +161,9 @@ func (s *Sysroot) removeLink(name string) error {
 	return nil
 }
 
-// cleanup removes what an interrupted peerup left: half-built trees, link
-// temporaries and staging. The caller holds the lock.
+// cleanup removes what an interrupted peerup left: half-built trees and link
+// temporaries. Staged objects stay for the next pull to salvage. The caller
+// holds the lock.
 func (s *Sysroot) cleanup() error {
 	ents, err := os.ReadDir(filepath.Join(s.dir, treesDir))
 	if err != nil {
@@ -188,7 +189,7 @@ func (s *Sysroot) cleanup() error {
 			return err
 		}
 	}
-	return s.repo.CleanStaging()
+	return nil
 }
 
 // removeTree deletes a built tree, first making its directories writable

@@ -455,6 +455,91 @@ func (b *Batch) Abort() {
 	os.RemoveAll(b.dir)
 }
 
+// Salvage moves into b the objects that interrupted batches had already
+// verified, so a restarted fetch does not fetch them again. Their bytes may
+// not have reached the disk before the interruption, so each is hashed again
+// and kept only if it still matches its name. Everything else those batches
+// left is removed. Only the holder of the store's lock may call it.
+func (b *Batch) Salvage(ctx context.Context) (n int, size int64, err error) {
+	dir := filepath.Join(b.s.root, "staging")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, 0, fmt.Errorf("salvage: %w", err)
+	}
+	for _, e := range ents {
+		old := filepath.Join(dir, e.Name())
+		if old == b.dir {
+			continue
+		}
+		files, _ := os.ReadDir(old)
+		for _, f := range files {
+			name, ok := strings.CutPrefix(f.Name(), "o-")
+			if !ok {
+				continue
+			}
+			d, err := manifest.ParseDigest(name)
+			if err != nil || b.Has(d) {
+				continue
+			}
+			ok, sz, err := hashMatches(ctx, filepath.Join(old, f.Name()), d)
+			if err != nil {
+				return n, size, err
+			}
+			if ok && os.Rename(filepath.Join(old, f.Name()), b.stagedObject(d)) == nil {
+				b.mu.Lock()
+				b.objects[d] = true
+				b.mu.Unlock()
+				n++
+				size += sz
+			}
+		}
+		if err := os.RemoveAll(old); err != nil {
+			return n, size, fmt.Errorf("salvage: %w", err)
+		}
+	}
+	return n, size, nil
+}
+
+func hashMatches(ctx context.Context, path string, d Digest) (bool, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, 0, nil
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, ctxReader{ctx, f})
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, 0, ctx.Err()
+		}
+		return false, 0, nil
+	}
+	var got Digest
+	h.Sum(got[:0])
+	return got == d, n, nil
+}
+
+// Suspend ends a batch that failed part-way but keeps the objects it had
+// verified in staging, for Salvage to pick up next time: on a flaky link a
+// second attempt should not fetch them again. Everything else is removed.
+func (b *Batch) Suspend() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done {
+		return
+	}
+	b.done = true
+	ents, _ := os.ReadDir(b.dir)
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), "o-") {
+			os.Remove(filepath.Join(b.dir, e.Name()))
+		}
+	}
+	if len(b.objects) == 0 {
+		os.Remove(b.dir)
+	}
+}
+
 // Objects lists every committed object, for gc and verify.
 func (s *Store) Objects() ([]Digest, error) {
 	var out []Digest

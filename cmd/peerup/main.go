@@ -66,6 +66,11 @@ rollback.`,
 		a.newUpdateCmd(),
 		a.newStatusCmd(),
 		a.newRollbackCmd(),
+		a.newDaemonCmd(),
+		a.newCheckCmd(),
+		a.newFetchCmd(),
+		a.newDiffCmd(),
+		a.newPatchCmd(),
 	)
 	return root
 }

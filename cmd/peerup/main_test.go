@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -71,5 +73,55 @@ func TestStatusJSONOnEmptySysroot(t *testing.T) {
 		if !ok || v != nil {
 			t.Errorf("%s = %v (present %v), want null", k, v, ok)
 		}
+	}
+}
+
+// TestDiffAndPatchInteroperateWithDebian: Debian's bspatch applies what
+// `peerup diff` makes, and `peerup patch` applies what Debian's bsdiff makes.
+func TestDiffAndPatchInteroperateWithDebian(t *testing.T) {
+	for _, tool := range []string{"bsdiff", "bspatch"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (apt-get install bsdiff)", tool)
+		}
+	}
+	bin := buildPeerup(t)
+	dir := t.TempDir()
+	old, nw := filepath.Join(dir, "old"), filepath.Join(dir, "new")
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(old, data[:len(data)/2], 0o644)
+	changed := append([]byte(nil), data[:len(data)/2]...)
+	copy(changed[1000:], "a security fix")
+	os.WriteFile(nw, append(changed, "and more"...), 0o644)
+	run := func(name string, args ...string) {
+		t.Helper()
+		if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+			t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+		}
+	}
+	same := func(a, b string) {
+		t.Helper()
+		x, _ := os.ReadFile(a)
+		y, _ := os.ReadFile(b)
+		if !bytes.Equal(x, y) {
+			t.Fatalf("%s differs from %s", a, b)
+		}
+	}
+	run(bin, "diff", old, nw, dir+"/ours.patch")
+	run("bspatch", old, dir+"/out1", dir+"/ours.patch")
+	same(dir+"/out1", nw)
+	run("bsdiff", old, nw, dir+"/debian.patch")
+	run(bin, "patch", old, dir+"/debian.patch", dir+"/out2")
+	same(dir+"/out2", nw)
+	// A corrupt patch is refused with one line and leaves no output.
+	os.WriteFile(dir+"/bad.patch", []byte("BSDIFF40garbage"), 0o644)
+	cmd := exec.Command(bin, "patch", old, dir+"/bad.patch", dir+"/out3")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "corrupt patch") {
+		t.Fatalf("bad patch: %v %s", err, out)
+	}
+	if _, err := os.Stat(dir + "/out3"); err == nil {
+		t.Fatal("a refused patch left output behind")
 	}
 }

@@ -16,6 +16,8 @@ import (
 
 	"peerup/apply"
 	"peerup/blobstore"
+	"peerup/daemon"
+	"peerup/diff"
 	"peerup/manifest"
 	"peerup/transfer"
 )
@@ -79,6 +81,7 @@ accepts, so gpg can check peerup's signatures.`,
 func (a *app) newPublishCmd() *cobra.Command {
 	var repoDir, image, key, label string
 	var version uint64
+	var depth int
 	cmd := &cobra.Command{
 		Use:   "publish --repo REPO --image ID --key KEYFILE [--label TEXT] [--version N] TREE",
 		Short: "Publish a tree as a new signed image version",
@@ -109,6 +112,15 @@ and can be served by 'peerup serve' or any static web server.`,
 			h := pub.Header
 			fmt.Printf("published %s version %d: %d entries, %d files, %s; %d new objects (%s)\n",
 				h.Image, h.Version, h.Entries, h.Files, human(int64(h.Bytes)), pub.NewObjects, human(pub.NewBytes))
+			if depth == 0 || h.Version == 1 {
+				return nil
+			}
+			gen, err := diff.Generate(cmd.Context(), repo, h.Image, h.Version, diff.GenerateOptions{Signer: signer, Depth: depth, Log: a.log})
+			if err != nil {
+				return err
+			}
+			fmt.Printf("encodings: %d for %d changed objects (%s) against up to %d earlier versions\n",
+				gen.Encodings, gen.Targets, human(gen.TargetBytes), depth)
 			return nil
 		},
 	}
@@ -118,6 +130,7 @@ and can be served by 'peerup serve' or any static web server.`,
 	f.StringVar(&key, "key", "", "secret signing key file (required)")
 	f.StringVar(&label, "label", "", "free-text label shown to users")
 	f.Uint64Var(&version, "version", 0, "version number (default: the next one)")
+	f.IntVar(&depth, "delta-depth", 3, "make patches against this many earlier versions (0: none)")
 	for _, n := range []string{"repo", "image", "key"} {
 		cmd.MarkFlagRequired(n)
 	}
@@ -241,8 +254,8 @@ it. Nothing changes unless everything checks out.`,
 				fmt.Printf("%s version %d is already staged\n", res.Image, res.Version)
 				return nil
 			}
-			fmt.Printf("staged %s version %d: fetched %d objects (%s), reused %d already held (%s)\n",
-				res.Image, res.Version, res.FetchedObjects, human(res.FetchedBytes), res.ReusedObjects, human(res.ReusedBytes))
+			fmt.Printf("staged %s version %d: fetched %d objects in %s (%d as patches, %s; %s raw), reused %d already held\n",
+				res.Image, res.Version, res.FetchedObjects, human(res.FetchedBytes), res.PatchObjects, human(res.PatchBytes), human(res.RawBytes), res.ReusedObjects)
 			return nil
 		},
 	}
@@ -251,16 +264,20 @@ it. Nothing changes unless everything checks out.`,
 }
 
 func (a *app) newApplyCmd() *cobra.Command {
-	var sysroot string
+	var sysroot, bus string
 	var version uint64
 	cmd := &cobra.Command{
-		Use:   "apply --sysroot DIR [--version N]",
+		Use:   "apply (--sysroot DIR [--version N] | [--bus BUS])",
 		Short: "Switch to the staged version",
 		Long: `Makes the staged tree current and keeps the old current as previous. Each
 link is replaced with an atomic rename, so a power cut leaves either the old
-or the new version current, never neither.`,
+or the new version current, never neither. Without --sysroot it asks the
+running daemon (over D-Bus) to apply the update it has staged.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if sysroot == "" {
+				return viaDaemon(cmd, bus, daemon.MethodApply)
+			}
 			s, err := apply.Open(sysroot)
 			if err != nil {
 				return err
@@ -273,9 +290,9 @@ or the new version current, never neither.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&sysroot, "sysroot", "", "sysroot directory (required)")
+	cmd.Flags().StringVar(&sysroot, "sysroot", "", "work on this sysroot directly (no daemon)")
 	cmd.Flags().Uint64Var(&version, "version", 0, "apply only if this version is the staged one")
-	cmd.MarkFlagRequired("sysroot")
+	cmd.Flags().StringVar(&bus, "bus", "system", "without --sysroot: the daemon's bus (system, session or an address)")
 	return cmd
 }
 
@@ -312,7 +329,8 @@ func (a *app) newUpdateCmd() *cobra.Command {
 					Previous uint64 `json:"previous"`
 				}{res, from})
 			}
-			fmt.Printf("fetched %d objects (%s), reused %d; %s\n", res.FetchedObjects, human(res.FetchedBytes), res.ReusedObjects, switchLine(from, to))
+			fmt.Printf("fetched %d objects in %s (%d as patches; %s raw), reused %d; %s\n",
+				res.FetchedObjects, human(res.FetchedBytes), res.PatchObjects, human(res.RawBytes), res.ReusedObjects, switchLine(from, to))
 			return nil
 		},
 	}
@@ -321,13 +339,30 @@ func (a *app) newUpdateCmd() *cobra.Command {
 }
 
 func (a *app) newStatusCmd() *cobra.Command {
-	var sysroot string
+	var sysroot, bus string
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "status --sysroot DIR [--json]",
+		Use:   "status (--sysroot DIR | [--bus BUS]) [--json]",
 		Short: "Show the current, previous and staged versions",
-		Args:  cobra.NoArgs,
+		Long: `With --sysroot, reads the sysroot's links directly. Without it, asks the
+running daemon over D-Bus for its state and progress.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if sysroot == "" {
+				c, err := dialDaemon(bus)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				p, err := c.Props()
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(p)
+				}
+				return describeProps(p)
+			}
 			s, err := apply.Open(sysroot)
 			if err != nil {
 				return err
@@ -353,9 +388,9 @@ func (a *app) newStatusCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&sysroot, "sysroot", "", "sysroot directory (required)")
+	cmd.Flags().StringVar(&sysroot, "sysroot", "", "read this sysroot directly (no daemon)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.MarkFlagRequired("sysroot")
+	cmd.Flags().StringVar(&bus, "bus", "system", "without --sysroot: the daemon's bus (system, session or an address)")
 	return cmd
 }
 
@@ -375,13 +410,17 @@ func statusJSON(st apply.Status) map[string]any {
 }
 
 func (a *app) newRollbackCmd() *cobra.Command {
-	var sysroot string
+	var sysroot, bus string
 	cmd := &cobra.Command{
-		Use:   "rollback --sysroot DIR",
+		Use:   "rollback (--sysroot DIR | [--bus BUS])",
 		Short: "Swap current and previous",
-		Long:  `Makes the previous tree current again, and the current one previous, so a second rollback undoes the first.`,
-		Args:  cobra.NoArgs,
+		Long: `Makes the previous tree current again, and the current one previous, so a
+second rollback undoes the first. Without --sysroot it asks the running daemon.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if sysroot == "" {
+				return viaDaemon(cmd, bus, daemon.MethodRollback)
+			}
 			s, err := apply.Open(sysroot)
 			if err != nil {
 				return err
@@ -394,8 +433,8 @@ func (a *app) newRollbackCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&sysroot, "sysroot", "", "sysroot directory (required)")
-	cmd.MarkFlagRequired("sysroot")
+	cmd.Flags().StringVar(&sysroot, "sysroot", "", "work on this sysroot directly (no daemon)")
+	cmd.Flags().StringVar(&bus, "bus", "system", "without --sysroot: the daemon's bus (system, session or an address)")
 	return cmd
 }
 

@@ -1,0 +1,115 @@
+package apply_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"peerup/apply"
+	"peerup/diff"
+	"peerup/transfer"
+)
+
+// library returns version v of a large file in which each version changes a
+// few bytes, as a security update does to a shared library.
+func library(v int) string {
+	b := bytes.Repeat([]byte("machine code of a shared library; "), 30000)
+	for i := 1; i <= v; i++ {
+		copy(b[i*7919:], fmt.Sprintf("[fix %d]", i))
+	}
+	return string(b)
+}
+
+func (f *fleet) publishWithDeltas(tree string, v uint64) {
+	f.t.Helper()
+	f.publish(tree, v)
+	if v == 1 {
+		return
+	}
+	if _, err := diff.Generate(context.Background(), f.repo, "school-laptop", v, diff.GenerateOptions{Signer: f.signer, Depth: 3}); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func TestDeltasCatchUpAndPassOn(t *testing.T) {
+	f := newFleet(t)
+	tree := makeTree(t, "VERSION=1\n")
+	write(t, tree+"/usr/lib/libschool.so.1", library(1), 0o755)
+	f.publishWithDeltas(tree, 1)
+	a, b := newSysroot(t), newSysroot(t)
+	f.update(a, 1)
+	f.update(b, 1)
+	for v := 2; v <= 4; v++ {
+		write(t, tree+"/etc/os-release", fmt.Sprintf("VERSION=%d\n", v), 0o644)
+		write(t, tree+"/usr/lib/libschool.so.1", library(v), 0o755)
+		f.publishWithDeltas(tree, uint64(v))
+	}
+
+	// Laptop A was off through v2 and v3: it goes straight to v4 with
+	// patches against the v1 files it holds.
+	res, err := f.pull(a, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Version != 4 {
+		t.Fatalf("pulled v%d, want 4", res.Version)
+	}
+	if res.PatchObjects == 0 || res.FetchedBytes*10 > res.RawBytes {
+		t.Errorf("catch-up fetched %d bytes for %d raw (%d patches): patches not used", res.FetchedBytes, res.RawBytes, res.PatchObjects)
+	}
+	if res.FetchedBytes != res.PatchBytes+res.WholeBytes {
+		t.Errorf("bytes by kind do not add up: %+v", res)
+	}
+	if _, _, err := a.Apply(4); err != nil {
+		t.Fatal(err)
+	}
+	compareTrees(t, tree, filepath.Join(a.Dir(), "current")+"/")
+
+	// Laptop B, also at v1, fetches from laptop A instead of the server:
+	// A kept the patches it fetched and serves them.
+	srv := httptest.NewServer(transfer.NewHandler(a.Repo().Dir(), nil))
+	defer srv.Close()
+	peer, err := transfer.NewClient(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res2, err := b.Pull(context.Background(), peer, apply.PullOptions{Trust: f.trust})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res2.PatchObjects != res.PatchObjects || res2.FetchedBytes != res.FetchedBytes {
+		t.Errorf("from the peer: %d patches, %d bytes; from the server: %d patches, %d bytes", res2.PatchObjects, res2.FetchedBytes, res.PatchObjects, res.FetchedBytes)
+	}
+	if _, _, err := b.Apply(4); err != nil {
+		t.Fatal(err)
+	}
+	compareTrees(t, tree, filepath.Join(b.Dir(), "current")+"/")
+}
+
+func TestDeltasNeverCostMoreThanWhole(t *testing.T) {
+	f := newFleet(t)
+	tree := makeTree(t, "VERSION=1\n")
+	f.publishWithDeltas(tree, 1)
+	s := newSysroot(t)
+	f.update(s, 1)
+	// Unrelated new content: no patch can help, and none must be chosen
+	// over the whole object.
+	rnd := make([]byte, 200000)
+	for i := range rnd {
+		rnd[i] = byte(i*7 + i/251)
+	}
+	write(t, tree+"/usr/lib/big.so", string(rnd), 0o755)
+	f.publishWithDeltas(tree, 2)
+	res, err := f.pull(s, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.FetchedBytes > res.RawBytes {
+		t.Fatalf("fetched %d bytes, more than the %d raw", res.FetchedBytes, res.RawBytes)
+	}
+	os.Stdout.Sync()
+}

@@ -1,0 +1,231 @@
+package apply
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"peerup/blobstore"
+	"peerup/diff"
+	"peerup/manifest"
+	"peerup/transfer"
+)
+
+// signedDeltas is a verified delta index and the bytes it came as.
+type signedDeltas struct {
+	idx      *diff.DeltaIndex
+	raw, sig []byte
+}
+
+// deltaIndex fetches and verifies the version's delta index. A source with
+// none is fine (whole objects only); one whose index fails the checks is not.
+func (s *Sysroot) deltaIndex(ctx context.Context, src Source, image string, v uint64, mb []byte, trust *manifest.Keyring) (*signedDeltas, error) {
+	raw, sig, err := src.Deltas(ctx, image, v)
+	if errors.Is(err, transfer.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("delta index: %w", err)
+	}
+	if _, err := trust.Verify(bytes.NewReader(raw), sig); err != nil {
+		return nil, fmt.Errorf("delta index: %w", err)
+	}
+	idx, err := diff.ParseDeltaIndex(raw)
+	if err != nil {
+		return nil, err
+	}
+	if idx.Image != image || idx.Version != v || idx.Manifest != manifest.Digest(sha256sum(mb)) {
+		return nil, fmt.Errorf("delta index for %s v%d (manifest %s) offered for %s v%d: refused", idx.Image, idx.Version, idx.Manifest, image, v)
+	}
+	return &signedDeltas{idx: idx, raw: raw, sig: sig}, nil
+}
+
+type need struct {
+	path string
+	d    manifest.Digest
+	size int64
+	ways []diff.Encoding // usable encodings, cheapest first; raw is the fallback
+}
+
+// cost is what fetching n the cheapest way would put on the wire.
+func (n *need) cost() int64 {
+	if len(n.ways) > 0 && n.ways[0].Size < n.size {
+		return n.ways[0].Size
+	}
+	return n.size
+}
+
+// plan lists the objects to fetch and, for each, the encodings whose base
+// the node holds, cheapest first. The raw object is always the last resort,
+// so a pull never costs more than sending every object whole.
+func (s *Sysroot) plan(b *blobstore.Batch, mb []byte, deltas *signedDeltas, res *PullResult) ([]need, error) {
+	r, err := manifest.NewReader(bytes.NewReader(mb))
+	if err != nil {
+		return nil, err
+	}
+	var needs []need
+	seen := map[manifest.Digest]bool{}
+	for {
+		e, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if e.Type != manifest.TypeFile || seen[e.SHA256] {
+			continue
+		}
+		seen[e.SHA256] = true
+		if b.Has(e.SHA256) {
+			res.ReusedObjects++
+			res.ReusedBytes += e.Size
+			continue
+		}
+		n := need{path: e.Path, d: e.SHA256, size: e.Size}
+		if deltas != nil {
+			for _, enc := range deltas.idx.For(e.SHA256) {
+				if enc.Size < e.Size && (enc.Base.IsZero() || s.repo.Has(enc.Base)) {
+					n.ways = append(n.ways, enc)
+				}
+			}
+			sort.SliceStable(n.ways, func(i, j int) bool { return n.ways[i].Size < n.ways[j].Size })
+		}
+		needs = append(needs, n)
+	}
+	return needs, nil
+}
+
+// fetchMissing fetches, in parallel, every object the node lacks, each the
+// cheapest way it can, falling back to the next way when one fails.
+func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Batch, mb []byte, deltas *signedDeltas, o PullOptions, res *PullResult) error {
+	needs, err := s.plan(b, mb, deltas, res)
+	if err != nil {
+		return err
+	}
+	var total int64
+	for i := range needs {
+		total += needs[i].cost()
+	}
+	par := o.Parallel
+	if par <= 0 {
+		par = 4
+	}
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var done atomic.Int64
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	jobs := make(chan *need)
+	for range par {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range jobs {
+				kind, wire, err := s.fetchOne(ctx, src, b, n, log)
+				if err != nil {
+					cancel(fmt.Errorf("fetch %s: %w", n.path, err))
+					continue
+				}
+				mu.Lock()
+				res.FetchedObjects++
+				res.FetchedBytes += wire
+				res.RawBytes += n.size
+				if kind == "patch" {
+					res.PatchObjects++
+					res.PatchBytes += wire
+				} else {
+					res.WholeObjects++
+					res.WholeBytes += wire
+				}
+				mu.Unlock()
+				if o.Progress != nil {
+					o.Progress(done.Add(wire), total)
+				}
+			}
+		}()
+	}
+feed:
+	for i := range needs {
+		select {
+		case jobs <- &needs[i]:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	return context.Cause(ctx)
+}
+
+// fetchOne gets one object by the first way that works and reports its kind
+// ("patch" or "whole") and the bytes it took on the wire.
+func (s *Sysroot) fetchOne(ctx context.Context, src Source, b *blobstore.Batch, n *need, log *slog.Logger) (string, int64, error) {
+	for _, enc := range n.ways {
+		err := s.fetchEncoded(ctx, src, b, n, enc)
+		if err == nil {
+			if enc.Kind == diff.KindZstd {
+				return "whole", enc.Size, nil
+			}
+			return "patch", enc.Size, nil
+		}
+		if ctx.Err() != nil {
+			return "", 0, context.Cause(ctx)
+		}
+		log.Info("encoding failed, trying the next way", "path", n.path, "kind", enc.Kind, "err", err)
+	}
+	if err := src.FetchObject(ctx, b, n.d, n.size); err != nil {
+		return "", 0, err
+	}
+	return "whole", n.size, nil
+}
+
+func (s *Sysroot) fetchEncoded(ctx context.Context, src Source, b *blobstore.Batch, n *need, enc diff.Encoding) error {
+	// The encoding is itself an object: fetched with its hash checked, and
+	// kept so this node can pass it on.
+	if !b.Has(enc.Digest) {
+		if err := src.FetchObject(ctx, b, enc.Digest, enc.Size); err != nil {
+			return err
+		}
+	}
+	ep, err := b.ObjectPath(enc.Digest)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(ep)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var base []byte
+	if !enc.Base.IsZero() {
+		bf, err := s.repo.Open(enc.Base)
+		if err != nil {
+			return err
+		}
+		base, err = io.ReadAll(bf)
+		bf.Close()
+		if err != nil {
+			return err
+		}
+	}
+	out, err := diff.Decode(ctx, enc.Kind, base, f, n.size)
+	if err != nil {
+		return fmt.Errorf("%s encoding %s: %w", enc.Kind, enc.Digest, err)
+	}
+	return b.Put(ctx, n.d, n.size, bytes.NewReader(out))
+}
+
+func sha256sum(b []byte) [32]byte { return sha256.Sum256(b) }

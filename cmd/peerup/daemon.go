@@ -1,0 +1,170 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"peerup/daemon"
+)
+
+const defaultConfig = "/etc/peerup/peerup.toml"
+
+func (a *app) newDaemonCmd() *cobra.Command {
+	var cfgPath string
+	var flagCfg daemon.Config
+	cmd := &cobra.Command{
+		Use:   "daemon --sysroot DIR --trust PUBFILE... [--listen ADDR] [--bus system|session|none|ADDRESS] [--policy auto|download|notify] [--peer URL]... [--config FILE]",
+		Short: "Run the background updater",
+		Long: `Serves this node's repo to its neighbours, looks for newer signed versions
+(on the peers given with --peer, and as discovery reports them), fetches them
+in the background and acts by policy:
+
+  auto      fetch, stage and switch at once (previous is kept)
+  download  fetch and stage, then signal UpdateReady and wait for Apply
+  notify    only signal that an update is available
+
+The desktop and 'peerup status/check/fetch/apply' talk to it over D-Bus
+(org.peerup.Updater1). Settings come from --config (default ` + defaultConfig + `,
+if present); flags override it. One daemon runs per sysroot.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg := daemon.Config{}
+			path := cfgPath
+			if path == "" {
+				if _, err := os.Stat(defaultConfig); err == nil {
+					path = defaultConfig
+				}
+			}
+			if path != "" {
+				var err error
+				if cfg, err = daemon.LoadConfig(path); err != nil {
+					return err
+				}
+			}
+			f := cmd.Flags()
+			override := func(name string, apply func()) {
+				if f.Changed(name) {
+					apply()
+				}
+			}
+			override("sysroot", func() { cfg.Sysroot = flagCfg.Sysroot })
+			override("trust", func() { cfg.Trust = flagCfg.Trust })
+			override("listen", func() { cfg.Listen = flagCfg.Listen })
+			override("bus", func() { cfg.Bus = flagCfg.Bus })
+			override("policy", func() { cfg.Policy = flagCfg.Policy })
+			override("peer", func() { cfg.Peers = flagCfg.Peers })
+			override("poll-interval", func() { cfg.PollInterval = flagCfg.PollInterval })
+			d, err := daemon.Start(cmd.Context(), cfg, nil, a.log)
+			if err != nil {
+				return err
+			}
+			a.log.Info("daemon running", "sysroot", cfg.Sysroot, "serving", d.Addr.String())
+			d.Wait(cmd.Context())
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfgPath, "config", "", "TOML config file (default "+defaultConfig+" if it exists)")
+	f.StringVar(&flagCfg.Sysroot, "sysroot", "", "sysroot directory")
+	f.StringSliceVar(&flagCfg.Trust, "trust", nil, "trusted public key file; repeat for several")
+	f.StringVar(&flagCfg.Listen, "listen", defaultListen, "address to serve this node's repo on")
+	f.StringVar(&flagCfg.Bus, "bus", "system", "D-Bus to export the API on: system, session, none, or an address")
+	f.StringVar(&flagCfg.Policy, "policy", "auto", "what to do with an update: auto, download or notify")
+	f.StringSliceVar(&flagCfg.Peers, "peer", nil, "repo URL to ask for updates (e.g. the school server); repeat for several")
+	f.DurationVar(&flagCfg.PollInterval, "poll-interval", 0, "also ask the peers on this interval (default: only when discovery says so)")
+	return cmd
+}
+
+// dialDaemon reaches a running daemon, saying clearly when there is none.
+func dialDaemon(bus string) (*daemon.Client, error) {
+	c, err := daemon.Dial(bus)
+	if err != nil {
+		return nil, fmt.Errorf("%w (start 'peerup daemon', or give --sysroot to work on a sysroot directly)", err)
+	}
+	return c, nil
+}
+
+func (a *app) newCheckCmd() *cobra.Command {
+	var bus string
+	cmd := &cobra.Command{
+		Use:   "check [--bus BUS]",
+		Short: "Ask the running daemon to look for an update now",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := dialDaemon(bus)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			p, err := c.CallAndWait(cmd.Context(), daemon.MethodPoll, nil)
+			if err != nil {
+				return err
+			}
+			return describeProps(p)
+		},
+	}
+	cmd.Flags().StringVar(&bus, "bus", "system", "the daemon's bus: system, session or an address")
+	return cmd
+}
+
+func (a *app) newFetchCmd() *cobra.Command {
+	var bus string
+	cmd := &cobra.Command{
+		Use:   "fetch [--bus BUS]",
+		Short: "Ask the running daemon to fetch and stage the available update",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := dialDaemon(bus)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			prog, clear := progress("fetching")
+			p, err := c.CallAndWait(cmd.Context(), daemon.MethodFetch, func(p daemon.Props) {
+				if prog != nil && p.DownloadSize > 0 {
+					prog(int64(p.DownloadedBytes), int64(p.DownloadSize))
+				}
+			})
+			clear()
+			if err != nil {
+				return err
+			}
+			return describeProps(p)
+		},
+	}
+	cmd.Flags().StringVar(&bus, "bus", "system", "the daemon's bus: system, session or an address")
+	return cmd
+}
+
+// viaDaemon runs a method on the daemon for verbs that also have a
+// sysroot-level form.
+func viaDaemon(cmd *cobra.Command, bus string, m daemon.Method) error {
+	c, err := dialDaemon(bus)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	p, err := c.CallAndWait(cmd.Context(), m, nil)
+	if err != nil {
+		return err
+	}
+	return describeProps(p)
+}
+
+func describeProps(p daemon.Props) error {
+	fmt.Printf("state:    %s\nimage:    %s\ncurrent:  %d\nprevious: %d\n", p.State, p.Image, p.CurrentVersion, p.PreviousVersion)
+	if p.AvailableVersion != 0 {
+		fmt.Printf("available: %d\n", p.AvailableVersion)
+	}
+	if p.DownloadSize != 0 {
+		fmt.Printf("download: %s of %s\n", human(int64(p.DownloadedBytes)), human(int64(p.DownloadSize)))
+	}
+	fmt.Printf("peers:    %d\n", p.PeerCount)
+	if p.State == daemon.StateError {
+		return errors.New(p.ErrorMessage)
+	}
+	return nil
+}

@@ -1,0 +1,467 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"peerup/apply"
+	"peerup/manifest"
+	"peerup/transfer"
+)
+
+// Policy says what the daemon does on its own when it finds an update.
+type Policy string
+
+// Policies (see peerup daemon --help).
+const (
+	PolicyAuto     Policy = "auto"     // fetch, stage and switch at once
+	PolicyDownload Policy = "download" // fetch and stage, then wait for Apply
+	PolicyNotify   Policy = "notify"   // only say that an update exists
+)
+
+// ParsePolicy checks a policy name.
+func ParsePolicy(s string) (Policy, error) {
+	switch p := Policy(s); p {
+	case PolicyAuto, PolicyDownload, PolicyNotify:
+		return p, nil
+	}
+	return "", fmt.Errorf("policy %q: want auto, download or notify", s)
+}
+
+// Props is what the daemon publishes about itself.
+type Props struct {
+	State            State
+	Image            string
+	CurrentVersion   uint64
+	PreviousVersion  uint64
+	AvailableVersion uint64
+	DownloadSize     uint64
+	DownloadedBytes  uint64
+	ErrorName        string
+	ErrorMessage     string
+	PeerCount        uint32
+}
+
+// Observer hears of changes: the D-Bus service, tests.
+type Observer interface {
+	PropsChanged(old, cur Props)
+	UpdateReady(version uint64)
+}
+
+// Error names, as D-Bus clients see them.
+const (
+	ErrorPrefix     = "org.peerup.Updater1.Error."
+	ErrorWrongState = ErrorPrefix + "WrongState"
+	ErrorPoll       = ErrorPrefix + "Poll"
+	ErrorFetch      = ErrorPrefix + "Fetch"
+	ErrorApply      = ErrorPrefix + "Apply"
+	ErrorRollback   = ErrorPrefix + "Rollback"
+	ErrorCancelled  = ErrorPrefix + "Cancelled"
+)
+
+// Options configure the core.
+type Options struct {
+	Sysroot *apply.Sysroot
+	DB      *DB
+	Trust   *manifest.Keyring
+	Policy  Policy
+	// Peers returns the URLs of the peers to ask, best first: static ones
+	// and those discovery found.
+	Peers func() []string
+	// OnApplied runs after a switch, to advertise and announce the new
+	// version.
+	OnApplied func(from, to uint64)
+	// BanFor is how long a peer that served bad data is ignored (30 min).
+	BanFor time.Duration
+	Log    *slog.Logger
+}
+
+// Core is the daemon's state machine.
+type Core struct {
+	o   Options
+	ctx context.Context // the daemon's lifetime
+
+	mu     sync.Mutex
+	props  Props
+	offer  []string // peers offering AvailableVersion
+	cancel context.CancelCauseFunc
+	obs    []Observer
+	wg     sync.WaitGroup
+}
+
+// errCancelled is the cause given to an operation's context by Cancel.
+var errCancelled = errors.New("cancelled by request")
+
+// NewCore makes a core in state idle, reading the sysroot's versions.
+func NewCore(ctx context.Context, o Options) (*Core, error) {
+	if o.BanFor == 0 {
+		o.BanFor = 30 * time.Minute
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Peers == nil {
+		o.Peers = func() []string { return nil }
+	}
+	c := &Core{o: o, ctx: ctx}
+	c.props.State = StateIdle
+	if err := c.readSysroot(&c.props); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Core) readSysroot(p *Props) error {
+	st, err := c.o.Sysroot.Status()
+	if err != nil {
+		return err
+	}
+	p.Image, p.CurrentVersion, p.PreviousVersion = st.Image, st.Current, st.Previous
+	return nil
+}
+
+// Observe adds an observer.
+func (c *Core) Observe(o Observer) {
+	c.mu.Lock()
+	c.obs = append(c.obs, o)
+	c.mu.Unlock()
+}
+
+// Props returns the current properties.
+func (c *Core) Props() Props {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.props
+}
+
+// update changes the properties under the lock and tells the observers
+// outside it, in order.
+func (c *Core) update(f func(p *Props)) {
+	c.mu.Lock()
+	old := c.props
+	f(&c.props)
+	cur := c.props
+	obs := append([]Observer(nil), c.obs...)
+	c.mu.Unlock()
+	if old != cur {
+		for _, o := range obs {
+			o.PropsChanged(old, cur)
+		}
+	}
+}
+
+func (c *Core) setState(s State) { c.update(func(p *Props) { p.State = s }) }
+
+func (c *Core) fail(name string, err error) {
+	c.o.Log.Warn("update failed", "error", name, "err", err)
+	c.update(func(p *Props) {
+		p.State, p.ErrorName, p.ErrorMessage = StateError, name, err.Error()
+	})
+}
+
+// begin checks the state and moves to a busy one, atomically, so two callers
+// cannot both start an operation.
+func (c *Core) begin(m Method, busy State) (context.Context, error) {
+	c.mu.Lock()
+	if err := check(m, c.props.State); err != nil {
+		c.mu.Unlock()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancelCause(c.ctx)
+	c.cancel = cancel
+	old := c.props
+	c.props.State = busy
+	if busy != StateApplying {
+		c.props.ErrorName, c.props.ErrorMessage = "", ""
+	}
+	cur := c.props
+	obs := append([]Observer(nil), c.obs...)
+	c.wg.Add(1)
+	c.mu.Unlock()
+	for _, o := range obs {
+		o.PropsChanged(old, cur)
+	}
+	return ctx, nil
+}
+
+func (c *Core) end() {
+	c.mu.Lock()
+	c.cancel = nil
+	c.mu.Unlock()
+	c.wg.Done()
+}
+
+// run runs an operation, ends it, then takes the step the policy asks for
+// next, through the same state checks as a client's call.
+func (c *Core) run(ctx context.Context, op func(context.Context) func() error) {
+	next := op(ctx)
+	c.end()
+	if next != nil {
+		if err := next(); err != nil {
+			c.o.Log.Debug("policy step not taken", "err", err)
+		}
+	}
+}
+
+// Wait blocks until no operation runs (for shutdown and tests).
+func (c *Core) Wait() { c.wg.Wait() }
+
+// Poll asks the peers for a newer version, in the background.
+func (c *Core) Poll() error {
+	ctx, err := c.begin(MethodPoll, StatePolling)
+	if err != nil {
+		return err
+	}
+	go c.run(ctx, c.poll)
+	return nil
+}
+
+// Fetch fetches and stages the available version, in the background.
+func (c *Core) Fetch() error {
+	ctx, err := c.begin(MethodFetch, StateFetching)
+	if err != nil {
+		return err
+	}
+	go c.run(ctx, c.fetch)
+	return nil
+}
+
+// Apply switches to the staged version, in the background.
+func (c *Core) Apply() error {
+	ctx, err := c.begin(MethodApply, StateApplying)
+	if err != nil {
+		return err
+	}
+	go c.run(ctx, c.apply)
+	return nil
+}
+
+// Rollback swaps current and previous. It is quick, so it runs at once.
+func (c *Core) Rollback() error {
+	_, err := c.begin(MethodRollback, StateApplying)
+	if err != nil {
+		return err
+	}
+	defer c.end()
+	from, to, err := c.o.Sysroot.Rollback()
+	if err != nil {
+		c.fail(ErrorRollback, err)
+		return err
+	}
+	c.o.Log.Info("rolled back", "from", from, "to", to)
+	c.update(func(p *Props) {
+		c.readSysroot(p)
+		p.State, p.AvailableVersion = StateIdle, 0
+	})
+	if c.o.OnApplied != nil {
+		c.o.OnApplied(from, to)
+	}
+	return nil
+}
+
+// Cancel stops a poll or a fetch. What a fetch verified is kept.
+func (c *Core) Cancel() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := check(MethodCancel, c.props.State); err != nil {
+		return err
+	}
+	if c.cancel != nil {
+		c.cancel(errCancelled)
+	}
+	return nil
+}
+
+// Hint tells the core that a peer may have something newer (a discovery
+// event). It starts a poll if the daemon is idle; otherwise the next poll
+// sees the peer anyway.
+func (c *Core) Hint() {
+	if err := c.Poll(); err != nil {
+		c.o.Log.Debug("hint ignored", "state", c.Props().State)
+	}
+}
+
+// candidates are the peers to ask, minus banned ones.
+func (c *Core) candidates() []string {
+	now := time.Now()
+	var out []string
+	seen := map[string]bool{}
+	for _, u := range c.o.Peers() {
+		if !seen[u] && !c.o.DB.Banned(u, now) {
+			seen[u] = true
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+func (c *Core) poll(ctx context.Context) func() error {
+	peers := c.candidates()
+	c.update(func(p *Props) { p.PeerCount = uint32(len(peers)) })
+	cur := c.Props()
+	type found struct {
+		url string
+		v   uint64
+		img string
+	}
+	var offers []found
+	var records []PeerRecord
+	var lastErr error
+	for _, u := range peers {
+		cl, err := transfer.NewClient(u, nil)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		ix, err := cl.Index(pctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			lastErr = err
+			continue
+		}
+		img := cur.Image
+		if img == "" && len(ix.Images()) == 1 {
+			img = ix.Images()[0]
+		}
+		if e, ok := ix.Latest(img); ok {
+			records = append(records, PeerRecord{URL: u, Image: img, Version: e.Version, Source: "poll", LastSeen: time.Now()})
+			if e.Version > cur.CurrentVersion {
+				offers = append(offers, found{u, e.Version, img})
+			}
+		}
+	}
+	if len(records) > 0 {
+		if err := c.o.DB.SavePeers(records); err != nil {
+			c.o.Log.Warn("save peers", "err", err)
+		}
+	}
+	c.o.DB.SetLastPoll(time.Now())
+	if context.Cause(ctx) == errCancelled {
+		c.update(func(p *Props) { p.State = StateIdle })
+		return nil
+	}
+	if len(offers) == 0 {
+		if lastErr != nil && len(records) == 0 {
+			c.fail(ErrorPoll, fmt.Errorf("no peer answered: %w", lastErr))
+			return nil
+		}
+		c.setState(StateIdle)
+		return nil
+	}
+	// The highest version wins; among its peers, keep discovery's order.
+	sort.SliceStable(offers, func(i, j int) bool { return offers[i].v > offers[j].v })
+	best := offers[0].v
+	var urls []string
+	for _, f := range offers {
+		if f.v == best {
+			urls = append(urls, f.url)
+		}
+	}
+	c.mu.Lock()
+	c.offer = urls
+	c.mu.Unlock()
+	c.update(func(p *Props) {
+		p.State, p.AvailableVersion = StateUpdateAvailable, best
+		if p.Image == "" {
+			p.Image = offers[0].img
+		}
+	})
+	c.o.Log.Info("update available", "version", best, "peers", len(urls))
+	if c.o.Policy == PolicyAuto || c.o.Policy == PolicyDownload {
+		return c.Fetch
+	}
+	return nil
+}
+
+func (c *Core) fetch(ctx context.Context) func() error {
+	c.mu.Lock()
+	peers := append([]string(nil), c.offer...)
+	c.mu.Unlock()
+	want := c.Props().AvailableVersion
+	c.update(func(p *Props) { p.DownloadedBytes, p.DownloadSize = 0, 0 })
+	var lastPersist time.Time
+	var persisted int64
+	var pmu sync.Mutex
+	progress := func(done, total int64) {
+		c.update(func(p *Props) { p.DownloadedBytes, p.DownloadSize = uint64(done), uint64(total) })
+		pmu.Lock()
+		defer pmu.Unlock()
+		// The fetched-bytes counter is durable but written at most once a
+		// second: every bbolt commit costs two fsyncs.
+		if time.Since(lastPersist) > time.Second && done > persisted {
+			c.o.DB.AddCounter("fetched-bytes", uint64(done-persisted))
+			persisted, lastPersist = done, time.Now()
+		}
+	}
+	var lastErr error
+	for _, u := range peers {
+		cl, err := transfer.NewClient(u, nil)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		res, err := c.o.Sysroot.Pull(ctx, cl, apply.PullOptions{Version: want, Trust: c.o.Trust, Progress: progress, Log: c.o.Log})
+		if err == nil {
+			pmu.Lock()
+			if res.FetchedBytes > persisted {
+				c.o.DB.AddCounter("fetched-bytes", uint64(res.FetchedBytes-persisted))
+			}
+			pmu.Unlock()
+			c.o.Log.Info("update staged", "version", want, "from", u, "fetched", res.FetchedBytes, "patches", res.PatchObjects)
+			c.update(func(p *Props) { p.State = StateUpdateReady })
+			c.mu.Lock()
+			obs := append([]Observer(nil), c.obs...)
+			c.mu.Unlock()
+			for _, o := range obs {
+				o.UpdateReady(want)
+			}
+			if c.o.Policy == PolicyAuto {
+				return c.Apply
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		lastErr = err
+		if errors.Is(err, transfer.ErrPeer) || errors.Is(err, manifest.ErrBadSignature) || errors.Is(err, manifest.ErrUntrustedKey) {
+			c.o.Log.Warn("banning peer that served bad data", "peer", u, "err", err)
+			c.o.DB.Ban(u, time.Now().Add(c.o.BanFor))
+		}
+	}
+	if context.Cause(ctx) == errCancelled {
+		c.update(func(p *Props) { p.State = StateUpdateAvailable })
+		return nil
+	}
+	if lastErr == nil {
+		lastErr = errors.New("no peer offers it any more")
+	}
+	c.fail(ErrorFetch, fmt.Errorf("fetch version %d: %w", want, lastErr))
+	return nil
+}
+
+func (c *Core) apply(ctx context.Context) func() error {
+	from, to, err := c.o.Sysroot.Apply(c.Props().AvailableVersion)
+	if err != nil {
+		c.fail(ErrorApply, err)
+		return nil
+	}
+	c.o.Log.Info("update applied", "from", from, "to", to)
+	c.update(func(p *Props) {
+		c.readSysroot(p)
+		p.State, p.AvailableVersion = StateUpdateApplied, 0
+	})
+	if c.o.OnApplied != nil {
+		c.o.OnApplied(from, to)
+	}
+	return nil
+}

@@ -1,0 +1,299 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+
+	"peerup/apply"
+	"peerup/blobstore"
+	"peerup/manifest"
+	"peerup/transfer"
+)
+
+// privateBus starts a real dbus-daemon for the test and returns its address.
+func privateBus(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("dbus-daemon")
+	if err != nil {
+		t.Skip("dbus-daemon not installed (apt-get install dbus); skipping the D-Bus tests")
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(bin, "--session", "--nofork", "--print-address=1", "--address=unix:path="+dir+"/bus")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
+	addr, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("dbus-daemon did not start: %v", err)
+	}
+	return strings.TrimSpace(addr)
+}
+
+type testFleet struct {
+	dir, pub, url string
+	repo          *blobstore.Repo
+	signer        *manifest.Signer
+	tree          string
+}
+
+func newTestFleet(t *testing.T) *testFleet {
+	t.Helper()
+	dir := t.TempDir()
+	e, _ := manifest.GenerateKey("fleet")
+	_, pub, err := manifest.WriteKeyPair(e, dir, "fleet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, err := blobstore.OpenRepo(dir + "/repo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(transfer.NewHandler(repo.Dir(), nil))
+	t.Cleanup(srv.Close)
+	f := &testFleet{dir: dir, pub: pub, url: srv.URL + "/", repo: repo, signer: manifest.NewSigner(e), tree: dir + "/tree"}
+	os.MkdirAll(f.tree+"/etc", 0o755)
+	return f
+}
+
+func (f *testFleet) publish(t *testing.T, v uint64) {
+	t.Helper()
+	os.WriteFile(f.tree+"/etc/os-release", []byte(fmt.Sprintf("VERSION=%d\n", v)), 0o644)
+	os.WriteFile(f.tree+fmt.Sprintf("/etc/file-%d", v), []byte(strings.Repeat("x", int(v)*1000)), 0o644)
+	if _, err := f.repo.Publish(context.Background(), f.tree, blobstore.PublishOptions{Image: "school-laptop", Version: v, Signer: f.signer}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sysrootAt makes a sysroot already running version v of the fleet's image.
+func (f *testFleet) sysrootAt(t *testing.T, v uint64) string {
+	t.Helper()
+	dir := t.TempDir() + "/sysroot"
+	s, err := apply.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, _ := manifest.LoadKeyring(f.pub)
+	cl, _ := transfer.NewClient(f.url, nil)
+	if _, err := s.Pull(context.Background(), cl, apply.PullOptions{Version: v, Trust: kr}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Apply(v); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// watcher collects the updater's signals from a second bus connection.
+type watcher struct {
+	ch chan *dbus.Signal
+}
+
+func watch(t *testing.T, addr string) *watcher {
+	t.Helper()
+	conn, err := dbus.Connect(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if err := conn.AddMatchSignal(dbus.WithMatchObjectPath(ObjectPath)); err != nil {
+		t.Fatal(err)
+	}
+	w := &watcher{ch: make(chan *dbus.Signal, 1024)}
+	conn.Signal(w.ch)
+	return w
+}
+
+// until reads signals until want returns true, failing after a deadline.
+func (w *watcher) until(t *testing.T, what string, want func(*dbus.Signal) bool) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case s := <-w.ch:
+			if want(s) {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+func stateIs(state State) func(*dbus.Signal) bool {
+	return func(s *dbus.Signal) bool {
+		return s.Name == Interface+".StateChanged" && len(s.Body) == 1 && s.Body[0] == string(state)
+	}
+}
+
+func TestDBusAPIDuringARealUpdate(t *testing.T) {
+	addr := privateBus(t)
+	f := newTestFleet(t)
+	f.publish(t, 1)
+	sysroot := f.sysrootAt(t, 1)
+	f.publish(t, 2)
+
+	w := watch(t, addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := Start(ctx, Config{Sysroot: sysroot, Trust: []string{f.pub}, Listen: "127.0.0.1:0", Bus: addr, Policy: "download", Peers: []string{f.url}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); d.Wait(ctx) }()
+
+	// The daemon polls its static peer on start, finds v2 and, by the
+	// download policy, fetches and stages it.
+	var sawProps, sawReady bool
+	var states []string
+	w.until(t, "UpdateReady(2)", func(s *dbus.Signal) bool {
+		switch s.Name {
+		case "org.freedesktop.DBus.Properties.PropertiesChanged":
+			sawProps = true
+		case Interface + ".StateChanged":
+			states = append(states, s.Body[0].(string))
+		case Interface + ".UpdateReady":
+			sawReady = s.Body[0] == uint64(2)
+		}
+		return sawReady
+	})
+	if !sawProps {
+		t.Error("no PropertiesChanged signal during the fetch")
+	}
+	if got := strings.Join(states, " "); !strings.Contains(got, "polling update-available fetching update-ready") {
+		t.Errorf("states = %q", got)
+	}
+
+	cl, err := Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	p, err := cl.Props()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Props{State: StateUpdateReady, Image: "school-laptop", CurrentVersion: 1, AvailableVersion: 2, PeerCount: 1,
+		DownloadSize: p.DownloadSize, DownloadedBytes: p.DownloadSize}
+	if p != want || p.DownloadSize == 0 {
+		t.Errorf("properties = %+v\nwant %+v", p, want)
+	}
+
+	// A method in the wrong state fails with the named error.
+	for _, m := range []Method{MethodFetch, MethodCancel} {
+		err := cl.obj.Call(Interface+"."+string(m), 0).Err
+		var de dbus.Error
+		if !errors.As(err, &de) || de.Name != ErrorWrongState {
+			t.Errorf("%s in update-ready: err = %v, want %s", m, err, ErrorWrongState)
+		}
+	}
+
+	if err := cl.Call(MethodApply); err != nil {
+		t.Fatal(err)
+	}
+	w.until(t, "update-applied", stateIs(StateUpdateApplied))
+	if p, _ := cl.Props(); p.CurrentVersion != 2 || p.PreviousVersion != 1 {
+		t.Errorf("after Apply: %+v", p)
+	}
+	if target, _ := os.Readlink(sysroot + "/current"); target != "trees/2" {
+		t.Errorf("current -> %s", target)
+	}
+
+	if err := cl.Call(MethodRollback); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := cl.Props(); p.CurrentVersion != 1 || p.PreviousVersion != 2 || p.State != StateIdle {
+		t.Errorf("after Rollback: %+v", p)
+	}
+
+	// Poll finds v2 again (rolled back from, still newest); Cancel then
+	// works or the poll has already finished: both are fine, an error is not
+	// the named one.
+	if err := cl.Call(MethodPoll); err != nil {
+		t.Fatal(err)
+	}
+	w.until(t, "update-available after Poll", stateIs(StateUpdateAvailable))
+}
+
+func TestIntrospection(t *testing.T) {
+	addr := privateBus(t)
+	busctl, err := exec.LookPath("busctl")
+	if err != nil {
+		t.Skip("busctl not installed (apt-get install systemd); skipping introspection")
+	}
+	f := newTestFleet(t)
+	f.publish(t, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := Start(ctx, Config{Sysroot: t.TempDir(), Trust: []string{f.pub}, Listen: "127.0.0.1:0", Bus: addr}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); d.Wait(ctx) }()
+	out, err := exec.Command(busctl, "--address="+addr, "introspect", BusName, string(ObjectPath)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("busctl introspect: %v\n%s", err, out)
+	}
+	for _, want := range []string{".Poll", ".Fetch", ".Apply", ".Rollback", ".Cancel", ".State", ".AvailableVersion", ".DownloadedBytes", ".PeerCount", ".StateChanged", ".UpdateReady"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("introspection lacks %s:\n%s", want, out)
+		}
+	}
+}
+
+func TestSecondDaemonOnSameSysrootFailsAtOnce(t *testing.T) {
+	f := newTestFleet(t)
+	f.publish(t, 1)
+	sysroot := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := Start(ctx, Config{Sysroot: sysroot, Trust: []string{f.pub}, Listen: "127.0.0.1:0", Bus: "none"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); d.Wait(ctx) }()
+	_, err = Start(ctx, Config{Sysroot: sysroot, Trust: []string{f.pub}, Listen: "127.0.0.1:0", Bus: "none"}, nil, nil)
+	if !errors.Is(err, ErrRunning) {
+		t.Fatalf("second daemon: err = %v, want ErrRunning", err)
+	}
+	if !strings.Contains(err.Error(), "another peerup daemon is running") {
+		t.Errorf("message not clear: %v", err)
+	}
+}
+
+func TestStateTable(t *testing.T) {
+	tests := []struct {
+		m     Method
+		s     State
+		allow bool
+	}{
+		{MethodPoll, StateIdle, true},
+		{MethodPoll, StateFetching, false},
+		{MethodFetch, StateUpdateAvailable, true},
+		{MethodFetch, StateIdle, false},
+		{MethodApply, StateUpdateReady, true},
+		{MethodApply, StateUpdateAvailable, false},
+		{MethodCancel, StateFetching, true},
+		{MethodCancel, StateApplying, false},
+		{MethodRollback, StateApplying, false},
+		{MethodRollback, StateUpdateApplied, true},
+	}
+	for _, tc := range tests {
+		err := check(tc.m, tc.s)
+		if (err == nil) != tc.allow {
+			t.Errorf("%s in %s: err = %v, want allowed=%v", tc.m, tc.s, err, tc.allow)
+		}
+	}
+}

@@ -1,0 +1,244 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/godbus/dbus/v5"
+	"github.com/godbus/dbus/v5/introspect"
+	"github.com/godbus/dbus/v5/prop"
+)
+
+// The D-Bus names of the updater (SPEC.md §11).
+const (
+	BusName    = "org.peerup.Updater1"
+	ObjectPath = dbus.ObjectPath("/org/peerup/Updater1")
+	Interface  = "org.peerup.Updater1"
+)
+
+// ConnectBus connects to "system", "session" or a bus address.
+func ConnectBus(spec string) (*dbus.Conn, error) {
+	var conn *dbus.Conn
+	var err error
+	switch spec {
+	case "system":
+		conn, err = dbus.ConnectSystemBus()
+	case "session":
+		conn, err = dbus.ConnectSessionBus()
+	default:
+		conn, err = dbus.Connect(spec)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("connect to the %s bus: %w", spec, err)
+	}
+	return conn, nil
+}
+
+// Service exports a Core on D-Bus.
+type Service struct {
+	conn  *dbus.Conn
+	core  *Core
+	props *prop.Properties
+}
+
+// methods is the object whose exported methods become the interface's.
+type methods struct{ core *Core }
+
+func dbusErr(err error) *dbus.Error {
+	if err == nil {
+		return nil
+	}
+	var ws *WrongStateError
+	if errors.As(err, &ws) {
+		return dbus.NewError(ErrorWrongState, []any{err.Error()})
+	}
+	return dbus.NewError(ErrorPrefix+"Failed", []any{err.Error()})
+}
+
+func (m methods) Poll() *dbus.Error     { return dbusErr(m.core.Poll()) }
+func (m methods) Fetch() *dbus.Error    { return dbusErr(m.core.Fetch()) }
+func (m methods) Apply() *dbus.Error    { return dbusErr(m.core.Apply()) }
+func (m methods) Rollback() *dbus.Error { return dbusErr(m.core.Rollback()) }
+func (m methods) Cancel() *dbus.Error   { return dbusErr(m.core.Cancel()) }
+
+func propValues(p Props) map[string]any {
+	return map[string]any{
+		"State":            string(p.State),
+		"Image":            p.Image,
+		"CurrentVersion":   p.CurrentVersion,
+		"PreviousVersion":  p.PreviousVersion,
+		"AvailableVersion": p.AvailableVersion,
+		"DownloadSize":     p.DownloadSize,
+		"DownloadedBytes":  p.DownloadedBytes,
+		"ErrorName":        p.ErrorName,
+		"ErrorMessage":     p.ErrorMessage,
+		"PeerCount":        p.PeerCount,
+	}
+}
+
+// Export publishes core on conn under BusName and ObjectPath.
+func Export(conn *dbus.Conn, core *Core) (*Service, error) {
+	s := &Service{conn: conn, core: core}
+	if err := conn.Export(methods{core}, ObjectPath, Interface); err != nil {
+		return nil, fmt.Errorf("export: %w", err)
+	}
+	pm := map[string]*prop.Prop{}
+	for name, v := range propValues(core.Props()) {
+		pm[name] = &prop.Prop{Value: v, Writable: false, Emit: prop.EmitTrue}
+	}
+	props, err := prop.Export(conn, ObjectPath, prop.Map{Interface: pm})
+	if err != nil {
+		return nil, fmt.Errorf("export properties: %w", err)
+	}
+	s.props = props
+	node := &introspect.Node{
+		Name: string(ObjectPath),
+		Interfaces: []introspect.Interface{
+			introspect.IntrospectData,
+			prop.IntrospectData,
+			{
+				Name: Interface,
+				Methods: []introspect.Method{
+					{Name: "Poll"}, {Name: "Fetch"}, {Name: "Apply"}, {Name: "Rollback"}, {Name: "Cancel"},
+				},
+				Signals: []introspect.Signal{
+					{Name: "StateChanged", Args: []introspect.Arg{{Name: "state", Type: "s"}}},
+					{Name: "UpdateReady", Args: []introspect.Arg{{Name: "version", Type: "t"}}},
+				},
+				Properties: props.Introspection(Interface),
+			},
+		},
+	}
+	if err := conn.Export(introspect.NewIntrospectable(node), ObjectPath, "org.freedesktop.DBus.Introspectable"); err != nil {
+		return nil, fmt.Errorf("export introspection: %w", err)
+	}
+	core.Observe(s)
+	reply, err := conn.RequestName(BusName, dbus.NameFlagDoNotQueue)
+	if err != nil {
+		return nil, fmt.Errorf("own %s: %w", BusName, err)
+	}
+	if reply != dbus.RequestNameReplyPrimaryOwner {
+		return nil, fmt.Errorf("own %s: the name is taken (another peerup daemon on this bus?)", BusName)
+	}
+	return s, nil
+}
+
+// PropsChanged mirrors the core's properties; prop emits PropertiesChanged.
+func (s *Service) PropsChanged(old, cur Props) {
+	ov, cv := propValues(old), propValues(cur)
+	for name, v := range cv {
+		if ov[name] != v {
+			s.props.SetMust(Interface, name, v)
+		}
+	}
+	if old.State != cur.State {
+		s.conn.Emit(ObjectPath, Interface+".StateChanged", string(cur.State))
+	}
+}
+
+// UpdateReady emits the UpdateReady signal.
+func (s *Service) UpdateReady(v uint64) {
+	s.conn.Emit(ObjectPath, Interface+".UpdateReady", v)
+}
+
+// Client is the CLI's view of a running daemon.
+type Client struct {
+	conn *dbus.Conn
+	obj  dbus.BusObject
+}
+
+// Dial finds the daemon on a bus; it fails if no daemon owns the name.
+func Dial(spec string) (*Client, error) {
+	conn, err := ConnectBus(spec)
+	if err != nil {
+		return nil, err
+	}
+	var has bool
+	if err := conn.BusObject().Call("org.freedesktop.DBus.NameHasOwner", 0, BusName).Store(&has); err != nil || !has {
+		conn.Close()
+		return nil, fmt.Errorf("no peerup daemon on the %s bus", spec)
+	}
+	return &Client{conn: conn, obj: conn.Object(BusName, ObjectPath)}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Call invokes a method by name (Poll, Fetch, Apply, Rollback, Cancel).
+func (c *Client) Call(m Method) error {
+	if err := c.obj.Call(Interface+"."+string(m), 0).Err; err != nil {
+		var de dbus.Error
+		if errors.As(err, &de) && len(de.Body) > 0 {
+			return fmt.Errorf("%s: %v (%s)", m, de.Body[0], strings.TrimPrefix(de.Name, ErrorPrefix))
+		}
+		return fmt.Errorf("%s: %w", m, err)
+	}
+	return nil
+}
+
+// Props reads every property.
+func (c *Client) Props() (Props, error) {
+	var all map[string]dbus.Variant
+	if err := c.obj.Call("org.freedesktop.DBus.Properties.GetAll", 0, Interface).Store(&all); err != nil {
+		return Props{}, fmt.Errorf("read properties: %w", err)
+	}
+	var p Props
+	get := func(name string, dst any) {
+		if v, ok := all[name]; ok {
+			v.Store(dst)
+		}
+	}
+	var state string
+	get("State", &state)
+	p.State = State(state)
+	get("Image", &p.Image)
+	get("CurrentVersion", &p.CurrentVersion)
+	get("PreviousVersion", &p.PreviousVersion)
+	get("AvailableVersion", &p.AvailableVersion)
+	get("DownloadSize", &p.DownloadSize)
+	get("DownloadedBytes", &p.DownloadedBytes)
+	get("ErrorName", &p.ErrorName)
+	get("ErrorMessage", &p.ErrorMessage)
+	get("PeerCount", &p.PeerCount)
+	return p, nil
+}
+
+// Conn exposes the connection (to watch signals).
+func (c *Client) Conn() *dbus.Conn { return c.conn }
+
+func busy(s State) bool {
+	return s == StatePolling || s == StateFetching || s == StateApplying
+}
+
+// CallAndWait invokes a method and waits until the daemon leaves the busy
+// states it passes through, reporting progress properties to onProps.
+func (c *Client) CallAndWait(ctx context.Context, m Method, onProps func(Props)) (Props, error) {
+	ch := make(chan *dbus.Signal, 64)
+	c.conn.Signal(ch)
+	defer c.conn.RemoveSignal(ch)
+	if err := c.conn.AddMatchSignal(dbus.WithMatchObjectPath(ObjectPath)); err != nil {
+		return Props{}, err
+	}
+	if err := c.Call(m); err != nil {
+		return Props{}, err
+	}
+	for {
+		p, err := c.Props()
+		if err != nil {
+			return p, err
+		}
+		if onProps != nil {
+			onProps(p)
+		}
+		if !busy(p.State) {
+			return p, nil
+		}
+		select {
+		case <-ctx.Done():
+			return p, ctx.Err()
+		case <-ch:
+		}
+	}
+}

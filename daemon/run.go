@@ -1,0 +1,226 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"peerup/apply"
+	"peerup/manifest"
+	"peerup/transfer"
+)
+
+// Config is everything `peerup daemon` can be told, by flags or by the TOML
+// file (/etc/peerup/peerup.toml); flags override the file.
+type Config struct {
+	Sysroot string   `toml:"sysroot"`
+	Trust   []string `toml:"trust"`
+	Listen  string   `toml:"listen"`
+	Iface   string   `toml:"iface"`
+	Bus     string   `toml:"bus"`
+	Policy  string   `toml:"policy"`
+	Peers   []string `toml:"peer"`
+	// PollInterval, if set, also polls the peers on a timer. Off by default:
+	// discovery events wake the daemon, so it makes no traffic when there is
+	// nothing to do.
+	PollInterval time.Duration `toml:"poll-interval"`
+}
+
+// LoadConfig reads a TOML config file, refusing unknown keys so that a typo
+// does not silently change nothing.
+func LoadConfig(path string) (Config, error) {
+	var c Config
+	md, err := toml.DecodeFile(path, &c)
+	if err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		return c, fmt.Errorf("config %s: unknown key %q", path, und[0].String())
+	}
+	return c, nil
+}
+
+// Discovery is what the daemon needs from peer discovery.
+type Discovery interface {
+	// Peers lists repo URLs of peers of our image, best first.
+	Peers() []string
+	// Newer fires when a peer with a newer version may have appeared.
+	Newer() <-chan struct{}
+	// VersionChanged re-advertises the node's version and announces the
+	// new one to the nodes still on the old.
+	VersionChanged(ctx context.Context, image string, from, to uint64)
+	Close() error
+}
+
+// Daemon is a running peerup daemon.
+type Daemon struct {
+	Core    *Core
+	DB      *DB
+	Sysroot *apply.Sysroot
+	Addr    net.Addr // where it serves its repo
+
+	srv  *http.Server
+	svc  *Service
+	disc Discovery
+	log  *slog.Logger
+	wg   sync.WaitGroup
+}
+
+// Start opens the sysroot and its database (failing at once if another
+// daemon has them), serves the node's repo, and exports the D-Bus API.
+// newDisc, if not nil, is called with the node's image, version and HTTP
+// port once they are known.
+func Start(ctx context.Context, cfg Config, newDisc func(image string, version uint64, port int) (Discovery, error), log *slog.Logger) (*Daemon, error) {
+	if cfg.Sysroot == "" {
+		return nil, errors.New("no sysroot (--sysroot)")
+	}
+	policy, err := ParsePolicy(orDefault(cfg.Policy, string(PolicyAuto)))
+	if err != nil {
+		return nil, err
+	}
+	kr, err := manifest.LoadKeyring(cfg.Trust...)
+	if err != nil {
+		return nil, err
+	}
+	sys, err := apply.Open(cfg.Sysroot)
+	if err != nil {
+		return nil, err
+	}
+	db, err := OpenDB(filepath.Join(sys.StateDir(), "state.db"))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cfg.Sysroot, err)
+	}
+	d := &Daemon{DB: db, Sysroot: sys, log: log}
+	ok := false
+	defer func() {
+		if !ok {
+			d.close()
+		}
+	}()
+	ln, err := net.Listen("tcp", orDefault(cfg.Listen, ":7380"))
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	d.Addr = ln.Addr()
+	d.srv = transfer.NewServer(ln.Addr().String(), transfer.NewHandler(sys.Repo().Dir(), log))
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := d.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("serve", "err", err)
+		}
+	}()
+	st, err := sys.Status()
+	if err != nil {
+		return nil, err
+	}
+	if newDisc != nil {
+		if d.disc, err = newDisc(st.Image, st.Current, ln.Addr().(*net.TCPAddr).Port); err != nil {
+			return nil, err
+		}
+	}
+	peers := func() []string {
+		out := append([]string(nil), cfg.Peers...)
+		if d.disc != nil {
+			out = append(out, d.disc.Peers()...)
+		}
+		return out
+	}
+	d.Core, err = NewCore(ctx, Options{
+		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Log: log,
+		OnApplied: func(from, to uint64) {
+			if d.disc != nil {
+				d.disc.VersionChanged(ctx, d.Core.Props().Image, from, to)
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if bus := orDefault(cfg.Bus, "system"); bus != "none" {
+		conn, err := ConnectBus(bus)
+		if err != nil {
+			return nil, err
+		}
+		if d.svc, err = Export(conn, d.Core); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.loop(ctx, cfg, len(cfg.Peers) > 0)
+	}()
+	ok = true
+	return d, nil
+}
+
+// loop turns discovery events (and the optional timer) into polls.
+func (d *Daemon) loop(ctx context.Context, cfg Config, pollNow bool) {
+	var newer <-chan struct{}
+	if d.disc != nil {
+		newer = d.disc.Newer()
+	}
+	var tick <-chan time.Time
+	if cfg.PollInterval > 0 {
+		t := time.NewTicker(cfg.PollInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	if pollNow {
+		d.Core.Hint()
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-newer:
+			d.Core.Hint()
+		case <-tick:
+			d.Core.Hint()
+		}
+	}
+}
+
+// Wait blocks until ctx ends, then shuts everything down in order.
+func (d *Daemon) Wait(ctx context.Context) {
+	<-ctx.Done()
+	d.close()
+}
+
+func (d *Daemon) close() {
+	if d.Core != nil {
+		d.Core.Wait()
+	}
+	if d.srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		d.srv.Shutdown(sctx)
+		cancel()
+	}
+	if d.svc != nil {
+		d.svc.conn.Close()
+	}
+	if d.disc != nil {
+		d.disc.Close()
+	}
+	d.wg.Wait()
+	if d.DB != nil {
+		d.DB.Close()
+	}
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}

@@ -1,0 +1,243 @@
+package diff
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+
+	"peerup/manifest"
+)
+
+// Kind is how an encoding turns into its target object.
+type Kind string
+
+// Encoding kinds (SPEC.md §8).
+const (
+	// KindZstd is the whole object compressed with zstd.
+	KindZstd Kind = "zstd"
+	// KindBsdiff is a BSDIFF40 patch from a base object.
+	KindBsdiff Kind = "bsdiff"
+	// KindZstdDict is the object compressed with zstd using a base object
+	// as a raw-content dictionary.
+	KindZstdDict Kind = "zstd-dict"
+)
+
+func (k Kind) needsBase() bool { return k == KindBsdiff || k == KindZstdDict }
+
+func (k Kind) valid() bool { return k == KindZstd || k.needsBase() }
+
+// Encoding is one way to obtain a target object. The encoding's own bytes
+// are an object too, named by Digest, so peers store and serve them like any
+// other.
+type Encoding struct {
+	Target manifest.Digest
+	Kind   Kind
+	Digest manifest.Digest // SHA-256 of the encoding's bytes
+	Size   int64           // size of the encoding's bytes
+	Base   manifest.Digest // zero for KindZstd
+}
+
+// DeltaIndex lists the encodings a publisher made for one version. It is
+// signed like a manifest and names the manifest it belongs to by hash, so it
+// cannot be replayed against another version.
+type DeltaIndex struct {
+	Image     string
+	Version   uint64
+	Manifest  manifest.Digest
+	Encodings []Encoding
+}
+
+// Limits on a delta index.
+const (
+	MaxDeltaIndex = 256 << 20
+	MaxEncodings  = 4 << 20
+	deltasMagic   = "peerup-deltas 1"
+)
+
+// ErrDeltaIndex is wrapped by every error about a malformed delta index.
+var ErrDeltaIndex = errors.New("malformed delta index")
+
+func compareEnc(a, b *Encoding) int {
+	if c := bytes.Compare(a.Target[:], b.Target[:]); c != 0 {
+		return c
+	}
+	if c := strings.Compare(string(a.Kind), string(b.Kind)); c != 0 {
+		return c
+	}
+	return bytes.Compare(a.Base[:], b.Base[:])
+}
+
+// Sort puts the encodings in index order.
+func (x *DeltaIndex) Sort() {
+	sort.Slice(x.Encodings, func(i, j int) bool { return compareEnc(&x.Encodings[i], &x.Encodings[j]) < 0 })
+}
+
+// Marshal encodes the index; the encodings must be sorted and unique.
+func (x *DeltaIndex) Marshal() ([]byte, error) {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "%s\nimage %s\nversion %d\nmanifest %s\nencodings %d\n\n", deltasMagic, x.Image, x.Version, x.Manifest, len(x.Encodings))
+	for i := range x.Encodings {
+		e := &x.Encodings[i]
+		if err := e.validate(); err != nil {
+			return nil, err
+		}
+		if i > 0 && compareEnc(&x.Encodings[i-1], e) >= 0 {
+			return nil, fmt.Errorf("%w: encodings not sorted and unique at %s", ErrDeltaIndex, e.Target)
+		}
+		fmt.Fprintf(&b, "%s %s %s %d", e.Target, e.Kind, e.Digest, e.Size)
+		if e.Kind.needsBase() {
+			fmt.Fprintf(&b, " %s", e.Base)
+		}
+		b.WriteByte('\n')
+	}
+	return b.Bytes(), nil
+}
+
+func (e *Encoding) validate() error {
+	if !e.Kind.valid() {
+		return fmt.Errorf("%w: unknown encoding kind %q", ErrDeltaIndex, e.Kind)
+	}
+	if e.Size <= 0 || e.Size > manifest.MaxFileSize {
+		return fmt.Errorf("%w: encoding size %d out of range", ErrDeltaIndex, e.Size)
+	}
+	if e.Kind.needsBase() == e.Base.IsZero() {
+		return fmt.Errorf("%w: %s encoding with base %s", ErrDeltaIndex, e.Kind, e.Base)
+	}
+	if e.Base == e.Target {
+		return fmt.Errorf("%w: encoding of %s based on itself", ErrDeltaIndex, e.Target)
+	}
+	return nil
+}
+
+// ParseDeltaIndex reads a delta index strictly.
+func ParseDeltaIndex(data []byte) (*DeltaIndex, error) {
+	if len(data) > MaxDeltaIndex {
+		return nil, fmt.Errorf("%w: larger than %d bytes", ErrDeltaIndex, MaxDeltaIndex)
+	}
+	r := bufio.NewReader(bytes.NewReader(data))
+	line := 0
+	next := func() (string, error) {
+		s, err := r.ReadString('\n')
+		if err == io.EOF && s != "" {
+			return "", fmt.Errorf("%w: line %d: truncated", ErrDeltaIndex, line+1)
+		}
+		if err != nil {
+			return "", err
+		}
+		line++
+		return s[:len(s)-1], nil
+	}
+	x := &DeltaIndex{}
+	var n uint64
+	for i, key := range []string{deltasMagic, "image", "version", "manifest", "encodings"} {
+		s, err := next()
+		if err != nil {
+			return nil, fmt.Errorf("%w: header ends early", ErrDeltaIndex)
+		}
+		if i == 0 {
+			if s != deltasMagic {
+				return nil, fmt.Errorf("%w: first line is not %q", ErrDeltaIndex, deltasMagic)
+			}
+			continue
+		}
+		k, v, ok := strings.Cut(s, " ")
+		if !ok || k != key {
+			return nil, fmt.Errorf("%w: line %d: want %q", ErrDeltaIndex, line, key)
+		}
+		switch key {
+		case "image":
+			if err := manifest.ValidImage(v); err != nil {
+				return nil, fmt.Errorf("%w: %w", ErrDeltaIndex, err)
+			}
+			x.Image = v
+		case "version":
+			if x.Version, err = canonUint(v); err != nil || x.Version == 0 {
+				return nil, fmt.Errorf("%w: bad version %q", ErrDeltaIndex, v)
+			}
+		case "manifest":
+			if x.Manifest, err = manifest.ParseDigest(v); err != nil {
+				return nil, fmt.Errorf("%w: %w", ErrDeltaIndex, err)
+			}
+		case "encodings":
+			if n, err = canonUint(v); err != nil || n > MaxEncodings {
+				return nil, fmt.Errorf("%w: bad encoding count %q", ErrDeltaIndex, v)
+			}
+		}
+	}
+	if s, err := next(); err != nil || s != "" {
+		return nil, fmt.Errorf("%w: header not followed by a blank line", ErrDeltaIndex)
+	}
+	for {
+		s, err := next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		f := strings.Split(s, " ")
+		if len(f) != 4 && len(f) != 5 {
+			return nil, fmt.Errorf("%w: line %d: want TARGET KIND SHA256 SIZE [BASE]", ErrDeltaIndex, line)
+		}
+		var e Encoding
+		if e.Target, err = manifest.ParseDigest(f[0]); err != nil {
+			return nil, fmt.Errorf("%w: line %d: %w", ErrDeltaIndex, line, err)
+		}
+		e.Kind = Kind(f[1])
+		if e.Digest, err = manifest.ParseDigest(f[2]); err != nil {
+			return nil, fmt.Errorf("%w: line %d: %w", ErrDeltaIndex, line, err)
+		}
+		size, err := canonUint(f[3])
+		if err != nil || size > uint64(manifest.MaxFileSize) {
+			return nil, fmt.Errorf("%w: line %d: bad size %q", ErrDeltaIndex, line, f[3])
+		}
+		e.Size = int64(size)
+		if len(f) == 5 {
+			if e.Base, err = manifest.ParseDigest(f[4]); err != nil {
+				return nil, fmt.Errorf("%w: line %d: %w", ErrDeltaIndex, line, err)
+			}
+		}
+		if err := e.validate(); err != nil {
+			return nil, fmt.Errorf("line %d: %w", line, err)
+		}
+		if k := len(x.Encodings); k > 0 && compareEnc(&x.Encodings[k-1], &e) >= 0 {
+			return nil, fmt.Errorf("%w: line %d: not sorted and unique", ErrDeltaIndex, line)
+		}
+		if uint64(len(x.Encodings)) >= n {
+			return nil, fmt.Errorf("%w: more encodings than the header's %d", ErrDeltaIndex, n)
+		}
+		x.Encodings = append(x.Encodings, e)
+	}
+	if uint64(len(x.Encodings)) != n {
+		return nil, fmt.Errorf("%w: header says %d encodings, found %d", ErrDeltaIndex, n, len(x.Encodings))
+	}
+	return x, nil
+}
+
+func canonUint(s string) (uint64, error) {
+	v, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || strconv.FormatUint(v, 10) != s {
+		return 0, fmt.Errorf("not canonical decimal: %q", s)
+	}
+	return v, nil
+}
+
+// For returns the encodings of target, in index order.
+func (x *DeltaIndex) For(target manifest.Digest) []Encoding {
+	i := sort.Search(len(x.Encodings), func(i int) bool {
+		return bytes.Compare(x.Encodings[i].Target[:], target[:]) >= 0
+	})
+	j := i
+	for j < len(x.Encodings) && x.Encodings[j].Target == target {
+		j++
+	}
+	return x.Encodings[i:j]
+}
+
+func sha256sum(b []byte) [32]byte { return sha256.Sum256(b) }

@@ -1,0 +1,362 @@
+package diff
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+
+	"peerup/blobstore"
+	"peerup/manifest"
+)
+
+// GenerateOptions bound the publisher's work.
+type GenerateOptions struct {
+	Signer *manifest.Signer
+	// Depth is how many earlier versions encodings are made against
+	// (default 3).
+	Depth int
+	// MemoryBudget bounds the memory all bsdiff runs may take at once
+	// (default 2 GiB); a pair that alone exceeds it gets no bsdiff.
+	MemoryBudget int64
+	// DiffTimeout bounds one bsdiff run (default 60 s): long runs of equal
+	// bytes make bsdiff quadratic, and zstd-dict is the fallback.
+	DiffTimeout time.Duration
+	Workers     int // default: every core
+	Log         *slog.Logger
+}
+
+// GenerateResult reports what Generate made.
+type GenerateResult struct {
+	Index        *DeltaIndex
+	Targets      int   // changed objects considered
+	TargetBytes  int64 // their raw size
+	Encodings    int
+	SkippedDiffs int // bsdiff runs skipped for memory or time
+}
+
+type pair struct {
+	target     manifest.Digest
+	targetSize int64
+	bases      []baseRef
+}
+
+type baseRef struct {
+	d    manifest.Digest
+	size int64
+}
+
+// Generate makes the encodings of version v's changed objects against the
+// Depth versions before it, stores them in the repo as objects, and writes a
+// signed delta index beside the manifest.
+func Generate(ctx context.Context, repo *blobstore.Repo, image string, v uint64, o GenerateOptions) (*GenerateResult, error) {
+	if o.Signer == nil {
+		return nil, errors.New("generate deltas: no signing key")
+	}
+	if o.Depth <= 0 {
+		o.Depth = 3
+	}
+	if o.MemoryBudget <= 0 {
+		o.MemoryBudget = 2 << 30
+	}
+	if o.DiffTimeout <= 0 {
+		o.DiffTimeout = 60 * time.Second
+	}
+	if o.Workers <= 0 {
+		o.Workers = runtime.NumCPU()
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	ix, err := repo.ReadIndex()
+	if err != nil {
+		return nil, err
+	}
+	target, mb, err := readManifest(repo, image, v)
+	if err != nil {
+		return nil, err
+	}
+	var bases []*manifest.Manifest
+	for bv := v - 1; bv >= 1 && len(bases) < o.Depth; bv-- {
+		if _, ok := ix.Find(image, bv); !ok {
+			continue
+		}
+		m, _, err := readManifest(repo, image, bv)
+		if err != nil {
+			return nil, err
+		}
+		bases = append(bases, m)
+	}
+	pairs := plan(target, bases)
+	res := &GenerateResult{Index: &DeltaIndex{Image: image, Version: v, Manifest: manifest.Digest(sha256sum(mb))}}
+	for _, p := range pairs {
+		res.Targets++
+		res.TargetBytes += p.targetSize
+	}
+	b, err := repo.Begin()
+	if err != nil {
+		return nil, err
+	}
+	defer b.Abort()
+	if err := encodeAll(ctx, repo, b, pairs, o, res); err != nil {
+		return nil, fmt.Errorf("generate deltas for %s v%d: %w", image, v, err)
+	}
+	res.Index.Sort()
+	res.Encodings = len(res.Index.Encodings)
+	data, err := res.Index.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	var sig bytes.Buffer
+	if err := o.Signer.Sign(&sig, bytes.NewReader(data)); err != nil {
+		return nil, err
+	}
+	if err := b.Commit(); err != nil {
+		return nil, err
+	}
+	p := filepath.Join(repo.Dir(), blobstore.DeltasPath(image, v))
+	if err := blobstore.WriteAtomic(p, data); err != nil {
+		return nil, fmt.Errorf("write delta index: %w", err)
+	}
+	if err := blobstore.WriteAtomic(p+".sig", sig.Bytes()); err != nil {
+		return nil, fmt.Errorf("write delta index: %w", err)
+	}
+	return res, nil
+}
+
+func readManifest(repo *blobstore.Repo, image string, v uint64) (*manifest.Manifest, []byte, error) {
+	mb, _, err := repo.ReadVersion(image, v)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := manifest.Parse(mb)
+	if err != nil {
+		return nil, nil, fmt.Errorf("manifest %s v%d: %w", image, v, err)
+	}
+	return m, mb, nil
+}
+
+// stem is a file name up to its first dot: libfoo.so.1.2 and libfoo.so.1.3
+// share the stem libfoo, as OSTree pairs them.
+func stem(name string) string {
+	if i := strings.IndexByte(name, '.'); i > 0 {
+		return name[:i]
+	}
+	return name
+}
+
+func similarSize(a, b int64) bool {
+	return a*10 >= b*7 && b*10 >= a*7 // within ±30%
+}
+
+// plan picks, for each object of target that no base version holds, up to
+// one base object per base version: the file at the same path, else the
+// closest-sized file with the same name, else with the same stem.
+func plan(target *manifest.Manifest, bases []*manifest.Manifest) []pair {
+	old := map[manifest.Digest]bool{}
+	type byName map[string][]*manifest.Entry
+	paths := make([]map[string]*manifest.Entry, len(bases))
+	names := make([]byName, len(bases))
+	stems := make([]byName, len(bases))
+	for i, m := range bases {
+		paths[i], names[i], stems[i] = map[string]*manifest.Entry{}, byName{}, byName{}
+		for j := range m.Entries {
+			e := &m.Entries[j]
+			if e.Type != manifest.TypeFile {
+				continue
+			}
+			old[e.SHA256] = true
+			paths[i][e.Path] = e
+			base := path.Base(e.Path)
+			names[i][base] = append(names[i][base], e)
+			stems[i][stem(base)] = append(stems[i][stem(base)], e)
+		}
+	}
+	closest := func(cands []*manifest.Entry, size int64) *manifest.Entry {
+		var best *manifest.Entry
+		for _, c := range cands {
+			if !similarSize(c.Size, size) {
+				continue
+			}
+			if best == nil || abs(c.Size-size) < abs(best.Size-size) {
+				best = c
+			}
+		}
+		return best
+	}
+	seen := map[manifest.Digest]bool{}
+	var out []pair
+	for j := range target.Entries {
+		e := &target.Entries[j]
+		if e.Type != manifest.TypeFile || old[e.SHA256] || seen[e.SHA256] || e.Size == 0 {
+			continue
+		}
+		seen[e.SHA256] = true
+		p := pair{target: e.SHA256, targetSize: e.Size}
+		have := map[manifest.Digest]bool{}
+		for i := range bases {
+			b := paths[i][e.Path]
+			if b == nil {
+				base := path.Base(e.Path)
+				if b = closest(names[i][base], e.Size); b == nil {
+					b = closest(stems[i][stem(base)], e.Size)
+				}
+			}
+			if b != nil && b.Size > 0 && !have[b.SHA256] {
+				have[b.SHA256] = true
+				p.bases = append(p.bases, baseRef{b.SHA256, b.Size})
+			}
+		}
+		out = append(out, p)
+	}
+	// Largest first, so the long diffs start early and the pool stays busy.
+	sort.Slice(out, func(i, j int) bool { return out[i].targetSize > out[j].targetSize })
+	return out
+}
+
+func abs(x int64) int64 {
+	if x < 0 {
+		return -x
+	}
+	return x
+}
+
+func readObject(repo *blobstore.Repo, d manifest.Digest) ([]byte, error) {
+	f, err := repo.Open(d)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
+}
+
+func encodeAll(ctx context.Context, repo *blobstore.Repo, b *blobstore.Batch, pairs []pair, o GenerateOptions, res *GenerateResult) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	mem := semaphore.NewWeighted(o.MemoryBudget)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	jobs := make(chan pair)
+	for range o.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range jobs {
+				encs, skipped, err := encodePair(ctx, repo, b, p, o, mem)
+				if err != nil {
+					cancel(fmt.Errorf("object %s: %w", p.target, err))
+					continue
+				}
+				mu.Lock()
+				res.Index.Encodings = append(res.Index.Encodings, encs...)
+				res.SkippedDiffs += skipped
+				mu.Unlock()
+			}
+		}()
+	}
+feed:
+	for _, p := range pairs {
+		select {
+		case jobs <- p:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	return context.Cause(ctx)
+}
+
+// encodePair makes the candidate encodings of one target and keeps those
+// that beat sending it whole: the zstd form if smaller than raw, and per base
+// the smaller of bsdiff and zstd-dict if smaller than both whole forms.
+func encodePair(ctx context.Context, repo *blobstore.Repo, b *blobstore.Batch, p pair, o GenerateOptions, mem *semaphore.Weighted) ([]Encoding, int, error) {
+	data, err := readObject(repo, p.target)
+	if err != nil {
+		return nil, 0, err
+	}
+	var out []Encoding
+	whole := int64(len(data))
+	z, err := EncodeZstd(data)
+	if err != nil {
+		return nil, 0, err
+	}
+	if int64(len(z)) < whole {
+		e, err := store(ctx, b, p.target, KindZstd, manifest.Digest{}, z)
+		if err != nil {
+			return nil, 0, err
+		}
+		out = append(out, e)
+		whole = int64(len(z))
+	}
+	skipped := 0
+	for _, br := range p.bases {
+		base, err := readObject(repo, br.d)
+		if err != nil {
+			return nil, 0, err
+		}
+		best, bestKind := []byte(nil), Kind("")
+		if zd, err := EncodeZstdDict(base, data); err == nil {
+			best, bestKind = zd, KindZstdDict
+		}
+		if patch, ok := boundedDiff(ctx, base, data, o, mem); ok {
+			if best == nil || len(patch) < len(best) {
+				best, bestKind = patch, KindBsdiff
+			}
+		} else {
+			skipped++
+		}
+		if ctx.Err() != nil {
+			return nil, 0, context.Cause(ctx)
+		}
+		if best != nil && int64(len(best)) < whole {
+			e, err := store(ctx, b, p.target, bestKind, br.d, best)
+			if err != nil {
+				return nil, 0, err
+			}
+			out = append(out, e)
+		}
+	}
+	return out, skipped, nil
+}
+
+// boundedDiff runs bsdiff within the memory budget and time limit, or
+// reports that it did not.
+func boundedDiff(ctx context.Context, base, data []byte, o GenerateOptions, mem *semaphore.Weighted) ([]byte, bool) {
+	need := MemoryNeeded(int64(len(base))) + int64(len(data))
+	if need > o.MemoryBudget {
+		o.Log.Info("bsdiff skipped: over memory budget", "base", len(base), "need", need)
+		return nil, false
+	}
+	if err := mem.Acquire(ctx, need); err != nil {
+		return nil, false
+	}
+	defer mem.Release(need)
+	dctx, cancel := context.WithTimeout(ctx, o.DiffTimeout)
+	defer cancel()
+	patch, err := Make(dctx, base, data)
+	if err != nil {
+		o.Log.Info("bsdiff skipped", "base", len(base), "err", err)
+		return nil, false
+	}
+	return patch, true
+}
+
+func store(ctx context.Context, b *blobstore.Batch, target manifest.Digest, kind Kind, base manifest.Digest, enc []byte) (Encoding, error) {
+	d := manifest.Digest(sha256sum(enc))
+	if err := b.Put(ctx, d, int64(len(enc)), bytes.NewReader(enc)); err != nil {
+		return Encoding{}, err
+	}
+	return Encoding{Target: target, Kind: kind, Digest: d, Size: int64(len(enc)), Base: base}, nil
+}
