@@ -18,9 +18,11 @@ import (
 // read-only directory can still be filled and its mtime is not disturbed by
 // its children.
 type builder struct {
-	root  string
-	batch *blobstore.Batch
-	open  []*manifest.Entry // directories being filled, outermost first
+	root     string
+	store    *blobstore.Store
+	batch    *blobstore.Batch
+	open     []*manifest.Entry // directories being filled, outermost first
+	uid, gid uint32            // who we are: new entries already have this owner
 }
 
 func (b *builder) path(rel string) string {
@@ -45,10 +47,30 @@ func (b *builder) closeDirsUntil(parent string) error {
 }
 
 func (b *builder) finishDir(e *manifest.Entry) error {
-	if err := blobstore.SetMeta(b.path(e.Path), blobstore.MetaOf(e)); err != nil {
+	if err := b.setMeta(b.path(e.Path), e); err != nil {
 		return fmt.Errorf("build %s: %w", e.Path, err)
 	}
 	return nil
+}
+
+// setMeta is blobstore.SetMeta less the chown when the entry already has the
+// right owner: while a tree is built no directory in it is setgid yet, so a
+// new entry belongs to our own uid and gid.
+func (b *builder) setMeta(p string, e *manifest.Entry) error {
+	if e.UID != b.uid || e.GID != b.gid {
+		if err := os.Lchown(p, int(e.UID), int(e.GID)); err != nil {
+			return fmt.Errorf("set owner %d:%d: %w (building files owned by others needs root)", e.UID, e.GID, err)
+		}
+	}
+	if err := unix.Chmod(p, e.Mode); err != nil {
+		return fmt.Errorf("set mode %04o: %w", e.Mode, err)
+	}
+	for _, x := range e.Xattrs {
+		if err := unix.Lsetxattr(p, x.Name, x.Value, 0); err != nil {
+			return fmt.Errorf("set xattr %s: %w", x.Name, err)
+		}
+	}
+	return blobstore.FixMtime(p)
 }
 
 func (b *builder) add(e *manifest.Entry) error {
@@ -71,7 +93,7 @@ func (b *builder) add(e *manifest.Entry) error {
 		err = b.linkFile(p, e)
 	case manifest.TypeSymlink:
 		err = os.Symlink(e.Target, p)
-		if err == nil {
+		if err == nil && (e.UID != b.uid || e.GID != b.gid) {
 			err = os.Lchown(p, int(e.UID), int(e.GID))
 		}
 		if err == nil {
@@ -86,7 +108,7 @@ func (b *builder) add(e *manifest.Entry) error {
 		}
 		err = unix.Mknod(p, mode|0o600, int(unix.Mkdev(e.Major, e.Minor)))
 		if err == nil {
-			err = blobstore.SetMeta(p, blobstore.MetaOf(e))
+			err = b.setMeta(p, e)
 		}
 	default:
 		err = fmt.Errorf("unknown type %v", e.Type)
@@ -102,7 +124,14 @@ func (b *builder) add(e *manifest.Entry) error {
 // at the link-count limit (EMLINK), or where protected_hardlinks says no
 // (EPERM).
 func (b *builder) linkFile(p string, e *manifest.Entry) error {
-	src, err := b.batch.LinkFile(e.SHA256, blobstore.MetaOf(e))
+	meta := blobstore.MetaOf(e)
+	// Most files of a new version are already in the store: link first,
+	// and look further only if that fails.
+	err := os.Link(b.store.FilePath(blobstore.FileID(e.SHA256, meta)), p)
+	if err == nil {
+		return nil
+	}
+	src, err := b.batch.LinkFile(e.SHA256, meta)
 	if err != nil {
 		return err
 	}

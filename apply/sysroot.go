@@ -165,6 +165,9 @@ func (s *Sysroot) removeLink(name string) error {
 // temporaries. Staged objects stay for the next pull to salvage. The caller
 // holds the lock.
 func (s *Sysroot) cleanup() error {
+	if err := s.pruneTrees(); err != nil {
+		return err
+	}
 	ents, err := os.ReadDir(filepath.Join(s.dir, treesDir))
 	if err != nil {
 		return fmt.Errorf("cleanup: %w", err)
@@ -204,8 +207,19 @@ func removeTree(dir string) error {
 	return os.RemoveAll(dir)
 }
 
-// pruneTrees removes trees that no link names any more. Their files stay in
-// the store until gc.
+// Prune removes the trees that no link names any more (the one an apply
+// pushed out of previous). Their files stay in the store until gc. It is
+// kept out of Apply so that a switch is as quick as renaming two links; Pull
+// and the daemon call it.
+func (s *Sysroot) Prune() error {
+	unlock, err := s.Lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return s.pruneTrees()
+}
+
 func (s *Sysroot) pruneTrees() error {
 	st, err := s.Status()
 	if err != nil {
@@ -268,7 +282,7 @@ func (s *Sysroot) Apply(want uint64) (from, to uint64, err error) {
 	if err := blobstore.FsyncDir(s.dir); err != nil {
 		return 0, 0, err
 	}
-	return st.Current, st.Staged, s.pruneTrees()
+	return st.Current, st.Staged, nil
 }
 
 // Rollback swaps current and previous: the explicit exception to the rule

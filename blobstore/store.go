@@ -3,12 +3,14 @@ package blobstore
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -55,6 +57,10 @@ func fanout(dir string, d Digest) string {
 func (s *Store) Path(d Digest) string { return fanout(filepath.Join(s.root, "objects"), d) }
 
 func (s *Store) filePath(id Digest) string { return fanout(filepath.Join(s.root, "files"), id) }
+
+// FilePath is where the committed file id lives. A tree builder links it
+// directly and calls LinkFile only when that fails, saving a stat per file.
+func (s *Store) FilePath(id Digest) string { return s.filePath(id) }
 
 // Has reports whether the object d is committed in the store.
 func (s *Store) Has(d Digest) bool {
@@ -103,15 +109,27 @@ func MetaOf(e *manifest.Entry) Meta {
 // FileID names the inode holding object d with metadata m (SPEC.md §4). Two
 // entries share an inode in built trees exactly when their FileIDs match.
 func FileID(d Digest, m Meta) Digest {
-	h := sha256.New()
-	fmt.Fprintf(h, "peerup-file-v1\x00%s\x00%o\x00%d\x00%d\x00", d, m.Mode, m.UID, m.GID)
+	// Built by hand rather than with fmt: this runs once per file of every
+	// tree built.
+	b := make([]byte, 0, 128)
+	b = append(b, "peerup-file-v1\x00"...)
+	b = hex.AppendEncode(b, d[:])
+	b = append(b, 0)
+	b = strconv.AppendUint(b, uint64(m.Mode), 8)
+	b = append(b, 0)
+	b = strconv.AppendUint(b, uint64(m.UID), 10)
+	b = append(b, 0)
+	b = strconv.AppendUint(b, uint64(m.GID), 10)
+	b = append(b, 0)
 	for _, x := range m.Xattrs {
-		fmt.Fprintf(h, "%d:%s%d:", len(x.Name), x.Name, len(x.Value))
-		h.Write(x.Value)
+		b = strconv.AppendInt(b, int64(len(x.Name)), 10)
+		b = append(b, ':')
+		b = append(b, x.Name...)
+		b = strconv.AppendInt(b, int64(len(x.Value)), 10)
+		b = append(b, ':')
+		b = append(b, x.Value...)
 	}
-	var id Digest
-	h.Sum(id[:0])
-	return id
+	return Digest(sha256.Sum256(b))
 }
 
 // Batch stages new objects and files, and makes them durable and visible

@@ -392,7 +392,10 @@ func (c *Core) fetch(ctx context.Context) func() error {
 	var persisted int64
 	var pmu sync.Mutex
 	progress := func(done, total int64) {
-		c.update(func(p *Props) { p.DownloadedBytes, p.DownloadSize = uint64(done), uint64(total) })
+		// Parallel fetches report out of order: never move backwards.
+		c.update(func(p *Props) {
+			p.DownloadedBytes, p.DownloadSize = max(p.DownloadedBytes, uint64(done)), uint64(total)
+		})
 		pmu.Lock()
 		defer pmu.Unlock()
 		// The fetched-bytes counter is durable but written at most once a
@@ -417,7 +420,10 @@ func (c *Core) fetch(ctx context.Context) func() error {
 			}
 			pmu.Unlock()
 			c.o.Log.Info("update staged", "version", want, "from", u, "fetched", res.FetchedBytes, "patches", res.PatchObjects)
-			c.update(func(p *Props) { p.State = StateUpdateReady })
+			c.update(func(p *Props) {
+				p.State = StateUpdateReady
+				p.DownloadedBytes, p.DownloadSize = uint64(res.FetchedBytes), uint64(res.FetchedBytes)
+			})
 			c.mu.Lock()
 			obs := append([]Observer(nil), c.obs...)
 			c.mu.Unlock()
@@ -456,6 +462,9 @@ func (c *Core) apply(ctx context.Context) func() error {
 		return nil
 	}
 	c.o.Log.Info("update applied", "from", from, "to", to)
+	if err := c.o.Sysroot.Prune(); err != nil {
+		c.o.Log.Warn("remove old tree", "err", err)
+	}
 	c.update(func(p *Props) {
 		c.readSysroot(p)
 		p.State, p.AvailableVersion = StateUpdateApplied, 0

@@ -130,12 +130,24 @@ func (s *Service) PropsChanged(old, cur Props) {
 	ov, cv := propValues(old), propValues(cur)
 	for name, v := range cv {
 		if ov[name] != v {
-			s.props.SetMust(Interface, name, v)
+			s.set(name, v)
 		}
 	}
 	if old.State != cur.State {
 		s.conn.Emit(ObjectPath, Interface+".StateChanged", string(cur.State))
 	}
+}
+
+// set updates a property. prop's setter panics when emitting the change
+// fails (the bus went away); the updater must outlive its bus, so that is
+// caught here.
+func (s *Service) set(name string, v any) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.core.o.Log.Warn("D-Bus property update not sent", "property", name, "err", p)
+		}
+	}()
+	s.props.SetMust(Interface, name, v)
 }
 
 // UpdateReady emits the UpdateReady signal.

@@ -115,6 +115,12 @@ func Apply(old, patch []byte, newSize int64) ([]byte, error) {
 	ctrl := bzip2.NewReader(bytes.NewReader(body[:h.ctrlLen]))
 	diffs := bzip2.NewReader(bytes.NewReader(body[h.ctrlLen : h.ctrlLen+h.diffLen]))
 	extras := bzip2.NewReader(bytes.NewReader(body[h.ctrlLen+h.diffLen:]))
+	return applyStreams(old, ctrl, diffs, extras, newSize)
+}
+
+// applyStreams runs bsdiff's control triples over the three decoded
+// streams, checking each triple before acting on it.
+func applyStreams(old []byte, ctrl, diffs, extras io.Reader, newSize int64) ([]byte, error) {
 	out := make([]byte, newSize)
 	var buf [24]byte
 	var newpos, oldpos int64

@@ -280,7 +280,8 @@ feed:
 
 // encodePair makes the candidate encodings of one target and keeps those
 // that beat sending it whole: the zstd form if smaller than raw, and per base
-// the smaller of bsdiff and zstd-dict if smaller than both whole forms.
+// the smallest of bsdiff, bsdiff-zstd and zstd-dict if smaller than both
+// whole forms.
 func encodePair(ctx context.Context, repo *blobstore.Repo, b *blobstore.Batch, p pair, o GenerateOptions, mem *semaphore.Weighted) ([]Encoding, int, error) {
 	data, err := readObject(repo, p.target)
 	if err != nil {
@@ -313,6 +314,9 @@ func encodePair(ctx context.Context, repo *blobstore.Repo, b *blobstore.Batch, p
 		if patch, ok := boundedDiff(ctx, base, data, o, mem); ok {
 			if best == nil || len(patch) < len(best) {
 				best, bestKind = patch, KindBsdiff
+			}
+			if packed, err := RepackBsdiff(patch); err == nil && len(packed) < len(best) {
+				best, bestKind = packed, KindBsdiffZstd
 			}
 		} else {
 			skipped++

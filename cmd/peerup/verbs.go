@@ -287,7 +287,7 @@ running daemon (over D-Bus) to apply the update it has staged.`,
 				return err
 			}
 			fmt.Println(switchLine(from, to))
-			return nil
+			return s.Prune()
 		},
 	}
 	cmd.Flags().StringVar(&sysroot, "sysroot", "", "work on this sysroot directly (no daemon)")
@@ -321,6 +321,9 @@ func (a *app) newUpdateCmd() *cobra.Command {
 			}
 			from, to, err := s.Apply(res.Version)
 			if err != nil {
+				return err
+			}
+			if err := s.Prune(); err != nil {
 				return err
 			}
 			if p.json {

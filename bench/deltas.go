@@ -1,0 +1,311 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"peerup/apply"
+	"peerup/blobstore"
+	"peerup/diff"
+	"peerup/manifest"
+	"peerup/transfer"
+)
+
+// securityUpdate is a real Debian 12 security rollup: each package from one
+// point release of the security archive to the next.
+func securityUpdate() [][3]string {
+	return [][3]string{
+		{"libssl3", "3.0.20-1~deb12u2", "3.0.22-1~deb12u2"},
+		{"openssl", "3.0.20-1~deb12u2", "3.0.22-1~deb12u2"},
+		{"libc6", "2.36-9+deb12u7", "2.36-9+deb12u14"},
+		{"libc-bin", "2.36-9+deb12u7", "2.36-9+deb12u14"},
+		{"systemd", "252.38-1~deb12u1", "252.39-1~deb12u2"},
+		{"libsystemd0", "252.38-1~deb12u1", "252.39-1~deb12u2"},
+		{"curl", "7.88.1-10+deb12u5", "7.88.1-10+deb12u15"},
+		{"libcurl4", "7.88.1-10+deb12u5", "7.88.1-10+deb12u15"},
+		{"openssh-client", "1:9.2p1-2+deb12u9", "1:9.2p1-2+deb12u10"},
+		{"git", "1:2.39.5-0+deb12u2", "1:2.39.5-0+deb12u3"},
+		{"python3.11", "3.11.2-6+deb12u8", "3.11.2-6+deb12u9"},
+		{"libpython3.11-minimal", "3.11.2-6+deb12u8", "3.11.2-6+deb12u9"},
+		{"libpython3.11-stdlib", "3.11.2-6+deb12u8", "3.11.2-6+deb12u9"},
+	}
+}
+
+// debTrees downloads both versions of every package (cached between runs)
+// and unpacks each side into one tree.
+func debTrees(ctx context.Context, cache, work string) (oldTree, newTree string, err error) {
+	if err := os.MkdirAll(cache, 0o755); err != nil {
+		return "", "", err
+	}
+	oldTree, newTree = filepath.Join(work, "old"), filepath.Join(work, "new")
+	for _, p := range securityUpdate() {
+		for i, tree := range []string{oldTree, newTree} {
+			ver := p[1+i]
+			// apt names files with the epoch's colon escaped.
+			file := filepath.Join(cache, fmt.Sprintf("%s_%s_amd64.deb", p[0], strings.ReplaceAll(ver, ":", "%3a")))
+			if _, err := os.Stat(file); err != nil {
+				cmd := exec.CommandContext(ctx, "apt-get", "download", "-q", p[0]+"="+ver)
+				cmd.Dir = cache
+				if out, err := cmd.CombinedOutput(); err != nil {
+					return "", "", fmt.Errorf("apt-get download %s=%s: %v\n%s", p[0], ver, err, out)
+				}
+			}
+			if out, err := exec.CommandContext(ctx, "dpkg", "-x", file, tree).CombinedOutput(); err != nil {
+				return "", "", fmt.Errorf("dpkg -x %s: %v\n%s", file, err, out)
+			}
+		}
+	}
+	return oldTree, newTree, nil
+}
+
+type deltaFigures struct {
+	changedFiles int
+	changedBytes int64
+	ours         int64
+	oursPatch    int64
+	publish      time.Duration
+	ostree       int64
+	ostreeTime   time.Duration
+	zstd19       int64
+	rsync        int64
+}
+
+func benchDeltas(ctx context.Context, w io.Writer, cache, work string) error {
+	fmt.Fprintln(w, "\n== bytes on the wire for a real security update ==")
+	oldTree, newTree, err := debTrees(ctx, cache, work)
+	if err != nil {
+		return err
+	}
+	var fig deltaFigures
+	changed, err := changedFiles(oldTree, newTree)
+	if err != nil {
+		return err
+	}
+	for _, c := range changed {
+		fig.changedFiles++
+		fig.changedBytes += c.size
+	}
+	fmt.Fprintf(w, "update: %d packages, %d changed files, %s of changed bytes\n", len(securityUpdate()), fig.changedFiles, mb(fig.changedBytes))
+	if err := oursDeltas(ctx, work, oldTree, newTree, &fig); err != nil {
+		return fmt.Errorf("peerup: %w", err)
+	}
+	if err := ostreeDeltas(ctx, work, oldTree, newTree, &fig); err != nil {
+		return fmt.Errorf("ostree: %w", err)
+	}
+	if fig.zstd19, err = zstdWhole(ctx, changed); err != nil {
+		return fmt.Errorf("zstd: %w", err)
+	}
+	if fig.rsync, err = rsyncBytes(ctx, work, oldTree, newTree); err != nil {
+		return fmt.Errorf("rsync: %w", err)
+	}
+	fmt.Fprintf(w, "%-34s %10s %8s\n", "method", "bytes", "÷ ours")
+	row := func(name string, n int64) {
+		fmt.Fprintf(w, "%-34s %10s %8.2f\n", name, mb(n), float64(n)/float64(fig.ours))
+	}
+	row("peerup (planner over encodings)", fig.ours)
+	row("ostree static-delta", fig.ostree)
+	row("whole changed files, zstd -19", fig.zstd19)
+	row("rsync --no-whole-file", fig.rsync)
+	fmt.Fprintf(w, "peerup patches: %s of the %s\n", mb(fig.oursPatch), mb(fig.ours))
+	bytesRatio := float64(fig.ours) / float64(fig.ostree)
+	timeRatio := fig.publish.Seconds() / fig.ostreeTime.Seconds()
+	fmt.Fprintf(w, "bytes: peerup/ostree = %.2f (target <= 0.80): %s\n", bytesRatio, verdict(bytesRatio <= 0.80))
+	fmt.Fprintf(w, "publish time: peerup %.1fs (publish + encodings) vs ostree static-delta generate %.1fs = %.2f (target <= 1.0): %s\n",
+		fig.publish.Seconds(), fig.ostreeTime.Seconds(), timeRatio, verdict(timeRatio <= 1.0))
+	return nil
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
+}
+
+func mb(n int64) string { return fmt.Sprintf("%.2f MB", float64(n)/1e6) }
+
+type changedFile struct {
+	path string
+	size int64
+}
+
+// changedFiles lists the regular files of newTree whose bytes are not at
+// the same path in oldTree, counting identical contents once.
+func changedFiles(oldTree, newTree string) ([]changedFile, error) {
+	seen := map[[32]byte]bool{}
+	var out []changedFile
+	err := filepath.WalkDir(newTree, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		rel, _ := filepath.Rel(newTree, p)
+		nb, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if ob, err := os.ReadFile(filepath.Join(oldTree, rel)); err == nil && bytes.Equal(ob, nb) {
+			return nil
+		}
+		h := sha256.Sum256(nb)
+		if !seen[h] {
+			seen[h] = true
+			out = append(out, changedFile{p, int64(len(nb))})
+		}
+		return nil
+	})
+	return out, err
+}
+
+func oursDeltas(ctx context.Context, work, oldTree, newTree string, fig *deltaFigures) error {
+	key, err := manifest.GenerateKey("bench")
+	if err != nil {
+		return err
+	}
+	signer := manifest.NewSigner(key)
+	dir := filepath.Join(work, "peerup")
+	os.MkdirAll(dir, 0o755)
+	if _, _, err := manifest.WriteKeyPair(key, dir, "bench"); err != nil {
+		return err
+	}
+	kr, err := manifest.LoadKeyring(filepath.Join(dir, "bench.pub"))
+	if err != nil {
+		return err
+	}
+	repo, err := blobstore.OpenRepo(filepath.Join(dir, "repo"))
+	if err != nil {
+		return err
+	}
+	if _, err := repo.Publish(ctx, oldTree, blobstore.PublishOptions{Image: "bench", Version: 1, Signer: signer}); err != nil {
+		return err
+	}
+	start := time.Now()
+	if _, err := repo.Publish(ctx, newTree, blobstore.PublishOptions{Image: "bench", Version: 2, Signer: signer}); err != nil {
+		return err
+	}
+	if _, err := diff.Generate(ctx, repo, "bench", 2, diff.GenerateOptions{Signer: signer}); err != nil {
+		return err
+	}
+	fig.publish = time.Since(start)
+	srv := httptest.NewServer(transfer.NewHandler(repo.Dir(), nil))
+	defer srv.Close()
+	src, err := transfer.NewClient(srv.URL, nil)
+	if err != nil {
+		return err
+	}
+	sys, err := apply.Open(filepath.Join(dir, "laptop"))
+	if err != nil {
+		return err
+	}
+	if _, err := sys.Pull(ctx, src, apply.PullOptions{Version: 1, Trust: kr}); err != nil {
+		return err
+	}
+	if _, _, err := sys.Apply(1); err != nil {
+		return err
+	}
+	res, err := sys.Pull(ctx, src, apply.PullOptions{Version: 2, Trust: kr})
+	if err != nil {
+		return err
+	}
+	fig.ours, fig.oursPatch = res.FetchedBytes, res.PatchBytes
+	return nil
+}
+
+func ostreeDeltas(ctx context.Context, work, oldTree, newTree string, fig *deltaFigures) error {
+	repo := filepath.Join(work, "ostree")
+	run := func(args ...string) error {
+		out, err := exec.CommandContext(ctx, "ostree", append([]string{"--repo=" + repo}, args...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ostree %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	if err := run("init", "--mode=archive"); err != nil {
+		return err
+	}
+	if err := run("commit", "--branch=a", "--tree=dir="+oldTree, "--no-xattrs"); err != nil {
+		return err
+	}
+	if err := run("commit", "--branch=b", "--tree=dir="+newTree, "--no-xattrs"); err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := run("static-delta", "generate", "--from=a", "--to=b"); err != nil {
+		return err
+	}
+	fig.ostreeTime = time.Since(start)
+	return filepath.WalkDir(filepath.Join(repo, "deltas"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				fig.ostree += fi.Size()
+			}
+		}
+		return err
+	})
+}
+
+// zstdWhole compresses every changed file with the zstd CLI at level 19,
+// on every core.
+func zstdWhole(ctx context.Context, files []changedFile) (int64, error) {
+	var total atomic.Int64
+	var firstErr error
+	var mu sync.Mutex
+	jobs := make(chan string)
+	var wg sync.WaitGroup
+	for range runtime.NumCPU() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range jobs {
+				out, err := exec.CommandContext(ctx, "zstd", "-19", "-q", "-c", p).Output()
+				if err != nil {
+					mu.Lock()
+					firstErr = fmt.Errorf("zstd %s: %w", p, err)
+					mu.Unlock()
+					continue
+				}
+				total.Add(int64(len(out)))
+			}
+		}()
+	}
+	for _, f := range files {
+		jobs <- f.path
+	}
+	close(jobs)
+	wg.Wait()
+	return total.Load(), firstErr
+}
+
+var rsyncSent = regexp.MustCompile(`Total bytes sent: ([0-9,]+)`)
+
+// rsyncBytes updates a copy of the old tree to the new one with rsync's
+// delta algorithm and reports what the sender put on the wire.
+func rsyncBytes(ctx context.Context, work, oldTree, newTree string) (int64, error) {
+	dest := filepath.Join(work, "rsync-dest")
+	if out, err := exec.CommandContext(ctx, "cp", "-a", oldTree, dest).CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("cp: %v\n%s", err, out)
+	}
+	out, err := exec.CommandContext(ctx, "rsync", "-a", "--no-whole-file", "--stats", newTree+"/", dest+"/").CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("%v\n%s", err, out)
+	}
+	m := rsyncSent.FindSubmatch(out)
+	if m == nil {
+		return 0, fmt.Errorf("no byte count in rsync's output:\n%s", out)
+	}
+	return strconv.ParseInt(strings.ReplaceAll(string(m[1]), ",", ""), 10, 64)
+}

@@ -1,0 +1,99 @@
+// Command bench measures peerup against the tools it stands in for, in the
+// same run on the same data: building and switching a tree against cp -al,
+// publish hashing against sha256sum, and bytes on the wire for a real Debian
+// security update against OSTree static deltas, zstd and rsync. The machine
+// is shared and noisy, so each timing is repeated and the median quoted.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+)
+
+func main() {
+	n := flag.Int("n", 5, "repetitions of each timing (the median is quoted)")
+	tree := flag.String("tree", "/usr/local/go", "a large real tree for the apply and hashing figures")
+	only := flag.String("only", "apply,hash,deltas", "which comparisons to run")
+	cache := flag.String("cache", "/var/cache/peerup-bench", "where downloaded .deb files are kept between runs")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, *n, *tree, *only, *cache); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, n int, tree, only, cache string) error {
+	work, err := os.MkdirTemp("", "peerup-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	fs, _ := exec.Command("stat", "-f", "-c", "%T", work).Output()
+	fmt.Printf("machine: %d cores, %s; temp filesystem %s; %d repetitions, medians quoted\n",
+		runtime.NumCPU(), cpuModel(), strings.TrimSpace(string(fs)), n)
+	want := map[string]bool{}
+	for _, s := range strings.Split(only, ",") {
+		want[strings.TrimSpace(s)] = true
+	}
+	if want["apply"] {
+		if err := benchApply(ctx, os.Stdout, tree, work, n); err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+	}
+	if want["hash"] {
+		if err := benchHash(ctx, os.Stdout, tree, work, n); err != nil {
+			return fmt.Errorf("hash: %w", err)
+		}
+	}
+	if want["deltas"] {
+		if err := benchDeltas(ctx, os.Stdout, cache, work); err != nil {
+			return fmt.Errorf("deltas: %w", err)
+		}
+	}
+	return nil
+}
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
+}
+
+// median times f n times and returns the median duration.
+func median(n int, f func() error) (time.Duration, error) {
+	return medianWithReset(n, f, func() error { return nil })
+}
+
+// medianWithReset is median with untimed work after each run.
+func medianWithReset(n int, f, reset func() error) (time.Duration, error) {
+	var ds []time.Duration
+	for range n {
+		start := time.Now()
+		if err := f(); err != nil {
+			return 0, err
+		}
+		ds = append(ds, time.Since(start))
+		if err := reset(); err != nil {
+			return 0, err
+		}
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	return ds[len(ds)/2], nil
+}
