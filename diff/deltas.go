@@ -26,13 +26,9 @@ const (
 	// KindZstdDict is the object compressed with zstd using a base object
 	// as a raw-content dictionary.
 	KindZstdDict Kind = "zstd-dict"
-	// KindBsdiffZstd is a bsdiff patch whose three streams are stored
-	// uncompressed in one zstd frame instead of three bzip2 streams
-	// (SPEC.md §10): the same patch in fewer bytes.
-	KindBsdiffZstd Kind = "bsdiff-zstd"
 )
 
-func (k Kind) needsBase() bool { return k == KindBsdiff || k == KindZstdDict || k == KindBsdiffZstd }
+func (k Kind) needsBase() bool { return k == KindBsdiff || k == KindZstdDict }
 
 func (k Kind) valid() bool { return k == KindZstd || k.needsBase() }
 

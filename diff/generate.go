@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sync/semaphore"
 
 	"peerup/blobstore"
@@ -280,8 +281,7 @@ feed:
 
 // encodePair makes the candidate encodings of one target and keeps those
 // that beat sending it whole: the zstd form if smaller than raw, and per base
-// the smallest of bsdiff, bsdiff-zstd and zstd-dict if smaller than both
-// whole forms.
+// the smaller of bsdiff and zstd-dict if smaller than both whole forms.
 func encodePair(ctx context.Context, repo *blobstore.Repo, b *blobstore.Batch, p pair, o GenerateOptions, mem *semaphore.Weighted) ([]Encoding, int, error) {
 	data, err := readObject(repo, p.target)
 	if err != nil {
@@ -289,7 +289,13 @@ func encodePair(ctx context.Context, repo *blobstore.Repo, b *blobstore.Batch, p
 	}
 	var out []Encoding
 	whole := int64(len(data))
-	z, err := EncodeZstd(data)
+	// The whole form is the fallback for nodes that lack every base; where
+	// bases exist a patch nearly always wins, so a faster level does.
+	level := zstd.SpeedBestCompression
+	if len(p.bases) > 0 {
+		level = zstd.SpeedBetterCompression
+	}
+	z, err := zstdEncodeLevel(data, nil, level)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -314,9 +320,6 @@ func encodePair(ctx context.Context, repo *blobstore.Repo, b *blobstore.Batch, p
 		if patch, ok := boundedDiff(ctx, base, data, o, mem); ok {
 			if best == nil || len(patch) < len(best) {
 				best, bestKind = patch, KindBsdiff
-			}
-			if packed, err := RepackBsdiff(patch); err == nil && len(packed) < len(best) {
-				best, bestKind = packed, KindBsdiffZstd
 			}
 		} else {
 			skipped++
