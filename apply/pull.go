@@ -167,6 +167,9 @@ func (s *Sysroot) choose(ctx context.Context, src Source, st Status, o PullOptio
 	} else if e, ok = ix.Latest(image); !ok {
 		return "", 0, fmt.Errorf("pull: %s offers no version of %s", src, image)
 	}
+	if s.IsBad(e.Version) {
+		return "", 0, fmt.Errorf("pull: %s version %d is %w; waiting for a newer one", image, e.Version, ErrMarkedBad)
+	}
 	if e.Version <= st.Current {
 		if o.Version == 0 {
 			return "", 0, fmt.Errorf("%s offers %s version %d at most: %w", src, image, e.Version, ErrUpToDate)

@@ -28,12 +28,16 @@ var (
 	ErrNothingStaged = errors.New("no staged version")
 	ErrNoPrevious    = errors.New("no previous version to roll back to")
 	ErrUpToDate      = errors.New("already up to date")
+	ErrMarkedBad     = errors.New("marked bad: it failed to boot")
 )
 
 // Sysroot is a directory holding image trees and the links between them.
 type Sysroot struct {
 	dir  string
 	repo *blobstore.Repo
+	// BootTries is how many boots a newly applied version gets to reach
+	// mark-good (default DefaultBootTries).
+	BootTries int
 }
 
 // Open opens (creating if needed) the sysroot at dir.
@@ -282,6 +286,11 @@ func (s *Sysroot) Apply(want uint64) (from, to uint64, err error) {
 	if err := blobstore.FsyncDir(s.dir); err != nil {
 		return 0, 0, err
 	}
+	// The new version must prove it boots; until then the boot step counts
+	// its tries (boot.go).
+	if err := s.startProbation(st.Staged, s.BootTries); err != nil {
+		return 0, 0, err
+	}
 	return st.Current, st.Staged, nil
 }
 
@@ -297,6 +306,10 @@ func (s *Sysroot) Rollback() (from, to uint64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
+	return s.rollbackLocked(st)
+}
+
+func (s *Sysroot) rollbackLocked(st Status) (from, to uint64, err error) {
 	if st.Previous == 0 || st.Previous == st.Current {
 		return 0, 0, fmt.Errorf("rollback: %w", ErrNoPrevious)
 	}

@@ -334,7 +334,7 @@ func (c *Core) poll(ctx context.Context) func() error {
 		}
 		if e, ok := ix.Latest(img); ok {
 			records = append(records, PeerRecord{URL: u, Image: img, Version: e.Version, Source: "poll", LastSeen: time.Now()})
-			if e.Version > cur.CurrentVersion {
+			if e.Version > cur.CurrentVersion && !c.o.Sysroot.IsBad(e.Version) {
 				offers = append(offers, found{u, e.Version, img})
 			}
 		}

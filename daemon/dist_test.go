@@ -13,12 +13,18 @@ import (
 	"github.com/godbus/dbus/v5"
 )
 
-func TestSystemdUnitVerifies(t *testing.T) {
+func TestSystemdUnitsVerify(t *testing.T) {
+	for _, name := range []string{"peerup.service", "peerup-mark-good.service"} {
+		t.Run(name, func(t *testing.T) { verifyUnit(t, name) })
+	}
+}
+
+func verifyUnit(t *testing.T, name string) {
 	sa, err := exec.LookPath("systemd-analyze")
 	if err != nil {
 		t.Skip("systemd-analyze not installed (apt-get install systemd); skipping unit verification")
 	}
-	unit, err := os.ReadFile("dist/peerup.service")
+	unit, err := os.ReadFile("dist/" + name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,8 +33,8 @@ func TestSystemdUnitVerifies(t *testing.T) {
 	bin, _ := os.Executable()
 	dir := t.TempDir()
 	fixed := bytes.Replace(unit, []byte("/usr/bin/peerup"), []byte(bin), 1)
-	os.WriteFile(filepath.Join(dir, "peerup.service"), fixed, 0o644)
-	out, err := exec.Command(sa, "verify", filepath.Join(dir, "peerup.service")).CombinedOutput()
+	os.WriteFile(filepath.Join(dir, name), fixed, 0o644)
+	out, err := exec.Command(sa, "verify", filepath.Join(dir, name)).CombinedOutput()
 	// Without a running systemd (containers, CI) verify still checks the
 	// unit's syntax and directives; it only complains about the manager.
 	var msgs []string

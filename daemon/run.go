@@ -32,6 +32,9 @@ type Config struct {
 	// discovery events wake the daemon, so it makes no traffic when there is
 	// nothing to do.
 	PollInterval time.Duration `toml:"poll-interval"`
+	// BootTries is how many boots an applied version gets to reach
+	// mark-good (default 3).
+	BootTries int `toml:"boot-tries"`
 }
 
 // LoadConfig reads a TOML config file, refusing unknown keys so that a typo
@@ -94,6 +97,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	if err != nil {
 		return nil, err
 	}
+	sys.BootTries = cfg.BootTries
 	db, err := OpenDB(filepath.Join(sys.StateDir(), "state.db"))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", cfg.Sysroot, err)

@@ -57,6 +57,7 @@ if present); flags override it. One daemon runs per sysroot.`,
 			override("policy", func() { cfg.Policy = flagCfg.Policy })
 			override("peer", func() { cfg.Peers = flagCfg.Peers })
 			override("poll-interval", func() { cfg.PollInterval = flagCfg.PollInterval })
+			override("boot-tries", func() { cfg.BootTries = flagCfg.BootTries })
 			d, err := daemon.Start(cmd.Context(), cfg, nil, a.log)
 			if err != nil {
 				return err
@@ -74,6 +75,7 @@ if present); flags override it. One daemon runs per sysroot.`,
 	f.StringVar(&flagCfg.Bus, "bus", "system", "D-Bus to export the API on: system, session, none, or an address")
 	f.StringVar(&flagCfg.Policy, "policy", "auto", "what to do with an update: auto, download or notify")
 	f.StringSliceVar(&flagCfg.Peers, "peer", nil, "repo URL to ask for updates (e.g. the school server); repeat for several")
+	f.IntVar(&flagCfg.BootTries, "boot-tries", 3, "boots an applied version gets to reach mark-good")
 	f.DurationVar(&flagCfg.PollInterval, "poll-interval", 0, "also ask the peers on this interval (default: only when discovery says so)")
 	return cmd
 }

@@ -71,6 +71,8 @@ rollback.`,
 		a.newFetchCmd(),
 		a.newDiffCmd(),
 		a.newPatchCmd(),
+		a.newBootCmd(),
+		a.newMarkGoodCmd(),
 	)
 	return root
 }

@@ -192,6 +192,7 @@ type pullFlags struct {
 	trust                []string
 	version              uint64
 	json                 bool
+	bootTries            int
 }
 
 func (p *pullFlags) register(cmd *cobra.Command) {
@@ -202,6 +203,7 @@ func (p *pullFlags) register(cmd *cobra.Command) {
 	f.StringVar(&p.image, "image", "", "image id (default: the sysroot's, or the repo's only one)")
 	f.Uint64Var(&p.version, "version", 0, "version to fetch (default: the newest)")
 	f.BoolVar(&p.json, "json", false, "print the result as JSON")
+	f.IntVar(&p.bootTries, "boot-tries", apply.DefaultBootTries, "boots a newly applied version gets to reach mark-good")
 	for _, n := range []string{"sysroot", "trust", "from"} {
 		cmd.MarkFlagRequired(n)
 	}
@@ -220,6 +222,7 @@ func (p *pullFlags) pull(ctx context.Context) (*apply.Sysroot, *apply.PullResult
 	if err != nil {
 		return nil, nil, err
 	}
+	s.BootTries = p.bootTries
 	prog, clear := progress("fetching")
 	res, err := s.Pull(ctx, src, apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog})
 	clear()
@@ -266,6 +269,7 @@ it. Nothing changes unless everything checks out.`,
 func (a *app) newApplyCmd() *cobra.Command {
 	var sysroot, bus string
 	var version uint64
+	var tries int
 	cmd := &cobra.Command{
 		Use:   "apply (--sysroot DIR [--version N] | [--bus BUS])",
 		Short: "Switch to the staged version",
@@ -282,6 +286,7 @@ running daemon (over D-Bus) to apply the update it has staged.`,
 			if err != nil {
 				return err
 			}
+			s.BootTries = tries
 			from, to, err := s.Apply(version)
 			if err != nil {
 				return err
@@ -292,6 +297,7 @@ running daemon (over D-Bus) to apply the update it has staged.`,
 	}
 	cmd.Flags().StringVar(&sysroot, "sysroot", "", "work on this sysroot directly (no daemon)")
 	cmd.Flags().Uint64Var(&version, "version", 0, "apply only if this version is the staged one")
+	cmd.Flags().IntVar(&tries, "boot-tries", apply.DefaultBootTries, "boots the new version gets to reach mark-good before falling back")
 	cmd.Flags().StringVar(&bus, "bus", "system", "without --sysroot: the daemon's bus (system, session or an address)")
 	return cmd
 }
@@ -414,8 +420,9 @@ func statusJSON(st apply.Status) map[string]any {
 
 func (a *app) newRollbackCmd() *cobra.Command {
 	var sysroot, bus string
+	var nextBoot bool
 	cmd := &cobra.Command{
-		Use:   "rollback (--sysroot DIR | [--bus BUS])",
+		Use:   "rollback (--sysroot DIR [--next-boot] | [--bus BUS])",
 		Short: "Swap current and previous",
 		Long: `Makes the previous tree current again, and the current one previous, so a
 second rollback undoes the first. Without --sysroot it asks the running daemon.`,
@@ -428,6 +435,13 @@ second rollback undoes the first. Without --sysroot it asks the running daemon.`
 			if err != nil {
 				return err
 			}
+			if nextBoot {
+				if err := s.RevertNextBoot(); err != nil {
+					return err
+				}
+				fmt.Println("the next boot starts the previous version")
+				return nil
+			}
 			from, to, err := s.Rollback()
 			if err != nil {
 				return err
@@ -437,6 +451,7 @@ second rollback undoes the first. Without --sysroot it asks the running daemon.`
 		},
 	}
 	cmd.Flags().StringVar(&sysroot, "sysroot", "", "work on this sysroot directly (no daemon)")
+	cmd.Flags().BoolVar(&nextBoot, "next-boot", false, "leave the links alone and have the next boot start previous")
 	cmd.Flags().StringVar(&bus, "bus", "system", "without --sysroot: the daemon's bus (system, session or an address)")
 	return cmd
 }

@@ -1,0 +1,186 @@
+package apply
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"peerup/blobstore"
+)
+
+// DefaultBootTries is how many boots a newly applied version gets to reach
+// mark-good before the bootloader step falls back to previous.
+const DefaultBootTries = 3
+
+// bootState is SYSROOT/peerup/boot.json (SPEC.md §12).
+type bootState struct {
+	// Trying is the version on probation: applied, not yet marked good.
+	Trying uint64 `json:"trying,omitempty"`
+	// Left is how many more boots it may start before it is given up.
+	Left int `json:"left,omitempty"`
+	// Bad lists versions that failed their tries; they are never applied
+	// again (a newer version still is).
+	Bad []uint64 `json:"bad,omitempty"`
+}
+
+func (s *Sysroot) bootPath() string   { return filepath.Join(s.StateDir(), "boot.json") }
+func (s *Sysroot) revertPath() string { return filepath.Join(s.StateDir(), "revert-next-boot") }
+
+func (s *Sysroot) readBoot() (bootState, error) {
+	var b bootState
+	data, err := os.ReadFile(s.bootPath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return b, nil
+	}
+	if err != nil {
+		return b, fmt.Errorf("read boot state: %w", err)
+	}
+	if err := json.Unmarshal(data, &b); err != nil {
+		// A torn or garbled state file must not stop a boot: start over
+		// without probation rather than refuse.
+		return bootState{}, nil
+	}
+	return b, nil
+}
+
+func (s *Sysroot) writeBoot(b bootState) error {
+	data, err := json.Marshal(b)
+	if err != nil {
+		return err
+	}
+	return blobstore.WriteAtomic(s.bootPath(), append(data, '\n'))
+}
+
+// IsBad reports whether version v failed its boot tries.
+func (s *Sysroot) IsBad(v uint64) bool {
+	b, _ := s.readBoot()
+	return slices.Contains(b.Bad, v)
+}
+
+// startProbation puts a just-applied version on probation for tries boots.
+func (s *Sysroot) startProbation(v uint64, tries int) error {
+	b, err := s.readBoot()
+	if err != nil {
+		return err
+	}
+	if tries <= 0 {
+		tries = DefaultBootTries
+	}
+	b.Trying, b.Left = v, tries
+	return s.writeBoot(b)
+}
+
+// MarkGood confirms that the current version boots: it leaves probation.
+func (s *Sysroot) MarkGood() (uint64, error) {
+	st, err := s.Status()
+	if err != nil {
+		return 0, err
+	}
+	b, err := s.readBoot()
+	if err != nil {
+		return 0, err
+	}
+	if b.Trying == st.Current {
+		b.Trying, b.Left = 0, 0
+		if err := s.writeBoot(b); err != nil {
+			return 0, err
+		}
+	}
+	return st.Current, nil
+}
+
+// RevertNextBoot asks the next boot to start the previous version.
+func (s *Sysroot) RevertNextBoot() error {
+	st, err := s.Status()
+	if err != nil {
+		return err
+	}
+	if st.Previous == 0 {
+		return ErrNoPrevious
+	}
+	return blobstore.WriteAtomic(s.revertPath(), []byte("1\n"))
+}
+
+// BootChoice is what the boot step decided.
+type BootChoice struct {
+	Root    string // the tree to boot
+	Version uint64
+	Reason  string
+}
+
+// Boot runs once per boot, before the root is switched to: it picks the
+// tree to start and does the bookkeeping of probation. cmdline is the kernel
+// command line.
+func (s *Sysroot) Boot(cmdline string) (BootChoice, error) {
+	unlock, err := s.Lock()
+	if err != nil {
+		return BootChoice{}, err
+	}
+	defer unlock()
+	if err := s.cleanup(); err != nil {
+		return BootChoice{}, err
+	}
+	st, err := s.Status()
+	if err != nil {
+		return BootChoice{}, err
+	}
+	if st.Current == 0 {
+		return BootChoice{}, errors.New("boot: no current version in this sysroot")
+	}
+	choose := func(v uint64, why string) BootChoice {
+		return BootChoice{Root: s.TreePath(v), Version: v, Reason: why}
+	}
+	// The kernel command line is set for one boot (a held key, a menu
+	// entry): start previous without changing anything.
+	for _, f := range strings.Fields(cmdline) {
+		if f == "peerup.revert=1" && st.Previous != 0 {
+			return choose(st.Previous, "peerup.revert=1 on the kernel command line"), nil
+		}
+	}
+	if _, err := os.Stat(s.revertPath()); err == nil {
+		if st.Previous != 0 {
+			if _, _, err := s.rollbackLocked(st); err != nil {
+				return BootChoice{}, err
+			}
+		}
+		if err := os.Remove(s.revertPath()); err != nil {
+			return BootChoice{}, fmt.Errorf("boot: %w", err)
+		}
+		if st.Previous != 0 {
+			return choose(st.Previous, "rollback requested for this boot"), nil
+		}
+	}
+	b, err := s.readBoot()
+	if err != nil {
+		return BootChoice{}, err
+	}
+	if b.Trying != st.Current || b.Trying == 0 {
+		return choose(st.Current, "current"), nil
+	}
+	if b.Left > 0 {
+		b.Left--
+		if err := s.writeBoot(b); err != nil {
+			return BootChoice{}, err
+		}
+		return choose(st.Current, fmt.Sprintf("version %d on probation, %d tries left after this one", st.Current, b.Left)), nil
+	}
+	// Out of tries: the version never reached mark-good.
+	bad := b.Trying
+	b.Bad = append(b.Bad, bad)
+	b.Trying, b.Left = 0, 0
+	if err := s.writeBoot(b); err != nil {
+		return BootChoice{}, err
+	}
+	if st.Previous == 0 {
+		return choose(st.Current, fmt.Sprintf("version %d failed its tries but there is no previous", bad)), nil
+	}
+	if _, _, err := s.rollbackLocked(st); err != nil {
+		return BootChoice{}, err
+	}
+	return choose(st.Previous, fmt.Sprintf("version %d did not reach mark-good in its tries: marked bad, back to %d", bad, st.Previous)), nil
+}

@@ -1,0 +1,134 @@
+package apply_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"peerup/apply"
+)
+
+// bootFleet gives a sysroot that ran v1 and has just applied v2.
+func bootFleet(t *testing.T) (*fleet, *apply.Sysroot, string) {
+	t.Helper()
+	f := newFleet(t)
+	tree := makeTree(t, "VERSION=1\n")
+	f.publish(tree, 1)
+	write(t, tree+"/etc/os-release", "VERSION=2\n", 0o644)
+	f.publish(tree, 2)
+	s := newSysroot(t)
+	f.update(s, 1)
+	s.MarkGood()
+	f.update(s, 2)
+	return f, s, tree
+}
+
+func boot(t *testing.T, s *apply.Sysroot, cmdline string) uint64 {
+	t.Helper()
+	c, err := s.Boot(cmdline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Root != s.TreePath(c.Version) {
+		t.Fatalf("root %s for version %d", c.Root, c.Version)
+	}
+	if _, err := os.Stat(filepath.Join(c.Root, "etc/os-release")); err != nil {
+		t.Fatalf("chosen root is not a complete tree: %v", err)
+	}
+	return c.Version
+}
+
+func TestBootSelection(t *testing.T) {
+	const cmdline = "root=/dev/sda2 quiet"
+	t.Run("normal boot of a good version", func(t *testing.T) {
+		_, s, _ := bootFleet(t)
+		s.MarkGood()
+		for range 5 {
+			if v := boot(t, s, cmdline); v != 2 {
+				t.Fatalf("booted v%d, want 2", v)
+			}
+		}
+	})
+	t.Run("mark-good during the tries ends probation", func(t *testing.T) {
+		_, s, _ := bootFleet(t)
+		if v := boot(t, s, cmdline); v != 2 {
+			t.Fatalf("first boot of v2 chose v%d", v)
+		}
+		if v, err := s.MarkGood(); err != nil || v != 2 {
+			t.Fatalf("mark-good: %d, %v", v, err)
+		}
+		for range 5 {
+			if v := boot(t, s, cmdline); v != 2 {
+				t.Fatalf("after mark-good booted v%d", v)
+			}
+		}
+	})
+	t.Run("tries exhausted: fall back, mark bad, never retry, newer welcome", func(t *testing.T) {
+		f, s, tree := bootFleet(t)
+		for i := range apply.DefaultBootTries {
+			if v := boot(t, s, cmdline); v != 2 {
+				t.Fatalf("boot %d chose v%d, want v2 on probation", i+1, v)
+			}
+		}
+		if v := boot(t, s, cmdline); v != 1 {
+			t.Fatalf("after %d failed boots chose v%d, want the fallback v1", apply.DefaultBootTries, v)
+		}
+		st, _ := s.Status()
+		if st.Current != 1 || !s.IsBad(2) {
+			t.Fatalf("status %+v, bad(2)=%v", st, s.IsBad(2))
+		}
+		if v := boot(t, s, cmdline); v != 1 {
+			t.Fatalf("next boot chose v%d", v)
+		}
+		if _, err := f.pull(s, 0); !errors.Is(err, apply.ErrMarkedBad) {
+			t.Fatalf("pulling the bad version again: %v", err)
+		}
+		write(t, tree+"/etc/os-release", "VERSION=3\n", 0o644)
+		f.publish(tree, 3)
+		f.update(s, 3)
+		if v := boot(t, s, cmdline); v != 3 {
+			t.Fatalf("newer version v3 not booted: v%d", v)
+		}
+	})
+	t.Run("revert flag from rollback --next-boot", func(t *testing.T) {
+		_, s, _ := bootFleet(t)
+		s.MarkGood()
+		if err := s.RevertNextBoot(); err != nil {
+			t.Fatal(err)
+		}
+		if v := boot(t, s, cmdline); v != 1 {
+			t.Fatalf("revert flag: booted v%d", v)
+		}
+		if v := boot(t, s, cmdline); v != 1 {
+			t.Fatalf("the revert is lasting: booted v%d", v)
+		}
+		if st, _ := s.Status(); st.Current != 1 || st.Previous != 2 {
+			t.Fatalf("status %+v", st)
+		}
+	})
+	t.Run("kernel command line peerup.revert=1 for one boot", func(t *testing.T) {
+		_, s, _ := bootFleet(t)
+		s.MarkGood()
+		if v := boot(t, s, cmdline+" peerup.revert=1"); v != 1 {
+			t.Fatalf("peerup.revert=1: booted v%d", v)
+		}
+		if v := boot(t, s, cmdline); v != 2 {
+			t.Fatalf("next plain boot: v%d", v)
+		}
+	})
+	t.Run("a garbled boot state still boots", func(t *testing.T) {
+		_, s, _ := bootFleet(t)
+		os.WriteFile(filepath.Join(s.StateDir(), "boot.json"), []byte("{tru"), 0o644)
+		if v := boot(t, s, cmdline); v != 2 {
+			t.Fatalf("booted v%d", v)
+		}
+	})
+	t.Run("empty sysroot", func(t *testing.T) {
+		s := newSysroot(t)
+		if _, err := s.Boot(cmdline); err == nil || !strings.Contains(err.Error(), "no current") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+}

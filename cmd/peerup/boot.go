@@ -1,0 +1,75 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"peerup/apply"
+)
+
+func (a *app) newBootCmd() *cobra.Command {
+	var sysroot, cmdlinePath string
+	cmd := &cobra.Command{
+		Use:   "boot --sysroot DIR [--cmdline FILE]",
+		Short: "Choose the tree to boot (run early at boot, before switch_root)",
+		Long: `Prints the path of the tree to boot, and nothing else on stdout. It picks
+current, unless a revert was asked for ('peerup rollback --next-boot', or
+peerup.revert=1 on the kernel command line, which a boot menu entry or a held
+key can set), or the current version used up its boot tries without
+'peerup mark-good': then it falls back to previous and marks that version
+bad, so it is never applied again. Ships with an initramfs-tools hook in
+daemon/dist/initramfs-tools.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := apply.Open(sysroot)
+			if err != nil {
+				return err
+			}
+			cmdline, err := os.ReadFile(cmdlinePath)
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			c, err := s.Boot(string(cmdline))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "peerup: booting version %d: %s\n", c.Version, c.Reason)
+			fmt.Println(c.Root)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&sysroot, "sysroot", "", "sysroot directory (required)")
+	cmd.Flags().StringVar(&cmdlinePath, "cmdline", "/proc/cmdline", "file holding the kernel command line")
+	cmd.MarkFlagRequired("sysroot")
+	return cmd
+}
+
+func (a *app) newMarkGoodCmd() *cobra.Command {
+	var sysroot string
+	cmd := &cobra.Command{
+		Use:   "mark-good --sysroot DIR",
+		Short: "Confirm that the running version boots",
+		Long: `Ends the probation of a newly applied version: the boot step stops counting
+its tries. peerup-mark-good.service runs this once the system is up.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := apply.Open(sysroot)
+			if err != nil {
+				return err
+			}
+			v, err := s.MarkGood()
+			if err != nil {
+				return err
+			}
+			fmt.Printf("version %d marked good\n", v)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&sysroot, "sysroot", "", "sysroot directory (required)")
+	cmd.MarkFlagRequired("sysroot")
+	return cmd
+}
