@@ -35,6 +35,10 @@ type Config struct {
 	// BootTries is how many boots an applied version gets to reach
 	// mark-good (default 3).
 	BootTries int `toml:"boot-tries"`
+	// Iface limits discovery to one interface; NoMDNS and NoMulticast turn
+	// its sources off (SPEC.md §9).
+	NoMDNS      bool `toml:"no-mdns"`
+	NoMulticast bool `toml:"no-multicast"`
 }
 
 // LoadConfig reads a TOML config file, refusing unknown keys so that a typo

@@ -58,7 +58,16 @@ if present); flags override it. One daemon runs per sysroot.`,
 			override("peer", func() { cfg.Peers = flagCfg.Peers })
 			override("poll-interval", func() { cfg.PollInterval = flagCfg.PollInterval })
 			override("boot-tries", func() { cfg.BootTries = flagCfg.BootTries })
-			d, err := daemon.Start(cmd.Context(), cfg, nil, a.log)
+			override("iface", func() { cfg.Iface = flagCfg.Iface })
+			override("no-mdns", func() { cfg.NoMDNS = flagCfg.NoMDNS })
+			override("no-multicast", func() { cfg.NoMulticast = flagCfg.NoMulticast })
+			newDisc := func(image string, version uint64, port int) (daemon.Discovery, error) {
+				if cfg.NoMDNS && cfg.NoMulticast {
+					return nil, nil
+				}
+				return startDiscovery(cmd.Context(), cfg, image, version, port, a)
+			}
+			d, err := daemon.Start(cmd.Context(), cfg, newDisc, a.log)
 			if err != nil {
 				return err
 			}
@@ -75,6 +84,9 @@ if present); flags override it. One daemon runs per sysroot.`,
 	f.StringVar(&flagCfg.Bus, "bus", "system", "D-Bus to export the API on: system, session, none, or an address")
 	f.StringVar(&flagCfg.Policy, "policy", "auto", "what to do with an update: auto, download or notify")
 	f.StringSliceVar(&flagCfg.Peers, "peer", nil, "repo URL to ask for updates (e.g. the school server); repeat for several")
+	f.StringVar(&flagCfg.Iface, "iface", "", "discover and advertise on this interface only (default: all)")
+	f.BoolVar(&flagCfg.NoMDNS, "no-mdns", false, "do not advertise or browse with mDNS/DNS-SD")
+	f.BoolVar(&flagCfg.NoMulticast, "no-multicast", false, "do not send or hear per-version multicast announcements")
 	f.IntVar(&flagCfg.BootTries, "boot-tries", 3, "boots an applied version gets to reach mark-good")
 	f.DurationVar(&flagCfg.PollInterval, "poll-interval", 0, "also ask the peers on this interval (default: only when discovery says so)")
 	return cmd

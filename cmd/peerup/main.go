@@ -73,6 +73,7 @@ rollback.`,
 		a.newPatchCmd(),
 		a.newBootCmd(),
 		a.newMarkGoodCmd(),
+		a.newDiscoverCmd(),
 	)
 	return root
 }

@@ -1,0 +1,226 @@
+package discovery
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/ipv4"
+
+	"peerup/manifest"
+)
+
+// AnnouncePort is the UDP port of per-version announcements (SPEC.md §9).
+const AnnouncePort = 7381
+
+const (
+	announceMagic = "peerup-announce 1"
+	maxAnnounce   = 512
+)
+
+// ErrAnnounce is wrapped by errors about malformed announcements.
+var ErrAnnounce = errors.New("malformed announcement")
+
+// Group is the admin-scoped multicast group on which nodes at version v of
+// image listen: 239.255.X.Y from a hash of both, so each version has its own
+// and only the nodes it concerns wake.
+func Group(image string, v uint64) net.IP {
+	h := sha256.Sum256([]byte("peerup-group-v1\x00" + image + "\x00" + strconv.FormatUint(v, 10)))
+	x, y := h[0], h[1]
+	if x == 0 && y == 0 || x == 255 && y == 255 {
+		y ^= 1 // keep clear of the range's first and last addresses
+	}
+	return net.IPv4(239, 255, x, y).To4()
+}
+
+// Announcement says: a node serving on Port has Image at Version.
+type Announcement struct {
+	Image    string
+	Version  uint64
+	Manifest manifest.Digest
+	Port     int
+}
+
+// Marshal encodes an announcement.
+func (a Announcement) Marshal() []byte {
+	return fmt.Appendf(nil, "%s\nimage %s\nversion %d\nmanifest %s\nport %d\n", announceMagic, a.Image, a.Version, a.Manifest, a.Port)
+}
+
+// ParseAnnouncement reads an announcement strictly.
+func ParseAnnouncement(b []byte) (Announcement, error) {
+	var a Announcement
+	if len(b) > maxAnnounce {
+		return a, fmt.Errorf("%w: %d bytes", ErrAnnounce, len(b))
+	}
+	s := string(b)
+	if !strings.HasSuffix(s, "\n") {
+		return a, fmt.Errorf("%w: no final newline", ErrAnnounce)
+	}
+	lines := strings.Split(s[:len(s)-1], "\n")
+	keys := []string{"image", "version", "manifest", "port"}
+	if len(lines) != 1+len(keys) || lines[0] != announceMagic {
+		return a, fmt.Errorf("%w: not %q with %d fields", ErrAnnounce, announceMagic, len(keys))
+	}
+	for i, k := range keys {
+		name, v, ok := strings.Cut(lines[i+1], " ")
+		if !ok || name != k {
+			return a, fmt.Errorf("%w: want %q", ErrAnnounce, k)
+		}
+		var err error
+		switch k {
+		case "image":
+			if err = manifest.ValidImage(v); err == nil {
+				a.Image = v
+			}
+		case "version":
+			a.Version, err = strconv.ParseUint(v, 10, 64)
+			if err == nil && (a.Version == 0 || strconv.FormatUint(a.Version, 10) != v) {
+				err = errors.New("not canonical")
+			}
+		case "manifest":
+			a.Manifest, err = manifest.ParseDigest(v)
+		case "port":
+			var p uint64
+			p, err = strconv.ParseUint(v, 10, 16)
+			if err == nil && (p == 0 || strconv.FormatUint(p, 10) != v) {
+				err = errors.New("not canonical")
+			}
+			a.Port = int(p)
+		}
+		if err != nil {
+			return a, fmt.Errorf("%w: %s: %v", ErrAnnounce, k, err)
+		}
+	}
+	return a, nil
+}
+
+// announceSchedule is when an announcement is repeated: a few times soon,
+// for nodes that missed the first datagram, then never again (the mDNS
+// advert carries the version from then on).
+func announceSchedule() []time.Duration {
+	return []time.Duration{0, time.Second, 3 * time.Second, 10 * time.Second}
+}
+
+// Announce sends a on the group of (image, from) from iface, on the
+// schedule, until done or ctx ends. It returns once the first datagram is
+// sent; the repeats go on in the background.
+func Announce(ctx context.Context, iface *net.Interface, from uint64, a Announcement, log *slog.Logger) error {
+	c, err := net.ListenPacket("udp4", ":0")
+	if err != nil {
+		return fmt.Errorf("announce: %w", err)
+	}
+	p := ipv4.NewPacketConn(c)
+	if iface != nil {
+		if err := p.SetMulticastInterface(iface); err != nil {
+			c.Close()
+			return fmt.Errorf("announce on %s: %w", iface.Name, err)
+		}
+	}
+	p.SetMulticastTTL(1) // link-local reach: a school LAN, not the district
+	dst := &net.UDPAddr{IP: Group(a.Image, from), Port: AnnouncePort}
+	msg := a.Marshal()
+	if _, err := c.WriteTo(msg, dst); err != nil {
+		c.Close()
+		return fmt.Errorf("announce to %s: %w", dst, err)
+	}
+	go func() {
+		defer c.Close()
+		prev := time.Duration(0)
+		for _, at := range announceSchedule()[1:] {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(at - prev):
+			}
+			prev = at
+			if _, err := c.WriteTo(msg, dst); err != nil {
+				log.Debug("announce repeat", "err", err)
+			}
+		}
+	}()
+	return nil
+}
+
+// Listener receives announcements on the group of the node's own version.
+type Listener struct {
+	iface *net.Interface
+	conn  *ipv4.PacketConn
+	raw   net.PacketConn
+	log   *slog.Logger
+
+	mu    sync.Mutex
+	image string
+	group net.IP
+}
+
+// Listen joins the group of (image, v) on iface and reports announcements
+// of newer versions of image to found. It runs until ctx ends.
+func Listen(ctx context.Context, iface *net.Interface, image string, v uint64, found func(Peer), log *slog.Logger) (*Listener, error) {
+	lc := net.ListenConfig{Control: reuseAddr}
+	c, err := lc.ListenPacket(ctx, "udp4", ":"+strconv.Itoa(AnnouncePort))
+	if err != nil {
+		return nil, fmt.Errorf("listen for announcements: %w", err)
+	}
+	l := &Listener{iface: iface, raw: c, conn: ipv4.NewPacketConn(c), log: log, image: image}
+	if err := l.conn.SetControlMessage(ipv4.FlagDst, true); err != nil {
+		log.Debug("no destination control messages", "err", err)
+	}
+	if err := l.Rejoin(v); err != nil {
+		c.Close()
+		return nil, err
+	}
+	go func() {
+		<-ctx.Done()
+		c.Close()
+	}()
+	go l.loop(found)
+	return l, nil
+}
+
+// Rejoin moves the listener to the group of the node's new version.
+func (l *Listener) Rejoin(v uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	g := Group(l.image, v)
+	if l.group != nil {
+		l.conn.LeaveGroup(l.iface, &net.UDPAddr{IP: l.group})
+	}
+	if err := l.conn.JoinGroup(l.iface, &net.UDPAddr{IP: g}); err != nil {
+		return fmt.Errorf("join %s: %w", g, err)
+	}
+	l.group = g
+	return nil
+}
+
+func (l *Listener) loop(found func(Peer)) {
+	buf := make([]byte, maxAnnounce+1)
+	for {
+		n, cm, src, err := l.conn.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		l.mu.Lock()
+		group := l.group
+		l.mu.Unlock()
+		if cm != nil && cm.Dst != nil && !cm.Dst.Equal(group) {
+			continue // another version's group, joined by another socket
+		}
+		a, err := ParseAnnouncement(buf[:n])
+		if err != nil {
+			l.log.Debug("announcement ignored", "from", src, "err", err)
+			continue
+		}
+		udp, ok := src.(*net.UDPAddr)
+		if !ok || a.Image != l.image {
+			continue
+		}
+		found(Peer{URL: PeerURL(udp.IP, a.Port), Image: a.Image, Version: a.Version, Source: SourceMulticast})
+	}
+}

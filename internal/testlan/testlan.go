@@ -1,0 +1,101 @@
+// Package testlan builds a LAN of network namespaces for tests: a bridge
+// with no uplink, and nodes joined to it by veth pairs, each with an IPv4
+// address and a multicast route. Traffic stays on the bridge; nothing leaves
+// the machine. Everything is removed when the test ends, even if it fails.
+package testlan
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// LAN is a bridge and its nodes.
+type LAN struct {
+	t      testing.TB
+	Bridge string
+	Nodes  []*Node
+}
+
+// Node is one network namespace on the LAN.
+type Node struct {
+	NS    string // namespace name
+	Iface string // its interface's name inside the namespace
+	IP    string // its address, without prefix length
+	host  string // the veth end on the bridge
+}
+
+// Available reports why the harness cannot run here, or "" if it can.
+func Available() string {
+	if os.Getuid() != 0 {
+		return "needs root for network namespaces"
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		return "needs ip from iproute2 (apt-get install iproute2)"
+	}
+	return ""
+}
+
+// New makes a LAN of n nodes, or skips the test with the reason it cannot.
+func New(t testing.TB, n int) *LAN {
+	t.Helper()
+	if why := Available(); why != "" {
+		t.Skip("testlan: " + why)
+	}
+	var r [3]byte
+	rand.Read(r[:])
+	id := hex.EncodeToString(r[:])
+	subnet := int(r[0])%200 + 20 // 10.99.<subnet>.0/24, random to let packages run in parallel
+	l := &LAN{t: t, Bridge: "pub" + id}
+	t.Cleanup(l.Close)
+	l.run("link", "add", l.Bridge, "type", "bridge")
+	// A bridge forwards multicast without snooping: every node hears every
+	// group, as on a plain switch.
+	l.run("link", "set", l.Bridge, "type", "bridge", "mcast_snooping", "0")
+	l.run("link", "set", l.Bridge, "up")
+	for i := 1; i <= n; i++ {
+		node := &Node{NS: fmt.Sprintf("pu%s-%d", id, i), Iface: fmt.Sprintf("e%d", i), IP: fmt.Sprintf("10.99.%d.%d", subnet, i), host: fmt.Sprintf("v%s%d", id, i)}
+		l.Nodes = append(l.Nodes, node)
+		l.run("netns", "add", node.NS)
+		l.run("link", "add", node.host, "type", "veth", "peer", "name", node.Iface)
+		l.run("link", "set", node.Iface, "netns", node.NS)
+		l.run("link", "set", node.host, "master", l.Bridge)
+		l.run("link", "set", node.host, "up")
+		l.run("-n", node.NS, "addr", "add", node.IP+"/24", "dev", node.Iface)
+		l.run("-n", node.NS, "link", "set", node.Iface, "up")
+		l.run("-n", node.NS, "link", "set", "lo", "up")
+		l.run("-n", node.NS, "route", "add", "224.0.0.0/4", "dev", node.Iface)
+	}
+	return l
+}
+
+func (l *LAN) run(args ...string) {
+	l.t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		l.t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// Command prepares name args to run inside node i's namespace (1-based).
+func (l *LAN) Command(i int, name string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", l.Nodes[i-1].NS, name}, args...)...)
+}
+
+// Close removes the nodes and the bridge. It is registered with t.Cleanup.
+func (l *LAN) Close() {
+	for _, n := range l.Nodes {
+		exec.Command("ip", "netns", "pids", n.NS).Output()
+		if out, err := exec.Command("ip", "netns", "pids", n.NS).Output(); err == nil {
+			for _, pid := range strings.Fields(string(out)) {
+				exec.Command("kill", "-9", pid).Run()
+			}
+		}
+		exec.Command("ip", "link", "del", n.host).Run()
+		exec.Command("ip", "netns", "del", n.NS).Run()
+	}
+	exec.Command("ip", "link", "del", l.Bridge).Run()
+}
