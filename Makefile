@@ -32,7 +32,8 @@ fuzz-short:
 fuzz:
 	@sh .ci/fuzz $(FUZZLONG)
 
-test: deps vet unit fuzz-short
+# Unit tests last, so that go test's summary closes the log.
+test: deps vet fuzz-short unit
 
 demo: build
 	$(GO) run ./cmd/peerup-demo --peerup $(BIN)

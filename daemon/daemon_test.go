@@ -297,3 +297,43 @@ func TestStateTable(t *testing.T) {
 		}
 	}
 }
+
+// TestCLIReachesTheDaemon: peerup status, check, apply and rollback without
+// --sysroot go through D-Bus to a running daemon.
+func TestCLIReachesTheDaemon(t *testing.T) {
+	addr := privateBus(t)
+	bin := buildBinary(t)
+	f := newTestFleet(t)
+	f.publish(t, 1)
+	sysroot := f.sysrootAt(t, 1)
+	f.publish(t, 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := Start(ctx, Config{Sysroot: sysroot, Trust: []string{f.pub}, Listen: "127.0.0.1:0", Bus: addr, Policy: "notify", Peers: []string{f.url}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); d.Wait(ctx) }()
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(bin, append(args, "--bus", addr)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("peerup %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	if out := run("check"); !strings.Contains(out, "state:    update-available") || !strings.Contains(out, "available: 2") {
+		t.Fatalf("check:\n%s", out)
+	}
+	if out := run("fetch"); !strings.Contains(out, "update-ready") {
+		t.Fatalf("fetch:\n%s", out)
+	}
+	if out := run("apply"); !strings.Contains(out, "update-applied") || !strings.Contains(out, "current:  2") {
+		t.Fatalf("apply:\n%s", out)
+	}
+	if out := run("status", "--json"); !strings.Contains(out, `"CurrentVersion": 2`) {
+		t.Fatalf("status --json:\n%s", out)
+	}
+	if out := run("rollback"); !strings.Contains(out, "current:  1") {
+		t.Fatalf("rollback:\n%s", out)
+	}
+}
