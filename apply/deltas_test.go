@@ -113,3 +113,48 @@ func TestDeltasNeverCostMoreThanWhole(t *testing.T) {
 	}
 	os.Stdout.Sync()
 }
+
+// TestKeptEncodingsStayWithinBudget: a node keeps the encodings it fetched
+// for its neighbours, but no more bytes of them than its budget.
+func TestKeptEncodingsStayWithinBudget(t *testing.T) {
+	f := newFleet(t)
+	tree := makeTree(t, "VERSION=1\n")
+	write(t, tree+"/usr/lib/libschool.so.1", library(1), 0o755)
+	f.publishWithDeltas(tree, 1)
+	s := newSysroot(t)
+	f.update(s, 1)
+	write(t, tree+"/usr/lib/libschool.so.1", library(2), 0o755)
+	f.publishWithDeltas(tree, 2)
+	held := func(budget int64) int {
+		t.Helper()
+		res, err := s.Pull(context.Background(), f.client(), apply.PullOptions{Version: 2, Trust: f.trust, EncodingBudget: budget})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.PatchObjects == 0 {
+			t.Fatal("no patch fetched")
+		}
+		raw, _ := os.ReadFile(filepath.Join(s.Repo().Dir(), "images/school-laptop/2.deltas"))
+		x, err := diff.ParseDeltaIndex(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range x.Encodings {
+			if s.Repo().Has(e.Digest) {
+				n++
+			}
+		}
+		return n
+	}
+	if n := held(-1); n == 0 {
+		t.Fatal("no encoding kept without a budget")
+	}
+	// Pull the same version again into a fresh sysroot with a budget of
+	// one byte: nothing can be kept.
+	s = newSysroot(t)
+	f.update(s, 1)
+	if n := held(1); n != 0 {
+		t.Fatalf("%d encodings kept over a one-byte budget", n)
+	}
+}

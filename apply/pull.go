@@ -38,6 +38,9 @@ type PullOptions struct {
 	// so far and the bytes to fetch in all.
 	Progress func(done, total int64)
 	Log      *slog.Logger
+	// EncodingBudget bounds the bytes of encodings kept to serve
+	// neighbours (0: DefaultEncodingBudget; negative: no limit).
+	EncodingBudget int64
 }
 
 // PullResult reports what a pull did.
@@ -132,6 +135,13 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 	}
 	if err := s.stage(ctx, b, mb, h, sig, deltas); err != nil {
 		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
+	}
+	budget := o.EncodingBudget
+	if budget == 0 {
+		budget = DefaultEncodingBudget
+	}
+	if err := s.trimEncodings(image, budget); err != nil {
+		return nil, fmt.Errorf("pull %s v%d: trim kept encodings: %w", image, v, err)
 	}
 	return res, nil
 }

@@ -78,7 +78,9 @@ type Options struct {
 	OnApplied func(from, to uint64)
 	// BanFor is how long a peer that served bad data is ignored (30 min).
 	BanFor time.Duration
-	Log    *slog.Logger
+	// EncodingBudget is passed to every pull (apply.PullOptions).
+	EncodingBudget int64
+	Log            *slog.Logger
 }
 
 // Core is the daemon's state machine.
@@ -412,7 +414,7 @@ func (c *Core) fetch(ctx context.Context) func() error {
 			lastErr = err
 			continue
 		}
-		res, err := c.o.Sysroot.Pull(ctx, cl, apply.PullOptions{Version: want, Trust: c.o.Trust, Progress: progress, Log: c.o.Log})
+		res, err := c.o.Sysroot.Pull(ctx, cl, apply.PullOptions{Version: want, Trust: c.o.Trust, Progress: progress, Log: c.o.Log, EncodingBudget: c.o.EncodingBudget})
 		if err == nil {
 			pmu.Lock()
 			if res.FetchedBytes > persisted {

@@ -39,6 +39,9 @@ type Config struct {
 	// its sources off (SPEC.md §9).
 	NoMDNS      bool `toml:"no-mdns"`
 	NoMulticast bool `toml:"no-multicast"`
+	// KeepEncodingsMiB bounds the patches kept for neighbours (default
+	// 256; -1: no limit).
+	KeepEncodingsMiB int64 `toml:"keep-encodings-mib"`
 }
 
 // LoadConfig reads a TOML config file, refusing unknown keys so that a typo
@@ -142,8 +145,12 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 		}
 		return out
 	}
+	budget := cfg.KeepEncodingsMiB << 20
+	if cfg.KeepEncodingsMiB < 0 {
+		budget = -1
+	}
 	d.Core, err = NewCore(ctx, Options{
-		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Log: log,
+		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Log: log, EncodingBudget: budget,
 		OnApplied: func(from, to uint64) {
 			if d.disc != nil {
 				d.disc.VersionChanged(ctx, d.Core.Props().Image, from, to)

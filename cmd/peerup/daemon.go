@@ -61,6 +61,7 @@ if present); flags override it. One daemon runs per sysroot.`,
 			override("iface", func() { cfg.Iface = flagCfg.Iface })
 			override("no-mdns", func() { cfg.NoMDNS = flagCfg.NoMDNS })
 			override("no-multicast", func() { cfg.NoMulticast = flagCfg.NoMulticast })
+			override("keep-encodings-mib", func() { cfg.KeepEncodingsMiB = flagCfg.KeepEncodingsMiB })
 			newDisc := func(image string, version uint64, port int) (daemon.Discovery, error) {
 				if cfg.NoMDNS && cfg.NoMulticast {
 					return nil, nil
@@ -86,6 +87,7 @@ if present); flags override it. One daemon runs per sysroot.`,
 	f.StringSliceVar(&flagCfg.Peers, "peer", nil, "repo URL to ask for updates (e.g. the school server); repeat for several")
 	f.StringVar(&flagCfg.Iface, "iface", "", "discover and advertise on this interface only (default: all)")
 	f.BoolVar(&flagCfg.NoMDNS, "no-mdns", false, "do not advertise or browse with mDNS/DNS-SD")
+	f.Int64Var(&flagCfg.KeepEncodingsMiB, "keep-encodings-mib", 0, "MiB of fetched patches to keep for neighbours (default 256; -1: no limit)")
 	f.BoolVar(&flagCfg.NoMulticast, "no-multicast", false, "do not send or hear per-version multicast announcements")
 	f.IntVar(&flagCfg.BootTries, "boot-tries", 3, "boots an applied version gets to reach mark-good")
 	f.DurationVar(&flagCfg.PollInterval, "poll-interval", 0, "also ask the peers on this interval (default: only when discovery says so)")

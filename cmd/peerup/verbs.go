@@ -193,6 +193,7 @@ type pullFlags struct {
 	version              uint64
 	json                 bool
 	bootTries            int
+	keepMiB              int64
 }
 
 func (p *pullFlags) register(cmd *cobra.Command) {
@@ -204,6 +205,7 @@ func (p *pullFlags) register(cmd *cobra.Command) {
 	f.Uint64Var(&p.version, "version", 0, "version to fetch (default: the newest)")
 	f.BoolVar(&p.json, "json", false, "print the result as JSON")
 	f.IntVar(&p.bootTries, "boot-tries", apply.DefaultBootTries, "boots a newly applied version gets to reach mark-good")
+	f.Int64Var(&p.keepMiB, "keep-encodings-mib", apply.DefaultEncodingBudget>>20, "MiB of fetched patches to keep for neighbours (-1: no limit)")
 	for _, n := range []string{"sysroot", "trust", "from"} {
 		cmd.MarkFlagRequired(n)
 	}
@@ -224,7 +226,7 @@ func (p *pullFlags) pull(ctx context.Context) (*apply.Sysroot, *apply.PullResult
 	}
 	s.BootTries = p.bootTries
 	prog, clear := progress("fetching")
-	res, err := s.Pull(ctx, src, apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog})
+	res, err := s.Pull(ctx, src, apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog, EncodingBudget: mib(p.keepMiB)})
 	clear()
 	return s, res, err
 }
@@ -472,4 +474,15 @@ func human(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%d B", n)
+}
+
+// mib turns a MiB flag into bytes, keeping -1 as "no limit".
+func mib(n int64) int64 {
+	if n < 0 {
+		return -1
+	}
+	if n == 0 {
+		return 1 // keep nothing (0 would mean the default)
+	}
+	return n << 20
 }
