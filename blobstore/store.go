@@ -511,6 +511,7 @@ func (b *Batch) Salvage(ctx context.Context) (n int, size int64, err error) {
 				size += sz
 			}
 		}
+		b.salvageParts(old)
 		if err := os.RemoveAll(old); err != nil {
 			return n, size, fmt.Errorf("salvage: %w", err)
 		}
@@ -538,8 +539,9 @@ func hashMatches(ctx context.Context, path string, d Digest) (bool, int64, error
 }
 
 // Suspend ends a batch that failed part-way but keeps the objects it had
-// verified in staging, for Salvage to pick up next time: on a flaky link a
-// second attempt should not fetch them again. Everything else is removed.
+// verified, and the partial downloads of large ones, in staging for Salvage
+// to pick up next time: on a flaky link a second attempt should not fetch
+// them again. Everything else is removed.
 func (b *Batch) Suspend() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -547,13 +549,16 @@ func (b *Batch) Suspend() {
 		return
 	}
 	b.done = true
+	kept := 0
 	ents, _ := os.ReadDir(b.dir)
 	for _, e := range ents {
-		if !strings.HasPrefix(e.Name(), "o-") {
-			os.Remove(filepath.Join(b.dir, e.Name()))
+		if strings.HasPrefix(e.Name(), "o-") || strings.HasPrefix(e.Name(), "p-") {
+			kept++
+			continue
 		}
+		os.Remove(filepath.Join(b.dir, e.Name()))
 	}
-	if len(b.objects) == 0 {
+	if kept == 0 {
 		os.Remove(b.dir)
 	}
 }

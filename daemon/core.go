@@ -94,6 +94,7 @@ type Core struct {
 	cancel context.CancelCauseFunc
 	obs    []Observer
 	wg     sync.WaitGroup
+	closed bool // no new operation may start
 }
 
 // errCancelled is the cause given to an operation's context by Cancel.
@@ -170,6 +171,10 @@ func (c *Core) fail(name string, err error) {
 // cannot both start an operation.
 func (c *Core) begin(m Method, busy State) (context.Context, error) {
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, errors.New("the updater is shutting down")
+	}
 	if err := check(m, c.props.State); err != nil {
 		c.mu.Unlock()
 		return nil, err
@@ -210,8 +215,15 @@ func (c *Core) run(ctx context.Context, op func(context.Context) func() error) {
 	}
 }
 
-// Wait blocks until no operation runs (for shutdown and tests).
-func (c *Core) Wait() { c.wg.Wait() }
+// Wait refuses new operations and blocks until the running one ends (for
+// shutdown). Refusing first matters: a finishing operation may start the
+// next one its policy asks for.
+func (c *Core) Wait() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.wg.Wait()
+}
 
 // Poll asks the peers for a newer version, in the background.
 func (c *Core) Poll() error {

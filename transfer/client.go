@@ -68,10 +68,18 @@ func DefaultHTTPClient() *http.Client {
 func (c *Client) String() string { return c.base.String() }
 
 func (c *Client) get(ctx context.Context, rel string) (*http.Response, error) {
+	return c.getRange(ctx, rel, 0)
+}
+
+// getRange GETs rel from offset on; the answer is 200 (whole) or 206.
+func (c *Client) getRange(ctx context.Context, rel string, offset int64) (*http.Response, error) {
 	u := c.base.JoinPath(rel)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, err
+	}
+	if offset > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -81,7 +89,7 @@ func (c *Client) get(ctx context.Context, rel string) (*http.Response, error) {
 		resp.Body.Close()
 		return nil, fmt.Errorf("GET %s: %w", u, ErrNotFound)
 	}
-	if resp.StatusCode != http.StatusOK {
+	if resp.StatusCode != http.StatusOK && (offset == 0 || resp.StatusCode != http.StatusPartialContent) {
 		resp.Body.Close()
 		return nil, fmt.Errorf("%w: GET %s: %s", ErrPeer, u, resp.Status)
 	}
@@ -144,16 +152,30 @@ func (c *Client) Deltas(ctx context.Context, image string, v uint64) (idx, sig [
 
 // FetchObject streams object d of the given size into the batch, which checks
 // the size and hash; a peer that sends more than size bytes is cut off.
+// A large object cut off part-way is resumed with a Range request, from
+// this peer or another, the next time it is fetched.
 func (c *Client) FetchObject(ctx context.Context, b *blobstore.Batch, d manifest.Digest, size int64) error {
-	resp, err := c.get(ctx, blobstore.ObjectURLPath(d))
-	if err != nil {
-		return err
+	open := func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
+		resp, err := c.getRange(ctx, blobstore.ObjectURLPath(d), offset)
+		if err != nil {
+			return nil, 0, err
+		}
+		start := int64(0)
+		if resp.StatusCode == http.StatusPartialContent {
+			var first, last, total int64
+			if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-%d/%d", &first, &last, &total); err != nil || total != size {
+				resp.Body.Close()
+				return nil, 0, fmt.Errorf("%w: object %s: bad Content-Range %q", ErrPeer, d, resp.Header.Get("Content-Range"))
+			}
+			start = first
+		}
+		if resp.ContentLength > size-start {
+			resp.Body.Close()
+			return nil, 0, fmt.Errorf("%w: object %s: peer offers %d bytes, manifest says %d", ErrPeer, d, resp.ContentLength, size)
+		}
+		return resp.Body, start, nil
 	}
-	defer resp.Body.Close()
-	if resp.ContentLength > size {
-		return fmt.Errorf("%w: object %s: peer offers %d bytes, manifest says %d", ErrPeer, d, resp.ContentLength, size)
-	}
-	if err := b.Put(ctx, d, size, resp.Body); err != nil {
+	if err := b.PutFrom(ctx, d, size, open); err != nil {
 		if errors.Is(err, blobstore.ErrMismatch) || errors.Is(err, blobstore.ErrTooLong) || errors.Is(err, blobstore.ErrTooShort) {
 			return fmt.Errorf("%w: from %s: %w", ErrPeer, c.base, err)
 		}

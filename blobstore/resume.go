@@ -1,0 +1,127 @@
+package blobstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// ResumeMin is the size from which an interrupted download is kept to be
+// resumed; below it, starting over costs less than the bookkeeping.
+const ResumeMin = 1 << 20
+
+// Opener returns the object's bytes from offset on. A source that cannot
+// start there returns the whole object and start 0.
+type Opener func(ctx context.Context, offset int64) (body io.ReadCloser, start int64, err error)
+
+func (b *Batch) partPath(d Digest) string { return filepath.Join(b.dir, "p-"+d.String()) }
+
+// PutFrom is Put for a source that can resume: bytes already received for
+// d by an interrupted attempt (this batch's, or one Salvage adopted) are kept
+// and only the rest is asked for. Every byte is still hashed: the prefix is
+// read back from disk, so the check covers the whole object, and a prefix
+// that turns out wrong is thrown away with the error.
+func (b *Batch) PutFrom(ctx context.Context, want Digest, size int64, open Opener) error {
+	if b.Has(want) {
+		return nil
+	}
+	if size < ResumeMin {
+		body, _, err := open(ctx, 0)
+		if err != nil {
+			return err
+		}
+		defer body.Close()
+		return b.Put(ctx, want, size, body)
+	}
+	part := b.partPath(want)
+	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("object %s: %w", want, err)
+	}
+	have, err := f.Seek(0, io.SeekEnd)
+	if err != nil || have > size {
+		f.Close()
+		os.Remove(part)
+		return fmt.Errorf("object %s: bad partial download", want)
+	}
+	body, start, err := open(ctx, have)
+	if err != nil {
+		f.Close()
+		return err
+	}
+	defer body.Close()
+	if start != have {
+		// The source starts elsewhere (no Range support): start over.
+		if err := f.Truncate(0); err == nil {
+			_, err = f.Seek(0, io.SeekStart)
+		}
+		if err != nil {
+			f.Close()
+			return err
+		}
+		have = 0
+	}
+	buf := copyBufs.Get().(*[]byte)
+	_, cerr := io.CopyBuffer(f, io.LimitReader(ctxReader{ctx, body}, size-have+1), *buf)
+	copyBufs.Put(buf)
+	if err := f.Close(); cerr == nil {
+		cerr = err
+	}
+	if cerr != nil {
+		// Keep what arrived for the next attempt.
+		return fmt.Errorf("object %s: %w", want, cerr)
+	}
+	got, n, err := hashFile(ctx, part)
+	if err != nil {
+		return err
+	}
+	switch {
+	case n > size:
+		err = fmt.Errorf("object %s: %w (%d)", want, ErrTooLong, size)
+	case n < size:
+		// Still short (the source hung up): keep it, resume next time.
+		return fmt.Errorf("object %s: %w: got %d of %d", want, ErrTooShort, n, size)
+	case got != want:
+		err = fmt.Errorf("object %s: %w: got %s", want, ErrMismatch, got)
+	}
+	if err != nil {
+		os.Remove(part)
+		return err
+	}
+	return b.adopt(part, want)
+}
+
+func hashFile(ctx context.Context, path string) (Digest, int64, error) {
+	var d Digest
+	f, err := os.Open(path)
+	if err != nil {
+		return d, 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, ctxReader{ctx, f})
+	if err != nil {
+		return d, n, err
+	}
+	h.Sum(d[:0])
+	return d, n, nil
+}
+
+// salvageParts moves the partial downloads of an interrupted batch into b.
+func (b *Batch) salvageParts(old string) {
+	ents, _ := os.ReadDir(old)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "p-") {
+			dst := filepath.Join(b.dir, e.Name())
+			if _, err := os.Lstat(dst); errors.Is(err, fs.ErrNotExist) {
+				os.Rename(filepath.Join(old, e.Name()), dst)
+			}
+		}
+	}
+}
