@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -183,3 +184,5 @@ func (c *Client) FetchObject(ctx context.Context, b *blobstore.Batch, d manifest
 	}
 	return nil
 }
+
+func sha256sum(b []byte) [32]byte { return sha256.Sum256(b) }

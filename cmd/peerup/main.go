@@ -74,6 +74,7 @@ rollback.`,
 		a.newBootCmd(),
 		a.newMarkGoodCmd(),
 		a.newDiscoverCmd(),
+		a.newMirrorCmd(),
 	)
 	return root
 }
