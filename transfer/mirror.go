@@ -148,4 +148,3 @@ func mirrorVersion(ctx context.Context, local *blobstore.Repo, up *Client, trust
 	_, err = local.AddVersion(&m.Header, mb, sig)
 	return err
 }
-
