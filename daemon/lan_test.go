@@ -124,3 +124,44 @@ func TestTwoNodesOnALAN(t *testing.T) {
 		})
 	}
 }
+
+// TestSeedAnnouncesPublishedVersion: a school server seeds its repo; a
+// version published into it reaches a laptop on the LAN without anyone
+// polling: the seed sees the new index and announces it.
+func TestSeedAnnouncesPublishedVersion(t *testing.T) {
+	if why := testlan.Available(); why != "" {
+		t.Skip("testlan: " + why)
+	}
+	bin := buildBinary(t)
+	lan := testlan.New(t, 2)
+	f := newTestFleet(t)
+	f.publish(t, 1)
+	laptop := f.sysrootAt(t, 1)
+	bus := privateBus(t)
+
+	seed := lan.Command(1, bin, "-v", "daemon", "--repo", f.repo.Dir(), "--trust", f.pub, "--iface", "e1")
+	logs, _ := seed.StderrPipe()
+	if err := seed.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { seed.Process.Signal(syscall.SIGTERM); seed.Wait() })
+	sc := bufio.NewScanner(logs)
+	for sc.Scan() && !strings.Contains(sc.Text(), "seeding") {
+	}
+	go func() {
+		for sc.Scan() {
+		}
+	}()
+
+	up := ownerWatch(t, bus)
+	w := watch(t, bus)
+	startIn(t, lan, 2, bin, "daemon", "--sysroot", laptop, "--trust", f.pub, "--bus", bus, "--iface", "e2", "--policy", "auto")
+	(&watcher{ch: up}).until(t, "the laptop's daemon", func(*dbus.Signal) bool { return true })
+
+	f.publish(t, 2) // as `peerup publish` on the school server would
+	w.until(t, "the laptop applying v2", stateIs(StateUpdateApplied))
+	got, _ := os.ReadFile(laptop + "/current/etc/os-release")
+	if string(got) != "VERSION=2\n" {
+		t.Fatalf("laptop os-release = %q", got)
+	}
+}

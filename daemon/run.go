@@ -21,13 +21,17 @@ import (
 // Config is everything `peerup daemon` can be told, by flags or by the TOML
 // file (/etc/peerup/peerup.toml); flags override the file.
 type Config struct {
-	Sysroot string   `toml:"sysroot"`
-	Trust   []string `toml:"trust"`
-	Listen  string   `toml:"listen"`
-	Iface   string   `toml:"iface"`
-	Bus     string   `toml:"bus"`
-	Policy  string   `toml:"policy"`
-	Peers   []string `toml:"peer"`
+	Sysroot string `toml:"sysroot"`
+	// Repo, instead of Sysroot, makes the daemon a seed: it serves and
+	// advertises a repo (a school server's), with no sysroot of its own.
+	Repo   string   `toml:"repo"`
+	Image  string   `toml:"image"`
+	Trust  []string `toml:"trust"`
+	Listen string   `toml:"listen"`
+	Iface  string   `toml:"iface"`
+	Bus    string   `toml:"bus"`
+	Policy string   `toml:"policy"`
+	Peers  []string `toml:"peer"`
 	// PollInterval, if set, also polls the peers on a timer. Off by default:
 	// discovery events wake the daemon, so it makes no traffic when there is
 	// nothing to do.

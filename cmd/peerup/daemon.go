@@ -16,7 +16,7 @@ func (a *app) newDaemonCmd() *cobra.Command {
 	var cfgPath string
 	var flagCfg daemon.Config
 	cmd := &cobra.Command{
-		Use:   "daemon --sysroot DIR --trust PUBFILE... [--listen ADDR] [--bus system|session|none|ADDRESS] [--policy auto|download|notify] [--peer URL]... [--config FILE]",
+		Use:   "daemon (--sysroot DIR | --repo REPO) --trust PUBFILE... [--listen ADDR] [--bus system|session|none|ADDRESS] [--policy auto|download|notify] [--peer URL]... [--config FILE]",
 		Short: "Run the background updater",
 		Long: `Serves this node's repo to its neighbours, looks for newer signed versions
 (on the peers given with --peer, and as discovery reports them), fetches them
@@ -68,6 +68,19 @@ if present); flags override it. One daemon runs per sysroot.`,
 				}
 				return startDiscovery(cmd.Context(), cfg, image, version, port, a)
 			}
+			override("repo", func() { cfg.Repo = flagCfg.Repo })
+			override("image", func() { cfg.Image = flagCfg.Image })
+			if cfg.Repo != "" {
+				if cfg.Sysroot != "" {
+					return errors.New("give --sysroot (a laptop) or --repo (a seed), not both")
+				}
+				seed, err := daemon.StartSeed(cmd.Context(), cfg, newDisc, a.log)
+				if err != nil {
+					return err
+				}
+				seed.Wait(cmd.Context())
+				return nil
+			}
 			d, err := daemon.Start(cmd.Context(), cfg, newDisc, a.log)
 			if err != nil {
 				return err
@@ -79,7 +92,9 @@ if present); flags override it. One daemon runs per sysroot.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfgPath, "config", "", "TOML config file (default "+defaultConfig+" if it exists)")
-	f.StringVar(&flagCfg.Sysroot, "sysroot", "", "sysroot directory")
+	f.StringVar(&flagCfg.Sysroot, "sysroot", "", "sysroot directory (a laptop)")
+	f.StringVar(&flagCfg.Repo, "repo", "", "seed this repo instead: serve and advertise it, announce each new version (a school server)")
+	f.StringVar(&flagCfg.Image, "image", "", "with --repo: the image to advertise, if the repo holds several")
 	f.StringSliceVar(&flagCfg.Trust, "trust", nil, "trusted public key file; repeat for several")
 	f.StringVar(&flagCfg.Listen, "listen", defaultListen, "address to serve this node's repo on")
 	f.StringVar(&flagCfg.Bus, "bus", "system", "D-Bus to export the API on: system, session, none, or an address")

@@ -1,0 +1,202 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"peerup/blobstore"
+	"peerup/manifest"
+	"peerup/transfer"
+)
+
+// Seed is a school server's daemon: it serves a repo (kept by `peerup
+// publish` or `peerup mirror`) to the LAN and advertises its newest signed
+// version, announcing each new one within moments of its publication. It
+// needs no sysroot and no state of its own beyond a lock beside the repo.
+type Seed struct {
+	Addr net.Addr
+	srv  *http.Server
+	disc Discovery
+	wg   sync.WaitGroup
+	stop func()
+}
+
+// StartSeed starts serving and advertising cfg.Repo.
+func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, version uint64, port int) (Discovery, error), log *slog.Logger) (*Seed, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	kr, err := manifest.LoadKeyring(cfg.Trust...)
+	if err != nil {
+		return nil, err
+	}
+	repo, err := blobstore.OpenRepo(cfg.Repo)
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := blobstore.LockFile(filepath.Join(repo.Dir(), "seed.lock"))
+	if err != nil {
+		return nil, fmt.Errorf("%w: another peerup daemon seeds %s", ErrRunning, repo.Dir())
+	}
+	s := &Seed{stop: unlock}
+	ok := false
+	defer func() {
+		if !ok {
+			s.close()
+		}
+	}()
+	image, v, err := seedLatest(repo, cfg.Image, kr)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", orDefault(cfg.Listen, ":7380"))
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	s.Addr = ln.Addr()
+	s.srv = transfer.NewServer(ln.Addr().String(), transfer.NewHandler(repo.Dir(), log))
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("serve", "err", err)
+		}
+	}()
+	if newDisc != nil {
+		if s.disc, err = newDisc(image, v, ln.Addr().(*net.TCPAddr).Port); err != nil {
+			return nil, err
+		}
+	}
+	changes, err := watchIndex(ctx, repo.Dir())
+	if err != nil {
+		return nil, err
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for range changes {
+			img, nv, err := seedLatest(repo, image, kr)
+			if err != nil {
+				log.Warn("repo changed but its newest version does not verify; still advertising the last good one", "err", err)
+				continue
+			}
+			if nv > v && s.disc != nil {
+				log.Info("advertising newly published version", "image", img, "version", nv)
+				s.disc.VersionChanged(ctx, img, v, nv)
+			}
+			v = max(v, nv)
+		}
+	}()
+	log.Info("seeding", "repo", repo.Dir(), "image", image, "version", v, "addr", ln.Addr().String())
+	ok = true
+	return s, nil
+}
+
+// seedLatest is the repo's newest version of image whose manifest a trusted
+// key signed: a seed never advertises anything unsigned.
+func seedLatest(repo *blobstore.Repo, image string, kr *manifest.Keyring) (string, uint64, error) {
+	ix, err := repo.ReadIndex()
+	if err != nil {
+		return "", 0, err
+	}
+	if image == "" {
+		imgs := ix.Images()
+		switch len(imgs) {
+		case 0:
+			return "", 0, nil
+		case 1:
+			image = imgs[0]
+		default:
+			return "", 0, fmt.Errorf("repo holds images %v; choose one with --image", imgs)
+		}
+	}
+	for i := len(ix.Entries) - 1; i >= 0; i-- {
+		e := ix.Entries[i]
+		if e.Image != image {
+			continue
+		}
+		m, sig, err := repo.ReadVersion(image, e.Version)
+		if err != nil {
+			return image, 0, err
+		}
+		if _, err := kr.Verify(bytes.NewReader(m), sig); err != nil {
+			return image, 0, fmt.Errorf("%s v%d: %w", image, e.Version, err)
+		}
+		return image, e.Version, nil
+	}
+	return image, 0, nil
+}
+
+// watchIndex reports when the repo's index is replaced (publish and mirror
+// rename a new one into place), with inotify rather than polling.
+func watchIndex(ctx context.Context, dir string) (<-chan struct{}, error) {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("watch %s: %w", dir, err)
+	}
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_MOVED_TO|unix.IN_CLOSE_WRITE); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("watch %s: %w", dir, err)
+	}
+	f := os.NewFile(uintptr(fd), "inotify") // non-blocking: Close interrupts Read
+	out := make(chan struct{}, 1)
+	go func() {
+		<-ctx.Done()
+		f.Close()
+	}()
+	go func() {
+		defer close(out)
+		buf := make([]byte, 4096)
+		for {
+			n, err := f.Read(buf)
+			if err != nil {
+				return
+			}
+			for off := 0; off+unix.SizeofInotifyEvent <= n; {
+				ev := (*unix.InotifyEvent)(unsafePointer(&buf[off]))
+				name := string(bytes.TrimRight(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)], "\x00"))
+				off += unix.SizeofInotifyEvent + int(ev.Len)
+				if name == "index" {
+					select {
+					case out <- struct{}{}:
+					default:
+					}
+				}
+			}
+		}
+	}()
+	return out, nil
+}
+
+// Wait serves until ctx ends, then stops.
+func (s *Seed) Wait(ctx context.Context) {
+	<-ctx.Done()
+	s.close()
+}
+
+func (s *Seed) close() {
+	if s.srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		s.srv.Shutdown(sctx)
+		cancel()
+	}
+	if s.disc != nil {
+		s.disc.Close()
+	}
+	s.wg.Wait()
+	s.stop()
+}
+
+func unsafePointer(b *byte) unsafe.Pointer { return unsafe.Pointer(b) }
