@@ -129,12 +129,22 @@ func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Bat
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	jobs := make(chan *need)
+	peers := newSwarm(src, o.Peers)
 	for range par {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for n := range jobs {
-				kind, wire, err := s.fetchOne(ctx, src, b, n, log)
+				var kind string
+				var wire int64
+				err := peers.fetch(ctx, func(src Source) error {
+					var err error
+					kind, wire, err = s.fetchOne(ctx, src, b, n, log)
+					if err != nil {
+						log.Info("fetch failed, trying another peer", "path", n.path, "peer", src, "err", err)
+					}
+					return err
+				})
 				if err != nil {
 					cancel(fmt.Errorf("fetch %s: %w", n.path, err))
 					continue

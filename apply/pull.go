@@ -41,6 +41,10 @@ type PullOptions struct {
 	// EncodingBudget bounds the bytes of encodings kept to serve
 	// neighbours (0: DefaultEncodingBudget; negative: no limit).
 	EncodingBudget int64
+	// Peers are further sources offering the same version: objects are
+	// fetched from all of them and the source given to Pull at once
+	// (the manifest and indexes come from that one).
+	Peers []Source
 }
 
 // PullResult reports what a pull did.

@@ -419,14 +419,21 @@ func (c *Core) fetch(ctx context.Context) func() error {
 			persisted, lastPersist = done, time.Now()
 		}
 	}
-	var lastErr error
+	// Every peer offering the version serves objects at once (a swarm); the
+	// first one that answers also gives the manifest and indexes.
+	var clients []apply.Source
+	var urls []string
 	for _, u := range peers {
-		cl, err := transfer.NewClient(u, nil)
-		if err != nil {
-			lastErr = err
-			continue
+		if cl, err := transfer.NewClient(u, nil); err == nil {
+			clients = append(clients, cl)
+			urls = append(urls, u)
 		}
-		res, err := c.o.Sysroot.Pull(ctx, cl, apply.PullOptions{Version: want, Trust: c.o.Trust, Progress: progress, Log: c.o.Log, EncodingBudget: c.o.EncodingBudget})
+	}
+	var lastErr error
+	for i, cl := range clients {
+		u := urls[i]
+		others := append(append([]apply.Source(nil), clients[:i]...), clients[i+1:]...)
+		res, err := c.o.Sysroot.Pull(ctx, cl, apply.PullOptions{Version: want, Trust: c.o.Trust, Progress: progress, Log: c.o.Log, EncodingBudget: c.o.EncodingBudget, Peers: others})
 		if err == nil {
 			pmu.Lock()
 			if res.FetchedBytes > persisted {

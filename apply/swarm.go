@@ -1,0 +1,80 @@
+package apply
+
+import (
+	"context"
+	"errors"
+	"sync"
+)
+
+// swarm spreads a pull's fetches over every source that offers the version,
+// so a laptop draws on all its neighbours at once instead of queueing on
+// one. Each fetch goes to the source with the fewest in flight; a source
+// that fails is not asked again in this pull, and the fetch moves on to
+// another.
+type swarm struct {
+	mu      sync.Mutex
+	sources []Source
+	load    []int
+	dead    []bool
+}
+
+func newSwarm(primary Source, extra []Source) *swarm {
+	s := append([]Source{primary}, extra...)
+	return &swarm{sources: s, load: make([]int, len(s)), dead: make([]bool, len(s))}
+}
+
+// pick returns the live source with the fewest fetches in flight, among
+// those not yet tried for this item.
+func (w *swarm) pick(tried []bool) (int, Source, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	best := -1
+	for i := range w.sources {
+		if w.dead[i] || tried[i] {
+			continue
+		}
+		if best < 0 || w.load[i] < w.load[best] {
+			best = i
+		}
+	}
+	if best < 0 {
+		return 0, nil, false
+	}
+	w.load[best]++
+	return best, w.sources[best], true
+}
+
+func (w *swarm) done(i int, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.load[i]--
+	if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		w.dead[i] = true
+	}
+}
+
+// fetch runs f against sources until one succeeds, returning the last
+// error if none does.
+func (w *swarm) fetch(ctx context.Context, f func(Source) error) error {
+	tried := make([]bool, len(w.sources))
+	var last error
+	for {
+		i, src, ok := w.pick(tried)
+		if !ok {
+			if last == nil {
+				last = errors.New("no source left to fetch from")
+			}
+			return last
+		}
+		tried[i] = true
+		err := f(src)
+		w.done(i, err)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+		last = err
+	}
+}
