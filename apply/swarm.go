@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
+
+	"peerup/transfer"
 )
 
 // swarm spreads a pull's fetches over every source that offers the version,
@@ -48,7 +51,8 @@ func (w *swarm) done(i int, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.load[i]--
-	if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+	// A busy peer is no fault: try it again for later items.
+	if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, transfer.ErrBusy) {
 		w.dead[i] = true
 	}
 }
@@ -58,8 +62,21 @@ func (w *swarm) done(i int, err error) {
 func (w *swarm) fetch(ctx context.Context, f func(Source) error) error {
 	tried := make([]bool, len(w.sources))
 	var last error
+	busyRounds := 0
 	for {
 		i, src, ok := w.pick(tried)
+		if !ok && errors.Is(last, transfer.ErrBusy) && busyRounds < 30 {
+			// Every live peer is at its upload cap: wait as they ask, then
+			// go round again.
+			busyRounds++
+			select {
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			case <-time.After(2 * time.Second):
+			}
+			tried = make([]bool, len(w.sources))
+			continue
+		}
 		if !ok {
 			if last == nil {
 				last = errors.New("no source left to fetch from")

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"peerup/apply"
 	"peerup/manifest"
 	"peerup/transfer"
@@ -80,7 +82,9 @@ type Options struct {
 	BanFor time.Duration
 	// EncodingBudget is passed to every pull (apply.PullOptions).
 	EncodingBudget int64
-	Log            *slog.Logger
+	// DownloadLimit, if set, paces every fetch (one budget for all peers).
+	DownloadLimit *rate.Limiter
+	Log           *slog.Logger
 }
 
 // Core is the daemon's state machine.
@@ -425,7 +429,7 @@ func (c *Core) fetch(ctx context.Context) func() error {
 	var urls []string
 	for _, u := range peers {
 		if cl, err := transfer.NewClient(u, nil); err == nil {
-			clients = append(clients, cl)
+			clients = append(clients, cl.WithDownloadRate(c.o.DownloadLimit))
 			urls = append(urls, u)
 		}
 	}

@@ -128,10 +128,15 @@ func Export(conn *dbus.Conn, core *Core) (*Service, error) {
 // PropsChanged mirrors the core's properties; prop emits PropertiesChanged.
 func (s *Service) PropsChanged(old, cur Props) {
 	ov, cv := propValues(old), propValues(cur)
+	// State goes last: a client that sees the new state and reads the rest
+	// must find them already updated.
 	for name, v := range cv {
-		if ov[name] != v {
+		if name != "State" && ov[name] != v {
 			s.set(name, v)
 		}
+	}
+	if ov["State"] != cv["State"] {
+		s.set("State", cv["State"])
 	}
 	if old.State != cur.State {
 		s.conn.Emit(ObjectPath, Interface+".StateChanged", string(cur.State))

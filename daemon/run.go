@@ -46,6 +46,19 @@ type Config struct {
 	// KeepEncodingsMiB bounds the patches kept for neighbours (default
 	// 256; -1: no limit).
 	KeepEncodingsMiB int64 `toml:"keep-encodings-mib"`
+	// MaxUploads caps concurrent object uploads to neighbours (default 8);
+	// MaxUploadRate and MaxDownloadRate are bytes per second (0: none).
+	MaxUploads      int   `toml:"max-uploads"`
+	MaxUploadRate   int64 `toml:"max-upload-rate"`
+	MaxDownloadRate int64 `toml:"max-download-rate"`
+}
+
+func (c Config) limits() transfer.Limits {
+	n := c.MaxUploads
+	if n == 0 {
+		n = 8
+	}
+	return transfer.Limits{MaxUploads: n, UploadRate: c.MaxUploadRate, DownloadRate: c.MaxDownloadRate}
 }
 
 // LoadConfig reads a TOML config file, refusing unknown keys so that a typo
@@ -125,7 +138,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 		return nil, fmt.Errorf("listen: %w", err)
 	}
 	d.Addr = ln.Addr()
-	d.srv = transfer.NewServer(ln.Addr().String(), transfer.NewHandler(sys.Repo().Dir(), log))
+	d.srv = transfer.NewServer(ln.Addr().String(), transfer.NewHandler(sys.Repo().Dir(), log).WithLimits(cfg.limits()))
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -155,6 +168,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	}
 	d.Core, err = NewCore(ctx, Options{
 		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Log: log, EncodingBudget: budget,
+		DownloadLimit: transfer.NewRateLimiter(cfg.MaxDownloadRate),
 		OnApplied: func(from, to uint64) {
 			if d.disc != nil {
 				d.disc.VersionChanged(ctx, d.Core.Props().Image, from, to)

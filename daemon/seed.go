@@ -66,7 +66,7 @@ func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, versi
 		return nil, fmt.Errorf("listen: %w", err)
 	}
 	s.Addr = ln.Addr()
-	s.srv = transfer.NewServer(ln.Addr().String(), transfer.NewHandler(repo.Dir(), log))
+	s.srv = transfer.NewServer(ln.Addr().String(), transfer.NewHandler(repo.Dir(), log).WithLimits(cfg.limits()))
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"peerup/blobstore"
 	"peerup/manifest"
 )
@@ -22,13 +24,26 @@ import (
 var (
 	ErrPeer     = errors.New("peer error")
 	ErrNotFound = errors.New("not found")
+	// ErrBusy is a peer at its upload cap (503): no fault, ask another.
+	ErrBusy = errors.New("peer busy")
 )
 
 // Client fetches from one repo URL.
 type Client struct {
-	base *url.URL
-	http *http.Client
+	base    *url.URL
+	http    *http.Client
+	limiter *rate.Limiter
 }
+
+// WithDownloadRate paces this client's downloads to bps bytes a second.
+// Clients may share one budget by sharing the limiter's rate via Limits.
+func (c *Client) WithDownloadRate(l *rate.Limiter) *Client {
+	c.limiter = l
+	return c
+}
+
+// NewRateLimiter makes a byte budget to share among clients (nil for 0).
+func NewRateLimiter(bps int64) *rate.Limiter { return newLimiter(bps) }
 
 // NewClient returns a client for the repo at base (http:// or https://).
 func NewClient(base string, hc *http.Client) (*Client, error) {
@@ -89,6 +104,13 @@ func (c *Client) getRange(ctx context.Context, rel string, offset int64) (*http.
 	if resp.StatusCode == http.StatusNotFound {
 		resp.Body.Close()
 		return nil, fmt.Errorf("GET %s: %w", u, ErrNotFound)
+	}
+	if resp.StatusCode == http.StatusServiceUnavailable {
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s: %w", u, ErrBusy)
+	}
+	if c.limiter != nil {
+		resp.Body = limitedReader{resp.Body, ctx, c.limiter}
 	}
 	if resp.StatusCode != http.StatusOK && (offset == 0 || resp.StatusCode != http.StatusPartialContent) {
 		resp.Body.Close()

@@ -6,7 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // servable matches the only paths a repo serves (SPEC.md §5). Anything else,
@@ -15,8 +18,10 @@ var servable = regexp.MustCompile(`^/(?:peerup-repo|index|objects/[0-9a-f]{2}/[0
 
 // Handler serves the repo in dir.
 type Handler struct {
-	dir string
-	log *slog.Logger
+	dir     string
+	log     *slog.Logger
+	slots   chan struct{} // concurrent object uploads; nil: no cap
+	limiter *rate.Limiter // upload budget; nil: none
 }
 
 // NewHandler returns a handler serving the repo at dir.
@@ -25,6 +30,15 @@ func NewHandler(dir string, log *slog.Logger) *Handler {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Handler{dir: dir, log: log}
+}
+
+// WithLimits caps concurrent uploads and paces them (see Limits).
+func (h *Handler) WithLimits(l Limits) *Handler {
+	if l.MaxUploads > 0 {
+		h.slots = make(chan struct{}, l.MaxUploads)
+	}
+	h.limiter = newLimiter(l.UploadRate)
+	return h
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -48,6 +62,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil || !fi.Mode().IsRegular() {
 		http.NotFound(w, r)
 		return
+	}
+	if h.slots != nil && strings.HasPrefix(p, "/objects/") {
+		select {
+		case h.slots <- struct{}{}:
+			defer func() { <-h.slots }()
+		default:
+			// Busy: say so at once, so the peer asks a neighbour instead
+			// of queueing here.
+			w.Header().Set("Retry-After", "2")
+			http.Error(w, "busy: too many uploads", http.StatusServiceUnavailable)
+			return
+		}
+	}
+	if h.limiter != nil {
+		w = limitedWriter{w, r.Context(), h.limiter}
 	}
 	if p == "/index" {
 		// The index changes as versions are published; everything else is

@@ -140,3 +140,41 @@ func TestClientRefusesBadPeers(t *testing.T) {
 		}
 	})
 }
+
+// TestUploadCapAnswersBusy: at its upload cap a node answers 503 with
+// Retry-After at once, and the client reports ErrBusy (no fault of the
+// peer's), so the laptop asks a neighbour instead.
+func TestUploadCapAnswersBusy(t *testing.T) {
+	repo, _ := blobstore.OpenRepo(t.TempDir())
+	data := "an object"
+	d := manifest.Digest(sha256.Sum256([]byte(data)))
+	b, _ := repo.Begin()
+	b.Put(context.Background(), d, int64(len(data)), strings.NewReader(data))
+	b.Commit()
+	h := NewHandler(repo.Dir(), nil).WithLimits(Limits{MaxUploads: 1})
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	h.slots <- struct{}{} // one upload in progress
+	resp, err := http.Get(srv.URL + "/" + blobstore.ObjectURLPath(d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("at the cap: %s, Retry-After %q", resp.Status, resp.Header.Get("Retry-After"))
+	}
+	if resp, _ := http.Get(srv.URL + "/index"); resp.StatusCode == http.StatusServiceUnavailable {
+		t.Error("the cap applies to objects, not the small index")
+	}
+	c, _ := NewClient(srv.URL, nil)
+	s, _ := blobstore.Open(t.TempDir())
+	bb, _ := s.Begin()
+	defer bb.Abort()
+	if err := c.FetchObject(context.Background(), bb, d, int64(len(data))); !errors.Is(err, ErrBusy) {
+		t.Fatalf("err = %v, want ErrBusy", err)
+	}
+	<-h.slots
+	if err := c.FetchObject(context.Background(), bb, d, int64(len(data))); err != nil {
+		t.Fatalf("below the cap: %v", err)
+	}
+}

@@ -62,6 +62,9 @@ if present); flags override it. One daemon runs per sysroot.`,
 			override("no-mdns", func() { cfg.NoMDNS = flagCfg.NoMDNS })
 			override("no-multicast", func() { cfg.NoMulticast = flagCfg.NoMulticast })
 			override("keep-encodings-mib", func() { cfg.KeepEncodingsMiB = flagCfg.KeepEncodingsMiB })
+			override("max-uploads", func() { cfg.MaxUploads = flagCfg.MaxUploads })
+			override("max-upload-rate", func() { cfg.MaxUploadRate = flagCfg.MaxUploadRate })
+			override("max-download-rate", func() { cfg.MaxDownloadRate = flagCfg.MaxDownloadRate })
 			newDisc := func(image string, version uint64, port int) (daemon.Discovery, error) {
 				if cfg.NoMDNS && cfg.NoMulticast {
 					return nil, nil
@@ -102,6 +105,9 @@ if present); flags override it. One daemon runs per sysroot.`,
 	f.StringSliceVar(&flagCfg.Peers, "peer", nil, "repo URL to ask for updates (e.g. the school server); repeat for several")
 	f.StringVar(&flagCfg.Iface, "iface", "", "discover and advertise on this interface only (default: all)")
 	f.BoolVar(&flagCfg.NoMDNS, "no-mdns", false, "do not advertise or browse with mDNS/DNS-SD")
+	f.IntVar(&flagCfg.MaxUploads, "max-uploads", 8, "concurrent uploads to neighbours; more get 503 and go elsewhere")
+	f.Int64Var(&flagCfg.MaxUploadRate, "max-upload-rate", 0, "upload budget in bytes per second (0: none)")
+	f.Int64Var(&flagCfg.MaxDownloadRate, "max-download-rate", 0, "download budget in bytes per second (0: none)")
 	f.Int64Var(&flagCfg.KeepEncodingsMiB, "keep-encodings-mib", 0, "MiB of fetched patches to keep for neighbours (default 256; -1: no limit)")
 	f.BoolVar(&flagCfg.NoMulticast, "no-multicast", false, "do not send or hear per-version multicast announcements")
 	f.IntVar(&flagCfg.BootTries, "boot-tries", 3, "boots an applied version gets to reach mark-good")
