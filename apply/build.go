@@ -53,24 +53,11 @@ func (b *builder) finishDir(e *manifest.Entry) error {
 	return nil
 }
 
-// setMeta is blobstore.SetMeta less the chown when the entry already has the
-// right owner: while a tree is built no directory in it is setgid yet, so a
-// new entry belongs to our own uid and gid.
+// setMeta gives a fresh entry its metadata; it already belongs to us, so
+// the chown is skipped when the entry is ours (no directory in a tree being
+// built is setgid yet).
 func (b *builder) setMeta(p string, e *manifest.Entry) error {
-	if e.UID != b.uid || e.GID != b.gid {
-		if err := os.Lchown(p, int(e.UID), int(e.GID)); err != nil {
-			return fmt.Errorf("set owner %d:%d: %w (building files owned by others needs root)", e.UID, e.GID, err)
-		}
-	}
-	if err := unix.Chmod(p, e.Mode); err != nil {
-		return fmt.Errorf("set mode %04o: %w", e.Mode, err)
-	}
-	for _, x := range e.Xattrs {
-		if err := unix.Lsetxattr(p, x.Name, x.Value, 0); err != nil {
-			return fmt.Errorf("set xattr %s: %w", x.Name, err)
-		}
-	}
-	return blobstore.FixMtime(p)
+	return blobstore.SetMetaOwned(p, blobstore.MetaOf(e), int(b.uid), int(b.gid))
 }
 
 func (b *builder) add(e *manifest.Entry) error {

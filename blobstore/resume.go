@@ -81,17 +81,10 @@ func (b *Batch) PutFrom(ctx context.Context, want Digest, size int64, open Opene
 	if err != nil {
 		return err
 	}
-	switch {
-	case n > size:
-		err = fmt.Errorf("object %s: %w (%d)", want, ErrTooLong, size)
-	case n < size:
-		// Still short (the source hung up): keep it, resume next time.
-		return fmt.Errorf("object %s: %w: got %d of %d", want, ErrTooShort, n, size)
-	case got != want:
-		err = fmt.Errorf("object %s: %w: got %s", want, ErrMismatch, got)
-	}
-	if err != nil {
-		os.Remove(part)
+	if err := verify(want, size, got, n); err != nil {
+		if !errors.Is(err, ErrTooShort) {
+			os.Remove(part) // still short means the source hung up: keep it
+		}
 		return err
 	}
 	return b.adopt(part, want)

@@ -192,19 +192,24 @@ func (b *Batch) Put(ctx context.Context, want Digest, size int64, r io.Reader) e
 	if err != nil {
 		return err
 	}
-	switch {
-	case n > size:
-		err = fmt.Errorf("object %s: %w (%d)", want, ErrTooLong, size)
-	case n < size:
-		err = fmt.Errorf("object %s: %w: got %d of %d", want, ErrTooShort, n, size)
-	case got != want:
-		err = fmt.Errorf("object %s: %w: got %s", want, ErrMismatch, got)
-	}
-	if err != nil {
+	if err := verify(want, size, got, n); err != nil {
 		os.Remove(tmp)
 		return err
 	}
 	return b.adopt(tmp, got)
+}
+
+// verify compares what arrived with what the manifest declares.
+func verify(want Digest, size int64, got Digest, n int64) error {
+	switch {
+	case n > size:
+		return fmt.Errorf("object %s: %w (%d)", want, ErrTooLong, size)
+	case n < size:
+		return fmt.Errorf("object %s: %w: got %d of %d", want, ErrTooShort, n, size)
+	case got != want:
+		return fmt.Errorf("object %s: %w: got %s", want, ErrMismatch, got)
+	}
+	return nil
 }
 
 // Add streams an object of unknown hash (a publisher reading a tree) into the
@@ -359,10 +364,16 @@ func copyWithMeta(src, dst string, m Meta) error {
 
 // SetMeta gives an entry the owner, mode, xattrs and fixed mtime it has in a
 // built tree.
-func SetMeta(path string, m Meta) error {
+func SetMeta(path string, m Meta) error { return SetMetaOwned(path, m, -1, -1) }
+
+// SetMetaOwned is SetMeta for an entry known to belong to uid:gid already
+// (a tree builder's fresh entries), which then skips the chown.
+func SetMetaOwned(path string, m Meta, uid, gid int) error {
 	// chown first: it clears setuid and setgid bits.
-	if err := os.Lchown(path, int(m.UID), int(m.GID)); err != nil {
-		return fmt.Errorf("set owner %d:%d: %w (building files owned by others needs root)", m.UID, m.GID, err)
+	if int(m.UID) != uid || int(m.GID) != gid {
+		if err := os.Lchown(path, int(m.UID), int(m.GID)); err != nil {
+			return fmt.Errorf("set owner %d:%d: %w (building files owned by others needs root)", m.UID, m.GID, err)
+		}
 	}
 	if err := unix.Chmod(path, m.Mode); err != nil {
 		return fmt.Errorf("set mode %04o: %w", m.Mode, err)

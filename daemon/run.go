@@ -133,19 +133,11 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 			d.close()
 		}
 	}()
-	ln, err := net.Listen("tcp", orDefault(cfg.Listen, ":7380"))
+	ln, err := serveRepo(cfg, sys.Repo().Dir(), &d.srv, &d.wg, log)
 	if err != nil {
-		return nil, fmt.Errorf("listen: %w", err)
+		return nil, err
 	}
 	d.Addr = ln.Addr()
-	d.srv = transfer.NewServer(ln.Addr().String(), transfer.NewHandler(sys.Repo().Dir(), log).WithLimits(cfg.limits()))
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		if err := d.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("serve", "err", err)
-		}
-	}()
 	st, err := sys.Status()
 	if err != nil {
 		return nil, err
@@ -249,6 +241,25 @@ func (d *Daemon) close() {
 	if d.DB != nil {
 		d.DB.Close()
 	}
+}
+
+// serveRepo serves dir on cfg.Listen, with cfg's limits, until *srv is
+// shut down.
+func serveRepo(cfg Config, dir string, srv **http.Server, wg *sync.WaitGroup, log *slog.Logger) (net.Listener, error) {
+	ln, err := net.Listen("tcp", orDefault(cfg.Listen, ":7380"))
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	*srv = transfer.NewServer(ln.Addr().String(), transfer.NewHandler(dir, log).WithLimits(cfg.limits()))
+	s := *srv
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("serve", "err", err)
+		}
+	}()
+	return ln, nil
 }
 
 func orDefault(s, def string) string {

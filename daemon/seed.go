@@ -3,7 +3,6 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -18,7 +17,6 @@ import (
 
 	"peerup/blobstore"
 	"peerup/manifest"
-	"peerup/transfer"
 )
 
 // Seed is a school server's daemon: it serves a repo (kept by `peerup
@@ -61,19 +59,11 @@ func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, versi
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", orDefault(cfg.Listen, ":7380"))
+	ln, err := serveRepo(cfg, repo.Dir(), &s.srv, &s.wg, log)
 	if err != nil {
-		return nil, fmt.Errorf("listen: %w", err)
+		return nil, err
 	}
 	s.Addr = ln.Addr()
-	s.srv = transfer.NewServer(ln.Addr().String(), transfer.NewHandler(repo.Dir(), log).WithLimits(cfg.limits()))
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("serve", "err", err)
-		}
-	}()
 	if newDisc != nil {
 		if s.disc, err = newDisc(image, v, ln.Addr().(*net.TCPAddr).Port); err != nil {
 			return nil, err

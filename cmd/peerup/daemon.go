@@ -131,16 +131,7 @@ func (a *app) newCheckCmd() *cobra.Command {
 		Short: "Ask the running daemon to look for an update now",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := dialDaemon(bus)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			p, err := c.CallAndWait(cmd.Context(), daemon.MethodPoll, nil)
-			if err != nil {
-				return err
-			}
-			return describeProps(p)
+			return viaDaemon(cmd, bus, daemon.MethodPoll)
 		},
 	}
 	cmd.Flags().StringVar(&bus, "bus", "system", "the daemon's bus: system, session or an address")
