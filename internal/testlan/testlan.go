@@ -41,7 +41,11 @@ func Available() string {
 }
 
 // New makes a LAN of n nodes, or skips the test with the reason it cannot.
-func New(t testing.TB, n int) *LAN {
+func New(t testing.TB, n int) *LAN { return NewShaped(t, n, "") }
+
+// NewShaped is New with every node's link shaped to rate (a tc rate such as
+// "8mbit") in both directions with tbf, like a school's Wi-Fi.
+func NewShaped(t testing.TB, n int, rate string) *LAN {
 	t.Helper()
 	if why := Available(); why != "" {
 		t.Skip("testlan: " + why)
@@ -69,8 +73,31 @@ func New(t testing.TB, n int) *LAN {
 		l.run("-n", node.NS, "link", "set", node.Iface, "up")
 		l.run("-n", node.NS, "link", "set", "lo", "up")
 		l.run("-n", node.NS, "route", "add", "224.0.0.0/4", "dev", node.Iface)
+		if rate != "" {
+			shape := func(args ...string) {
+				t.Helper()
+				if out, err := exec.Command("tc", args...).CombinedOutput(); err != nil {
+					t.Fatalf("tc %s: %v\n%s", strings.Join(args, " "), err, out)
+				}
+			}
+			tbf := []string{"root", "tbf", "rate", rate, "burst", "32kbit", "latency", "400ms"}
+			shape(append([]string{"qdisc", "add", "dev", node.host}, tbf...)...)
+			shape(append([]string{"-n", node.NS, "qdisc", "add", "dev", node.Iface}, tbf...)...)
+		}
 	}
 	return l
+}
+
+// Sent is how many bytes node i (1-based) has sent onto the LAN, read from
+// the interface counters.
+func (l *LAN) Sent(i int) int64 {
+	b, err := os.ReadFile("/sys/class/net/" + l.Nodes[i-1].host + "/statistics/rx_bytes")
+	if err != nil {
+		return -1
+	}
+	var n int64
+	fmt.Sscan(strings.TrimSpace(string(b)), &n)
+	return n
 }
 
 func (l *LAN) run(args ...string) {
