@@ -161,6 +161,22 @@ func applyStreams(old []byte, ctrl, diffs, extras io.Reader, newSize int64) ([]b
 		}
 		oldpos += seek
 	}
+	// Each stream must end exactly where the triples stop: reading to its
+	// end makes bzip2 check its checksums, so a corrupt stream that still
+	// yielded enough bytes is refused here, not after.
+	for _, st := range []struct {
+		name string
+		r    io.Reader
+	}{{"control", ctrl}, {"diff", diffs}, {"extra", extras}} {
+		var one [1]byte
+		n, err := io.ReadFull(st.r, one[:])
+		if n > 0 {
+			return nil, fmt.Errorf("%w: %s stream has bytes after the last triple", ErrCorruptPatch, st.name)
+		}
+		if err != io.EOF {
+			return nil, fmt.Errorf("%w: %s stream: %v", ErrCorruptPatch, st.name, err)
+		}
+	}
 	return out, nil
 }
 
