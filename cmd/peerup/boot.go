@@ -73,3 +73,34 @@ its tries. peerup-mark-good.service runs this once the system is up.`,
 	cmd.MarkFlagRequired("sysroot")
 	return cmd
 }
+
+func (a *app) newGCCmd() *cobra.Command {
+	var sysroot string
+	var keepMiB int64
+	cmd := &cobra.Command{
+		Use:   "gc --sysroot DIR",
+		Short: "Remove versions, objects and encodings the node no longer needs",
+		Long: `Keeps current, previous and staged, and removes everything else: other trees,
+their manifests, the objects and files no kept version uses, encodings beyond
+the budget, and leftovers of interrupted work. It takes the sysroot's lock,
+so it is safe while the daemon runs (it waits for nothing: if the daemon is
+busy it says so).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := apply.Open(sysroot)
+			if err != nil {
+				return err
+			}
+			res, err := s.GC(mib(keepMiB))
+			if err != nil {
+				return err
+			}
+			fmt.Printf("removed %d versions, %d objects and %d files, %s freed\n", len(res.Versions), res.Objects, res.Files, human(res.Bytes))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&sysroot, "sysroot", "", "sysroot directory (required)")
+	cmd.Flags().Int64Var(&keepMiB, "keep-encodings-mib", apply.DefaultEncodingBudget>>20, "MiB of patches to keep for neighbours (-1: no limit)")
+	cmd.MarkFlagRequired("sysroot")
+	return cmd
+}

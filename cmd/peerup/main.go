@@ -75,6 +75,7 @@ rollback.`,
 		a.newMarkGoodCmd(),
 		a.newDiscoverCmd(),
 		a.newMirrorCmd(),
+		a.newGCCmd(),
 	)
 	return root
 }
