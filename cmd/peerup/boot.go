@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"peerup/apply"
+	"peerup/transfer"
 )
 
 func (a *app) newBootCmd() *cobra.Command {
@@ -101,6 +102,61 @@ busy it says so).`,
 	}
 	cmd.Flags().StringVar(&sysroot, "sysroot", "", "sysroot directory (required)")
 	cmd.Flags().Int64Var(&keepMiB, "keep-encodings-mib", apply.DefaultEncodingBudget>>20, "MiB of patches to keep for neighbours (-1: no limit)")
+	cmd.MarkFlagRequired("sysroot")
+	return cmd
+}
+
+func (a *app) newVerifyCmd() *cobra.Command {
+	var sysroot, from string
+	var repair bool
+	cmd := &cobra.Command{
+		Use:   "verify --sysroot DIR [--repair --from URL]",
+		Short: "Check the kept trees against their manifests (and repair them)",
+		Long: `Checks current, previous and staged against their signed manifests: type,
+mode, owner, symlink targets, devices, and every file's size and SHA-256. A
+file edited in place through one tree shows in every tree that shares it by
+hard link. With --repair, damaged files are fetched anew from URL, checked
+against the manifest and put back; exits non-zero if problems remain.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := apply.Open(sysroot)
+			if err != nil {
+				return err
+			}
+			var probs []apply.Problem
+			if repair {
+				if from == "" {
+					return errors.New("--repair needs --from URL to fetch good copies from")
+				}
+				src, err := transfer.NewClient(from, nil)
+				if err != nil {
+					return err
+				}
+				if probs, err = s.Repair(cmd.Context(), src); err != nil {
+					return err
+				}
+				for _, p := range probs {
+					fmt.Printf("repaired %s\n", p)
+				}
+				if probs, err = s.Verify(cmd.Context()); err != nil {
+					return err
+				}
+			} else if probs, err = s.Verify(cmd.Context()); err != nil {
+				return err
+			}
+			for _, p := range probs {
+				fmt.Println(p)
+			}
+			if len(probs) > 0 {
+				return fmt.Errorf("%d problems found", len(probs))
+			}
+			fmt.Println("all kept trees match their manifests")
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&sysroot, "sysroot", "", "sysroot directory (required)")
+	cmd.Flags().BoolVar(&repair, "repair", false, "fetch good copies of damaged files and put them back")
+	cmd.Flags().StringVar(&from, "from", "", "with --repair: repo URL to fetch from")
 	cmd.MarkFlagRequired("sysroot")
 	return cmd
 }

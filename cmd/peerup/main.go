@@ -76,6 +76,7 @@ rollback.`,
 		a.newDiscoverCmd(),
 		a.newMirrorCmd(),
 		a.newGCCmd(),
+		a.newVerifyCmd(),
 	)
 	return root
 }

@@ -1,0 +1,210 @@
+package apply
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"peerup/blobstore"
+	"peerup/manifest"
+)
+
+// Problem is one way a kept tree differs from its manifest.
+type Problem struct {
+	Version uint64
+	Path    string
+	What    string
+	// Object is set when the file's bytes are wrong: the object to restore.
+	Object manifest.Digest
+	entry  *manifest.Entry
+}
+
+func (p Problem) String() string {
+	return fmt.Sprintf("version %d: %s: %s", p.Version, p.Path, p.What)
+}
+
+// Verify checks every kept tree (current, previous, staged) against its
+// manifest: type, mode, owner, symlink target, device number, and each
+// file's size and SHA-256. Hard links make one in-place edit show in every
+// tree that shares the file, so each such path is reported. It reads; it
+// changes nothing.
+func (s *Sysroot) Verify(ctx context.Context) ([]Problem, error) {
+	unlock, err := s.Lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	return s.verifyLocked(ctx)
+}
+
+func (s *Sysroot) verifyLocked(ctx context.Context) ([]Problem, error) {
+	st, err := s.Status()
+	if err != nil {
+		return nil, err
+	}
+	var out []Problem
+	hashed := map[[2]uint64]manifest.Digest{} // (dev, ino) → digest: shared inodes are read once
+	seen := map[uint64]bool{}
+	for _, v := range []uint64{st.Current, st.Previous, st.Staged} {
+		if v == 0 || seen[v] {
+			continue
+		}
+		seen[v] = true
+		mb, _, err := s.repo.ReadVersion(st.Image, v)
+		if err != nil {
+			return nil, err
+		}
+		r, err := manifest.NewReader(bytes.NewReader(mb))
+		if err != nil {
+			return nil, err
+		}
+		root := s.TreePath(v)
+		for {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			e, err := r.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return nil, err
+			}
+			p := root
+			if e.Path != "." {
+				p = filepath.Join(root, filepath.FromSlash(e.Path))
+			}
+			if what, bad := checkEntry(p, e, hashed); bad {
+				pr := Problem{Version: v, Path: e.Path, What: what, entry: e}
+				if e.Type == manifest.TypeFile && strings.HasPrefix(what, "content") {
+					pr.Object = e.SHA256
+				}
+				out = append(out, pr)
+			}
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Version > out[j].Version })
+	return out, nil
+}
+
+func checkEntry(p string, e *manifest.Entry, hashed map[[2]uint64]manifest.Digest) (string, bool) {
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		return "missing", true
+	}
+	kind := map[manifest.Type]uint32{manifest.TypeDir: unix.S_IFDIR, manifest.TypeFile: unix.S_IFREG, manifest.TypeSymlink: unix.S_IFLNK,
+		manifest.TypeFifo: unix.S_IFIFO, manifest.TypeChar: unix.S_IFCHR, manifest.TypeBlock: unix.S_IFBLK}[e.Type]
+	if st.Mode&unix.S_IFMT != kind {
+		return "type changed", true
+	}
+	if e.Type != manifest.TypeSymlink && st.Mode&07777 != e.Mode {
+		return fmt.Sprintf("mode %04o, want %04o", st.Mode&07777, e.Mode), true
+	}
+	if st.Uid != e.UID || st.Gid != e.GID {
+		return fmt.Sprintf("owner %d:%d, want %d:%d", st.Uid, st.Gid, e.UID, e.GID), true
+	}
+	switch e.Type {
+	case manifest.TypeSymlink:
+		if t, _ := os.Readlink(p); t != e.Target {
+			return fmt.Sprintf("symlink to %q, want %q", t, e.Target), true
+		}
+	case manifest.TypeChar, manifest.TypeBlock:
+		if unix.Major(st.Rdev) != e.Major || unix.Minor(st.Rdev) != e.Minor {
+			return "device number changed", true
+		}
+	case manifest.TypeFile:
+		if st.Size != e.Size {
+			return fmt.Sprintf("content changed (size %d, want %d)", st.Size, e.Size), true
+		}
+		key := [2]uint64{st.Dev, st.Ino}
+		d, ok := hashed[key]
+		if !ok {
+			f, err := os.Open(p)
+			if err != nil {
+				return "unreadable", true
+			}
+			h := sha256.New()
+			io.Copy(h, f)
+			f.Close()
+			h.Sum(d[:0])
+			hashed[key] = d
+		}
+		if d != e.SHA256 {
+			links := ""
+			if st.Nlink > 1 {
+				links = fmt.Sprintf("; the file is hard-linked %d times, so every tree sharing it is affected", st.Nlink)
+			}
+			return fmt.Sprintf("content changed in place (sha256 %s)%s", d, links), true
+		}
+	}
+	return "", false
+}
+
+// Repair restores what Verify found wrong: bytes are fetched anew from src
+// and checked against the manifest, then each damaged path is replaced by
+// a fresh inode with a rename. It is the one operation that changes a built
+// tree, and only to make it match its signed manifest again. The damaged
+// inode also leaves the store, so later trees link the good copy.
+func (s *Sysroot) Repair(ctx context.Context, src Source) ([]Problem, error) {
+	unlock, err := s.Lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	probs, err := s.verifyLocked(ctx)
+	if err != nil || len(probs) == 0 {
+		return probs, err
+	}
+	b, err := s.repo.Begin()
+	if err != nil {
+		return nil, err
+	}
+	defer b.Abort()
+	// Damaged objects leave the store first: their inode is the bad one.
+	bad := map[manifest.Digest]bool{}
+	for _, p := range probs {
+		if !p.Object.IsZero() && !bad[p.Object] {
+			bad[p.Object] = true
+			os.Remove(s.repo.Path(p.Object))
+		}
+	}
+	for _, p := range probs {
+		e := p.entry
+		if e.Type != manifest.TypeFile {
+			return probs, fmt.Errorf("repair: %s is not a file's content (%s); reinstall the version", p.Path, p.What)
+		}
+		if !b.Has(e.SHA256) {
+			if err := src.FetchObject(ctx, b, e.SHA256, e.Size); err != nil {
+				return probs, fmt.Errorf("repair %s: %w", p.Path, err)
+			}
+		}
+		op, err := b.ObjectPath(e.SHA256)
+		if err != nil {
+			return probs, err
+		}
+		dst := filepath.Join(s.TreePath(p.Version), filepath.FromSlash(e.Path))
+		tmp := dst + ".peerup-repair"
+		os.Remove(tmp)
+		if err := copyFile(op, tmp, e); err != nil {
+			return probs, fmt.Errorf("repair %s: %w", p.Path, err)
+		}
+		if err := os.Rename(tmp, dst); err != nil {
+			os.Remove(tmp)
+			return probs, fmt.Errorf("repair %s: %w", p.Path, err)
+		}
+		// The checkout file for this entry was the damaged inode too.
+		os.Remove(s.repo.FilePath(blobstore.FileID(e.SHA256, blobstore.MetaOf(e))))
+	}
+	if err := b.Commit(); err != nil {
+		return probs, err
+	}
+	return probs, nil
+}
