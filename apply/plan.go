@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"golang.org/x/sys/unix"
+
 	"peerup/blobstore"
 	"peerup/diff"
 	"peerup/manifest"
@@ -111,9 +113,13 @@ func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Bat
 	if err != nil {
 		return err
 	}
-	var total int64
+	var total, raw int64
 	for i := range needs {
 		total += needs[i].cost()
+		raw += needs[i].size
+	}
+	if err := checkSpace(s.repo.Dir(), raw+total, len(needs)); err != nil {
+		return err
 	}
 	par := o.Parallel
 	if par <= 0 {
@@ -239,3 +245,24 @@ func (s *Sysroot) fetchEncoded(ctx context.Context, src Source, b *blobstore.Bat
 }
 
 func sha256sum(b []byte) [32]byte { return sha256.Sum256(b) }
+
+// ErrNoSpace is returned, before anything is fetched, when the sysroot's
+// filesystem cannot hold the update.
+var ErrNoSpace = errors.New("not enough free space")
+
+// checkSpace refuses an update that cannot fit: the new objects, the
+// encodings that bring them, and a margin for directories and metadata.
+// Failing here, before any byte is fetched, is kinder than ENOSPC halfway.
+func checkSpace(dir string, bytes int64, objects int) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return nil // cannot tell: let the writes themselves fail
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	need := bytes + int64(objects)*4096 + 8<<20
+	if need > free {
+		return fmt.Errorf("%w on %s: the update needs about %.1f MiB, %.1f MiB free (run peerup gc, or free space)",
+			ErrNoSpace, dir, float64(need)/(1<<20), float64(free)/(1<<20))
+	}
+	return nil
+}

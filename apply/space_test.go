@@ -1,0 +1,50 @@
+package apply_test
+
+import (
+	"crypto/rand"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"peerup/apply"
+)
+
+// TestFullDiskRefusedCleanly: an update that cannot fit on a small
+// filesystem fails before fetching, says so clearly, and changes nothing.
+func TestFullDiskRefusedCleanly(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	small := filepath.Join(t.TempDir(), "small")
+	os.MkdirAll(small, 0o755)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", small).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", small).Run() })
+	f := newFleet(t)
+	tree := makeTree(t, "VERSION=1\n")
+	f.publish(tree, 1)
+	s, err := apply.Open(filepath.Join(small, "sysroot"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.update(s, 1)
+	big := make([]byte, 30<<20)
+	rand.Read(big)
+	write(t, tree+"/usr/lib/huge.so", string(big), 0o755)
+	f.publish(tree, 2)
+	before := snapshot(t, s.Dir())
+	_, err = f.pull(s, 2)
+	if !errors.Is(err, apply.ErrNoSpace) || !strings.Contains(err.Error(), "MiB free") {
+		t.Fatalf("err = %v, want a clear ErrNoSpace", err)
+	}
+	if after := snapshot(t, s.Dir()); after != before {
+		t.Fatal("the refused update changed the sysroot")
+	}
+	if st, _ := s.Status(); st.Current != 1 || st.Staged != 0 {
+		t.Fatalf("status %+v", st)
+	}
+}
