@@ -23,6 +23,7 @@ type builder struct {
 	batch    *blobstore.Batch
 	open     []*manifest.Entry // directories being filled, outermost first
 	uid, gid uint32            // who we are: new entries already have this owner
+	local    string            // SYSROOT/local: the node's own versions of image files
 }
 
 func (b *builder) path(rel string) string {
@@ -111,6 +112,14 @@ func (b *builder) add(e *manifest.Entry) error {
 // at the link-count limit (EMLINK), or where protected_hardlinks says no
 // (EPERM).
 func (b *builder) linkFile(p string, e *manifest.Entry) error {
+	if b.local != "" {
+		lp := filepath.Join(b.local, filepath.FromSlash(e.Path))
+		if fi, err := os.Lstat(lp); err == nil && fi.Mode().IsRegular() {
+			// The node's own version of this file (a hostname, a Wi-Fi
+			// setting) replaces the image's, in every tree built here.
+			return copyFile(lp, p, e)
+		}
+	}
 	meta := blobstore.MetaOf(e)
 	// Most files of a new version are already in the store: link first,
 	// and look further only if that fails.

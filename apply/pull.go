@@ -234,7 +234,7 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 	if err != nil {
 		return err
 	}
-	bld := &builder{root: tmp, store: s.repo.Store, batch: b, uid: uint32(os.Geteuid()), gid: uint32(os.Getegid())}
+	bld := &builder{root: tmp, store: s.repo.Store, batch: b, uid: uint32(os.Geteuid()), gid: uint32(os.Getegid()), local: s.LocalDir()}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err

@@ -62,6 +62,11 @@ func (s *Sysroot) Dir() string { return s.dir }
 // Repo is the node's own repo: what it holds and serves to its neighbours.
 func (s *Sysroot) Repo() *blobstore.Repo { return s.repo }
 
+// LocalDir holds the node's own versions of image files, at the same paths
+// (local/etc/hostname replaces etc/hostname): every tree built on this node
+// gets them instead of the image's, so local settings survive updates.
+func (s *Sysroot) LocalDir() string { return filepath.Join(s.dir, "local") }
+
 // StateDir is where the node keeps its own state (store, daemon database).
 func (s *Sysroot) StateDir() string { return filepath.Join(s.dir, stateDir) }
 
