@@ -3,255 +3,281 @@ package diff
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
-	"fmt"
 	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
-
-	"github.com/gabstv/go-bsdiff/pkg/bspatch"
+	"time"
 )
 
+// pseudoRandom is incompressible data that is the same on every run.
 func pseudoRandom(n int, seed int64) []byte {
 	b := make([]byte, n)
 	rand.New(rand.NewSource(seed)).Read(b)
 	return b
 }
 
-func pairs(t *testing.T) map[string][2][]byte {
+type filePair struct {
+	name     string
+	old, new []byte
+}
+
+// pairs are the old and new files the round-trip and interop tests use:
+// edge cases, and a real program with a security-fix-sized change.
+func pairs(t *testing.T) []filePair {
 	t.Helper()
-	base := pseudoRandom(100000, 1)
-	edited := append([]byte(nil), base...)
+	base := pseudoRandom(100_000, 1)
+	edited := bytes.Clone(base)
 	copy(edited[5000:], "a security fix")
 	copy(edited[70000:], "another one")
-	out := map[string][2][]byte{
-		"empty old":    {nil, []byte("brand new file")},
-		"empty new":    {base[:1000], nil},
-		"identical":    {base, base},
-		"edited":       {base, edited},
-		"appended":     {base, append(append([]byte(nil), base...), "tail"...)},
-		"unrelated":    {base[:5000], pseudoRandom(6000, 2)},
-		"repetitive":   {bytes.Repeat([]byte("ab"), 5000), bytes.Repeat([]byte("abc"), 4000)},
-		"single bytes": {[]byte{1}, []byte{2}},
+	ps := []filePair{
+		{"empty old", nil, []byte("brand new file")},
+		{"empty new", base[:1000], nil},
+		{"both empty", nil, nil},
+		{"identical", base, base},
+		{"edited", base, edited},
+		{"appended", base, append(bytes.Clone(base), "tail"...)},
+		{"truncated", base, base[:60_000]},
+		{"unrelated", base[:5000], pseudoRandom(6000, 2)},
+		{"repetitive", bytes.Repeat([]byte("ab"), 5000), bytes.Repeat([]byte("abc"), 4000)},
+		{"single bytes", []byte{1}, []byte{2}},
 	}
 	if gofmt, err := os.ReadFile("/usr/local/go/bin/gofmt"); err == nil {
-		mod := append([]byte(nil), gofmt...)
+		mod := bytes.Clone(gofmt)
 		copy(mod[len(mod)/2:], "patched in the middle")
-		out["real binary"] = [2][]byte{gofmt, mod}
+		mod = append(mod[:len(mod)/3], mod[len(mod)/3+4096:]...) // a function removed
+		ps = append(ps, filePair{"real binary (gofmt)", gofmt, mod})
+	} else {
+		t.Logf("no /usr/local/go/bin/gofmt; the real-binary pair is left out")
 	}
-	return out
+	return ps
 }
 
 func TestRoundTrip(t *testing.T) {
-	for name, p := range pairs(t) {
-		t.Run(name, func(t *testing.T) {
-			patch, err := Make(context.Background(), p[0], p[1])
+	for _, p := range pairs(t) {
+		t.Run(p.name, func(t *testing.T) {
+			patch, err := Make(t.Context(), p.old, p.new)
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := Apply(p[0], patch, int64(len(p[1])))
+			got, err := Apply(p.old, patch, int64(len(p.new)))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !bytes.Equal(got, p[1]) {
-				t.Fatal("round trip differs")
+			if !bytes.Equal(got, p.new) {
+				t.Fatalf("Apply(Make(old, new)) gives %d bytes that differ from new's %d", len(got), len(p.new))
+			}
+			if len(p.new) > 10_000 && bytes.Equal(p.old, p.new) && len(patch) > 1000 {
+				t.Errorf("patch between identical files is %d bytes", len(patch))
 			}
 		})
 	}
 }
 
-func TestMakeHonoursContext(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
+func TestMakeStopsWhenContextEnds(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	if _, err := Make(ctx, pseudoRandom(1<<20, 3), pseudoRandom(1<<20, 4)); !errors.Is(err, context.Canceled) {
-		t.Fatalf("err = %v", err)
+		t.Fatalf("cancelled before the start: err = %v, want context.Canceled", err)
+	}
+	// Half a MiB of zeros against itself takes the library about a second
+	// (runs of equal bytes make it quadratic); Make must not wait for it.
+	zeros := make([]byte, 512<<10)
+	changed := bytes.Clone(zeros)
+	changed[len(changed)/2] = 1
+	ctx, cancel = context.WithTimeout(t.Context(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := Make(ctx, zeros, changed); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("deadline during the diff: err = %v, want context.DeadlineExceeded", err)
 	}
 }
 
+// A patch nobody would apply is refused before the files are read.
+func TestMakeFilesRefusesOversizedNew(t *testing.T) {
+	dir := t.TempDir()
+	huge := filepath.Join(dir, "huge")
+	f, err := os.Create(huge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(MaxPatchOutput + 1); err != nil { // sparse: no disk used
+		t.Fatal(err)
+	}
+	f.Close()
+	err = MakeFiles(t.Context(), huge, huge, filepath.Join(dir, "p"))
+	if !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("err = %v, want ErrTooLarge", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "p")); err == nil {
+		t.Fatal("a refused diff left a patch behind")
+	}
+}
+
+func TestMemoryNeeded(t *testing.T) {
+	for _, n := range []int64{0, 1 << 20, 100 << 20} {
+		if got := MemoryNeeded(n); got < 20*n || got > 20*n+(16<<20) {
+			t.Errorf("MemoryNeeded(%d) = %d, want about 20× old", n, got)
+		}
+	}
+}
+
+// tool finds one of Debian's bsdiff tools or skips the test.
 func tool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		t.Skipf("%s not installed (apt-get install bsdiff); skipping interop with Debian's bsdiff", name)
+		t.Skipf("%s not in PATH (apt-get install bsdiff): skipping interop with Debian's bsdiff 4.3", name)
 	}
 	return p
 }
 
+func writeFiles(t *testing.T, dir string, files map[string][]byte) {
+	t.Helper()
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func sameFile(t *testing.T, path string, want []byte) {
+	t.Helper()
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s: %d bytes that differ from the expected %d", filepath.Base(path), len(got), len(want))
+	}
+}
+
 func TestDebianBspatchAppliesOurPatches(t *testing.T) {
 	bspatch := tool(t, "bspatch")
-	for name, p := range pairs(t) {
-		if len(p[1]) == 0 {
-			continue // Debian's bspatch refuses to write an empty file
-		}
-		t.Run(name, func(t *testing.T) {
+	for _, p := range pairs(t) {
+		t.Run(p.name, func(t *testing.T) {
+			if len(p.new) == 0 {
+				t.Skip("Debian's bspatch cannot make an empty file (malloc(0) fails)")
+			}
 			dir := t.TempDir()
-			old, nw, patch, out := filepath.Join(dir, "old"), filepath.Join(dir, "new"), filepath.Join(dir, "patch"), filepath.Join(dir, "out")
-			os.WriteFile(old, p[0], 0o644)
-			os.WriteFile(nw, p[1], 0o644)
-			if err := MakeFiles(context.Background(), old, nw, patch); err != nil {
+			writeFiles(t, dir, map[string][]byte{"old": p.old, "new": p.new})
+			old, patch, out := filepath.Join(dir, "old"), filepath.Join(dir, "patch"), filepath.Join(dir, "out")
+			if err := MakeFiles(t.Context(), old, filepath.Join(dir, "new"), patch); err != nil {
 				t.Fatal(err)
 			}
 			if b, err := exec.Command(bspatch, old, out, patch).CombinedOutput(); err != nil {
 				t.Fatalf("bspatch: %v\n%s", err, b)
 			}
-			got, _ := os.ReadFile(out)
-			if !bytes.Equal(got, p[1]) {
-				t.Fatal("Debian's bspatch output differs from NEW")
-			}
+			sameFile(t, out, p.new)
 		})
 	}
 }
 
 func TestWeApplyDebianBsdiffPatches(t *testing.T) {
-	bsdiffBin := tool(t, "bsdiff")
-	for name, p := range pairs(t) {
-		if len(p[0]) == 0 || len(p[1]) == 0 {
-			continue // Debian's bsdiff cannot mmap empty files
-		}
-		t.Run(name, func(t *testing.T) {
+	bsdiff := tool(t, "bsdiff")
+	for _, p := range pairs(t) {
+		t.Run(p.name, func(t *testing.T) {
+			if len(p.old) == 0 || len(p.new) == 0 {
+				t.Skip("Debian's bsdiff cannot read an empty file (malloc(0) fails)")
+			}
 			dir := t.TempDir()
-			old, nw, patch, out := filepath.Join(dir, "old"), filepath.Join(dir, "new"), filepath.Join(dir, "patch"), filepath.Join(dir, "out")
-			os.WriteFile(old, p[0], 0o644)
-			os.WriteFile(nw, p[1], 0o644)
-			if b, err := exec.Command(bsdiffBin, old, nw, patch).CombinedOutput(); err != nil {
+			writeFiles(t, dir, map[string][]byte{"old": p.old, "new": p.new})
+			old, patch, out := filepath.Join(dir, "old"), filepath.Join(dir, "patch"), filepath.Join(dir, "out")
+			if b, err := exec.Command(bsdiff, old, filepath.Join(dir, "new"), patch).CombinedOutput(); err != nil {
 				t.Fatalf("bsdiff: %v\n%s", err, b)
 			}
 			if err := ApplyFiles(old, patch, out); err != nil {
 				t.Fatal(err)
 			}
-			got, _ := os.ReadFile(out)
-			if !bytes.Equal(got, p[1]) {
-				t.Fatal("our output differs from NEW")
+			sameFile(t, out, p.new)
+			// And in memory, with the size a manifest would declare.
+			pb, err := os.ReadFile(patch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := Apply(p.old, pb, int64(len(p.new)))
+			if err != nil || !bytes.Equal(got, p.new) {
+				t.Fatalf("Apply: %v (equal: %v)", err, bytes.Equal(got, p.new))
 			}
 		})
 	}
 }
 
-func offtout(v int64) []byte {
-	b := make([]byte, 8)
-	if v < 0 {
-		binary.LittleEndian.PutUint64(b, uint64(-v))
-		b[7] |= 0x80
-	} else {
-		binary.LittleEndian.PutUint64(b, uint64(v))
-	}
-	return b
-}
-
-// craft builds a patch with the given header fields and control triples,
-// with valid bzip2 streams, the way an attacker would.
-func craft(t testing.TB, newSize int64, triples [][3]int64, diffData, extra []byte) []byte {
+// entries lists a directory, to show that failures leave no temporary
+// files behind.
+func entries(t *testing.T, dir string) []string {
 	t.Helper()
-	var ctrl []byte
-	for _, tr := range triples {
-		ctrl = append(append(append(ctrl, offtout(tr[0])...), offtout(tr[1])...), offtout(tr[2])...)
-	}
-	c, d, e := bz2(t, ctrl), bz2(t, diffData), bz2(t, extra)
-	p := []byte(bsdiffMagic)
-	p = append(p, offtout(int64(len(c)))...)
-	p = append(p, offtout(int64(len(d)))...)
-	p = append(p, offtout(newSize)...)
-	return append(append(append(p, c...), d...), e...)
-}
-
-// bz2 compresses with Debian's bzip2 if present (the standard library only
-// decompresses), else uses a patch made by Make as the source of streams.
-func bz2(t testing.TB, data []byte) []byte {
-	t.Helper()
-	cmd := exec.Command("bzip2", "-c")
-	cmd.Stdin = bytes.NewReader(data)
-	out, err := cmd.Output()
+	ents, err := os.ReadDir(dir)
 	if err != nil {
-		t.Skip("bzip2 not installed; skipping crafted patches")
+		t.Fatal(err)
 	}
-	return out
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names
 }
 
-func TestHostilePatches(t *testing.T) {
-	old := pseudoRandom(1000, 5)
-	good, _ := Make(context.Background(), old, pseudoRandom(1000, 6))
-	zeros := make([]byte, 1<<20)
-	tests := []struct {
-		name  string
-		patch []byte
-		size  int64
-	}{
-		{"empty", nil, 10},
-		{"bad magic", append([]byte("BSDIFF41"), good[8:]...), 1000},
-		{"truncated header", good[:20], 1000},
-		{"truncated body", good[:len(good)/2], 1000},
-		{"size lies (huge)", append(append(append([]byte(nil), good[:24]...), offtout(1<<40)...), good[32:]...), 1000},
-		{"size differs from manifest", good, 999},
-		{"declared size over cap", good, MaxPatchOutput + 1},
-		{"negative ctrl length in header", append(append([]byte(bsdiffMagic), offtout(-5)...), good[16:]...), 1000},
-		{"negative add", craft(t, 100, [][3]int64{{-10, 0, 0}}, nil, nil), 100},
-		{"negative extra", craft(t, 100, [][3]int64{{0, -10, 0}}, nil, nil), 100},
-		{"writes past size", craft(t, 100, [][3]int64{{50, 60, 0}}, make([]byte, 50), make([]byte, 60)), 100},
-		{"never advances", craft(t, 100, bomb(5000), nil, nil), 100},
-		{"control stream ends early", craft(t, 100, [][3]int64{{10, 0, 0}}, make([]byte, 10), nil), 100},
-		{"diff stream short", craft(t, 100, [][3]int64{{100, 0, 0}}, make([]byte, 10), nil), 100},
-		{"seek far out of old", craft(t, 20, [][3]int64{{10, 0, 1 << 40}, {10, 0, -(1 << 41)}}, make([]byte, 20), nil), 20},
-		{"bzip2 bomb of zero triples", craft(t, 10, [][3]int64{{0, 0, 0}}, nil, zeros), 10},
+func TestApplyFiles(t *testing.T) {
+	old := pseudoRandom(50_000, 11)
+	nw := append(bytes.Clone(old[:30_000]), "new code"...)
+	patch, err := Make(t.Context(), old, nw)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			out, err := Apply(old, tc.patch, tc.size)
-			if tc.name == "seek far out of old" {
-				// Valid bsdiff: bytes outside old count as zero. It must
-				// simply not crash.
-				if err != nil && !errors.Is(err, ErrCorruptPatch) {
-					t.Fatalf("err = %v", err)
-				}
-				return
-			}
-			if !errors.Is(err, ErrCorruptPatch) {
-				t.Fatalf("err = %v (output %d bytes), want ErrCorruptPatch", err, len(out))
-			}
-		})
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string][]byte{"old": old, "patch": patch, "bad": patch[:len(patch)/2], "existing": []byte("keep me")})
+	oldPath := filepath.Join(dir, "old")
+	if err := os.Chmod(oldPath, 0o755); err != nil {
+		t.Fatal(err)
 	}
-}
 
-func libPatch(old, patch []byte) (out []byte, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("panic: %v", p)
+	t.Run("writes new with old's mode", func(t *testing.T) {
+		out := filepath.Join(dir, "out")
+		if err := ApplyFiles(oldPath, filepath.Join(dir, "patch"), out); err != nil {
+			t.Fatal(err)
 		}
-	}()
-	return bspatch.Bytes(old, patch)
-}
-
-// bomb is n control triples that produce nothing.
-func bomb(n int) [][3]int64 { return make([][3]int64, n) }
-
-func FuzzApply(f *testing.F) {
-	old := pseudoRandom(512, 7)
-	for _, nw := range [][]byte{pseudoRandom(600, 8), append(append([]byte(nil), old...), 'x'), nil} {
-		p, _ := Make(context.Background(), old, nw)
-		f.Add(p, int64(len(nw)))
-	}
-	f.Add([]byte("BSDIFF40"), int64(0))
-	f.Fuzz(func(t *testing.T, patch []byte, size int64) {
-		if size > 1<<20 {
-			size = 1 << 20 // keep the fuzzer's allocations small; Apply caps far higher
+		sameFile(t, out, nw)
+		if fi, err := os.Stat(out); err != nil || fi.Mode().Perm() != 0o755 {
+			t.Fatalf("mode %v, %v; want 0755 like the old file", fi.Mode(), err)
 		}
-		out, err := Apply(old, patch, size)
-		if err != nil {
-			if !errors.Is(err, ErrCorruptPatch) {
-				t.Fatalf("error does not wrap ErrCorruptPatch: %v", err)
-			}
-			return
+	})
+	t.Run("a refused patch leaves nothing behind", func(t *testing.T) {
+		before := entries(t, dir)
+		err := ApplyFiles(oldPath, filepath.Join(dir, "bad"), filepath.Join(dir, "existing"))
+		if !errors.Is(err, ErrCorruptPatch) {
+			t.Fatalf("err = %v, want ErrCorruptPatch", err)
 		}
-		if int64(len(out)) != size {
-			t.Fatalf("accepted output of %d bytes for declared %d", len(out), size)
+		if !strings.Contains(err.Error(), "bad") {
+			t.Errorf("error %q does not name the patch file", err)
 		}
-		// Whatever we accept, the library's own patcher must turn into the
-		// same bytes (it may panic on inputs we refuse, so only now).
-		lib, lerr := libPatch(old, patch)
-		if lerr == nil && !bytes.Equal(lib, out) {
-			t.Fatalf("library's bspatch gives different bytes")
+		sameFile(t, filepath.Join(dir, "existing"), []byte("keep me"))
+		if after := entries(t, dir); strings.Join(after, " ") != strings.Join(before, " ") {
+			t.Fatalf("directory changed from %v to %v", before, after)
+		}
+	})
+	t.Run("missing files are named", func(t *testing.T) {
+		err := ApplyFiles(filepath.Join(dir, "nope"), filepath.Join(dir, "patch"), filepath.Join(dir, "out2"))
+		if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "nope") {
+			t.Fatalf("err = %v", err)
+		}
+		err = MakeFiles(t.Context(), oldPath, filepath.Join(dir, "nope"), filepath.Join(dir, "p2"))
+		if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "nope") {
+			t.Fatalf("err = %v", err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "p2")); err == nil {
+			t.Fatal("a failed diff left a patch behind")
+		}
+	})
+	t.Run("header size over the limit", func(t *testing.T) {
+		big := bytes.Clone(patch)
+		copy(big[24:], offtout(MaxPatchOutput+1))
+		writeFiles(t, dir, map[string][]byte{"big": big})
+		err := ApplyFiles(oldPath, filepath.Join(dir, "big"), filepath.Join(dir, "out3"))
+		if !errors.Is(err, ErrTooLarge) {
+			t.Fatalf("err = %v, want ErrTooLarge", err)
 		}
 	})
 }
