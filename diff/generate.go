@@ -341,7 +341,9 @@ func encodePair(ctx context.Context, repo *blobstore.Repo, b *blobstore.Batch, p
 // boundedDiff runs bsdiff within the memory budget and time limit, or
 // reports that it did not.
 func boundedDiff(ctx context.Context, base, data []byte, o GenerateOptions, mem *semaphore.Weighted) ([]byte, bool) {
-	need := MemoryNeeded(int64(len(base))) + int64(len(data))
+	// The library holds the new file, its diff and extra buffers and the
+	// patch besides the suffix array: about three times the new size.
+	need := MemoryNeeded(int64(len(base))) + 3*int64(len(data))
 	if need > o.MemoryBudget {
 		o.Log.Info("bsdiff skipped: over memory budget", "base", len(base), "need", need)
 		return nil, false
