@@ -3,7 +3,6 @@ package apply
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
@@ -142,23 +141,7 @@ func (b *builder) linkFile(p string, e *manifest.Entry) error {
 }
 
 func copyFile(src, dst string, e *manifest.Entry) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(out, in)
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = blobstore.SetMeta(dst, blobstore.MetaOf(e))
-	}
-	return err
+	return blobstore.CopyWithMeta(src, dst, blobstore.MetaOf(e))
 }
 
 func (b *builder) finish() error {

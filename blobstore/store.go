@@ -324,7 +324,7 @@ func (b *Batch) LinkFile(d Digest, m Meta) (string, error) {
 		}
 		err = os.Link(src, dst)
 	} else {
-		err = copyWithMeta(src, dst, m)
+		err = CopyWithMeta(src, dst, m)
 	}
 	if err != nil {
 		return "", fmt.Errorf("file for object %s: %w", d, err)
@@ -335,7 +335,9 @@ func (b *Batch) LinkFile(d Digest, m Meta) (string, error) {
 	return dst, nil
 }
 
-func copyWithMeta(src, dst string, m Meta) error {
+// CopyWithMeta copies src to a new inode at dst with metadata m, whole or
+// not at all: for entries that cannot share an inode.
+func CopyWithMeta(src, dst string, m Meta) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -531,21 +533,13 @@ func (b *Batch) Salvage(ctx context.Context) (n int, size int64, err error) {
 }
 
 func hashMatches(ctx context.Context, path string, d Digest) (bool, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return false, 0, nil
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, ctxReader{ctx, f})
+	got, n, err := hashFile(ctx, path)
 	if err != nil {
 		if ctx.Err() != nil {
 			return false, 0, ctx.Err()
 		}
-		return false, 0, nil
+		return false, 0, nil // unreadable: not salvageable
 	}
-	var got Digest
-	h.Sum(got[:0])
 	return got == d, n, nil
 }
 
