@@ -59,6 +59,7 @@ func (s *Sysroot) GC(encodingBudget int64) (*GCResult, error) {
 	}
 	for _, e := range ix.Entries {
 		if e.Image == st.Image && !keep[e.Version] {
+			s.at(fmt.Sprintf("gc version %d", e.Version))
 			if err := s.repo.RemoveVersion(e.Image, e.Version); err != nil {
 				return nil, err
 			}
@@ -119,6 +120,7 @@ func (s *Sysroot) GC(encodingBudget int64) (*GCResult, error) {
 				res.Bytes += fi.Size()
 			}
 			*count++
+			s.at("gc " + d.Name())
 			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("gc: %w", err)
 			}

@@ -127,6 +127,7 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 	if err != nil {
 		return nil, err
 	}
+	b.Fault = s.Fault
 	// A failed pull keeps what it verified for the next attempt; after a
 	// successful commit Suspend does nothing.
 	defer b.Suspend()
@@ -225,6 +226,7 @@ func (s *Sysroot) haveTree(image string, v uint64, mb []byte) bool {
 // version in the node's repo and points the staged link at it.
 func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *manifest.Header, sig []byte, deltas *signedDeltas) error {
 	trees := filepath.Join(s.dir, treesDir)
+	s.at("mkdir tree")
 	tmp, err := os.MkdirTemp(trees, tmpPrefix+strconv.FormatUint(h.Version, 10)+"-")
 	if err != nil {
 		return fmt.Errorf("build tree: %w", err)
@@ -246,6 +248,7 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 		if err != nil {
 			return err
 		}
+		s.at("build " + e.Path)
 		if err := bld.add(e); err != nil {
 			return err
 		}
@@ -257,9 +260,11 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 		return err
 	}
 	final := s.TreePath(h.Version)
+	s.at("remove orphan tree")
 	if err := removeTree(final); err != nil { // an orphan from an interrupted pull
 		return err
 	}
+	s.at("rename tree")
 	if err := os.Rename(tmp, final); err != nil {
 		return fmt.Errorf("build tree: %w", err)
 	}
@@ -270,6 +275,7 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 		// Kept so neighbours can plan from it too; it names encodings this
 		// node may not hold, and they fall back to others.
 		p := filepath.Join(s.repo.Dir(), blobstore.DeltasPath(h.Image, h.Version))
+		s.at("write delta index")
 		if err := blobstore.WriteAtomic(p, deltas.raw); err != nil {
 			return err
 		}
@@ -277,6 +283,7 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 			return err
 		}
 	}
+	s.at("add version")
 	if _, err := s.repo.AddVersion(h, mb, sig); err != nil {
 		return err
 	}

@@ -38,6 +38,16 @@ type Sysroot struct {
 	// BootTries is how many boots a newly applied version gets to reach
 	// mark-good (default DefaultBootTries).
 	BootTries int
+	// Fault, if set, is called before every change to the disk with a name
+	// for it. The crash-injection tests end the process there; production
+	// leaves it nil.
+	Fault func(point string)
+}
+
+func (s *Sysroot) at(point string) {
+	if s.Fault != nil {
+		s.Fault(point)
+	}
 }
 
 // Open opens (creating if needed) the sysroot at dir.
@@ -150,11 +160,13 @@ func (s *Sysroot) image() (string, error) {
 // setLink points name at version v's tree, atomically: a new symlink under a
 // temporary name renamed over the old one.
 func (s *Sysroot) setLink(name string, v uint64) error {
+	s.at("set " + name)
 	tmp := filepath.Join(s.dir, "."+name+".tmp")
 	os.Remove(tmp)
 	if err := os.Symlink(treesDir+"/"+strconv.FormatUint(v, 10), tmp); err != nil {
 		return fmt.Errorf("set %s link: %w", name, err)
 	}
+	s.at("rename " + name)
 	if err := os.Rename(tmp, filepath.Join(s.dir, name)); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("set %s link: %w", name, err)
@@ -163,6 +175,7 @@ func (s *Sysroot) setLink(name string, v uint64) error {
 }
 
 func (s *Sysroot) removeLink(name string) error {
+	s.at("remove " + name)
 	err := os.Remove(filepath.Join(s.dir, name))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove %s link: %w", name, err)
@@ -174,6 +187,11 @@ func (s *Sysroot) removeLink(name string) error {
 // temporaries. Staged objects stay for the next pull to salvage. The caller
 // holds the lock.
 func (s *Sysroot) cleanup() error {
+	// An interrupted switch is finished first: pruning before it would
+	// remove a tree it still names.
+	if err := s.replayJournal(); err != nil {
+		return err
+	}
 	if err := s.pruneTrees(); err != nil {
 		return err
 	}
@@ -246,6 +264,7 @@ func (s *Sysroot) pruneTrees() error {
 	}
 	for _, e := range ents {
 		if !keep[e.Name()] && !strings.HasPrefix(e.Name(), tmpPrefix) {
+			s.at("prune tree " + e.Name())
 			if err := removeTree(filepath.Join(s.dir, treesDir, e.Name())); err != nil {
 				return fmt.Errorf("remove old tree %s: %w", e.Name(), err)
 			}
@@ -275,27 +294,22 @@ func (s *Sysroot) Apply(want uint64) (from, to uint64, err error) {
 	if want != 0 && st.Staged != want {
 		return 0, 0, fmt.Errorf("apply: version %d is not staged (staged: %d)", want, st.Staged)
 	}
-	// previous first: a crash between the two renames leaves current and
-	// previous both on the old tree, which still boots.
-	if st.Current != 0 {
-		if err := s.setLink(LinkPrevious, st.Current); err != nil {
-			return 0, 0, err
-		}
+	// Probation is written before the switch: were it after, a crash in
+	// between would leave the new version current but never counted. Set
+	// early, it names a version that is not current yet, which the boot
+	// step ignores.
+	s.at("probation")
+	if err := s.startProbation(st.Staged, s.BootTries); err != nil {
+		return 0, 0, err
 	}
-	if err := s.setLink(LinkCurrent, st.Staged); err != nil {
+	if err := s.switchLinks(st.Staged, st.Current); err != nil {
 		return 0, 0, err
 	}
 	if err := s.removeLink(LinkStaged); err != nil {
 		return 0, 0, err
 	}
-	if err := blobstore.FsyncDir(s.dir); err != nil {
-		return 0, 0, err
-	}
 	// The new version must prove it boots; until then the boot step counts
 	// its tries (boot.go).
-	if err := s.startProbation(st.Staged, s.BootTries); err != nil {
-		return 0, 0, err
-	}
 	return st.Current, st.Staged, nil
 }
 
@@ -307,6 +321,9 @@ func (s *Sysroot) Rollback() (from, to uint64, err error) {
 		return 0, 0, err
 	}
 	defer unlock()
+	if err := s.replayJournal(); err != nil {
+		return 0, 0, err
+	}
 	st, err := s.Status()
 	if err != nil {
 		return 0, 0, err
@@ -321,16 +338,63 @@ func (s *Sysroot) rollbackLocked(st Status) (from, to uint64, err error) {
 	if _, err := os.Stat(s.TreePath(st.Previous)); err != nil {
 		return 0, 0, fmt.Errorf("rollback: previous tree: %w", err)
 	}
-	// current first, so the user's choice takes effect even if power fails
-	// before previous is updated.
-	if err := s.setLink(LinkCurrent, st.Previous); err != nil {
-		return 0, 0, err
-	}
-	if err := s.setLink(LinkPrevious, st.Current); err != nil {
-		return 0, 0, err
-	}
-	if err := blobstore.FsyncDir(s.dir); err != nil {
+	if err := s.switchLinks(st.Previous, st.Current); err != nil {
 		return 0, 0, err
 	}
 	return st.Current, st.Previous, nil
+}
+
+func (s *Sysroot) journalPath() string { return filepath.Join(s.StateDir(), "switch") }
+
+// switchLinks points current at cur and previous at prev. Two renames
+// cannot be one atomic step, so the pair is written to a journal first; a
+// crash between the renames is finished from the journal by the next
+// peerup to take the lock (or the boot step), and no tree is orphaned.
+func (s *Sysroot) switchLinks(cur, prev uint64) error {
+	s.at("write switch journal")
+	if err := blobstore.WriteAtomic(s.journalPath(), fmt.Appendf(nil, "%d %d\n", cur, prev)); err != nil {
+		return fmt.Errorf("switch: %w", err)
+	}
+	return s.finishSwitch(cur, prev)
+}
+
+func (s *Sysroot) finishSwitch(cur, prev uint64) error {
+	// current first, so the chosen version takes effect even if power fails
+	// before previous is updated.
+	if err := s.setLink(LinkCurrent, cur); err != nil {
+		return err
+	}
+	if prev != 0 {
+		if err := s.setLink(LinkPrevious, prev); err != nil {
+			return err
+		}
+	}
+	if err := blobstore.FsyncDir(s.dir); err != nil {
+		return err
+	}
+	s.at("remove switch journal")
+	if err := os.Remove(s.journalPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("switch: %w", err)
+	}
+	return nil
+}
+
+// replayJournal finishes a switch a crash interrupted.
+func (s *Sysroot) replayJournal() error {
+	b, err := os.ReadFile(s.journalPath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("switch journal: %w", err)
+	}
+	var cur, prev uint64
+	if _, err := fmt.Sscanf(string(b), "%d %d", &cur, &prev); err != nil || cur == 0 {
+		// A torn journal: the switch had not begun, so nothing to finish.
+		return os.Remove(s.journalPath())
+	}
+	if _, err := os.Stat(s.TreePath(cur)); err != nil {
+		return os.Remove(s.journalPath())
+	}
+	return s.finishSwitch(cur, prev)
 }

@@ -141,8 +141,10 @@ type Batch struct {
 	linkMu  sync.Mutex // serialises LinkFile, which checks then creates
 	mu      sync.Mutex
 	objects map[Digest]bool // staged objects
-	files   map[Digest]bool // staged files
-	done    bool
+	// Fault, if set, is called before each rename of Commit (crash tests).
+	Fault func(point string)
+	files map[Digest]bool // staged files
+	done  bool
 }
 
 // Begin starts a batch.
@@ -440,11 +442,17 @@ func (b *Batch) Commit() error {
 	if b.done {
 		return errors.New("batch already finished")
 	}
+	if b.Fault != nil {
+		b.Fault("syncfs")
+	}
 	if err := Syncfs(b.s.root); err != nil {
 		return err
 	}
 	dirs := map[string]bool{}
 	move := func(src, dst string) error {
+		if b.Fault != nil {
+			b.Fault("commit " + filepath.Base(dst))
+		}
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			return err
 		}

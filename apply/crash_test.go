@@ -1,0 +1,207 @@
+package apply_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"peerup/apply"
+	"peerup/manifest"
+	"peerup/transfer"
+)
+
+// The crash harness re-runs this test binary as a child that performs one
+// operation and exits abruptly at its k-th change to the disk: no deferred
+// cleanup runs, as after a power cut or kill -9 (the page cache survives,
+// as it does after a process crash).
+func TestMain(m *testing.M) {
+	if op := os.Getenv("PEERUP_CRASH_OP"); op != "" {
+		os.Exit(crashChild(op))
+	}
+	os.Exit(m.Run())
+}
+
+const crashExit = 77
+
+func crashChild(op string) int {
+	k, _ := strconv.Atoi(os.Getenv("PEERUP_CRASH_AT"))
+	s, err := apply.Open(os.Getenv("PEERUP_CRASH_SYSROOT"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	n := 0
+	s.Fault = func(point string) {
+		n++
+		if n == k {
+			fmt.Fprintln(os.Stderr, "crash at", point)
+			os.Exit(crashExit)
+		}
+	}
+	if err := runOp(s, op); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println(n) // the number of points passed, for the parent's count
+	return 0
+}
+
+func runOp(s *apply.Sysroot, op string) error {
+	ctx := context.Background()
+	switch op {
+	case "update":
+		kr, err := manifest.LoadKeyring(os.Getenv("PEERUP_CRASH_TRUST"))
+		if err != nil {
+			return err
+		}
+		src, err := transfer.NewClient(os.Getenv("PEERUP_CRASH_URL"), nil)
+		if err != nil {
+			return err
+		}
+		if _, err := s.Pull(ctx, src, apply.PullOptions{Version: 3, Trust: kr}); err != nil {
+			return err
+		}
+		_, _, err = s.Apply(3)
+		return err
+	case "rollback":
+		_, _, err := s.Rollback()
+		return err
+	case "gc":
+		_, err := s.GC(-1)
+		return err
+	}
+	return fmt.Errorf("unknown op %q", op)
+}
+
+// checkInvariants asserts SPEC §7's promises about a sysroot after a crash:
+// current names a complete tree that matches its signed manifest, so does
+// previous if it exists, and every object in the store has the bytes its
+// name promises.
+func checkInvariants(t *testing.T, s *apply.Sysroot, where string) {
+	t.Helper()
+	st, err := s.Status()
+	if err != nil {
+		t.Fatalf("%s: status: %v", where, err)
+	}
+	if st.Current == 0 {
+		t.Fatalf("%s: no current version", where)
+	}
+	if probs, err := s.Verify(context.Background()); err != nil || len(probs) != 0 {
+		t.Fatalf("%s: kept trees do not match their manifests: %v %v", where, probs, err)
+	}
+	objects := filepath.Join(s.Repo().Dir(), "objects")
+	filepath.WalkDir(objects, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, _ := os.ReadFile(p)
+		if h := sha256.Sum256(b); hex.EncodeToString(h[:]) != d.Name() {
+			t.Fatalf("%s: object %s holds other bytes", where, d.Name())
+		}
+		return nil
+	})
+}
+
+func TestCrashAtEveryStep(t *testing.T) {
+	if testing.Short() {
+		t.Skip("crash harness: skipped with -short")
+	}
+	f := newFleet(t)
+	tree := makeTree(t, "VERSION=1\n")
+	for v := 1; v <= 3; v++ {
+		write(t, tree+"/etc/os-release", fmt.Sprintf("VERSION=%d\n", v), 0o644)
+		write(t, tree+"/usr/lib/libschool.so.1", library(v), 0o755)
+		f.publishWithDeltas(tree, uint64(v))
+	}
+	pubs, _ := filepath.Glob(filepath.Join(filepath.Dir(f.repo.Dir()), "*.pub"))
+	// The baseline every crash starts from: v2 current, v1 previous, v3
+	// published but not fetched.
+	base := newSysroot(t)
+	f.update(base, 1)
+	f.update(base, 2)
+	// gc needs something to collect: v3 current, v2 previous, v1's
+	// manifest, objects and files still in the store.
+	gcBase := newSysroot(t)
+	f.update(gcBase, 1)
+	f.update(gcBase, 2)
+	f.update(gcBase, 3)
+	bin, _ := os.Executable()
+	total := 0
+	for _, op := range []string{"update", "rollback", "gc"} {
+		run := func(k int, dir string) (int, string) {
+			cmd := exec.Command(bin)
+			cmd.Env = append(os.Environ(), "PEERUP_CRASH_OP="+op, "PEERUP_CRASH_AT="+strconv.Itoa(k),
+				"PEERUP_CRASH_SYSROOT="+dir, "PEERUP_CRASH_URL="+f.url, "PEERUP_CRASH_TRUST="+pubs[0])
+			out, err := cmd.CombinedOutput()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			return code, string(out)
+		}
+		from := base.Dir()
+		if op == "gc" {
+			from = gcBase.Dir()
+		}
+		fresh := func() string {
+			dir := filepath.Join(t.TempDir(), "sysroot")
+			if out, err := exec.Command("cp", "-a", from, dir).CombinedOutput(); err != nil {
+				t.Fatalf("copy baseline: %v %s", err, out)
+			}
+			return dir
+		}
+		// A run without a crash counts the points.
+		code, out := run(0, fresh())
+		if code != 0 {
+			t.Fatalf("%s without a crash: exit %d\n%s", op, code, out)
+		}
+		points, _ := strconv.Atoi(strings.TrimSpace(out))
+		for k := 1; k <= points; k++ {
+			dir := fresh()
+			code, crashOut := run(k, dir)
+			if code != crashExit {
+				t.Fatalf("%s, crash at point %d of %d: exit %d\n%s", op, k, points, code, out)
+			}
+			s, err := apply.Open(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			where := fmt.Sprintf("%s crashed at point %d of %d (%s)", op, k, points, strings.TrimSpace(crashOut))
+			checkInvariants(t, s, where)
+			// Restart: the same operation, uninterrupted, must succeed and
+			// leave no debris behind.
+			if code, out := run(0, dir); code != 0 {
+				// A crash after the last switch has nothing left to redo:
+				// the rerun is refused as "not newer", which is right.
+				if st, _ := s.Status(); !(op == "update" && st.Current == 3 && strings.Contains(out, "not newer")) {
+					t.Fatalf("%s: the rerun failed: exit %d\n%s", where, code, out)
+				}
+			}
+			checkInvariants(t, s, where+", after the rerun")
+			if left, _ := filepath.Glob(filepath.Join(dir, "trees", ".tmp-*")); len(left) > 0 {
+				t.Fatalf("%s: half-built trees left after the rerun: %v", where, left)
+			}
+			if op == "update" {
+				if st, _ := s.Status(); st.Current != 3 {
+					t.Fatalf("%s: after the rerun current is v%d, want 3", where, st.Current)
+				}
+			}
+		}
+		t.Logf("%s: %d crash points, invariants held at each", op, points)
+		total += points
+	}
+	t.Logf("%d crash points in all", total)
+	if total < 50 {
+		t.Errorf("only %d crash points covered", total)
+	}
+}
