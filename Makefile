@@ -5,7 +5,7 @@ BIN     := bin/peerup
 FUZZTIME ?= 5s
 FUZZLONG ?= 10m
 
-.PHONY: all build test unit fuzz-short fuzz demo bench deps vet clean
+.PHONY: all build test unit crash fuzz-short fuzz demo bench deps vet clean
 
 all: build
 
@@ -25,6 +25,12 @@ vet:
 unit:
 	$(GO) test -count=1 -timeout 15m ./...
 
+# The crash-injection harness, run on its own so that its count of crash
+# points shows in the log.
+crash:
+	@$(GO) test -count=1 -run '^TestCrashAtEveryStep$$' -v ./apply > .crash.log 2>&1; st=$$?; \
+	grep -E 'crash points|^(ok|FAIL|---)' .crash.log; rm -f .crash.log; exit $$st
+
 # Runs every fuzz target briefly on top of its committed corpus.
 fuzz-short:
 	@sh .ci/fuzz $(FUZZTIME)
@@ -33,7 +39,7 @@ fuzz:
 	@sh .ci/fuzz $(FUZZLONG)
 
 # Unit tests last, so that go test's summary closes the log.
-test: deps vet fuzz-short unit
+test: deps vet fuzz-short crash unit
 
 demo: build
 	$(GO) run ./cmd/peerup-demo --peerup $(BIN)
