@@ -11,9 +11,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"peerup/apply"
+	"peerup/daemon"
 	"peerup/manifest"
 	"peerup/transfer"
 )
@@ -77,9 +80,50 @@ func runOp(s *apply.Sysroot, op string) error {
 	case "gc":
 		_, err := s.GC(-1)
 		return err
+	case "daemon":
+		// The daemon's own fetch and apply, by policy, from a static peer.
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		applied := make(chan struct{})
+		d, err := daemon.Start(ctx, daemon.Config{Sysroot: s.Dir(), Trust: []string{os.Getenv("PEERUP_CRASH_TRUST")},
+			Listen: "127.0.0.1:0", Bus: "none", Policy: "auto", Peers: []string{os.Getenv("PEERUP_CRASH_URL")},
+			Fault: s.Fault}, nil, nil)
+		if err != nil {
+			return err
+		}
+		obs := &appliedObserver{ch: applied}
+		d.Core.Observe(obs)
+		// It may have finished, or had nothing to do, before we listened.
+		if d.Core.Props().CurrentVersion == 3 {
+			obs.once.Do(func() { close(applied) })
+		}
+		select {
+		case <-applied:
+		case <-time.After(60 * time.Second):
+			return fmt.Errorf("the daemon did not apply: %+v", d.Core.Props())
+		}
+		cancel()
+		d.Wait(ctx)
+		return nil
 	}
 	return fmt.Errorf("unknown op %q", op)
 }
+
+// appliedObserver closes ch when the daemon has v3 applied: by applying it
+// now, or by finding after its poll that a crashed run already had.
+type appliedObserver struct {
+	ch   chan struct{}
+	once sync.Once
+}
+
+func (a *appliedObserver) PropsChanged(old, cur daemon.Props) {
+	done := cur.State == daemon.StateUpdateApplied ||
+		cur.State == daemon.StateIdle && old.State == daemon.StatePolling && cur.CurrentVersion == 3
+	if done && old.State != cur.State {
+		a.once.Do(func() { close(a.ch) })
+	}
+}
+func (a *appliedObserver) UpdateReady(uint64) {}
 
 // checkInvariants asserts SPEC §7's promises about a sysroot after a crash:
 // current names a complete tree that matches its signed manifest, so does
@@ -135,7 +179,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 	f.update(gcBase, 3)
 	bin, _ := os.Executable()
 	total := 0
-	for _, op := range []string{"update", "rollback", "gc"} {
+	for _, op := range []string{"update", "rollback", "gc", "daemon"} {
 		run := func(k int, dir string) (int, string) {
 			cmd := exec.Command(bin)
 			cmd.Env = append(os.Environ(), "PEERUP_CRASH_OP="+op, "PEERUP_CRASH_AT="+strconv.Itoa(k),
@@ -183,7 +227,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 			if code, out := run(0, dir); code != 0 {
 				// A crash after the last switch has nothing left to redo:
 				// the rerun is refused as "not newer", which is right.
-				if st, _ := s.Status(); !(op == "update" && st.Current == 3 && strings.Contains(out, "not newer")) {
+				if st, _ := s.Status(); !((op == "update" || op == "daemon") && st.Current == 3 && strings.Contains(out, "not newer")) {
 					t.Fatalf("%s: the rerun failed: exit %d\n%s", where, code, out)
 				}
 			}
@@ -191,7 +235,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 			if left, _ := filepath.Glob(filepath.Join(dir, "trees", ".tmp-*")); len(left) > 0 {
 				t.Fatalf("%s: half-built trees left after the rerun: %v", where, left)
 			}
-			if op == "update" {
+			if op == "update" || op == "daemon" {
 				if st, _ := s.Status(); st.Current != 3 {
 					t.Fatalf("%s: after the rerun current is v%d, want 3", where, st.Current)
 				}

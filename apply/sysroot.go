@@ -234,6 +234,17 @@ func removeTree(dir string) error {
 	return os.RemoveAll(dir)
 }
 
+// Recover finishes or clears what an interrupted peerup left (a link switch
+// half done, half-built trees); a daemon calls it when it starts.
+func (s *Sysroot) Recover() error {
+	unlock, err := s.Lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return s.cleanup()
+}
+
 // Prune removes the trees that no link names any more (the one an apply
 // pushed out of previous). Their files stay in the store until gc. It is
 // kept out of Apply so that a switch is as quick as renaming two links; Pull

@@ -46,6 +46,8 @@ type Config struct {
 	// KeepEncodingsMiB bounds the patches kept for neighbours (default
 	// 256; -1: no limit).
 	KeepEncodingsMiB int64 `toml:"keep-encodings-mib"`
+	// Fault is the sysroot's fault-injection hook (crash tests only).
+	Fault func(point string) `toml:"-"`
 	// MaxUploads caps concurrent object uploads to neighbours (default 8);
 	// MaxUploadRate and MaxDownloadRate are bytes per second (0: none).
 	MaxUploads      int   `toml:"max-uploads"`
@@ -122,6 +124,10 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 		return nil, err
 	}
 	sys.BootTries = cfg.BootTries
+	sys.Fault = cfg.Fault
+	if err := sys.Recover(); err != nil {
+		return nil, fmt.Errorf("%s: %w", cfg.Sysroot, err)
+	}
 	db, err := OpenDB(filepath.Join(sys.StateDir(), "state.db"))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", cfg.Sysroot, err)
