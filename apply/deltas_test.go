@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"peerup/apply"
@@ -157,4 +159,63 @@ func TestKeptEncodingsStayWithinBudget(t *testing.T) {
 	if n := held(1); n != 0 {
 		t.Fatalf("%d encodings kept over a one-byte budget", n)
 	}
+}
+
+// gzipped returns text as Debian compresses man pages: gzip -9n.
+func gzipped(t *testing.T, text string) string {
+	t.Helper()
+	cmd := exec.Command("gzip", "-9n", "-c")
+	cmd.Stdin = strings.NewReader(text)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Skipf("needs gzip (apt-get install gzip): %v", err)
+	}
+	return string(out)
+}
+
+func manPage(date string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, ".TH SCHOOL-TOOL 1 %q \"school tools\"\n", date)
+	for i := range 2000 {
+		fmt.Fprintf(&b, ".IP \"\\-\\-option%d\" 4\nWhat option %d does, in a sentence or two.\n", i, i)
+	}
+	return b.String()
+}
+
+// TestDeltasDiffGzipFilesAsText: a man page whose date changed is a new
+// gzip file from its first bytes on, but a laptop fetches only the change
+// in its text and rebuilds the exact file; a laptop without gzip still
+// updates, by the next way.
+func TestDeltasDiffGzipFilesAsText(t *testing.T) {
+	f := newFleet(t)
+	tree := makeTree(t, "VERSION=1\n")
+	write(t, tree+"/usr/share/man/man1/school-tool.1.gz", gzipped(t, manPage("2025-01-11")), 0o644)
+	f.publishWithDeltas(tree, 1)
+	write(t, tree+"/usr/share/man/man1/school-tool.1.gz", gzipped(t, manPage("2026-05-08")), 0o644)
+	f.publishWithDeltas(tree, 2)
+
+	a, b := newSysroot(t), newSysroot(t)
+	f.update(a, 1)
+	f.update(b, 1)
+	res, err := f.pull(a, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.PatchObjects != 1 || res.FetchedBytes > 200 {
+		t.Errorf("fetched %d bytes (%d patches) for a changed date in a %d-byte man page", res.FetchedBytes, res.PatchObjects, res.RawBytes)
+	}
+	if _, _, err := a.Apply(2); err != nil {
+		t.Fatal(err)
+	}
+	compareTrees(t, tree, filepath.Join(a.Dir(), "current")+"/")
+
+	t.Setenv("PATH", t.TempDir())
+	res, err = f.pull(b, 2)
+	if err != nil {
+		t.Fatalf("without gzip: %v", err)
+	}
+	if _, _, err := b.Apply(2); err != nil {
+		t.Fatal(err)
+	}
+	compareTrees(t, tree, filepath.Join(b.Dir(), "current")+"/")
 }

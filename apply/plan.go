@@ -192,7 +192,7 @@ func (s *Sysroot) fetchOne(ctx context.Context, src Source, b *blobstore.Batch, 
 	for _, enc := range n.ways {
 		err := s.fetchEncoded(ctx, src, b, n, enc)
 		if err == nil {
-			if enc.Kind == diff.KindZstd {
+			if enc.Kind.Whole() {
 				return "whole", enc.Size, nil
 			}
 			return "patch", enc.Size, nil

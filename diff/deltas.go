@@ -26,11 +26,20 @@ const (
 	// KindZstdDict is the object compressed with zstd using a base object
 	// as a raw-content dictionary.
 	KindZstdDict Kind = "zstd-dict"
+	// KindGzZstd is a gzip -9n object's text compressed with zstd; the
+	// node recompresses it with gzip.
+	KindGzZstd Kind = "gz-zstd"
+	// KindGzZstdDict is a gzip -9n object's text compressed with zstd using
+	// a gzip -n base object's text as a raw-content dictionary.
+	KindGzZstdDict Kind = "gz-zstd-dict"
 )
 
-func (k Kind) needsBase() bool { return k == KindBsdiff || k == KindZstdDict }
+func (k Kind) needsBase() bool { return k == KindBsdiff || k == KindZstdDict || k == KindGzZstdDict }
 
-func (k Kind) valid() bool { return k == KindZstd || k.needsBase() }
+func (k Kind) valid() bool { return k == KindZstd || k == KindGzZstd || k.needsBase() }
+
+// Whole reports whether the kind brings its target without a base.
+func (k Kind) Whole() bool { return !k.needsBase() }
 
 // Encoding is one way to obtain a target object. The encoding's own bytes
 // are an object too, named by Digest, so peers store and serve them like any

@@ -72,31 +72,20 @@ func Decode(ctx context.Context, kind Kind, base []byte, enc io.Reader, size int
 	}
 	switch kind {
 	case KindZstd, KindZstdDict:
-		opts := []zstd.DOption{
-			zstd.WithDecoderConcurrency(1),
-			zstd.WithDecoderMaxWindow(zstdMaxWindow),
-			zstd.WithDecoderMaxMemory(uint64(size) + 1),
-		}
+		var dict []byte
 		if kind == KindZstdDict {
-			opts = append(opts, zstd.WithDecoderDictRaw(zstdDictID, base))
+			dict = base
 		}
-		dec, err := zstd.NewReader(enc, opts...)
+		out, err := zstdDecode(enc, dict, size)
 		if err != nil {
-			return nil, fmt.Errorf("%w: zstd: %w", ErrCorruptEncoding, err)
+			return nil, err
 		}
-		defer dec.Close()
-		var out bytes.Buffer
-		if size < 64<<20 {
-			out.Grow(int(size))
+		if int64(len(out)) != size {
+			return nil, fmt.Errorf("%w: zstd gives %d bytes, want %d", ErrCorruptEncoding, len(out), size)
 		}
-		n, err := io.Copy(&out, io.LimitReader(dec, size+1))
-		if err != nil {
-			return nil, fmt.Errorf("%w: zstd: %w", ErrCorruptEncoding, err)
-		}
-		if n != size {
-			return nil, fmt.Errorf("%w: zstd gives %d bytes, want %d", ErrCorruptEncoding, n, size)
-		}
-		return out.Bytes(), nil
+		return out, nil
+	case KindGzZstd, KindGzZstdDict:
+		return decodeGz(ctx, kind, base, enc, size)
 	case KindBsdiff:
 		patch, err := io.ReadAll(enc)
 		if err != nil {
@@ -109,4 +98,34 @@ func Decode(ctx context.Context, kind Kind, base []byte, enc io.Reader, size int
 		return out, nil
 	}
 	return nil, fmt.Errorf("%w: unknown kind %q", ErrCorruptEncoding, kind)
+}
+
+// zstdDecode decodes one zstd stream, with dict as a raw-content dictionary
+// if not nil, refusing to produce more than max bytes.
+func zstdDecode(enc io.Reader, dict []byte, limit int64) ([]byte, error) {
+	opts := []zstd.DOption{
+		zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderMaxWindow(zstdMaxWindow),
+		zstd.WithDecoderMaxMemory(uint64(limit) + 1),
+	}
+	if dict != nil {
+		opts = append(opts, zstd.WithDecoderDictRaw(zstdDictID, dict))
+	}
+	dec, err := zstd.NewReader(enc, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: zstd: %w", ErrCorruptEncoding, err)
+	}
+	defer dec.Close()
+	var out bytes.Buffer
+	if limit < 64<<20 {
+		out.Grow(int(limit))
+	}
+	n, err := io.Copy(&out, io.LimitReader(dec, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: zstd: %w", ErrCorruptEncoding, err)
+	}
+	if n > limit {
+		return nil, fmt.Errorf("%w: zstd gives more than %d bytes", ErrCorruptEncoding, limit)
+	}
+	return out.Bytes(), nil
 }

@@ -307,6 +307,18 @@ func encodePair(ctx context.Context, repo *blobstore.Repo, b *blobstore.Batch, p
 		out = append(out, e)
 		whole = int64(len(z))
 	}
+	// A gzip -9n file is better diffed as text, where the change is.
+	text, isGz := reproducibleGzip(ctx, data)
+	if isGz {
+		if gz, err := zstdEncode(text, nil); err == nil && int64(len(gz)) < whole {
+			e, err := store(ctx, b, p.target, KindGzZstd, manifest.Digest{}, gz)
+			if err != nil {
+				return nil, 0, err
+			}
+			out = append(out, e)
+			whole = int64(len(gz))
+		}
+	}
 	skipped := 0
 	for _, br := range p.bases {
 		base, err := readObject(repo, br.d)
@@ -316,6 +328,13 @@ func encodePair(ctx context.Context, repo *blobstore.Repo, b *blobstore.Batch, p
 		best, bestKind := []byte(nil), Kind("")
 		if zd, err := EncodeZstdDict(base, data); err == nil {
 			best, bestKind = zd, KindZstdDict
+		}
+		if isGz {
+			if baseText, ok := gunzip(base); ok {
+				if gd, err := zstdEncode(text, baseText); err == nil && len(gd) < len(best) {
+					best, bestKind = gd, KindGzZstdDict
+				}
+			}
 		}
 		if patch, ok := boundedDiff(ctx, base, data, o, mem); ok {
 			if best == nil || len(patch) < len(best) {
