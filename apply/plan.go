@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -121,6 +123,9 @@ func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Bat
 	if err := checkSpace(s.repo.Dir(), raw+total, len(needs)); err != nil {
 		return err
 	}
+	// Neighbours pulling the same version take the objects in different
+	// orders, so they have different ones to lend each other.
+	rand.Shuffle(len(needs), func(i, j int) { needs[i], needs[j] = needs[j], needs[i] })
 	par := o.Parallel
 	if par <= 0 {
 		par = 4
@@ -131,6 +136,11 @@ func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Bat
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	var bd *board
+	if o.Helpers != nil {
+		bd = newBoard(res.Image, res.Version, o.Helpers)
+		go bd.run(ctx, time.Second)
+	}
 	var done atomic.Int64
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -141,16 +151,7 @@ func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Bat
 		go func() {
 			defer wg.Done()
 			for n := range jobs {
-				var kind string
-				var wire int64
-				err := peers.fetch(ctx, func(src Source) error {
-					var err error
-					kind, wire, err = s.fetchOne(ctx, src, b, n, log)
-					if err != nil {
-						log.Info("fetch failed, trying another peer", "path", n.path, "peer", src, "err", err)
-					}
-					return err
-				})
+				kind, wire, lent, err := s.fetchNeed(ctx, peers, bd, b, n, log)
 				if err != nil {
 					cancel(fmt.Errorf("fetch %s: %w", n.path, err))
 					continue
@@ -159,6 +160,10 @@ func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Bat
 				res.FetchedObjects++
 				res.FetchedBytes += wire
 				res.RawBytes += n.size
+				if lent {
+					res.NeighbourObjects++
+					res.NeighbourBytes += wire
+				}
 				if kind == "patch" {
 					res.PatchObjects++
 					res.PatchBytes += wire
@@ -186,6 +191,84 @@ feed:
 	return context.Cause(ctx)
 }
 
+// busyRounds bounds how long a fetch waits while every source that has an
+// object is at its upload cap (about two seconds a round).
+const busyRounds = 60
+
+// fetchNeed gets one object: from a neighbour whose pull already holds it
+// if one does, else from the sources offering the version, waiting while
+// they are all busy.
+func (s *Sysroot) fetchNeed(ctx context.Context, peers *swarm, bd *board, b *blobstore.Batch, n *need, log *slog.Logger) (kind string, wire int64, lent bool, err error) {
+	for round := 0; ; round++ {
+		if bd != nil {
+			if kind, wire, ok := s.fromHelpers(ctx, bd, b, n, log); ok {
+				return kind, wire, true, nil
+			}
+		}
+		err = peers.fetch(ctx, func(src Source) error {
+			var err error
+			kind, wire, err = s.fetchOne(ctx, src, b, n, log)
+			if err != nil && !errors.Is(err, transfer.ErrBusy) {
+				log.Info("fetch failed, trying another peer", "path", n.path, "peer", src, "err", err)
+			}
+			return err
+		})
+		if err == nil {
+			return kind, wire, false, nil
+		}
+		if ctx.Err() != nil {
+			return "", 0, false, context.Cause(ctx)
+		}
+		if !errors.Is(err, transfer.ErrBusy) || round >= busyRounds {
+			return "", 0, false, err
+		}
+		// Every source is at its upload cap: wait as they ask, or until a
+		// neighbour gains objects it could lend.
+		if bd != nil {
+			bd.wait(ctx, 2*time.Second)
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return "", 0, false, context.Cause(ctx)
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// fromHelpers fetches n from a neighbour's pull that holds one of its ways,
+// unless that way costs more than twice the cheapest.
+func (s *Sysroot) fromHelpers(ctx context.Context, bd *board, b *blobstore.Batch, n *need, log *slog.Logger) (string, int64, bool) {
+	limit := 2 * n.cost()
+	for _, enc := range n.ways {
+		if enc.Size > limit {
+			break
+		}
+		if h, ok := bd.holder(enc.Digest); ok {
+			err := s.fetchEncoded(ctx, h.src, b, n, enc)
+			bd.release(h, enc.Digest, err)
+			if err == nil {
+				if enc.Kind.Whole() {
+					return "whole", enc.Size, true
+				}
+				return "patch", enc.Size, true
+			}
+			log.Debug("neighbour could not lend an encoding", "path", n.path, "peer", h.src, "err", err)
+		}
+	}
+	if n.size <= limit {
+		if h, ok := bd.holder(n.d); ok {
+			err := h.src.FetchObject(ctx, b, n.d, n.size)
+			bd.release(h, n.d, err)
+			if err == nil {
+				return "whole", n.size, true
+			}
+			log.Debug("neighbour could not lend an object", "path", n.path, "peer", h.src, "err", err)
+		}
+	}
+	return "", 0, false
+}
+
 // fetchOne gets one object by the first way that works and reports its kind
 // ("patch" or "whole") and the bytes it took on the wire.
 func (s *Sysroot) fetchOne(ctx context.Context, src Source, b *blobstore.Batch, n *need, log *slog.Logger) (string, int64, error) {
@@ -199,6 +282,9 @@ func (s *Sysroot) fetchOne(ctx context.Context, src Source, b *blobstore.Batch, 
 		}
 		if ctx.Err() != nil {
 			return "", 0, context.Cause(ctx)
+		}
+		if errors.Is(err, transfer.ErrBusy) {
+			return "", 0, err // the source is full, not the encoding bad
 		}
 		log.Info("encoding failed, trying the next way", "path", n.path, "kind", enc.Kind, "err", err)
 	}

@@ -45,6 +45,10 @@ type PullOptions struct {
 	// fetched from all of them and the source given to Pull at once
 	// (the manifest and indexes come from that one).
 	Peers []Source
+	// Helpers, if set, lists neighbours that may be pulling the same
+	// version; objects their pulls hold are fetched from them first. It is
+	// asked again every second, as neighbours come and go.
+	Helpers func() []Haver
 }
 
 // PullResult reports what a pull did.
@@ -63,6 +67,10 @@ type PullResult struct {
 	PatchBytes   int64 `json:"patch_bytes"`
 	WholeObjects int   `json:"whole_objects"`
 	WholeBytes   int64 `json:"whole_bytes"`
+	// NeighbourBytes were lent by neighbours' pulls in progress (they
+	// count among the fetched ones too).
+	NeighbourObjects int   `json:"neighbour_objects"`
+	NeighbourBytes   int64 `json:"neighbour_bytes"`
 	// RawBytes is what the fetched objects would have cost sent raw.
 	RawBytes int64 `json:"raw_bytes"`
 	// Resumed objects were verified by an interrupted earlier pull and kept
@@ -128,6 +136,7 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 		return nil, err
 	}
 	b.Fault = s.Fault
+	defer s.startSharing(image, v, b)()
 	// A failed pull keeps what it verified for the next attempt; after a
 	// successful commit Suspend does nothing.
 	defer b.Suspend()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"time"
 
 	"peerup/transfer"
 )
@@ -58,25 +57,13 @@ func (w *swarm) done(i int, err error) {
 }
 
 // fetch runs f against sources until one succeeds, returning the last
-// error if none does.
+// error if none does (ErrBusy if the last was at its upload cap: the caller
+// waits and comes back).
 func (w *swarm) fetch(ctx context.Context, f func(Source) error) error {
 	tried := make([]bool, len(w.sources))
 	var last error
-	busyRounds := 0
 	for {
 		i, src, ok := w.pick(tried)
-		if !ok && errors.Is(last, transfer.ErrBusy) && busyRounds < 30 {
-			// Every live peer is at its upload cap: wait as they ask, then
-			// go round again.
-			busyRounds++
-			select {
-			case <-ctx.Done():
-				return context.Cause(ctx)
-			case <-time.After(2 * time.Second):
-			}
-			tried = make([]bool, len(w.sources))
-			continue
-		}
 		if !ok {
 			if last == nil {
 				last = errors.New("no source left to fetch from")
@@ -92,6 +79,8 @@ func (w *swarm) fetch(ctx context.Context, f func(Source) error) error {
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
-		last = err
+		if last == nil || !errors.Is(last, transfer.ErrBusy) {
+			last = err
+		}
 	}
 }

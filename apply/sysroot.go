@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"peerup/blobstore"
 )
@@ -42,6 +43,9 @@ type Sysroot struct {
 	// for it. The crash-injection tests end the process there; production
 	// leaves it nil.
 	Fault func(point string)
+
+	shareMu sync.Mutex
+	share   *sharing // the pull in progress, lent to neighbours
 }
 
 func (s *Sysroot) at(point string) {

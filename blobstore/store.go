@@ -141,6 +141,7 @@ type Batch struct {
 	linkMu  sync.Mutex // serialises LinkFile, which checks then creates
 	mu      sync.Mutex
 	objects map[Digest]bool // staged objects
+	order   []Digest        // staged objects in the order they arrived
 	// Fault, if set, is called before each rename of Commit (crash tests).
 	Fault func(point string)
 	files map[Digest]bool // staged files
@@ -287,10 +288,40 @@ func (b *Batch) adopt(tmp string, d Digest) error {
 		os.Remove(tmp)
 		return fmt.Errorf("stage object: %w", err)
 	}
-	b.mu.Lock()
-	b.objects[d] = true
-	b.mu.Unlock()
+	b.markStaged(d)
 	return nil
+}
+
+func (b *Batch) markStaged(d Digest) {
+	b.mu.Lock()
+	if !b.objects[d] {
+		b.objects[d] = true
+		b.order = append(b.order, d)
+	}
+	b.mu.Unlock()
+}
+
+// Staged lists the objects staged in this batch from the from'th on, in
+// the order they arrived, and how many there are in all: a neighbour asks
+// again with that count and learns only what is new.
+func (b *Batch) Staged(from int) ([]Digest, int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if from < 0 || from > len(b.order) {
+		from = len(b.order)
+	}
+	return append([]Digest(nil), b.order[from:]...), len(b.order)
+}
+
+// StagedPath returns the path of object d if it is staged (verified but not
+// yet committed) in this batch.
+func (b *Batch) StagedPath(d Digest) (string, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.objects[d] || b.done {
+		return "", false
+	}
+	return b.stagedObject(d), true
 }
 
 // LinkFile returns the path of an inode holding object d with metadata m,
@@ -525,9 +556,7 @@ func (b *Batch) Salvage(ctx context.Context) (n int, size int64, err error) {
 				return n, size, err
 			}
 			if ok && os.Rename(filepath.Join(old, f.Name()), b.stagedObject(d)) == nil {
-				b.mu.Lock()
-				b.objects[d] = true
-				b.mu.Unlock()
+				b.markStaged(d)
 				n++
 				size += sz
 			}

@@ -84,7 +84,10 @@ type Options struct {
 	EncodingBudget int64
 	// DownloadLimit, if set, paces every fetch (one budget for all peers).
 	DownloadLimit *rate.Limiter
-	Log           *slog.Logger
+	// Helpers, if set, lists neighbours whose own pulls may lend objects
+	// (apply.PullOptions.Helpers).
+	Helpers func() []apply.Haver
+	Log     *slog.Logger
 }
 
 // Core is the daemon's state machine.
@@ -437,14 +440,14 @@ func (c *Core) fetch(ctx context.Context) func() error {
 	for i, cl := range clients {
 		u := urls[i]
 		others := append(append([]apply.Source(nil), clients[:i]...), clients[i+1:]...)
-		res, err := c.o.Sysroot.Pull(ctx, cl, apply.PullOptions{Version: want, Trust: c.o.Trust, Progress: progress, Log: c.o.Log, EncodingBudget: c.o.EncodingBudget, Peers: others})
+		res, err := c.o.Sysroot.Pull(ctx, cl, apply.PullOptions{Version: want, Trust: c.o.Trust, Progress: progress, Log: c.o.Log, EncodingBudget: c.o.EncodingBudget, Peers: others, Helpers: c.o.Helpers})
 		if err == nil {
 			pmu.Lock()
 			if res.FetchedBytes > persisted {
 				c.o.DB.AddCounter("fetched-bytes", uint64(res.FetchedBytes-persisted))
 			}
 			pmu.Unlock()
-			c.o.Log.Info("update staged", "version", want, "from", u, "fetched", res.FetchedBytes, "patches", res.PatchObjects)
+			c.o.Log.Info("update staged", "version", want, "from", u, "fetched", res.FetchedBytes, "patches", res.PatchObjects, "from_neighbours", res.NeighbourBytes)
 			c.update(func(p *Props) {
 				p.State = StateUpdateReady
 				p.DownloadedBytes, p.DownloadSize = uint64(res.FetchedBytes), uint64(res.FetchedBytes)

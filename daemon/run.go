@@ -13,6 +13,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"golang.org/x/time/rate"
+
 	"peerup/apply"
 	"peerup/manifest"
 	"peerup/transfer"
@@ -53,6 +55,11 @@ type Config struct {
 	MaxUploads      int   `toml:"max-uploads"`
 	MaxUploadRate   int64 `toml:"max-upload-rate"`
 	MaxDownloadRate int64 `toml:"max-download-rate"`
+	// NoP2P makes a laptop a plain client of its configured peers (the
+	// school server): it ignores discovered neighbours as sources and lends
+	// nothing from a pull in progress. Discovery still wakes it. This is
+	// the client-server baseline the fleet benchmark compares against.
+	NoP2P bool `toml:"no-p2p"`
 }
 
 func (c Config) limits() transfer.Limits {
@@ -60,7 +67,9 @@ func (c Config) limits() transfer.Limits {
 	if n == 0 {
 		n = 8
 	}
-	return transfer.Limits{MaxUploads: n, UploadRate: c.MaxUploadRate, DownloadRate: c.MaxDownloadRate}
+	// A seed uploads each object once at a time unless its laptops do not
+	// share (then every laptop must get everything from it).
+	return transfer.Limits{MaxUploads: n, UploadRate: c.MaxUploadRate, DownloadRate: c.MaxDownloadRate, OncePerObject: c.Repo != "" && !c.NoP2P}
 }
 
 // LoadConfig reads a TOML config file, refusing unknown keys so that a typo
@@ -139,7 +148,11 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 			d.close()
 		}
 	}()
-	ln, err := serveRepo(cfg, sys.Repo().Dir(), &d.srv, &d.wg, log)
+	var partial transfer.Partial
+	if !cfg.NoP2P {
+		partial = sys
+	}
+	ln, err := serveRepo(cfg, sys.Repo().Dir(), partial, &d.srv, &d.wg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -155,10 +168,15 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	}
 	peers := func() []string {
 		out := append([]string(nil), cfg.Peers...)
-		if d.disc != nil {
+		if d.disc != nil && !cfg.NoP2P {
 			out = append(out, d.disc.Peers()...)
 		}
 		return out
+	}
+	downloadLimit := transfer.NewRateLimiter(cfg.MaxDownloadRate)
+	var helpers func() []apply.Haver
+	if !cfg.NoP2P {
+		helpers = neighbours(peers, downloadLimit)
 	}
 	budget := cfg.KeepEncodingsMiB << 20
 	if cfg.KeepEncodingsMiB < 0 {
@@ -166,7 +184,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	}
 	d.Core, err = NewCore(ctx, Options{
 		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Log: log, EncodingBudget: budget,
-		DownloadLimit: transfer.NewRateLimiter(cfg.MaxDownloadRate),
+		DownloadLimit: downloadLimit, Helpers: helpers,
 		OnApplied: func(from, to uint64) {
 			if d.disc != nil {
 				d.disc.VersionChanged(ctx, d.Core.Props().Image, from, to)
@@ -251,12 +269,16 @@ func (d *Daemon) close() {
 
 // serveRepo serves dir on cfg.Listen, with cfg's limits, until *srv is
 // shut down.
-func serveRepo(cfg Config, dir string, srv **http.Server, wg *sync.WaitGroup, log *slog.Logger) (net.Listener, error) {
+func serveRepo(cfg Config, dir string, partial transfer.Partial, srv **http.Server, wg *sync.WaitGroup, log *slog.Logger) (net.Listener, error) {
 	ln, err := net.Listen("tcp", orDefault(cfg.Listen, ":7380"))
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
-	*srv = transfer.NewServer(ln.Addr().String(), transfer.NewHandler(dir, log).WithLimits(cfg.limits()))
+	h := transfer.NewHandler(dir, log).WithLimits(cfg.limits())
+	if partial != nil {
+		h = h.WithPartial(partial)
+	}
+	*srv = transfer.NewServer(ln.Addr().String(), h)
 	s := *srv
 	wg.Add(1)
 	go func() {
@@ -273,4 +295,30 @@ func orDefault(s, def string) string {
 		return def
 	}
 	return s
+}
+
+// neighbours turns the peers discovery knows into clients that can lend
+// objects from their own pulls, reusing one client (and its connections)
+// per peer.
+func neighbours(peers func() []string, limit *rate.Limiter) func() []apply.Haver {
+	var mu sync.Mutex
+	clients := map[string]*transfer.Client{}
+	return func() []apply.Haver {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []apply.Haver
+		for _, u := range peers() {
+			c := clients[u]
+			if c == nil {
+				var err error
+				if c, err = transfer.NewClient(u, nil); err != nil {
+					continue
+				}
+				c = c.WithDownloadRate(limit)
+				clients[u] = c
+			}
+			out = append(out, c)
+		}
+		return out
+	}
 }

@@ -89,7 +89,9 @@ func (c *Client) get(ctx context.Context, rel string) (*http.Response, error) {
 
 // getRange GETs rel from offset on; the answer is 200 (whole) or 206.
 func (c *Client) getRange(ctx context.Context, rel string, offset int64) (*http.Response, error) {
+	rel, query, _ := strings.Cut(rel, "?")
 	u := c.base.JoinPath(rel)
+	u.RawQuery = query
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, err

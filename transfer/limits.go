@@ -15,6 +15,12 @@ type Limits struct {
 	MaxUploads int
 	// UploadRate and DownloadRate are byte-per-second budgets (0: none).
 	UploadRate, DownloadRate int64
+	// OncePerObject makes a seed upload each object to one peer at a time:
+	// a second asker while it is in flight gets 503 and takes it from the
+	// first one's pull moments later (BitTorrent's "super-seeding"). A
+	// school server then uploads about one copy of an update, not one per
+	// laptop. Off for a server whose clients do not share (--no-p2p).
+	OncePerObject bool
 }
 
 func newLimiter(bps int64) *rate.Limiter {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -22,6 +23,42 @@ type Handler struct {
 	log     *slog.Logger
 	slots   chan struct{} // concurrent object uploads; nil: no cap
 	limiter *rate.Limiter // upload budget; nil: none
+	partial Partial       // a pull in progress lending its objects; nil: none
+
+	once     bool // Limits.OncePerObject
+	flightMu sync.Mutex
+	inFlight map[string]time.Time // objects being uploaded (zero) or just uploaded, when once
+}
+
+// lendCooldown is how long after uploading an object a seed keeps sending
+// other askers to its neighbours: a little over the second in which
+// neighbours learn what each other's pulls hold.
+const lendCooldown = 3 * time.Second
+
+// lend reports whether object path p may be uploaded now, and if so marks
+// it in flight.
+func (h *Handler) lend(p string) bool {
+	h.flightMu.Lock()
+	defer h.flightMu.Unlock()
+	now := time.Now()
+	if t, ok := h.inFlight[p]; ok && (t.IsZero() || now.Sub(t) < lendCooldown) {
+		return false
+	}
+	if len(h.inFlight) > 1024 {
+		for k, t := range h.inFlight {
+			if !t.IsZero() && now.Sub(t) >= lendCooldown {
+				delete(h.inFlight, k)
+			}
+		}
+	}
+	h.inFlight[p] = time.Time{}
+	return true
+}
+
+func (h *Handler) lent(p string) {
+	h.flightMu.Lock()
+	h.inFlight[p] = time.Now()
+	h.flightMu.Unlock()
 }
 
 // NewHandler returns a handler serving the repo at dir.
@@ -38,6 +75,9 @@ func (h *Handler) WithLimits(l Limits) *Handler {
 		h.slots = make(chan struct{}, l.MaxUploads)
 	}
 	h.limiter = newLimiter(l.UploadRate)
+	if l.OncePerObject {
+		h.once, h.inFlight = true, map[string]time.Time{}
+	}
 	return h
 }
 
@@ -48,14 +88,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p := r.URL.Path
+	if m := haveRE.FindStringSubmatch(p); m != nil {
+		h.serveHave(w, r, m)
+		return
+	}
 	if !servable.MatchString(p) {
 		http.NotFound(w, r)
 		return
 	}
 	f, err := os.Open(filepath.Join(h.dir, filepath.FromSlash(p[1:])))
 	if err != nil {
-		http.NotFound(w, r)
-		return
+		var ok bool
+		if f, ok = h.stagedFile(p); !ok {
+			http.NotFound(w, r)
+			return
+		}
 	}
 	defer f.Close()
 	fi, err := f.Stat()
@@ -74,6 +121,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "busy: too many uploads", http.StatusServiceUnavailable)
 			return
 		}
+	}
+	if h.once && strings.HasPrefix(p, "/objects/") && r.Method == http.MethodGet {
+		if !h.lend(p) {
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "busy: this object is on its way to a neighbour; ask the neighbours", http.StatusServiceUnavailable)
+			return
+		}
+		defer h.lent(p)
 	}
 	if h.limiter != nil {
 		w = limitedWriter{w, r.Context(), h.limiter}

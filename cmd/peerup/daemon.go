@@ -61,6 +61,7 @@ if present); flags override it. One daemon runs per sysroot.`,
 			override("iface", func() { cfg.Iface = flagCfg.Iface })
 			override("no-mdns", func() { cfg.NoMDNS = flagCfg.NoMDNS })
 			override("no-multicast", func() { cfg.NoMulticast = flagCfg.NoMulticast })
+			override("no-p2p", func() { cfg.NoP2P = flagCfg.NoP2P })
 			override("keep-encodings-mib", func() { cfg.KeepEncodingsMiB = flagCfg.KeepEncodingsMiB })
 			override("max-uploads", func() { cfg.MaxUploads = flagCfg.MaxUploads })
 			override("max-upload-rate", func() { cfg.MaxUploadRate = flagCfg.MaxUploadRate })
@@ -110,6 +111,7 @@ if present); flags override it. One daemon runs per sysroot.`,
 	f.Int64Var(&flagCfg.MaxDownloadRate, "max-download-rate", 0, "download budget in bytes per second (0: none)")
 	f.Int64Var(&flagCfg.KeepEncodingsMiB, "keep-encodings-mib", 0, "MiB of fetched patches to keep for neighbours (default 256; -1: no limit)")
 	f.BoolVar(&flagCfg.NoMulticast, "no-multicast", false, "do not send or hear per-version multicast announcements")
+	f.BoolVar(&flagCfg.NoP2P, "no-p2p", false, "client-server mode: fetch only from --peer (the school server), never from or for neighbours")
 	f.IntVar(&flagCfg.BootTries, "boot-tries", 3, "boots an applied version gets to reach mark-good")
 	f.DurationVar(&flagCfg.PollInterval, "poll-interval", 0, "also ask the peers on this interval (default: only when discovery says so)")
 	return cmd
