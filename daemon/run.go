@@ -252,9 +252,9 @@ func (d *Daemon) close() {
 // serveRepo serves dir on cfg.Listen, with cfg's limits, until *srv is
 // shut down.
 func serveRepo(cfg Config, dir string, srv **http.Server, wg *sync.WaitGroup, log *slog.Logger) (net.Listener, error) {
-	ln, err := net.Listen("tcp", orDefault(cfg.Listen, ":7380"))
+	ln, err := transfer.Listen(orDefault(cfg.Listen, ":7380"), cfg.limits())
 	if err != nil {
-		return nil, fmt.Errorf("listen: %w", err)
+		return nil, err
 	}
 	*srv = transfer.NewServer(ln.Addr().String(), transfer.NewHandler(dir, log).WithLimits(cfg.limits()))
 	s := *srv

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"time"
 
 	"golang.org/x/time/rate"
 )
@@ -15,6 +16,17 @@ type Limits struct {
 	MaxUploads int
 	// UploadRate and DownloadRate are byte-per-second budgets (0: none).
 	UploadRate, DownloadRate int64
+	// MaxConnsPerPeer and MaxConns cap open connections from one address
+	// and in all (Listen; 0: DefaultMaxConnsPerPeer, DefaultMaxConns;
+	// negative: no cap).
+	MaxConnsPerPeer, MaxConns int
+	// RequestRate caps the requests a second from one address, with a burst
+	// of twice that; beyond it the answer is 429 with Retry-After (0:
+	// DefaultRequestRate; negative: no cap).
+	RequestRate float64
+	// WriteStall is the longest one write of a response may block before
+	// the connection is dropped (0: DefaultWriteStall; negative: none).
+	WriteStall time.Duration
 }
 
 func newLimiter(bps int64) *rate.Limiter {
