@@ -311,6 +311,9 @@ func Fingerprint(e *openpgp.Entity) string { return fmt.Sprintf("%X", e.PrimaryK
 // Verify checks a detached signature (binary or armored) over the bytes read
 // from signed, and returns the fingerprint of the trusted key that made it.
 func (k *Keyring) Verify(signed io.Reader, sig []byte) (string, error) {
+	if len(bytes.TrimSpace(sig)) == 0 {
+		return "", fmt.Errorf("%w: empty signature", ErrBadSignature)
+	}
 	if len(sig) > MaxSignature {
 		return "", fmt.Errorf("%w: signature larger than %d bytes", ErrBadSignature, MaxSignature)
 	}

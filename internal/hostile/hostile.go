@@ -65,6 +65,20 @@ func (p *Peer) On(prefix, suffix string, h http.Handler) {
 	}}}, p.rules...)
 }
 
+// OnPath makes requests for exactly path answered by h.
+func (p *Peer) OnPath(path string, h http.Handler) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rules = append([]rule{{name: path, h: h, match: func(q string) bool { return q == path }}}, p.rules...)
+}
+
+// HitsPath is how many requests the OnPath rule for path has answered.
+func (p *Peer) HitsPath(path string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.hits[path]
+}
+
 // Hits is how many requests the rule for prefix and suffix has answered.
 func (p *Peer) Hits(prefix, suffix string) int {
 	p.mu.Lock()
@@ -169,4 +183,18 @@ func Advert(instance string, ip net.IP, port uint16, image string, version uint6
 		&dns.A{Hdr: hdr(host, dns.TypeA), A: ip},
 	}
 	return m
+}
+
+// TrickleFrom answers with what honest would answer, status and headers
+// included, but sends the body one byte every interval.
+func TrickleFrom(honest http.Handler, every time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := httptest.NewRecorder()
+		honest.ServeHTTP(rec, r)
+		if rec.Code != http.StatusOK {
+			w.WriteHeader(rec.Code)
+			return
+		}
+		Trickle(rec.Body.Bytes(), every).ServeHTTP(w, r)
+	})
 }
