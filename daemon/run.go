@@ -53,6 +53,10 @@ type Config struct {
 	MaxUploads      int   `toml:"max-uploads"`
 	MaxUploadRate   int64 `toml:"max-upload-rate"`
 	MaxDownloadRate int64 `toml:"max-download-rate"`
+	// NoDevices and NoSetuid refuse images with device nodes, or with
+	// setuid or setgid files, however validly signed (SPEC.md §17).
+	NoDevices bool `toml:"no-devices"`
+	NoSetuid  bool `toml:"no-setuid"`
 }
 
 func (c Config) limits() transfer.Limits {
@@ -165,7 +169,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 		budget = -1
 	}
 	d.Core, err = NewCore(ctx, Options{
-		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Log: log, EncodingBudget: budget,
+		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Log: log, EncodingBudget: budget, Entries: apply.EntryPolicy{NoDevices: cfg.NoDevices, NoSetuid: cfg.NoSetuid},
 		DownloadLimit: transfer.NewRateLimiter(cfg.MaxDownloadRate),
 		OnApplied: func(from, to uint64) {
 			if d.disc != nil {
