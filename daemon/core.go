@@ -86,7 +86,7 @@ type Options struct {
 	DownloadLimit *rate.Limiter
 	// Entries refuses kinds of entry this node never installs.
 	Entries apply.EntryPolicy
-	Log           *slog.Logger
+	Log     *slog.Logger
 }
 
 // Core is the daemon's state machine.
