@@ -23,6 +23,7 @@ type builder struct {
 	open     []*manifest.Entry // directories being filled, outermost first
 	uid, gid uint32            // who we are: new entries already have this owner
 	local    string            // SYSROOT/local: the node's own versions of image files
+	policy   EntryPolicy
 }
 
 func (b *builder) path(rel string) string {
@@ -61,9 +62,27 @@ func (b *builder) setMeta(p string, e *manifest.Entry) error {
 }
 
 func (b *builder) add(e *manifest.Entry) error {
-	if e.Path != "." {
-		if err := b.closeDirsUntil(manifest.Parent(e.Path)); err != nil {
+	// The manifest reader has checked all of this already; the builder
+	// checks again, so that no reader bug or future caller can make it
+	// write outside the tree: the path must be clean and relative, and its
+	// parent a directory this builder made (never a symlink to /etc).
+	if err := manifest.CheckPath(e.Path); err != nil {
+		return fmt.Errorf("build %q: %w: %w", e.Path, ErrUnsafePath, err)
+	}
+	if err := b.policy.check(e); err != nil {
+		return err
+	}
+	if e.Path == "." {
+		if len(b.open) > 0 || e.Type != manifest.TypeDir {
+			return fmt.Errorf("build %q: %w: the root must come first, as a directory", e.Path, ErrUnsafePath)
+		}
+	} else {
+		parent := manifest.Parent(e.Path)
+		if err := b.closeDirsUntil(parent); err != nil {
 			return err
+		}
+		if len(b.open) == 0 || b.open[len(b.open)-1].Path != parent {
+			return fmt.Errorf("build %q: %w: parent %q is not a directory built before it", e.Path, ErrUnsafePath, parent)
 		}
 	}
 	p := b.path(e.Path)

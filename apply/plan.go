@@ -70,7 +70,9 @@ func (n *need) cost() int64 {
 // plan lists the objects to fetch and, for each, the encodings whose base
 // the node holds, cheapest first. The raw object is always the last resort,
 // so a pull never costs more than sending every object whole.
-func (s *Sysroot) plan(b *blobstore.Batch, mb []byte, deltas *signedDeltas, res *PullResult) ([]need, error) {
+// Every entry is checked against the node's policy here, before anything is
+// fetched.
+func (s *Sysroot) plan(b *blobstore.Batch, mb []byte, deltas *signedDeltas, pol EntryPolicy, res *PullResult) ([]need, error) {
 	r, err := manifest.NewReader(bytes.NewReader(mb))
 	if err != nil {
 		return nil, err
@@ -83,6 +85,9 @@ func (s *Sysroot) plan(b *blobstore.Batch, mb []byte, deltas *signedDeltas, res 
 			break
 		}
 		if err != nil {
+			return nil, err
+		}
+		if err := pol.check(e); err != nil {
 			return nil, err
 		}
 		if e.Type != manifest.TypeFile || seen[e.SHA256] {
@@ -111,7 +116,7 @@ func (s *Sysroot) plan(b *blobstore.Batch, mb []byte, deltas *signedDeltas, res 
 // fetchMissing fetches, in parallel, every object the node lacks, each the
 // cheapest way it can, falling back to the next way when one fails.
 func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Batch, mb []byte, deltas *signedDeltas, o PullOptions, res *PullResult) error {
-	needs, err := s.plan(b, mb, deltas, res)
+	needs, err := s.plan(b, mb, deltas, o.Policy, res)
 	if err != nil {
 		return err
 	}

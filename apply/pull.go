@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"peerup/blobstore"
 	"peerup/manifest"
@@ -49,6 +50,10 @@ type PullOptions struct {
 	// version; objects their pulls hold are fetched from them first. It is
 	// asked again every second, as neighbours come and go.
 	Helpers func() []Haver
+	// Policy refuses kinds of entry this node never installs (SPEC.md §17).
+	Policy EntryPolicy
+	// Now is the clock for manifest expiry (default time.Now).
+	Now func() time.Time
 }
 
 // PullResult reports what a pull did.
@@ -99,6 +104,12 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 	if err != nil {
 		return nil, err
 	}
+	if o.Trust, err = s.trust(o.Trust, st); err != nil {
+		return nil, fmt.Errorf("pull: %w", err)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	image, v, err := s.choose(ctx, src, st, o)
 	if err != nil {
 		return nil, err
@@ -115,7 +126,7 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 	if res.Signer, err = o.Trust.Verify(bytes.NewReader(mb), sig); err != nil {
 		return nil, fmt.Errorf("pull %s v%d from %s: manifest: %w", image, v, src, err)
 	}
-	h, err := s.checkHeader(mb, image, v, st)
+	h, err := s.checkHeader(mb, image, v, st, o.Now())
 	if err != nil {
 		return nil, fmt.Errorf("pull from %s: %w", src, err)
 	}
@@ -147,7 +158,7 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 	if err := s.fetchMissing(ctx, src, b, mb, deltas, o, res); err != nil {
 		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
 	}
-	if err := s.stage(ctx, b, mb, h, sig, deltas); err != nil {
+	if err := s.stage(ctx, b, mb, h, sig, deltas, o.Policy); err != nil {
 		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
 	}
 	budget := o.EncodingBudget
@@ -206,7 +217,7 @@ func (s *Sysroot) choose(ctx context.Context, src Source, st Status, o PullOptio
 // checkHeader applies the rules to what the signature vouches for: the
 // signed image and version must be the ones asked for (no mix-and-match) and
 // newer than current (no rollback).
-func (s *Sysroot) checkHeader(mb []byte, image string, v uint64, st Status) (*manifest.Header, error) {
+func (s *Sysroot) checkHeader(mb []byte, image string, v uint64, st Status, now time.Time) (*manifest.Header, error) {
 	r, err := manifest.NewReader(bytes.NewReader(mb))
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s v%d: %w", image, v, err)
@@ -217,6 +228,9 @@ func (s *Sysroot) checkHeader(mb []byte, image string, v uint64, st Status) (*ma
 	}
 	if h.Version <= st.Current {
 		return nil, fmt.Errorf("manifest %s v%d is %w (%d)", image, v, ErrNotNewer, st.Current)
+	}
+	if !h.Expires.IsZero() && now.After(h.Expires) {
+		return nil, fmt.Errorf("manifest %s v%d: %w (expires %s); a newer version should exist", image, v, ErrExpired, h.Expires.Format(time.RFC3339))
 	}
 	return &h, nil
 }
@@ -233,7 +247,7 @@ func (s *Sysroot) haveTree(image string, v uint64, mb []byte) bool {
 // stage builds the tree under a temporary name, makes it and the new objects
 // durable with the batch's one syncfs, renames it into place, records the
 // version in the node's repo and points the staged link at it.
-func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *manifest.Header, sig []byte, deltas *signedDeltas) error {
+func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *manifest.Header, sig []byte, deltas *signedDeltas, pol EntryPolicy) error {
 	trees := filepath.Join(s.dir, treesDir)
 	s.at("mkdir tree")
 	tmp, err := os.MkdirTemp(trees, tmpPrefix+strconv.FormatUint(h.Version, 10)+"-")
@@ -245,7 +259,7 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 	if err != nil {
 		return err
 	}
-	bld := &builder{root: tmp, store: s.repo.Store, batch: b, uid: uint32(os.Geteuid()), gid: uint32(os.Getegid()), local: s.LocalDir()}
+	bld := &builder{root: tmp, store: s.repo.Store, batch: b, uid: uint32(os.Geteuid()), gid: uint32(os.Getegid()), local: s.LocalDir(), policy: pol}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -285,6 +299,11 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 		// node may not hold, and they fall back to others.
 		p := filepath.Join(s.repo.Dir(), blobstore.DeltasPath(h.Image, h.Version))
 		s.at("write delta index")
+		// A node's first version may come with a delta index: the image's
+		// folder is not there yet.
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
 		if err := blobstore.WriteAtomic(p, deltas.raw); err != nil {
 			return err
 		}

@@ -323,6 +323,11 @@ func (s *Sysroot) Apply(want uint64) (from, to uint64, err error) {
 	if err := s.removeLink(LinkStaged); err != nil {
 		return 0, 0, err
 	}
+	// Keys the new version introduces or revokes take effect now; every
+	// pull does this again first, so a crash here loses nothing.
+	if err := s.adoptKeys(Status{Image: st.Image, Current: st.Staged}); err != nil {
+		return 0, 0, fmt.Errorf("apply: switched to version %d, but its keys: %w", st.Staged, err)
+	}
 	// The new version must prove it boots; until then the boot step counts
 	// its tries (boot.go).
 	return st.Current, st.Staged, nil

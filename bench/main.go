@@ -1,7 +1,8 @@
 // Command bench measures peerup against the tools it stands in for, in the
 // same run on the same data: building and switching a tree against cp -al,
 // publish hashing against sha256sum, and bytes on the wire for a real Debian
-// security update against OSTree static deltas, zstd and rsync. The machine
+// security update against OSTree static deltas, zstd and rsync; and a
+// load scenario: one seed serving 50 concurrent pullers. The machine
 // is shared and noisy, so each timing is repeated and the median quoted.
 package main
 
@@ -19,20 +20,28 @@ import (
 )
 
 func main() {
+	if dir := os.Getenv(serveEnv); dir != "" {
+		if err := serveChild(dir); err != nil {
+			fmt.Fprintf(os.Stderr, "bench seed: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	n := flag.Int("n", 5, "repetitions of each timing (the median is quoted)")
 	tree := flag.String("tree", "/usr/local/go", "a large real tree for the apply and hashing figures")
-	only := flag.String("only", "apply,hash,deltas", "which comparisons to run")
+	only := flag.String("only", "apply,hash,deltas,load,fleet", "which comparisons to run")
+	laptops := flag.Int("laptops", 20, "laptops in the fleet scenario")
 	cache := flag.String("cache", "/var/cache/peerup-bench", "where downloaded .deb files are kept between runs")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *n, *tree, *only, *cache); err != nil {
+	if err := run(ctx, *n, *tree, *only, *cache, *laptops); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, n int, tree, only, cache string) error {
+func run(ctx context.Context, n int, tree, only, cache string, laptops int) error {
 	work, err := os.MkdirTemp("", "peerup-bench-")
 	if err != nil {
 		return err
@@ -53,6 +62,16 @@ func run(ctx context.Context, n int, tree, only, cache string) error {
 	if want["hash"] {
 		if err := benchHash(ctx, os.Stdout, tree, work, n); err != nil {
 			return fmt.Errorf("hash: %w", err)
+		}
+	}
+	if want["load"] {
+		if err := benchLoad(ctx, os.Stdout, work); err != nil {
+			return fmt.Errorf("load: %w", err)
+		}
+	}
+	if want["fleet"] {
+		if err := benchLAN(ctx, os.Stdout, work, laptops); err != nil {
+			return fmt.Errorf("fleet: %w", err)
 		}
 	}
 	if want["deltas"] {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,12 @@ type PublishOptions struct {
 	Label   string
 	Created time.Time // zero means now
 	Signer  *manifest.Signer
+	// Expires, KeysAdd and KeysRevoke fill the manifest's optional header
+	// fields (SPEC.md §1, §17). Each key KeysAdd names must ship in the
+	// tree under manifest.TrustedKeysDir.
+	Expires    time.Time
+	KeysAdd    []string
+	KeysRevoke []string
 	// Progress, if set, is called with bytes hashed so far and the total.
 	Progress func(done, total int64)
 }
@@ -83,10 +90,15 @@ func (r *Repo) Publish(ctx context.Context, dir string, o PublishOptions) (*Publ
 	if created.IsZero() {
 		created = time.Now()
 	}
-	m := &manifest.Manifest{
-		Header:  manifest.Header{Format: manifest.FormatVersion, Image: o.Image, Version: v, Label: o.Label, Created: created.UTC().Truncate(time.Second)},
-		Entries: entries,
+	if err := checkShippedKeys(dir, o.KeysAdd); err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
 	}
+	h := manifest.Header{Format: manifest.FormatVersion, Image: o.Image, Version: v, Label: o.Label, Created: created.UTC().Truncate(time.Second),
+		KeysAdd: sortedCopy(o.KeysAdd), KeysRevoke: sortedCopy(o.KeysRevoke)}
+	if !o.Expires.IsZero() {
+		h.Expires = o.Expires.UTC().Truncate(time.Second)
+	}
+	m := &manifest.Manifest{Header: h, Entries: entries}
 	mb, err := m.Marshal()
 	if err != nil {
 		return nil, fmt.Errorf("publish: %w", err)
@@ -188,4 +200,42 @@ func (r *Repo) storeFile(ctx context.Context, b *Batch, path string, e *manifest
 		return false, fmt.Errorf("changed while publishing: %w", err)
 	}
 	return true, nil
+}
+
+func sortedCopy(l []string) []string {
+	if len(l) == 0 {
+		return nil
+	}
+	c := append([]string(nil), l...)
+	sort.Strings(c)
+	return c
+}
+
+// checkShippedKeys makes sure every key a version introduces is in its tree,
+// where nodes will look for it once they run the version.
+func checkShippedKeys(dir string, fprs []string) error {
+	if len(fprs) == 0 {
+		return nil
+	}
+	have := map[string]bool{}
+	kd := filepath.Join(dir, filepath.FromSlash(manifest.TrustedKeysDir))
+	names, _ := os.ReadDir(kd)
+	for _, n := range names {
+		if filepath.Ext(n.Name()) != ".pub" {
+			continue
+		}
+		got, err := manifest.KeyFingerprints(filepath.Join(kd, n.Name()))
+		if err != nil {
+			return err
+		}
+		for _, f := range got {
+			have[f] = true
+		}
+	}
+	for _, f := range fprs {
+		if !have[f] {
+			return fmt.Errorf("key %s is to be introduced but the tree has no %s/*.pub holding it", f, manifest.TrustedKeysDir)
+		}
+	}
+	return nil
 }

@@ -87,6 +87,8 @@ type Options struct {
 	// Helpers, if set, lists neighbours whose own pulls may lend objects
 	// (apply.PullOptions.Helpers).
 	Helpers func() []apply.Haver
+	// Entries refuses kinds of entry this node never installs.
+	Entries apply.EntryPolicy
 	Log     *slog.Logger
 }
 
@@ -97,11 +99,17 @@ type Core struct {
 
 	mu     sync.Mutex
 	props  Props
-	offer  []string // peers offering AvailableVersion
+	offers []offer // versions peers offer, newest first; AvailableVersion is the first
 	cancel context.CancelCauseFunc
 	obs    []Observer
 	wg     sync.WaitGroup
 	closed bool // no new operation may start
+}
+
+// offer is a version newer than current and the peers whose index lists it.
+type offer struct {
+	v    uint64
+	urls []string
 }
 
 // errCancelled is the cause given to an operation's context by Cancel.
@@ -379,16 +387,22 @@ func (c *Core) poll(ctx context.Context) func() error {
 		return nil
 	}
 	// The highest version wins; among its peers, keep discovery's order.
+	// Lower ones are kept as fallbacks: a peer can list a version it does
+	// not have (the index is unsigned), and a liar must not freeze the
+	// laptop below what honest peers offer.
 	sort.SliceStable(offers, func(i, j int) bool { return offers[i].v > offers[j].v })
 	best := offers[0].v
-	var urls []string
+	var groups []offer
 	for _, f := range offers {
-		if f.v == best {
-			urls = append(urls, f.url)
+		if len(groups) == 0 || groups[len(groups)-1].v != f.v {
+			groups = append(groups, offer{v: f.v})
 		}
+		g := &groups[len(groups)-1]
+		g.urls = append(g.urls, f.url)
 	}
+	urls := groups[0].urls
 	c.mu.Lock()
-	c.offer = urls
+	c.offers = groups
 	c.mu.Unlock()
 	c.update(func(p *Props) {
 		p.State, p.AvailableVersion = StateUpdateAvailable, best
@@ -403,11 +417,42 @@ func (c *Core) poll(ctx context.Context) func() error {
 	return nil
 }
 
+// fetch pulls the newest version offered; if every peer offering it fails,
+// it falls back to the next newest, so peers listing versions they cannot
+// serve, or serving them badly, cannot keep the laptop where it is.
 func (c *Core) fetch(ctx context.Context) func() error {
 	c.mu.Lock()
-	peers := append([]string(nil), c.offer...)
+	groups := append([]offer(nil), c.offers...)
 	c.mu.Unlock()
-	want := c.Props().AvailableVersion
+	var lastErr error
+	for _, g := range groups {
+		if g.v != c.Props().AvailableVersion {
+			c.o.Log.Warn("falling back to an older offered version", "version", g.v, "err", lastErr)
+			c.update(func(p *Props) { p.AvailableVersion = g.v })
+		}
+		next, done, err := c.fetchVersion(ctx, g.v, g.urls)
+		if done {
+			return next
+		}
+		lastErr = err
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if context.Cause(ctx) == errCancelled {
+		c.update(func(p *Props) { p.State = StateUpdateAvailable })
+		return nil
+	}
+	if lastErr == nil {
+		lastErr = errors.New("no peer offers it any more")
+	}
+	c.fail(ErrorFetch, fmt.Errorf("fetch version %d: %w", c.Props().AvailableVersion, lastErr))
+	return nil
+}
+
+// fetchVersion pulls version want from the peers offering it, each in turn
+// as the primary with the others as a swarm. done reports success.
+func (c *Core) fetchVersion(ctx context.Context, want uint64, peers []string) (next func() error, done bool, lastErr error) {
 	c.update(func(p *Props) { p.DownloadedBytes, p.DownloadSize = 0, 0 })
 	var lastPersist time.Time
 	var persisted int64
@@ -436,11 +481,10 @@ func (c *Core) fetch(ctx context.Context) func() error {
 			urls = append(urls, u)
 		}
 	}
-	var lastErr error
 	for i, cl := range clients {
 		u := urls[i]
 		others := append(append([]apply.Source(nil), clients[:i]...), clients[i+1:]...)
-		res, err := c.o.Sysroot.Pull(ctx, cl, apply.PullOptions{Version: want, Trust: c.o.Trust, Progress: progress, Log: c.o.Log, EncodingBudget: c.o.EncodingBudget, Peers: others, Helpers: c.o.Helpers})
+		res, err := c.o.Sysroot.Pull(ctx, cl, apply.PullOptions{Version: want, Trust: c.o.Trust, Progress: progress, Log: c.o.Log, EncodingBudget: c.o.EncodingBudget, Peers: others, Helpers: c.o.Helpers, Policy: c.o.Entries})
 		if err == nil {
 			pmu.Lock()
 			if res.FetchedBytes > persisted {
@@ -459,28 +503,33 @@ func (c *Core) fetch(ctx context.Context) func() error {
 				o.UpdateReady(want)
 			}
 			if c.o.Policy == PolicyAuto {
-				return c.Apply
+				return c.Apply, true, nil
 			}
-			return nil
+			return nil, true, nil
 		}
 		if ctx.Err() != nil {
-			break
+			return nil, false, err
 		}
 		lastErr = err
-		if errors.Is(err, transfer.ErrPeer) || errors.Is(err, manifest.ErrBadSignature) || errors.Is(err, manifest.ErrUntrustedKey) {
+		if blame(err) {
 			c.o.Log.Warn("banning peer that served bad data", "peer", u, "err", err)
 			c.o.DB.Ban(u, time.Now().Add(c.o.BanFor))
 		}
 	}
-	if context.Cause(ctx) == errCancelled {
-		c.update(func(p *Props) { p.State = StateUpdateAvailable })
-		return nil
+	return nil, false, lastErr
+}
+
+// blame reports whether a failed pull is the primary peer's fault: bad
+// data, a bad or revoked signature, a stalled transfer, an old manifest
+// offered as new, or a version its own index listed but it could not serve.
+func blame(err error) bool {
+	for _, e := range []error{transfer.ErrPeer, transfer.ErrNotFound, manifest.ErrBadSignature, manifest.ErrUntrustedKey,
+		manifest.ErrRevokedKey, manifest.ErrFormat, apply.ErrNotNewer, apply.ErrExpired} {
+		if errors.Is(err, e) {
+			return true
+		}
 	}
-	if lastErr == nil {
-		lastErr = errors.New("no peer offers it any more")
-	}
-	c.fail(ErrorFetch, fmt.Errorf("fetch version %d: %w", want, lastErr))
-	return nil
+	return false
 }
 
 func (c *Core) apply(ctx context.Context) func() error {

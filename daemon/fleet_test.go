@@ -4,7 +4,9 @@ import (
 	"crypto/rand"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/godbus/dbus/v5"
@@ -13,9 +15,12 @@ import (
 )
 
 // TestFleetConverges: a school server seeding its repo and eight laptops,
-// each in its own namespace on 8 Mbit/s shaped links. A new version
-// published on the server reaches every laptop, with trees identical to the
-// published one.
+// each in its own namespace on 8 Mbit/s shaped links, with nothing but
+// discovery to find each other. A new version published on the server
+// reaches every laptop, with trees identical to the published one, even
+// though one laptop is killed in the middle of fetching it (its neighbours
+// may be fetching from it); that laptop, started again after a further
+// version came out, catches up to the newest.
 func TestFleetConverges(t *testing.T) {
 	const laptops = 8
 	if why := testlan.Available(); why != "" {
@@ -35,36 +40,83 @@ func TestFleetConverges(t *testing.T) {
 
 	sysroots := make([]string, laptops)
 	watchers := make([]*watcher, laptops)
+	buses := make([]string, laptops)
+	start := func(i int) *watcher {
+		up := ownerWatch(t, buses[i])
+		node := i + 2
+		startIn(t, lan, node, bin, "daemon", "--sysroot", sysroots[i], "--trust", f.pub, "--bus", buses[i],
+			"--iface", fmt.Sprintf("e%d", node), "--policy", "auto")
+		return &watcher{ch: up}
+	}
+	daemons := make([]*watcher, laptops)
 	for i := range laptops {
 		sysroots[i] = f.sysrootAt(t, 1)
-		bus := privateBus(t)
-		up := ownerWatch(t, bus)
-		watchers[i] = watch(t, bus)
-		node := i + 2
-		startIn(t, lan, node, bin, "daemon", "--sysroot", sysroots[i], "--trust", f.pub, "--bus", bus,
-			"--iface", fmt.Sprintf("e%d", node), "--policy", "auto")
-		(&watcher{ch: up}).until(t, fmt.Sprintf("laptop %d's daemon", i+1), func(*dbus.Signal) bool { return true })
+		buses[i] = privateBus(t)
+		watchers[i] = watch(t, buses[i])
+		daemons[i] = start(i)
+	}
+	for i, up := range daemons {
+		up.until(t, fmt.Sprintf("laptop %d's daemon", i+1), func(*dbus.Signal) bool { return true })
 	}
 
 	// Version 2: 2 MB of new files, as a modest security update.
-	for i := range 4 {
-		b := make([]byte, 512<<10)
-		rand.Read(b)
-		os.WriteFile(filepath.Join(f.tree, fmt.Sprintf("etc/update-%d", i)), b, 0o644)
+	files := func(v int) []string {
+		var out []string
+		for i := range 16 {
+			out = append(out, fmt.Sprintf("usr/lib/update-%d-%02d", v, i))
+		}
+		return out
 	}
-	before := lan.Sent(1)
-	f.publish(t, 2)
-	for i, w := range watchers {
-		w.until(t, fmt.Sprintf("laptop %d applying v2", i+1), stateIs(StateUpdateApplied))
-	}
-	for i, s := range sysroots {
-		for j := range 4 {
-			want, _ := os.ReadFile(filepath.Join(f.tree, fmt.Sprintf("etc/update-%d", j)))
-			got, _ := os.ReadFile(filepath.Join(s, fmt.Sprintf("current/etc/update-%d", j)))
-			if string(got) != string(want) {
-				t.Fatalf("laptop %d: etc/update-%d differs from the published tree", i+1, j)
-			}
+	addFiles := func(v int) {
+		for _, name := range files(v) {
+			b := make([]byte, 128<<10)
+			rand.Read(b)
+			os.MkdirAll(filepath.Join(f.tree, filepath.Dir(name)), 0o755)
+			os.WriteFile(filepath.Join(f.tree, name), b, 0o644)
 		}
 	}
+	addFiles(2)
+	before := lan.Sent(1)
+	f.publish(t, 2)
+
+	// Laptop 1 is switched off in the middle of its fetch.
+	victim := lan.Nodes[1].NS
+	watchers[0].until(t, "laptop 1 fetching v2", stateIs(StateFetching))
+	if out, err := execOut("ip", "netns", "pids", victim); err == nil {
+		for _, pid := range out {
+			execOut("kill", "-9", pid)
+		}
+	}
+	for i := 1; i < laptops; i++ {
+		watchers[i].until(t, fmt.Sprintf("laptop %d applying v2", i+1), stateIs(StateUpdateApplied))
+	}
 	t.Logf("the server sent %d bytes for a 2 MB update to %d laptops", lan.Sent(1)-before, laptops)
+
+	addFiles(3)
+	f.publish(t, 3)
+	for i := 1; i < laptops; i++ {
+		watchers[i].until(t, fmt.Sprintf("laptop %d applying v3", i+1), stateIs(StateUpdateApplied))
+	}
+	// Laptop 1 comes back: it goes straight to v3.
+	start(0).until(t, "laptop 1's daemon again", func(*dbus.Signal) bool { return true })
+	watchers[0].until(t, "laptop 1 applying v3", stateIs(StateUpdateApplied))
+
+	for i, s := range sysroots {
+		for _, name := range append(files(2), files(3)...) {
+			want, _ := os.ReadFile(filepath.Join(f.tree, name))
+			got, err := os.ReadFile(filepath.Join(s, "current", name))
+			if err != nil || string(got) != string(want) {
+				t.Fatalf("laptop %d: %s differs from the published tree (%v)", i+1, name, err)
+			}
+		}
+		if v, _ := os.Readlink(filepath.Join(s, "current")); filepath.Base(v) != "3" {
+			t.Errorf("laptop %d: current -> %s, want v3", i+1, v)
+		}
+	}
+}
+
+// execOut runs a command and returns the words of its output.
+func execOut(name string, args ...string) ([]string, error) {
+	out, err := exec.Command(name, args...).Output()
+	return strings.Fields(string(out)), err
 }

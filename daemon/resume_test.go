@@ -114,11 +114,14 @@ func TestResumeAfterKill9(t *testing.T) {
 
 	first := start()
 	var run1 uint64
-	w.until(t, "the first five objects", func(s *dbus.Signal) bool {
+	// The gate lets five objects through; objects are taken in random
+	// order, and only two of v2's are small, so at least three blobs
+	// arrive.
+	w.until(t, "the first three blobs", func(s *dbus.Signal) bool {
 		if n, ok := downloaded(s); ok {
 			run1 = n
 		}
-		return run1 >= 5*size
+		return run1 >= 3*size
 	})
 	first.Process.Signal(syscall.SIGKILL)
 	first.Wait()
@@ -137,7 +140,7 @@ func TestResumeAfterKill9(t *testing.T) {
 	if run1+run2 > uint64(cleanRes.FetchedBytes)+size {
 		t.Errorf("fetched %d + %d bytes in all, more than one object over a clean run's %d", run1, run2, cleanRes.FetchedBytes)
 	}
-	if run2 > uint64(cleanRes.FetchedBytes)-4*size {
+	if run2 > uint64(cleanRes.FetchedBytes)-3*size {
 		t.Errorf("after the restart the daemon fetched %d of %d bytes: what it had verified was fetched again", run2, cleanRes.FetchedBytes)
 	}
 	c, err := Dial(addr)

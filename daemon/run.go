@@ -60,6 +60,10 @@ type Config struct {
 	// nothing from a pull in progress. Discovery still wakes it. This is
 	// the client-server baseline the fleet benchmark compares against.
 	NoP2P bool `toml:"no-p2p"`
+	// NoDevices and NoSetuid refuse images with device nodes, or with
+	// setuid or setgid files, however validly signed (SPEC.md §17).
+	NoDevices bool `toml:"no-devices"`
+	NoSetuid  bool `toml:"no-setuid"`
 }
 
 func (c Config) limits() transfer.Limits {
@@ -183,7 +187,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 		budget = -1
 	}
 	d.Core, err = NewCore(ctx, Options{
-		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Log: log, EncodingBudget: budget,
+		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Log: log, EncodingBudget: budget, Entries: apply.EntryPolicy{NoDevices: cfg.NoDevices, NoSetuid: cfg.NoSetuid},
 		DownloadLimit: downloadLimit, Helpers: helpers,
 		OnApplied: func(from, to uint64) {
 			if d.disc != nil {
@@ -270,9 +274,9 @@ func (d *Daemon) close() {
 // serveRepo serves dir on cfg.Listen, with cfg's limits, until *srv is
 // shut down.
 func serveRepo(cfg Config, dir string, partial transfer.Partial, srv **http.Server, wg *sync.WaitGroup, log *slog.Logger) (net.Listener, error) {
-	ln, err := net.Listen("tcp", orDefault(cfg.Listen, ":7380"))
+	ln, err := transfer.Listen(orDefault(cfg.Listen, ":7380"), cfg.limits())
 	if err != nil {
-		return nil, fmt.Errorf("listen: %w", err)
+		return nil, err
 	}
 	h := transfer.NewHandler(dir, log).WithLimits(cfg.limits())
 	if partial != nil {

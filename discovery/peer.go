@@ -76,10 +76,11 @@ func (m *Manager) Found(p Peer) {
 	if m.image != "" && p.Image != m.image && p.Source != SourceStatic {
 		return
 	}
-	if !m.limiter.Allow() {
+	now := m.now()
+	if !m.limiter.AllowN(now, 1) {
 		return
 	}
-	p.LastSeen = m.now()
+	p.LastSeen = now
 	m.mu.Lock()
 	if _, ok := m.peers[p.URL]; !ok && len(m.peers) >= maxPeers {
 		m.expireLocked()

@@ -184,16 +184,38 @@ func (h *Header) validate() error {
 	if h.Entries == 0 {
 		return fmt.Errorf("%w: no entries (the image root is required)", ErrFormat)
 	}
+	if !h.Expires.IsZero() && !h.Expires.After(h.Created) {
+		return fmt.Errorf("%w: expires %s is not after created %s", ErrFormat, h.Expires.Format(timeLayout), h.Created.Format(timeLayout))
+	}
+	if err := checkFingerprints(h.KeysAdd); err != nil {
+		return fmt.Errorf("%w: keys-add: %w", ErrFormat, err)
+	}
+	if err := checkFingerprints(h.KeysRevoke); err != nil {
+		return fmt.Errorf("%w: keys-revoke: %w", ErrFormat, err)
+	}
 	return nil
 }
+
+// optionalHeader lists the header lines a manifest may have after "bytes",
+// in the only order they may come.
+var optionalHeader = []string{"expires", "keys-add", "keys-revoke"}
 
 // AppendHeader appends the header's lines, including the blank line that
 // ends it.
 func appendHeader(b []byte, h *Header) []byte {
-	b = fmt.Appendf(b, "%s %d\nimage %s\nversion %d\nlabel %s\ncreated %s\nentries %d\nfiles %d\nbytes %d\n\n",
+	b = fmt.Appendf(b, "%s %d\nimage %s\nversion %d\nlabel %s\ncreated %s\nentries %d\nfiles %d\nbytes %d\n",
 		magic, h.Format, h.Image, h.Version, Escape(h.Label), h.Created.UTC().Format(timeLayout),
 		h.Entries, h.Files, h.Bytes)
-	return b
+	if !h.Expires.IsZero() {
+		b = fmt.Appendf(b, "expires %s\n", h.Expires.UTC().Format(timeLayout))
+	}
+	if len(h.KeysAdd) > 0 {
+		b = fmt.Appendf(b, "keys-add %s\n", strings.Join(h.KeysAdd, " "))
+	}
+	if len(h.KeysRevoke) > 0 {
+		b = fmt.Appendf(b, "keys-revoke %s\n", strings.Join(h.KeysRevoke, " "))
+	}
+	return append(b, '\n')
 }
 
 // AppendEntry appends one entry line.
@@ -359,10 +381,36 @@ func (r *Reader) readHeader() error {
 		}
 		vals[i] = val
 	}
-	if line, err := r.nextLine(); err != nil || line != "" {
-		return fmt.Errorf("%w: header not followed by a blank line", ErrFormat)
-	}
 	h := &r.h
+	next := 0 // index into optionalHeader of the first one still allowed
+	for {
+		line, err := r.nextLine()
+		if err != nil {
+			return fmt.Errorf("%w: header not followed by a blank line", ErrFormat)
+		}
+		if line == "" {
+			break
+		}
+		name, val, _ := strings.Cut(line, " ")
+		k := next
+		for k < len(optionalHeader) && optionalHeader[k] != name {
+			k++
+		}
+		if k == len(optionalHeader) {
+			return fmt.Errorf("%w: line %d: %.40q where the header should end (a blank line), or an optional field out of order", ErrFormat, r.line, line)
+		}
+		next = k + 1
+		switch name {
+		case "expires":
+			if h.Expires, err = time.Parse(timeLayout, val); err != nil || h.Expires.Format(timeLayout) != val {
+				return fmt.Errorf("%w: expires %.40q is not YYYY-MM-DDTHH:MM:SSZ", ErrFormat, val)
+			}
+		case "keys-add":
+			h.KeysAdd = strings.Split(val, " ")
+		case "keys-revoke":
+			h.KeysRevoke = strings.Split(val, " ")
+		}
+	}
 	format, err := parseUint(vals[0], 16)
 	if err != nil {
 		return fmt.Errorf("format version: %w", err)

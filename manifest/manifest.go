@@ -116,6 +116,56 @@ type Header struct {
 	Entries uint64 // number of entries
 	Files   uint64 // number of regular files
 	Bytes   uint64 // total size of regular files
+
+	// Optional fields (SPEC.md §1, §17). Zero values are not written, so
+	// manifests without them read and re-encode exactly as before.
+
+	// Expires, if set, is when the version stops being installable: a node
+	// refuses the manifest after it, so a peer replaying an old but validly
+	// signed version cannot hold a laptop back for ever.
+	Expires time.Time
+	// KeysAdd lists the fingerprints of fleet keys a node adopts once it runs
+	// this version (their public keys ship in the tree, TrustedKeysDir).
+	KeysAdd []string
+	// KeysRevoke lists the fingerprints of keys a node stops trusting once it
+	// runs this version, for good.
+	KeysRevoke []string
+}
+
+// TrustedKeysDir is where an image ships the public keys its KeysAdd names.
+const TrustedKeysDir = "etc/peerup/trusted.d"
+
+// MaxHeaderKeys bounds the fingerprints in KeysAdd or KeysRevoke.
+const MaxHeaderKeys = 16
+
+// CheckFingerprint accepts a v4 OpenPGP fingerprint as peerup spells it: 40
+// uppercase hex digits.
+func CheckFingerprint(f string) error {
+	if len(f) != 40 {
+		return fmt.Errorf("fingerprint %.50q is not 40 hex digits", f)
+	}
+	for i := 0; i < len(f); i++ {
+		if c := f[i]; !('0' <= c && c <= '9' || 'A' <= c && c <= 'F') {
+			return fmt.Errorf("fingerprint %q is not uppercase hex", f)
+		}
+	}
+	return nil
+}
+
+// checkFingerprints checks a header key list: valid, sorted, unique, bounded.
+func checkFingerprints(list []string) error {
+	if len(list) > MaxHeaderKeys {
+		return fmt.Errorf("more than %d fingerprints", MaxHeaderKeys)
+	}
+	for i, f := range list {
+		if err := CheckFingerprint(f); err != nil {
+			return err
+		}
+		if i > 0 && list[i-1] >= f {
+			return fmt.Errorf("fingerprints not sorted and unique at %s", f)
+		}
+	}
+	return nil
 }
 
 // Manifest is a parsed manifest held in memory. Large images should be read

@@ -194,6 +194,8 @@ func FuzzParse(f *testing.F) {
 	good, _ := sample().Marshal()
 	f.Add(good)
 	f.Add([]byte("peerup-manifest 1\n"))
+	f.Add([]byte("peerup-manifest 1\nimage x\nversion 1\nlabel \ncreated 2026-01-01T00:00:00Z\nentries 1\nfiles 0\nbytes 0\n" +
+		"expires 2026-04-01T00:00:00Z\nkeys-add 0123456789ABCDEF0123456789ABCDEF01234567\nkeys-revoke 89ABCDEF0123456789ABCDEF0123456789ABCDEF\n\nd . 0755 0 0\n"))
 	f.Add([]byte("peerup-manifest 1\nimage x\nversion 1\nlabel \ncreated 2026-01-01T00:00:00Z\nentries 1\nfiles 0\nbytes 0\n\nd . 0755 0 0\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := Parse(b)

@@ -23,7 +23,14 @@ const MaxSignature = 64 << 10
 var (
 	ErrBadSignature = errors.New("bad signature")
 	ErrUntrustedKey = errors.New("signed by a key that is not trusted")
+	ErrRevokedKey   = errors.New("signed by a revoked key")
 )
+
+// RevokedFile is the name of the revocation list in a trust directory.
+const RevokedFile = "revoked"
+
+// maxRevoked bounds a revocation list file.
+const maxRevoked = 64 << 10
 
 // acceptedHashes are the digests a fleet signature may use; weaker ones
 // (SHA-1, RIPEMD) are refused even if a trusted key made them.
@@ -134,7 +141,7 @@ func LoadSigner(path string) (*Signer, error) {
 func NewSigner(e *openpgp.Entity) *Signer { return &Signer{e: e} }
 
 // Fingerprint is the signing key's fingerprint in hex.
-func (s *Signer) Fingerprint() string { return fmt.Sprintf("%X", s.e.PrimaryKey.Fingerprint) }
+func (s *Signer) Fingerprint() string { return Fingerprint(s.e) }
 
 // Sign writes a binary detached signature over data. Binary, not armored: the
 // library's armored form lacks the CRC that gpg insists on.
@@ -145,30 +152,168 @@ func (s *Signer) Sign(sig io.Writer, data io.Reader) error {
 	return nil
 }
 
-// Keyring is the set of trusted fleet public keys.
+// Keyring is the set of trusted fleet public keys, less the revoked ones.
 type Keyring struct {
-	keys openpgp.EntityList
+	keys    openpgp.EntityList
+	revoked map[string]bool // fingerprints, uppercase hex
 }
 
-// LoadKeyring reads one or more public key files (armored or binary).
+// LoadKeyring reads one or more public key files (armored or binary). A
+// path may be a directory (a trust directory such as /etc/peerup/trusted.d):
+// then every *.pub, *.asc and *.gpg file in it is read, and its "revoked"
+// file, if any, lists fingerprints that are never trusted.
 func LoadKeyring(paths ...string) (*Keyring, error) {
 	if len(paths) == 0 {
 		return nil, errors.New("no trusted keys given (--trust)")
 	}
 	kr := &Keyring{}
 	for _, p := range paths {
-		list, err := readKeys(p)
-		if err != nil {
+		if err := kr.load(p, true); err != nil {
 			return nil, err
 		}
-		kr.keys = append(kr.keys, list...)
+	}
+	if len(kr.keys) == 0 {
+		return nil, fmt.Errorf("no trusted keys in %s", strings.Join(paths, ", "))
 	}
 	return kr, nil
 }
 
+// load adds the keys at path, a key file or a trust directory; a missing
+// directory is an error only if required.
+func (k *Keyring) load(path string, required bool) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		if !required && errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("read key: %w", err)
+	}
+	if !fi.IsDir() {
+		list, err := readKeys(path)
+		if err != nil {
+			return err
+		}
+		k.keys = append(k.keys, list...)
+		return nil
+	}
+	names, err := os.ReadDir(path)
+	if err != nil {
+		return fmt.Errorf("read trust directory: %w", err)
+	}
+	for _, n := range names {
+		switch filepath.Ext(n.Name()) {
+		case ".pub", ".asc", ".gpg":
+			list, err := readKeys(filepath.Join(path, n.Name()))
+			if err != nil {
+				return err
+			}
+			k.keys = append(k.keys, list...)
+		}
+	}
+	revoked, err := ReadRevoked(filepath.Join(path, RevokedFile))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return k.Revoke(revoked...)
+}
+
+// ReadRevoked reads a revocation list: one fingerprint (40 uppercase hex
+// digits) a line; blank lines and lines starting with # are ignored.
+func ReadRevoked(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxRevoked+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(data) > maxRevoked {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxRevoked)
+	}
+	var out []string
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if err := CheckFingerprint(line); err != nil {
+			return nil, fmt.Errorf("%s line %d: %w", path, i+1, err)
+		}
+		out = append(out, line)
+	}
+	return out, nil
+}
+
+// Revoke stops trusting the keys with these fingerprints, whatever else
+// lists them.
+func (k *Keyring) Revoke(fprs ...string) error {
+	for _, f := range fprs {
+		if err := CheckFingerprint(f); err != nil {
+			return fmt.Errorf("revoke: %w", err)
+		}
+		if k.revoked == nil {
+			k.revoked = map[string]bool{}
+		}
+		k.revoked[f] = true
+	}
+	return nil
+}
+
+// Revoked reports whether the key with fingerprint f is revoked.
+func (k *Keyring) Revoked(f string) bool { return k.revoked[f] }
+
+// With returns a copy of k that also trusts the keys at paths (files or
+// trust directories; missing ones are skipped) and honours their
+// revocation lists. k itself is not changed.
+func (k *Keyring) With(paths ...string) (*Keyring, error) {
+	c := &Keyring{keys: append(openpgp.EntityList(nil), k.keys...), revoked: map[string]bool{}}
+	for f := range k.revoked {
+		c.revoked[f] = true
+	}
+	for _, p := range paths {
+		if err := c.load(p, false); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// Fingerprints lists the trusted keys' fingerprints, revoked ones excluded.
+func (k *Keyring) Fingerprints() []string {
+	var out []string
+	for _, e := range k.keys {
+		if f := Fingerprint(e); !k.revoked[f] {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// KeyFingerprints reads the public keys in the file at path and
+// returns their fingerprints.
+func KeyFingerprints(path string) ([]string, error) {
+	list, err := readKeys(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range list {
+		out = append(out, Fingerprint(e))
+	}
+	return out, nil
+}
+
+// Fingerprint spells an entity's primary key fingerprint as peerup does.
+func Fingerprint(e *openpgp.Entity) string { return fmt.Sprintf("%X", e.PrimaryKey.Fingerprint) }
+
 // Verify checks a detached signature (binary or armored) over the bytes read
 // from signed, and returns the fingerprint of the trusted key that made it.
 func (k *Keyring) Verify(signed io.Reader, sig []byte) (string, error) {
+	if len(bytes.TrimSpace(sig)) == 0 {
+		return "", fmt.Errorf("%w: empty signature", ErrBadSignature)
+	}
 	if len(sig) > MaxSignature {
 		return "", fmt.Errorf("%w: signature larger than %d bytes", ErrBadSignature, MaxSignature)
 	}
@@ -190,5 +335,9 @@ func (k *Keyring) Verify(signed io.Reader, sig []byte) (string, error) {
 		}
 		return "", fmt.Errorf("%w: %w", ErrBadSignature, err)
 	}
-	return fmt.Sprintf("%X", signer.PrimaryKey.Fingerprint), nil
+	fpr := Fingerprint(signer)
+	if k.revoked[fpr] {
+		return "", fmt.Errorf("%w: %s", ErrRevokedKey, fpr)
+	}
+	return fpr, nil
 }

@@ -30,9 +30,26 @@ var (
 
 // Client fetches from one repo URL.
 type Client struct {
-	base    *url.URL
-	http    *http.Client
-	limiter *rate.Limiter
+	base        *url.URL
+	http        *http.Client
+	limiter     *rate.Limiter
+	stall       Stall
+	maxManifest int64
+}
+
+// WithStall sets the slowest this peer may be (DefaultStall if unset); a
+// zero Window turns the check off.
+func (c *Client) WithStall(s Stall) *Client {
+	c.stall = s
+	return c
+}
+
+// WithMaxManifest lowers the size of manifest and delta index this client
+// accepts (manifest.MaxSize by default): a node that knows its images are
+// small holds no more than this in memory for a hostile endless answer.
+func (c *Client) WithMaxManifest(n int64) *Client {
+	c.maxManifest = min(n, manifest.MaxSize)
+	return c
 }
 
 // WithDownloadRate paces this client's downloads to bps bytes a second.
@@ -60,7 +77,7 @@ func NewClient(base string, hc *http.Client) (*Client, error) {
 	if hc == nil {
 		hc = DefaultHTTPClient()
 	}
-	return &Client{base: u, http: hc}, nil
+	return &Client{base: u, http: hc, stall: DefaultStall(), maxManifest: manifest.MaxSize}, nil
 }
 
 // DefaultHTTPClient has timeouts for each phase of a request but none for the
@@ -88,10 +105,26 @@ func (c *Client) get(ctx context.Context, rel string) (*http.Response, error) {
 }
 
 // getRange GETs rel from offset on; the answer is 200 (whole) or 206.
+// The response body is watched for stalls (see Stall) until it is closed.
 func (c *Client) getRange(ctx context.Context, rel string, offset int64) (*http.Response, error) {
 	rel, query, _ := strings.Cut(rel, "?")
 	u := c.base.JoinPath(rel)
 	u.RawQuery = query
+	if c.stall.Window > 0 {
+		var w *watchdog
+		ctx, w = watch(ctx, c.stall, "GET "+u.String())
+		resp, err := c.do(ctx, u, offset)
+		if err != nil {
+			w.stop()
+			return nil, w.blame(ctx, err)
+		}
+		resp.Body = &watchedBody{ReadCloser: resp.Body, ctx: ctx, w: w}
+		return resp, nil
+	}
+	return c.do(ctx, u, offset)
+}
+
+func (c *Client) do(ctx context.Context, u *url.URL, offset int64) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return nil, err
@@ -103,13 +136,13 @@ func (c *Client) getRange(ctx context.Context, rel string, offset int64) (*http.
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", u, err)
 	}
-	if resp.StatusCode == http.StatusNotFound {
+	switch resp.StatusCode {
+	case http.StatusNotFound:
 		resp.Body.Close()
 		return nil, fmt.Errorf("GET %s: %w", u, ErrNotFound)
-	}
-	if resp.StatusCode == http.StatusServiceUnavailable {
+	case http.StatusServiceUnavailable, http.StatusTooManyRequests:
 		resp.Body.Close()
-		return nil, fmt.Errorf("GET %s: %w", u, ErrBusy)
+		return nil, fmt.Errorf("GET %s: %w (%s)", u, ErrBusy, resp.Status)
 	}
 	if c.limiter != nil {
 		resp.Body = limitedReader{resp.Body, ctx, c.limiter}
@@ -128,12 +161,12 @@ func (c *Client) getSmall(ctx context.Context, rel string, limit int64) ([]byte,
 		return nil, err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	b, err := readLimited(resp.Body, resp.ContentLength, limit)
+	if errors.Is(err, errTooLarge) {
+		return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrPeer, c.base.JoinPath(rel), limit)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", c.base.JoinPath(rel), err)
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrPeer, c.base.JoinPath(rel), limit)
 	}
 	return b, nil
 }
@@ -153,7 +186,7 @@ func (c *Client) Index(ctx context.Context) (*blobstore.Index, error) {
 
 // Manifest fetches a version's manifest and signature, unverified.
 func (c *Client) Manifest(ctx context.Context, image string, v uint64) (m, sig []byte, err error) {
-	if m, err = c.getSmall(ctx, blobstore.ManifestPath(image, v), manifest.MaxSize); err != nil {
+	if m, err = c.getSmall(ctx, blobstore.ManifestPath(image, v), c.maxManifest); err != nil {
 		return nil, nil, err
 	}
 	if sig, err = c.getSmall(ctx, blobstore.SignaturePath(image, v), manifest.MaxSignature); err != nil {
@@ -166,7 +199,7 @@ func (c *Client) Manifest(ctx context.Context, image string, v uint64) (m, sig [
 // without one answers with an error wrapping ErrNotFound.
 func (c *Client) Deltas(ctx context.Context, image string, v uint64) (idx, sig []byte, err error) {
 	p := blobstore.DeltasPath(image, v)
-	if idx, err = c.getSmall(ctx, p, manifest.MaxSize); err != nil {
+	if idx, err = c.getSmall(ctx, p, c.maxManifest); err != nil {
 		return nil, nil, err
 	}
 	if sig, err = c.getSmall(ctx, p+".sig", manifest.MaxSignature); err != nil {

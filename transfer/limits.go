@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"time"
 
 	"golang.org/x/time/rate"
 )
@@ -21,6 +22,17 @@ type Limits struct {
 	// school server then uploads about one copy of an update, not one per
 	// laptop. Off for a server whose clients do not share (--no-p2p).
 	OncePerObject bool
+	// MaxConnsPerPeer and MaxConns cap open connections from one address
+	// and in all (Listen; 0: DefaultMaxConnsPerPeer, DefaultMaxConns;
+	// negative: no cap).
+	MaxConnsPerPeer, MaxConns int
+	// RequestRate caps the requests a second from one address, with a burst
+	// of twice that; beyond it the answer is 429 with Retry-After (0:
+	// DefaultRequestRate; negative: no cap).
+	RequestRate float64
+	// WriteStall is the longest one write of a response may block before
+	// the connection is dropped (0: DefaultWriteStall; negative: none).
+	WriteStall time.Duration
 }
 
 func newLimiter(bps int64) *rate.Limiter {

@@ -1,7 +1,9 @@
 package transfer
 
 import (
+	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -28,6 +30,9 @@ type Handler struct {
 	once     bool // Limits.OncePerObject
 	flightMu sync.Mutex
 	inFlight map[string]time.Time // objects being uploaded (zero) or just uploaded, when once
+
+	rates *peerRates    // requests per remote address; nil: no cap
+	stall time.Duration // longest a response write may block
 }
 
 // lendCooldown is how long after uploading an object a seed keeps sending
@@ -66,7 +71,7 @@ func NewHandler(dir string, log *slog.Logger) *Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Handler{dir: dir, log: log}
+	return &Handler{dir: dir, log: log, rates: newPeerRates(DefaultRequestRate), stall: DefaultWriteStall}
 }
 
 // WithLimits caps concurrent uploads and paces them (see Limits).
@@ -78,6 +83,18 @@ func (h *Handler) WithLimits(l Limits) *Handler {
 	if l.OncePerObject {
 		h.once, h.inFlight = true, map[string]time.Time{}
 	}
+	switch {
+	case l.RequestRate > 0:
+		h.rates = newPeerRates(l.RequestRate)
+	case l.RequestRate < 0:
+		h.rates = nil
+	}
+	switch {
+	case l.WriteStall > 0:
+		h.stall = l.WriteStall
+	case l.WriteStall < 0:
+		h.stall = 0
+	}
 	return h
 }
 
@@ -85,6 +102,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	if h.rates != nil && !h.rates.allow(r.RemoteAddr) {
+		// Too many requests from one address: it is told to wait, as a
+		// busy node tells it, and goes to a neighbour meanwhile.
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many requests", http.StatusTooManyRequests)
 		return
 	}
 	p := r.URL.Path
@@ -96,7 +120,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	f, err := os.Open(filepath.Join(h.dir, filepath.FromSlash(p[1:])))
+	// OpenInRoot refuses a symlink that leads out of the repo: only the
+	// repo's own files are ever served, whatever is planted in it.
+	f, err := os.OpenInRoot(h.dir, filepath.FromSlash(p[1:]))
 	if err != nil {
 		var ok bool
 		if f, ok = h.stagedFile(p); !ok {
@@ -130,6 +156,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		defer h.lent(p)
 	}
+	if h.stall > 0 {
+		w = stallWriter{ResponseWriter: w, rc: http.NewResponseController(w), stall: h.stall}
+	}
 	if h.limiter != nil {
 		w = limitedWriter{w, r.Context(), h.limiter}
 	}
@@ -146,13 +175,37 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // NewServer wraps a handler with timeouts that keep slow or idle clients from
-// holding connections forever.
+// holding connections forever: a request's headers must arrive within 10 s
+// (slowloris), an idle keep-alive connection is closed after 60 s. Serve it
+// on a LimitListener to cap connections per peer.
 func NewServer(addr string, h http.Handler) *http.Server {
 	return &http.Server{
 		Addr:              addr,
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       20 * time.Second, // requests have no body: headers are all
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 	}
+}
+
+// Listen listens on addr for NewServer, with l's caps on connections per
+// peer and in all.
+func Listen(addr string, l Limits) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	return LimitListener(ln, orDefault(l.MaxConnsPerPeer, DefaultMaxConnsPerPeer), orDefault(l.MaxConns, DefaultMaxConns)), nil
+}
+
+// orDefault reads a limit: 0 is the default, negative is none.
+func orDefault(n, def int) int {
+	switch {
+	case n == 0:
+		return def
+	case n < 0:
+		return 0
+	}
+	return n
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"time"
@@ -162,7 +161,7 @@ so laptops can fetch from each other. Only the repo's own paths are served.`,
 			if _, err := blobstore.OpenRepo(dir); err != nil {
 				return err
 			}
-			ln, err := net.Listen("tcp", listen)
+			ln, err := transfer.Listen(listen, transfer.Limits{})
 			if err != nil {
 				return err
 			}

@@ -11,12 +11,20 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"testing"
 )
+
+// T is what the harness needs of its caller: a *testing.T, or the fleet
+// benchmark's own runner.
+type T interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Skip(args ...any)
+	Cleanup(func())
+}
 
 // LAN is a bridge and its nodes.
 type LAN struct {
-	t      testing.TB
+	t      T
 	Bridge string
 	Nodes  []*Node
 }
@@ -41,11 +49,11 @@ func Available() string {
 }
 
 // New makes a LAN of n nodes, or skips the test with the reason it cannot.
-func New(t testing.TB, n int) *LAN { return NewShaped(t, n, "") }
+func New(t T, n int) *LAN { return NewShaped(t, n, "") }
 
 // NewShaped is New with every node's link shaped to rate (a tc rate such as
 // "8mbit") in both directions with tbf, like a school's Wi-Fi.
-func NewShaped(t testing.TB, n int, rate string) *LAN {
+func NewShaped(t T, n int, rate string) *LAN {
 	t.Helper()
 	if why := Available(); why != "" {
 		t.Skip("testlan: " + why)
@@ -88,10 +96,17 @@ func NewShaped(t testing.TB, n int, rate string) *LAN {
 	return l
 }
 
+// Received is how many bytes the LAN has delivered to node i (1-based).
+func (l *LAN) Received(i int) int64 { return l.counter(i, "tx_bytes") }
+
 // Sent is how many bytes node i (1-based) has sent onto the LAN, read from
 // the interface counters.
-func (l *LAN) Sent(i int) int64 {
-	b, err := os.ReadFile("/sys/class/net/" + l.Nodes[i-1].host + "/statistics/rx_bytes")
+func (l *LAN) Sent(i int) int64 { return l.counter(i, "rx_bytes") }
+
+// counter reads one of the bridge-side veth's counters: what it receives is
+// what the node sent.
+func (l *LAN) counter(i int, name string) int64 {
+	b, err := os.ReadFile("/sys/class/net/" + l.Nodes[i-1].host + "/statistics/" + name)
 	if err != nil {
 		return -1
 	}

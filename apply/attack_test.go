@@ -1,0 +1,504 @@
+package apply_test
+
+// The attack suite (SPEC.md §17): every peer is untrusted, and only the
+// fleet key may decide what a laptop installs. Each TestAttack* says what
+// it asserts; each refusal is checked for its error, for a sysroot and
+// store left exactly as they were, and for bounded time (a context
+// deadline) and memory (bytes allocated during the attack).
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dsnet/compress/bzip2"
+
+	"peerup/apply"
+	"peerup/blobstore"
+	"peerup/diff"
+	"peerup/internal/hostile"
+	"peerup/manifest"
+	"peerup/transfer"
+)
+
+const (
+	attackDeadline = 60 * time.Second
+	// maxAttackAlloc bounds what a refused pull may allocate in all; a
+	// whole honest pull of the test image takes a fraction of it.
+	maxAttackAlloc = 160 << 20
+)
+
+// scene is a fleet that published v1, v2 and v3 (each with a delta index)
+// and a laptop running v2; v3 is the update the attacks go after.
+type scene struct {
+	t    *testing.T
+	f    *fleet
+	tree string
+	s    *apply.Sysroot
+}
+
+func newScene(t *testing.T) *scene {
+	t.Helper()
+	f := newFleet(t)
+	tree := makeTree(t, "VERSION=1\n")
+	write(t, tree+"/usr/lib/libschool.so.1", library(1), 0o755)
+	f.publishWithDeltas(tree, 1)
+	for v := 2; v <= 3; v++ {
+		write(t, tree+"/etc/os-release", fmt.Sprintf("VERSION=%d\n", v), 0o644)
+		write(t, tree+"/usr/lib/libschool.so.1", library(v), 0o755)
+		f.publishWithDeltas(tree, uint64(v))
+	}
+	s := newSysroot(t)
+	f.update(s, 2)
+	return &scene{t: t, f: f, tree: tree, s: s}
+}
+
+// honest is the fleet's repo as an HTTP handler.
+func (sc *scene) honest() http.Handler { return transfer.NewHandler(sc.f.repo.Dir(), nil) }
+
+// peer is a hostile peer that serves the fleet's repo except where told.
+func (sc *scene) peer() *hostile.Peer { return hostile.New(sc.t, sc.honest()) }
+
+func (sc *scene) client(p *hostile.Peer) *transfer.Client {
+	c, err := transfer.NewClient(p.URL(), nil)
+	if err != nil {
+		sc.t.Fatal(err)
+	}
+	return c
+}
+
+// file reads a file of the fleet's repo.
+func (sc *scene) file(rel string) []byte {
+	b, err := os.ReadFile(filepath.Join(sc.f.repo.Dir(), rel))
+	if err != nil {
+		sc.t.Fatal(err)
+	}
+	return b
+}
+
+func objectPath(data string) string {
+	return "/" + blobstore.ObjectURLPath(manifest.Digest(sha256.Sum256([]byte(data))))
+}
+
+func manifestURL(v uint64) string { return "/" + blobstore.ManifestPath("school-laptop", v) }
+
+func deltasURL(v uint64) string { return "/" + blobstore.DeltasPath("school-laptop", v) }
+
+func attackCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), attackDeadline)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func allocated(f func()) uint64 {
+	var a, b runtime.MemStats
+	runtime.ReadMemStats(&a)
+	f()
+	runtime.ReadMemStats(&b)
+	return b.TotalAlloc - a.TotalAlloc
+}
+
+// pull runs a pull of v3 (unless o says otherwise) within the attack
+// deadline and reports its result, error and allocations.
+func (sc *scene) pull(src apply.Source, o apply.PullOptions) (*apply.PullResult, error, uint64) {
+	sc.t.Helper()
+	if o.Trust == nil {
+		o.Trust = sc.f.trust
+	}
+	if o.Version == 0 {
+		o.Version = 3
+	}
+	ctx := attackCtx(sc.t)
+	var res *apply.PullResult
+	var err error
+	n := allocated(func() { res, err = sc.s.Pull(ctx, src, o) })
+	if ctx.Err() != nil {
+		sc.t.Fatalf("the pull ran into its deadline (%v): the attack was not bounded in time", err)
+	}
+	if n > maxAttackAlloc {
+		sc.t.Errorf("the pull allocated %d MiB, bound %d MiB", n>>20, maxAttackAlloc>>20)
+	}
+	return res, err, n
+}
+
+// refused asserts that a pull from src fails with an error wrapping want
+// (if given) and saying text, and leaves the sysroot and store unchanged.
+func (sc *scene) refused(src apply.Source, o apply.PullOptions, want error, text string) error {
+	sc.t.Helper()
+	before := snapshot(sc.t, sc.s.Dir())
+	_, err, _ := sc.pull(src, o)
+	if err == nil {
+		sc.t.Fatal("the attack succeeded: pull accepted it")
+	}
+	if want != nil && !errors.Is(err, want) {
+		sc.t.Errorf("err = %v, want %v", err, want)
+	}
+	if !strings.Contains(err.Error(), text) {
+		sc.t.Errorf("error %q does not say %q", err, text)
+	}
+	if after := snapshot(sc.t, sc.s.Dir()); after != before {
+		sc.t.Errorf("the refused pull changed the sysroot or store:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	st, _ := sc.s.Status()
+	if st.Current != 2 || st.Staged != 0 {
+		sc.t.Errorf("status after the attack: %+v", st)
+	}
+	return err
+}
+
+// completes asserts that a pull from src succeeds despite the attack and
+// builds exactly the published v3 tree.
+func (sc *scene) completes(src apply.Source, o apply.PullOptions) *apply.PullResult {
+	sc.t.Helper()
+	res, err, _ := sc.pull(src, o)
+	if err != nil {
+		sc.t.Fatalf("the update did not complete: %v", err)
+	}
+	if _, _, err := sc.s.Apply(3); err != nil {
+		sc.t.Fatal(err)
+	}
+	compareTrees(sc.t, sc.tree, filepath.Join(sc.s.Dir(), "current")+"/")
+	return res
+}
+
+// TestAttackArbitrarySoftware asserts that no bytes the fleet key did not
+// vouch for are installed: an object that does not match the manifest, a
+// manifest signed by an unknown key, a manifest edited after signing, and a
+// fleet signature over other bytes are each refused with the error that
+// names the fault.
+func TestAttackArbitrarySoftware(t *testing.T) {
+	sc := newScene(t)
+	m3 := sc.file(blobstore.ManifestPath("school-laptop", 3))
+	sig2 := sc.file(blobstore.SignaturePath("school-laptop", 2))
+	intruder, err := manifest.GenerateKey("intruder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var isig bytes.Buffer
+	manifest.NewSigner(intruder).Sign(&isig, bytes.NewReader(m3))
+	tests := []struct {
+		name string
+		prog func(p *hostile.Peer)
+		want error
+		text string
+	}{
+		{"object bytes not as the manifest says", func(p *hostile.Peer) {
+			p.OnPath(objectPath("VERSION=3\n"), hostile.Bytes([]byte("VERSION=6\n")))
+		}, blobstore.ErrMismatch, "etc/os-release"},
+		{"manifest signed by an unknown key", func(p *hostile.Peer) {
+			p.OnPath(manifestURL(3)+".sig", hostile.Bytes(isig.Bytes()))
+		}, manifest.ErrUntrustedKey, "not trusted"},
+		{"manifest edited after signing", func(p *hostile.Peer) {
+			p.OnPath(manifestURL(3), hostile.Bytes(bytes.Replace(m3, []byte("etc/os-release 0644"), []byte("etc/os-release 4755"), 1)))
+		}, manifest.ErrBadSignature, "bad signature"},
+		{"fleet signature over other bytes", func(p *hostile.Peer) {
+			p.OnPath(manifestURL(3)+".sig", hostile.Bytes(sig2))
+		}, manifest.ErrBadSignature, "bad signature"},
+		{"no signature at all", func(p *hostile.Peer) {
+			p.OnPath(manifestURL(3)+".sig", hostile.Bytes(nil))
+		}, manifest.ErrBadSignature, "bad signature"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sc.t = t
+			p := sc.peer()
+			tc.prog(p)
+			sc.refused(sc.client(p), apply.PullOptions{}, tc.want, tc.text)
+		})
+	}
+}
+
+// TestAttackRollback asserts that validly signed but old manifests cannot
+// take a laptop back: an older manifest presented as the new version, the
+// current one replayed as new, and an older version asked for outright are
+// refused.
+func TestAttackRollback(t *testing.T) {
+	sc := newScene(t)
+	for _, tc := range []struct {
+		name    string
+		replay  uint64 // the version whose manifest is served as v3
+		version uint64
+		want    error
+		text    string
+	}{
+		{"older manifest presented as new", 1, 3, nil, "signed as school-laptop v1"},
+		{"current manifest replayed", 2, 3, nil, "signed as school-laptop v2"},
+		{"older version offered outright", 0, 1, apply.ErrNotNewer, "not newer"},
+		{"current version offered again", 0, 2, apply.ErrNotNewer, "not newer"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sc.t = t
+			p := sc.peer()
+			if tc.replay != 0 {
+				p.OnPath(manifestURL(3), hostile.Bytes(sc.file(blobstore.ManifestPath("school-laptop", tc.replay))))
+				p.OnPath(manifestURL(3)+".sig", hostile.Bytes(sc.file(blobstore.SignaturePath("school-laptop", tc.replay))))
+			}
+			sc.refused(sc.client(p), apply.PullOptions{Version: tc.version}, tc.want, tc.text)
+		})
+	}
+}
+
+// TestAttackExpiredManifest asserts the optional expiry (SPEC.md §1, §17):
+// a validly signed, newer manifest past its expires time is refused with
+// ErrExpired, so a peer hoarding an old release cannot hand it out for
+// ever; before that time it installs.
+func TestAttackExpiredManifest(t *testing.T) {
+	sc := newScene(t)
+	created := time.Now().Add(-48 * time.Hour)
+	_, err := sc.f.repo.Publish(context.Background(), sc.tree, blobstore.PublishOptions{
+		Image: "school-laptop", Version: 4, Signer: sc.f.signer, Created: created, Expires: created.Add(24 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := sc.peer()
+	sc.refused(sc.client(p), apply.PullOptions{Version: 4}, apply.ErrExpired, "expired")
+	if _, err, _ := sc.pull(sc.client(p), apply.PullOptions{Version: 4, Now: func() time.Time { return created.Add(time.Hour) }}); err != nil {
+		t.Fatalf("before its expiry the version installs: %v", err)
+	}
+}
+
+// TestAttackEndlessData asserts that a peer cannot make a laptop read or
+// hold without bound: an object longer than declared is cut off at its
+// size plus one (ErrTooLong), and an endless manifest or delta index at the
+// client's limit (ErrPeer), each within the allocation bound.
+func TestAttackEndlessData(t *testing.T) {
+	sc := newScene(t)
+	for _, tc := range []struct {
+		name, path string
+		body       http.Handler
+		want       error
+		text       string
+	}{
+		{"object longer than declared", objectPath("VERSION=3\n"), hostile.Endless([]byte("VERSION=3\n")), blobstore.ErrTooLong, "more bytes than declared"},
+		{"endless manifest", manifestURL(3), hostile.Endless([]byte("peerup-manifest 1\n")), transfer.ErrPeer, "larger than"},
+		{"endless signature", manifestURL(3) + ".sig", hostile.Endless(nil), transfer.ErrPeer, "larger than"},
+		{"endless delta index", deltasURL(3), hostile.Endless([]byte("peerup-deltas 1\n")), transfer.ErrPeer, "larger than"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sc.t = t
+			p := sc.peer()
+			p.OnPath(tc.path, tc.body)
+			sc.refused(sc.client(p).WithMaxManifest(8<<20), apply.PullOptions{}, tc.want, tc.text)
+		})
+	}
+}
+
+// TestAttackSlowRetrieval asserts that a peer trickling a byte a second
+// is given up once it falls below the minimum rate, and the laptop fetches
+// from the other peer instead: the update completes, within the deadline.
+func TestAttackSlowRetrieval(t *testing.T) {
+	sc := newScene(t)
+	slow := sc.peer()
+	slow.On("/objects/", "", hostile.TrickleFrom(sc.honest(), time.Second))
+	good := sc.peer()
+	stall := transfer.Stall{Window: 300 * time.Millisecond, MinBytes: 256}
+	// The slow peer is the primary: the swarm asks it first.
+	res := sc.completes(sc.client(slow).WithStall(stall), apply.PullOptions{Peers: []apply.Source{sc.client(good).WithStall(stall)}})
+	if slow.Hits("/objects/", "") == 0 {
+		t.Fatal("the slow peer was never asked: the test proves nothing")
+	}
+	t.Logf("%d objects fetched; the slow peer was asked %d times", res.FetchedObjects, slow.Hits("/objects/", ""))
+}
+
+// TestAttackMixAndMatch asserts that parts of one version cannot be passed
+// off as parts of another: an object of v1 served for v3's (refused by
+// hash), v2's encodings served under v3's encoding names (refused by hash,
+// and the update still completes with whole objects), and v2's signed
+// delta index offered for v3 (refused: it names another manifest).
+func TestAttackMixAndMatch(t *testing.T) {
+	t.Run("object of another version", func(t *testing.T) {
+		sc := newScene(t)
+		p := sc.peer()
+		p.OnPath(objectPath("VERSION=3\n"), hostile.Bytes([]byte("VERSION=1\n")))
+		sc.refused(sc.client(p), apply.PullOptions{}, blobstore.ErrMismatch, "etc/os-release")
+	})
+	t.Run("delta index of another version", func(t *testing.T) {
+		sc := newScene(t)
+		p := sc.peer()
+		p.OnPath(deltasURL(3), hostile.Bytes(sc.file(blobstore.DeltasPath("school-laptop", 2))))
+		p.OnPath(deltasURL(3)+".sig", hostile.Bytes(sc.file(blobstore.DeltasPath("school-laptop", 2)+".sig")))
+		sc.refused(sc.client(p), apply.PullOptions{}, nil, "delta index for school-laptop v2")
+	})
+	t.Run("encodings of another version", func(t *testing.T) {
+		sc := newScene(t)
+		idx2, _ := diff.ParseDeltaIndex(sc.file(blobstore.DeltasPath("school-laptop", 2)))
+		idx3, _ := diff.ParseDeltaIndex(sc.file(blobstore.DeltasPath("school-laptop", 3)))
+		if len(idx2.Encodings) == 0 || len(idx3.Encodings) == 0 {
+			t.Fatal("the scene has no encodings to mix")
+		}
+		old := sc.file(blobstore.ObjectURLPath(idx2.Encodings[0].Digest))
+		p := sc.peer()
+		for _, e := range idx3.Encodings {
+			p.OnPath("/"+blobstore.ObjectURLPath(e.Digest), hostile.Bytes(old))
+		}
+		res := sc.completes(sc.client(p), apply.PullOptions{})
+		if res.PatchObjects != 0 {
+			t.Fatalf("%d objects were patched from another version's encodings", res.PatchObjects)
+		}
+	})
+}
+
+// forge writes a manifest for school-laptop v3 with the given entry lines,
+// as a compromised publisher could, bypassing the Writer's checks.
+func forge(files, bytes int, entries ...string) []byte {
+	return fmt.Appendf(nil, "peerup-manifest 1\nimage school-laptop\nversion 3\nlabel forged\ncreated 2026-01-01T00:00:00Z\nentries %d\nfiles %d\nbytes %d\n\n%s\n",
+		len(entries), files, bytes, strings.Join(entries, "\n"))
+}
+
+// TestAttackHostilePaths asserts that a validly signed manifest (a
+// compromised publisher) still cannot write outside the new tree: "..",
+// absolute paths and a path through a symlink (a -> /etc, then a/passwd)
+// are refused by the manifest reader, and device nodes and setuid files
+// by the node's policy where it forbids them — all before any object is
+// fetched. The builder's own checks are tested in build_attack_test.go.
+func TestAttackHostilePaths(t *testing.T) {
+	passwd := "root::0:0::/root:/bin/sh\n"
+	hash := fmt.Sprintf("%x", sha256.Sum256([]byte(passwd)))
+	sc := newScene(t)
+	outside := filepath.Join(t.TempDir(), "outside")
+	for _, tc := range []struct {
+		name   string
+		m      []byte
+		policy apply.EntryPolicy
+		want   error
+		text   string
+	}{
+		{"dot-dot", forge(1, len(passwd), "d . 0755 0 0", "f ../../../../etc/passwd 0644 0 0 "+fmt.Sprint(len(passwd))+" "+hash), apply.EntryPolicy{}, manifest.ErrFormat, `path component ".."`},
+		{"absolute", forge(1, len(passwd), "d . 0755 0 0", "f /etc/passwd 0644 0 0 "+fmt.Sprint(len(passwd))+" "+hash), apply.EntryPolicy{}, manifest.ErrFormat, "absolute path"},
+		{"through a symlink", forge(1, len(passwd), "d . 0755 0 0", "l a 0777 0 0 "+outside, "f a/passwd 0644 0 0 "+fmt.Sprint(len(passwd))+" "+hash), apply.EntryPolicy{}, manifest.ErrFormat, `parent "a" is not a directory`},
+		{"symlink named like a directory", forge(0, 0, "d . 0755 0 0", "l etc 0777 0 0 /etc", "d etc/cron.d 0755 0 0"), apply.EntryPolicy{}, manifest.ErrFormat, `parent "etc" is not a directory`},
+		{"device node", forge(0, 0, "d . 0755 0 0", "b sda 0666 0 0 8:0"), apply.EntryPolicy{NoDevices: true}, apply.ErrForbidden, "block device"},
+		{"setuid file", forge(1, len(passwd), "d . 0755 0 0", "f su 4755 0 0 "+fmt.Sprint(len(passwd))+" "+hash), apply.EntryPolicy{NoSetuid: true}, apply.ErrForbidden, "setuid"},
+		{"setgid file", forge(1, len(passwd), "d . 0755 0 0", "f wall 2755 0 0 "+fmt.Sprint(len(passwd))+" "+hash), apply.EntryPolicy{NoSetuid: true}, apply.ErrForbidden, "mode 2755"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sc.t = t
+			var sig bytes.Buffer
+			if err := sc.f.signer.Sign(&sig, bytes.NewReader(tc.m)); err != nil {
+				t.Fatal(err)
+			}
+			p := sc.peer()
+			p.OnPath(manifestURL(3), hostile.Bytes(tc.m))
+			p.OnPath(manifestURL(3)+".sig", hostile.Bytes(sig.Bytes()))
+			p.On("/images/", ".deltas", hostile.Status(http.StatusNotFound))
+			p.On("/objects/", "", hostile.Bytes([]byte(passwd)))
+			sc.refused(sc.client(p), apply.PullOptions{Policy: tc.policy}, tc.want, tc.text)
+			if n := p.Hits("/objects/", ""); n != 0 {
+				t.Errorf("%d objects fetched before the manifest was refused", n)
+			}
+			if _, err := os.Lstat(outside); err == nil {
+				t.Fatal("something was written outside the tree")
+			}
+		})
+	}
+	// The same policy lets an honest image with neither through.
+	sc.t = t
+	sc.completes(sc.client(sc.peer()), apply.PullOptions{})
+}
+
+// bzip2Of compresses b as bsdiff's streams are.
+func bzip2Of(t *testing.T, b []byte) []byte {
+	var buf bytes.Buffer
+	w, err := bzip2.NewWriter(&buf, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(b)
+	w.Close()
+	return buf.Bytes()
+}
+
+// bsdiffPatch assembles a BSDIFF40 patch from its parts.
+func bsdiffPatch(ctrl, diffBlock, extra []byte, newSize int64) []byte {
+	out := []byte("BSDIFF40")
+	for _, n := range []int64{int64(len(ctrl)), int64(len(diffBlock)), newSize} {
+		var b [8]byte
+		for i := range 8 {
+			b[i] = byte(n >> (8 * i))
+		}
+		out = append(out, b[:]...)
+	}
+	return append(append(append(out, ctrl...), diffBlock...), extra...)
+}
+
+// TestAttackMaliciousPatch asserts, end to end through a pull, that a
+// patch the (compromised) publisher signed into the delta index, so that
+// its hash matches, but crafted to allocate hugely or to loop, is refused
+// by the applier's checks within the allocation bound; the planner then
+// falls back to the whole object and the update completes. With the whole
+// object withheld too, the pull fails naming the encoding's fault.
+func TestAttackMaliciousPatch(t *testing.T) {
+	lib3 := library(3)
+	target := manifest.Digest(sha256.Sum256([]byte(lib3)))
+	for _, tc := range []struct {
+		name  string
+		patch func(t *testing.T) []byte
+	}{
+		{"declares a terabyte", func(t *testing.T) []byte {
+			return bsdiffPatch(bzip2Of(t, nil), bzip2Of(t, nil), bzip2Of(t, nil), 1<<40)
+		}},
+		{"a million empty control triples", func(t *testing.T) []byte {
+			return bsdiffPatch(bzip2Of(t, make([]byte, 24<<20)), bzip2Of(t, nil), bzip2Of(t, nil), int64(len(lib3)))
+		}},
+		{"seeks far outside the old file", func(t *testing.T) []byte {
+			ctrl := make([]byte, 24)
+			ctrl[0], ctrl[16] = 1, 0xff // add 1 byte, then seek back 255 before the start
+			ctrl[23] = 0x7f
+			return bsdiffPatch(bzip2Of(t, ctrl), bzip2Of(t, []byte{0}), bzip2Of(t, nil), int64(len(lib3)))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sc := newScene(t)
+			patch := tc.patch(t)
+			pd := manifest.Digest(sha256.Sum256(patch))
+			b, _ := sc.f.repo.Begin()
+			if err := b.Put(context.Background(), pd, int64(len(patch)), bytes.NewReader(patch)); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			dp := filepath.Join(sc.f.repo.Dir(), blobstore.DeltasPath("school-laptop", 3))
+			idx, err := diff.ParseDeltaIndex(sc.file(blobstore.DeltasPath("school-laptop", 3)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			base := manifest.Digest(sha256.Sum256([]byte(library(2)))) // the laptop holds it
+			idx.Encodings = append(idx.Encodings, diff.Encoding{Target: target, Kind: diff.KindBsdiff, Digest: pd, Size: int64(len(patch)), Base: base})
+			idx.Sort()
+			raw, err := idx.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var sig bytes.Buffer
+			sc.f.signer.Sign(&sig, bytes.NewReader(raw))
+			os.WriteFile(dp, raw, 0o644)
+			os.WriteFile(dp+".sig", sig.Bytes(), 0o644)
+
+			var log bytes.Buffer
+			withheld := sc.peer()
+			withheld.OnPath("/"+blobstore.ObjectURLPath(target), hostile.Status(http.StatusNotFound))
+			for _, e := range idx.For(target) {
+				if e.Digest != pd {
+					withheld.OnPath("/"+blobstore.ObjectURLPath(e.Digest), hostile.Status(http.StatusNotFound))
+				}
+			}
+			sc.refused(sc.client(withheld), apply.PullOptions{Log: slog.New(slog.NewTextHandler(&log, nil))}, nil, "usr/lib/libschool.so.1")
+			if !strings.Contains(log.String(), "encoding failed") || !strings.Contains(log.String(), pd.String()) {
+				t.Errorf("the patch's refusal was not reported:\n%s", log.String())
+			}
+			res := sc.completes(sc.client(sc.peer()), apply.PullOptions{})
+			t.Logf("completed with %d patches and %d whole objects; the malicious patch refused", res.PatchObjects, res.WholeObjects)
+		})
+	}
+}

@@ -1,0 +1,200 @@
+// Package hostile is a programmable hostile peer for attack tests: an HTTP
+// server on loopback that answers some paths the way an attacker would
+// (wrong bytes, endless bodies, a byte a second) and passes the rest to an
+// honest handler, plus forged discovery traffic. It is real networking and
+// real HTTP; only the peer's intent is made up.
+package hostile
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Peer is an HTTP server whose answers a test programs path by path.
+type Peer struct {
+	srv    *httptest.Server
+	honest http.Handler
+
+	mu    sync.Mutex
+	rules []rule
+	hits  map[string]int // by rule name
+}
+
+type rule struct {
+	name  string
+	match func(path string) bool
+	h     http.Handler
+}
+
+// New starts a peer on loopback that passes every request no rule claims to
+// honest (nil: 404). It stops when the test ends.
+func New(t testing.TB, honest http.Handler) *Peer {
+	t.Helper()
+	if honest == nil {
+		honest = http.NotFoundHandler()
+	}
+	p := &Peer{honest: honest, hits: map[string]int{}}
+	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
+	t.Cleanup(p.srv.Close)
+	return p
+}
+
+// URL is the peer's repo URL, with a final slash.
+func (p *Peer) URL() string { return p.srv.URL + "/" }
+
+// Addr is the peer's host:port.
+func (p *Peer) Addr() string { return p.srv.Listener.Addr().String() }
+
+// On makes every request whose path starts with prefix (and ends with
+// suffix, if given) answered by h. Later rules are tried first, so a test
+// can narrow an earlier one.
+func (p *Peer) On(prefix, suffix string, h http.Handler) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	name := prefix + "*" + suffix
+	p.rules = append([]rule{{name: name, h: h, match: func(path string) bool {
+		return strings.HasPrefix(path, prefix) && strings.HasSuffix(path, suffix)
+	}}}, p.rules...)
+}
+
+// OnPath makes requests for exactly path answered by h.
+func (p *Peer) OnPath(path string, h http.Handler) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rules = append([]rule{{name: path, h: h, match: func(q string) bool { return q == path }}}, p.rules...)
+}
+
+// HitsPath is how many requests the OnPath rule for path has answered.
+func (p *Peer) HitsPath(path string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.hits[path]
+}
+
+// Hits is how many requests the rule for prefix and suffix has answered.
+func (p *Peer) Hits(prefix, suffix string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.hits[prefix+"*"+suffix]
+}
+
+func (p *Peer) serve(w http.ResponseWriter, r *http.Request) {
+	p.mu.Lock()
+	h := p.honest
+	for _, rl := range p.rules {
+		if rl.match(r.URL.Path) {
+			h = rl.h
+			p.hits[rl.name]++
+			break
+		}
+	}
+	p.mu.Unlock()
+	h.ServeHTTP(w, r)
+}
+
+// Bytes answers with b, whatever was asked.
+func Bytes(b []byte) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(b) })
+}
+
+// Status answers with an empty body and the given status.
+func Status(code int) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(code) })
+}
+
+// Endless sends prefix, then zeros without end, chunked (no length is
+// declared), until the client hangs up.
+func Endless(prefix []byte) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := w.Write(prefix); err != nil {
+			return
+		}
+		buf := make([]byte, 32<<10)
+		for r.Context().Err() == nil {
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+		}
+	})
+}
+
+// Trickle sends body one byte every interval, flushing each, until the
+// body ends or the client hangs up: the slow-retrieval attack.
+func Trickle(body []byte, every time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+		w.WriteHeader(http.StatusOK)
+		rc := http.NewResponseController(w)
+		rc.Flush()
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for i := range body {
+			select {
+			case <-r.Context().Done():
+				return
+			case <-tick.C:
+			}
+			if _, err := w.Write(body[i : i+1]); err != nil {
+				return
+			}
+			rc.Flush()
+		}
+	})
+}
+
+// Silent sends headers, then nothing, until the client hangs up.
+func Silent() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		http.NewResponseController(w).Flush()
+		<-r.Context().Done()
+	})
+}
+
+// Announcement spells a per-version announcement (SPEC.md §9) as a
+// hostile node would send it.
+func Announcement(image string, version uint64, manifestHex string, port int) []byte {
+	return fmt.Appendf(nil, "peerup-announce 1\nimage %s\nversion %d\nmanifest %s\nport %d\n", image, version, manifestHex, port)
+}
+
+// Advert is an mDNS response advertising one fake peerup node, with extra
+// TXT strings appended to the real ones (to make it oversized, say).
+func Advert(instance string, ip net.IP, port uint16, image string, version uint64, extraTXT ...string) *dns.Msg {
+	svc := "_peerup._tcp.local."
+	name := instance + "." + svc
+	host := instance + ".local."
+	hdr := func(n string, t uint16) dns.RR_Header {
+		return dns.RR_Header{Name: n, Rrtype: t, Class: dns.ClassINET, Ttl: 120}
+	}
+	txt := append([]string{"txtvers=1", "image=" + image, fmt.Sprintf("version=%d", version)}, extraTXT...)
+	m := &dns.Msg{MsgHdr: dns.MsgHdr{Response: true, Authoritative: true}}
+	m.Answer = []dns.RR{
+		&dns.PTR{Hdr: hdr(svc, dns.TypePTR), Ptr: name},
+		&dns.SRV{Hdr: hdr(name, dns.TypeSRV), Port: port, Target: host},
+		&dns.TXT{Hdr: hdr(name, dns.TypeTXT), Txt: txt},
+		&dns.A{Hdr: hdr(host, dns.TypeA), A: ip},
+	}
+	return m
+}
+
+// TrickleFrom answers with what honest would answer, status and headers
+// included, but sends the body one byte every interval.
+func TrickleFrom(honest http.Handler, every time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := httptest.NewRecorder()
+		honest.ServeHTTP(rec, r)
+		if rec.Code != http.StatusOK {
+			w.WriteHeader(rec.Code)
+			return
+		}
+		Trickle(rec.Body.Bytes(), every).ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,249 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// ErrStalled is a peer that sends too slowly: fewer than Stall.MinBytes in
+// some Stall.Window. Errors wrapping it also wrap ErrPeer.
+var ErrStalled = errors.New("peer too slow")
+
+// Stall is the slowest a peer may be before the client gives up on it and
+// the pull moves to another: at least MinBytes in every Window, counted
+// from the request (so a peer slow to answer at all is cut off too). It is
+// a rate, not a deadline, so a large object on a fair link is never cut.
+type Stall struct {
+	Window   time.Duration
+	MinBytes int64
+}
+
+// DefaultStall cuts off a peer that sends under 16 KiB in 30 s (about
+// 550 B/s): far below a congested school Wi-Fi, far above a trickle.
+func DefaultStall() Stall { return Stall{Window: 30 * time.Second, MinBytes: 16 << 10} }
+
+// watchdog cancels a request whose body arrives below the minimum rate.
+type watchdog struct {
+	s      Stall
+	n      atomic.Int64
+	last   int64
+	cancel context.CancelCauseFunc
+	timer  *time.Timer
+	err    error
+}
+
+// watch starts a watchdog over a request made with the returned context.
+func watch(ctx context.Context, s Stall, what string) (context.Context, *watchdog) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	w := &watchdog{s: s, cancel: cancel}
+	w.err = fmt.Errorf("%w: %w: %s: under %d bytes in %s", ErrPeer, ErrStalled, what, s.MinBytes, s.Window)
+	w.timer = time.AfterFunc(s.Window, w.tick)
+	return ctx, w
+}
+
+func (w *watchdog) tick() {
+	n := w.n.Load()
+	if n-w.last < w.s.MinBytes {
+		w.cancel(w.err)
+		return
+	}
+	w.last = n
+	w.timer.Reset(w.s.Window)
+}
+
+// stop ends the watch; the request's context is cancelled too.
+func (w *watchdog) stop() {
+	w.timer.Stop()
+	w.cancel(nil)
+}
+
+// blame turns the error of a request cut off by the watchdog into the
+// watchdog's own, so callers see ErrStalled rather than a cancellation.
+func (w *watchdog) blame(ctx context.Context, err error) error {
+	if err != nil && errors.Is(context.Cause(ctx), ErrStalled) {
+		return w.err
+	}
+	return err
+}
+
+// watchedBody counts what arrives and stops the watchdog when closed.
+type watchedBody struct {
+	io.ReadCloser
+	ctx context.Context
+	w   *watchdog
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.w.n.Add(int64(n))
+	return n, b.w.blame(b.ctx, err)
+}
+
+func (b *watchedBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.w.stop()
+	return err
+}
+
+// readLimited reads a whole body of at most limit bytes. It refuses a
+// declared length over the limit before reading, and never holds more than
+// limit+1 bytes however the body is sent.
+func readLimited(r io.Reader, declared, limit int64) ([]byte, error) {
+	if declared > limit {
+		return nil, errTooLarge
+	}
+	initial := int64(64 << 10)
+	if declared >= 0 {
+		initial = declared + 1
+	}
+	buf := make([]byte, 0, min(initial, limit+1))
+	for {
+		if len(buf) == cap(buf) {
+			if int64(len(buf)) > limit {
+				return nil, errTooLarge
+			}
+			grow := min(int64(cap(buf))*2, limit+1) - int64(len(buf))
+			buf = append(buf, make([]byte, grow)...)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)) > limit {
+			return nil, errTooLarge
+		}
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+var errTooLarge = errors.New("too large")
+
+// Server-side defaults (SPEC.md §5, §17).
+const (
+	DefaultMaxConnsPerPeer = 16
+	DefaultMaxConns        = 512
+	DefaultRequestRate     = 1000 // requests a second from one address
+	DefaultWriteStall      = 30 * time.Second
+	maxRateEntries         = 4096
+)
+
+// peerRates keeps a request budget per remote address. The table is
+// bounded: when full it starts afresh, which at worst forgives a few peers.
+type peerRates struct {
+	mu    sync.Mutex
+	rps   rate.Limit
+	burst int
+	m     map[string]*rate.Limiter
+}
+
+func newPeerRates(rps float64) *peerRates {
+	if rps <= 0 {
+		return nil
+	}
+	return &peerRates{rps: rate.Limit(rps), burst: max(1, int(2*rps)), m: map[string]*rate.Limiter{}}
+}
+
+func (p *peerRates) allow(addr string) bool {
+	host := hostOf(addr)
+	p.mu.Lock()
+	l, ok := p.m[host]
+	if !ok {
+		if len(p.m) >= maxRateEntries {
+			clear(p.m)
+		}
+		l = rate.NewLimiter(p.rps, p.burst)
+		p.m[host] = l
+	}
+	p.mu.Unlock()
+	return l.Allow()
+}
+
+func hostOf(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
+}
+
+// stallWriter gives each write of a response a deadline, so a client that
+// stops reading (or reads a byte a second) loses its connection instead of
+// holding an upload slot for ever.
+type stallWriter struct {
+	http.ResponseWriter
+	rc    *http.ResponseController
+	stall time.Duration
+}
+
+func (w stallWriter) Write(p []byte) (int, error) {
+	w.rc.SetWriteDeadline(time.Now().Add(w.stall))
+	return w.ResponseWriter.Write(p)
+}
+
+// LimitListener caps the connections open at once from one address
+// (perPeer) and in all (total); a connection beyond either is closed at
+// once, so one host cannot use up the server's descriptors or goroutines.
+func LimitListener(l net.Listener, perPeer, total int) net.Listener {
+	return &limitListener{Listener: l, perPeer: perPeer, total: total, open: map[string]int{}}
+}
+
+type limitListener struct {
+	net.Listener
+	perPeer, total int
+	mu             sync.Mutex
+	open           map[string]int
+	n              int
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		host := hostOf(c.RemoteAddr().String())
+		l.mu.Lock()
+		ok := (l.perPeer <= 0 || l.open[host] < l.perPeer) && (l.total <= 0 || l.n < l.total)
+		if ok {
+			l.open[host]++
+			l.n++
+		}
+		l.mu.Unlock()
+		if !ok {
+			c.Close()
+			continue
+		}
+		return &limitConn{Conn: c, l: l, host: host}, nil
+	}
+}
+
+type limitConn struct {
+	net.Conn
+	l    *limitListener
+	host string
+	once sync.Once
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		if c.l.open[c.host]--; c.l.open[c.host] <= 0 {
+			delete(c.l.open, c.host)
+		}
+		c.l.n--
+		c.l.mu.Unlock()
+	})
+	return err
+}
