@@ -473,3 +473,60 @@ func resTargets(r *transfer.ExportResult) []transfer.TargetResult {
 	}
 	return r.Targets
 }
+
+// TestExportFromALaptop: a laptop that went from v1 to v3 by patches
+// exports what it holds — in full, or for laptops still at v1 with the
+// patches it kept — and each stick updates another v1 laptop. What it
+// cannot vouch for is refused before anything is written.
+func TestExportFromALaptop(t *testing.T) {
+	f, tree := sneakernetFleet(t)
+	server := t.TempDir()
+	export(t, f, []string{server}, transfer.ExportOptions{FromVersion: 1})
+	a := offlineLaptop(t, f, 1)
+	if _, err := updateFrom(a, server, f.trust); err != nil {
+		t.Fatal(err)
+	}
+	for _, from := range []uint64{0, 1} {
+		stick := t.TempDir()
+		res, err := transfer.Export(context.Background(), a.Repo(), []string{stick}, transfer.ExportOptions{FromVersion: from, Trust: f.trust})
+		if err != nil {
+			t.Fatalf("export from the laptop (from v%d): %v", from, err)
+		}
+		if res.Version != 3 || (from == 1) != (res.Encodings > 0) {
+			t.Errorf("from v%d: %+v", from, res)
+		}
+		b := offlineLaptop(t, f, 1)
+		if _, err := updateFrom(b, stick, f.trust); err != nil {
+			t.Fatalf("update from the laptop's stick (from v%d): %v", from, err)
+		}
+		compareTrees(t, tree, filepath.Join(b.Dir(), "current")+"/")
+	}
+
+	other, _ := manifest.GenerateKey("other fleet")
+	dir := t.TempDir()
+	_, pub, _ := manifest.WriteKeyPair(other, dir, "other")
+	otherTrust, _ := manifest.LoadKeyring(pub)
+	tests := []struct {
+		name string
+		o    transfer.ExportOptions
+		want error
+		text string
+	}{
+		{"signed by a key not trusted", transfer.ExportOptions{Trust: otherTrust}, manifest.ErrUntrustedKey, "3.manifest"},
+		{"a base version the laptop no longer holds", transfer.ExportOptions{FromVersion: 2}, nil, "holds no manifest of school-laptop v2"},
+		{"a version it never had", transfer.ExportOptions{Version: 2}, nil, "holds no version 2 of school-laptop"},
+		{"a base at or above the version", transfer.ExportOptions{FromVersion: 3}, nil, "not older than version 3"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			stick := t.TempDir()
+			_, err := transfer.Export(context.Background(), a.Repo(), []string{stick}, tc.o)
+			if err == nil || tc.want != nil && !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.text) {
+				t.Fatalf("err = %v, want %v saying %q", err, tc.want, tc.text)
+			}
+			if files := stickFiles(t, stick); len(files) != 0 {
+				t.Errorf("a refused export wrote %v", files)
+			}
+		})
+	}
+}
