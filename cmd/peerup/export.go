@@ -104,6 +104,9 @@ signatures checked before anything is written.`,
 						res.Image, res.Version, t.Dir, res.Objects, res.Encodings, human(res.Bytes))
 				}
 			}
+			if cerr := cmd.Context().Err(); cerr != nil {
+				return cerr // interrupted: exit 130, as every verb does
+			}
 			if failed > 0 {
 				return fmt.Errorf("export failed on %d of %d targets", failed, len(res.Targets))
 			}
