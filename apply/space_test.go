@@ -15,15 +15,7 @@ import (
 // TestFullDiskRefusedCleanly: an update that cannot fit on a small
 // filesystem fails before fetching, says so clearly, and changes nothing.
 func TestFullDiskRefusedCleanly(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
-	small := filepath.Join(t.TempDir(), "small")
-	os.MkdirAll(small, 0o755)
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", small).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount tmpfs: %v %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", small).Run() })
+	small := smallTmpfs(t, "24m")
 	f := newFleet(t)
 	tree := makeTree(t, "VERSION=1\n")
 	f.publish(tree, 1)
@@ -47,4 +39,20 @@ func TestFullDiskRefusedCleanly(t *testing.T) {
 	if st, _ := s.Status(); st.Current != 1 || st.Staged != 0 {
 		t.Fatalf("status %+v", st)
 	}
+}
+
+// smallTmpfs mounts a tmpfs of the given size (mount's syntax, "24m") in a
+// temporary folder, skipping the test when it cannot.
+func smallTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	dir := filepath.Join(t.TempDir(), "small")
+	os.MkdirAll(dir, 0o755)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	return dir
 }

@@ -19,10 +19,15 @@ import (
 
 // Limits on the files a repo serves besides objects.
 const (
-	MaxIndex    = 1 << 20
-	indexMagic  = "peerup-index 1"
-	markerFile  = "peerup-repo"
-	markerMagic = "peerup-repo 1\n"
+	MaxIndex   = 1 << 20
+	indexMagic = "peerup-index 1"
+)
+
+// MarkerFile, holding MarkerMagic, is what makes a folder a repo (SPEC.md
+// §5); an export writes it last.
+const (
+	MarkerFile  = "peerup-repo"
+	MarkerMagic = "peerup-repo 1\n"
 )
 
 // ErrBusy is returned when another peerup process holds a repo's lock.
@@ -37,20 +42,20 @@ type Repo struct {
 
 // OpenRepo opens the repo at dir, creating an empty one if dir is new.
 func OpenRepo(dir string) (*Repo, error) {
-	marker := filepath.Join(dir, markerFile)
+	marker := filepath.Join(dir, MarkerFile)
 	b, err := os.ReadFile(marker)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("create repo: %w", err)
 		}
-		if err := WriteAtomic(marker, []byte(markerMagic)); err != nil {
+		if err := WriteAtomic(marker, []byte(MarkerMagic)); err != nil {
 			return nil, fmt.Errorf("create repo: %w", err)
 		}
 	case err != nil:
 		return nil, fmt.Errorf("open repo: %w", err)
-	case string(b) != markerMagic:
-		return nil, fmt.Errorf("open repo %s: %s says %.30q, want %q", dir, markerFile, b, markerMagic)
+	case string(b) != MarkerMagic:
+		return nil, fmt.Errorf("open repo %s: %s says %.30q, want %q", dir, MarkerFile, b, MarkerMagic)
 	}
 	s, err := Open(dir)
 	if err != nil {
@@ -312,7 +317,8 @@ func (r *Repo) RemoveVersion(image string, v uint64) error {
 func digestOf(b []byte) Digest { return Digest(sha256.Sum256(b)) }
 
 // WriteAtomic replaces path with data durably: temp file, fsync, rename,
-// fsync of the directory. For the few small files outside batches.
+// fsync of the directory. For the few small files outside batches, and an
+// export's index and marker.
 func WriteAtomic(path string, data []byte) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
 	if err != nil {
@@ -320,7 +326,11 @@ func WriteAtomic(path string, data []byte) error {
 	}
 	_, err = tmp.Write(data)
 	if err == nil {
-		err = tmp.Chmod(0o644)
+		// A FAT stick cannot represent the mode and refuses the change
+		// (EPERM); its files are readable by the mount's own rules.
+		if err = tmp.Chmod(0o644); errors.Is(err, unix.EPERM) {
+			err = nil
+		}
 	}
 	if err == nil {
 		err = tmp.Sync()

@@ -253,6 +253,10 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
+// ContextReader is r stopping when ctx ends, between reads: for the long
+// copies of other packages (an export's read-back).
+func ContextReader(ctx context.Context, r io.Reader) io.Reader { return ctxReader{ctx, r} }
+
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 func (b *Batch) write(ctx context.Context, r io.Reader, limit int64) (Digest, int64, string, error) {

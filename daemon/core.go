@@ -72,8 +72,9 @@ type Options struct {
 	DB      *DB
 	Trust   *manifest.Keyring
 	Policy  Policy
-	// Peers returns the URLs of the peers to ask, best first: static ones
-	// and those discovery found.
+	// Peers returns the URLs of the peers to ask, best first: volumes
+	// holding a repo (as folder paths), static ones and those discovery
+	// found.
 	Peers func() []string
 	// OnApplied runs after a switch, to advertise and announce the new
 	// version.
@@ -342,7 +343,7 @@ func (c *Core) poll(ctx context.Context) func() error {
 	var records []PeerRecord
 	var lastErr error
 	for _, u := range peers {
-		cl, err := transfer.NewClient(u, nil)
+		cl, err := apply.OpenSource(u)
 		if err != nil {
 			lastErr = err
 			continue
@@ -476,10 +477,15 @@ func (c *Core) fetchVersion(ctx context.Context, want uint64, peers []string) (n
 	var clients []apply.Source
 	var urls []string
 	for _, u := range peers {
-		if cl, err := transfer.NewClient(u, nil); err == nil {
-			clients = append(clients, cl.WithDownloadRate(c.o.DownloadLimit))
-			urls = append(urls, u)
+		src, err := apply.OpenSource(u)
+		if err != nil {
+			continue
 		}
+		if cl, ok := src.(*transfer.Client); ok {
+			cl.WithDownloadRate(c.o.DownloadLimit) // a stick needs no budget
+		}
+		clients = append(clients, src)
+		urls = append(urls, u)
 	}
 	for i, cl := range clients {
 		u := urls[i]

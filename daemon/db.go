@@ -102,6 +102,13 @@ func (d *DB) Ban(url string, until time.Time) error {
 	})
 }
 
+// Unban lifts a ban (a volume that now holds another stick).
+func (d *DB) Unban(url string) error {
+	return d.b.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketBans).Delete([]byte(url))
+	})
+}
+
 // Banned reports whether url is barred at `now`.
 func (d *DB) Banned(url string, now time.Time) bool {
 	banned := false

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +35,11 @@ type Config struct {
 	Bus    string   `toml:"bus"`
 	Policy string   `toml:"policy"`
 	Peers  []string `toml:"peer"`
+	// Volumes are folders where a USB stick holding an exported repo may
+	// be mounted (SPEC.md §16); ScanMounts also looks at every mount under
+	// /media, /run/media and /mnt.
+	Volumes    []string `toml:"volumes"`
+	ScanMounts bool     `toml:"scan-mounts"`
 	// PollInterval, if set, also polls the peers on a timer. Off by default:
 	// discovery events wake the daemon, so it makes no traffic when there is
 	// nothing to do.
@@ -124,6 +130,9 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	if cfg.Sysroot == "" {
 		return nil, errors.New("no sysroot (--sysroot)")
 	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	policy, err := ParsePolicy(orDefault(cfg.Policy, string(PolicyAuto)))
 	if err != nil {
 		return nil, err
@@ -170,8 +179,10 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 			return nil, err
 		}
 	}
+	vols := newVolumes(cfg.Volumes, cfg.ScanMounts, log)
 	peers := func() []string {
-		out := append([]string(nil), cfg.Peers...)
+		// A stick first: it is local and costs the LAN nothing.
+		out := append(vols.Present(), cfg.Peers...)
 		if d.disc != nil && !cfg.NoP2P {
 			out = append(out, d.disc.Peers()...)
 		}
@@ -213,6 +224,17 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 		defer d.wg.Done()
 		d.loop(ctx, cfg, len(cfg.Peers) > 0)
 	}()
+	if len(cfg.Volumes) > 0 || cfg.ScanMounts {
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			vols.run(ctx, func(path string) {
+				// A new stick (or a new export on one) gets a fresh
+				// chance, even where a bad one was banned.
+				db.Unban(path)
+			}, func() bool { return d.Core.Poll() == nil })
+		}()
+	}
 	ok = true
 	return d, nil
 }
@@ -312,6 +334,9 @@ func neighbours(peers func() []string, limit *rate.Limiter) func() []apply.Haver
 		defer mu.Unlock()
 		var out []apply.Haver
 		for _, u := range peers() {
+			if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+				continue // a volume lends nothing: it is not pulling
+			}
 			c := clients[u]
 			if c == nil {
 				var err error

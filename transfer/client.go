@@ -233,13 +233,7 @@ func (c *Client) FetchObject(ctx context.Context, b *blobstore.Batch, d manifest
 		}
 		return resp.Body, start, nil
 	}
-	if err := b.PutFrom(ctx, d, size, open); err != nil {
-		if errors.Is(err, blobstore.ErrMismatch) || errors.Is(err, blobstore.ErrTooLong) || errors.Is(err, blobstore.ErrTooShort) {
-			return fmt.Errorf("%w: from %s: %w", ErrPeer, c.base, err)
-		}
-		return err
-	}
-	return nil
+	return blame(b.PutFrom(ctx, d, size, open), c.base.String())
 }
 
 func sha256sum(b []byte) [32]byte { return sha256.Sum256(b) }

@@ -9,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"peerup/apply"
-	"peerup/transfer"
 )
 
 func (a *app) newBootCmd() *cobra.Command {
@@ -115,8 +114,9 @@ func (a *app) newVerifyCmd() *cobra.Command {
 		Long: `Checks current, previous and staged against their signed manifests: type,
 mode, owner, symlink targets, devices, and every file's size and SHA-256. A
 file edited in place through one tree shows in every tree that shares it by
-hard link. With --repair, damaged files are fetched anew from URL, checked
-against the manifest and put back; exits non-zero if problems remain.`,
+hard link. With --repair, damaged files are fetched anew from URL (or a
+folder holding a repo, such as a USB stick), checked against the manifest
+and put back; exits non-zero if problems remain.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := apply.Open(sysroot)
@@ -128,7 +128,7 @@ against the manifest and put back; exits non-zero if problems remain.`,
 				if from == "" {
 					return errors.New("--repair needs --from URL to fetch good copies from")
 				}
-				src, err := transfer.NewClient(from, nil)
+				src, err := apply.OpenSource(from)
 				if err != nil {
 					return err
 				}
@@ -156,7 +156,7 @@ against the manifest and put back; exits non-zero if problems remain.`,
 	}
 	cmd.Flags().StringVar(&sysroot, "sysroot", "", "sysroot directory (required)")
 	cmd.Flags().BoolVar(&repair, "repair", false, "fetch good copies of damaged files and put them back")
-	cmd.Flags().StringVar(&from, "from", "", "with --repair: repo URL to fetch from")
+	cmd.Flags().StringVar(&from, "from", "", "with --repair: repo URL, or a folder holding a repo, to fetch from")
 	cmd.MarkFlagRequired("sysroot")
 	return cmd
 }

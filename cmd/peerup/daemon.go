@@ -16,7 +16,7 @@ func (a *app) newDaemonCmd() *cobra.Command {
 	var cfgPath string
 	var flagCfg daemon.Config
 	cmd := &cobra.Command{
-		Use:   "daemon (--sysroot DIR | --repo REPO) --trust PUBFILE... [--listen ADDR] [--bus system|session|none|ADDRESS] [--policy auto|download|notify] [--peer URL]... [--config FILE]",
+		Use:   "daemon (--sysroot DIR | --repo REPO) --trust PUBFILE... [--listen ADDR] [--bus system|session|none|ADDRESS] [--policy auto|download|notify] [--peer URL]... [--volume DIR]... [--config FILE]",
 		Short: "Run the background updater",
 		Long: `Serves this node's repo to its neighbours, looks for newer signed versions
 (on the peers given with --peer, and as discovery reports them), fetches them
@@ -25,6 +25,10 @@ in the background and acts by policy:
   auto      fetch, stage and switch at once (previous is kept)
   download  fetch and stage, then signal UpdateReady and wait for Apply
   notify    only signal that an update is available
+
+A --volume folder is watched for a USB stick written by 'peerup export': when
+one is mounted there, the daemon updates from it like from a peer, checking
+every byte just as strictly.
 
 The desktop and 'peerup status/check/fetch/apply' talk to it over D-Bus
 (org.peerup.Updater1). Settings come from --config (default ` + defaultConfig + `,
@@ -56,6 +60,8 @@ if present); flags override it. One daemon runs per sysroot.`,
 			override("bus", func() { cfg.Bus = flagCfg.Bus })
 			override("policy", func() { cfg.Policy = flagCfg.Policy })
 			override("peer", func() { cfg.Peers = flagCfg.Peers })
+			override("volume", func() { cfg.Volumes = flagCfg.Volumes })
+			override("scan-mounts", func() { cfg.ScanMounts = flagCfg.ScanMounts })
 			override("poll-interval", func() { cfg.PollInterval = flagCfg.PollInterval })
 			override("boot-tries", func() { cfg.BootTries = flagCfg.BootTries })
 			override("iface", func() { cfg.Iface = flagCfg.Iface })
@@ -104,6 +110,8 @@ if present); flags override it. One daemon runs per sysroot.`,
 	f.StringVar(&flagCfg.Bus, "bus", "system", "D-Bus to export the API on: system, session, none, or an address")
 	f.StringVar(&flagCfg.Policy, "policy", "auto", "what to do with an update: auto, download or notify")
 	f.StringSliceVar(&flagCfg.Peers, "peer", nil, "repo URL to ask for updates (e.g. the school server); repeat for several")
+	f.StringSliceVar(&flagCfg.Volumes, "volume", nil, "folder where a USB stick from 'peerup export' may be mounted; watched, and updated from like a peer; repeat for several")
+	f.BoolVar(&flagCfg.ScanMounts, "scan-mounts", false, "also look for exported repos on every mount under /media, /run/media and /mnt")
 	f.StringVar(&flagCfg.Iface, "iface", "", "discover and advertise on this interface only (default: all)")
 	f.BoolVar(&flagCfg.NoMDNS, "no-mdns", false, "do not advertise or browse with mDNS/DNS-SD")
 	f.IntVar(&flagCfg.MaxUploads, "max-uploads", 8, "concurrent uploads to neighbours; more get 503 and go elsewhere")

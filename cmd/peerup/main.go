@@ -77,6 +77,7 @@ rollback.`,
 		a.newMirrorCmd(),
 		a.newGCCmd(),
 		a.newVerifyCmd(),
+		a.newExportCmd(),
 	)
 	return root
 }

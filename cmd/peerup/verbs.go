@@ -199,7 +199,7 @@ func (p *pullFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&p.sysroot, "sysroot", "", "sysroot directory (required)")
 	f.StringSliceVar(&p.trust, "trust", nil, "trusted public key file; repeat for several (required)")
-	f.StringVar(&p.from, "from", "", "repo URL, e.g. http://server:7380/ (required)")
+	f.StringVar(&p.from, "from", "", "repo URL, e.g. http://server:7380/, or a folder holding one, e.g. a USB stick (required)")
 	f.StringVar(&p.image, "image", "", "image id (default: the sysroot's, or the repo's only one)")
 	f.Uint64Var(&p.version, "version", 0, "version to fetch (default: the newest)")
 	f.BoolVar(&p.json, "json", false, "print the result as JSON")
@@ -215,7 +215,7 @@ func (p *pullFlags) pull(ctx context.Context) (*apply.Sysroot, *apply.PullResult
 	if err != nil {
 		return nil, nil, err
 	}
-	src, err := transfer.NewClient(p.from, nil)
+	src, err := apply.OpenSource(p.from)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -233,13 +233,16 @@ func (p *pullFlags) pull(ctx context.Context) (*apply.Sysroot, *apply.PullResult
 func (a *app) newPullCmd() *cobra.Command {
 	var p pullFlags
 	cmd := &cobra.Command{
-		Use:   "pull --sysroot DIR --trust PUBFILE... --from URL [--version N]",
+		Use:   "pull --sysroot DIR --trust PUBFILE... --from URL|DIR [--version N]",
 		Short: "Fetch a version and stage its tree, without switching",
 		Long: `Fetches the newest (or the given) version's signed manifest from URL, checks
 its signature against the trusted keys and that it is newer than the current
 version, fetches only the objects the node lacks, checks each one's hash, and
 builds the version's tree beside the running one. 'peerup apply' switches to
-it. Nothing changes unless everything checks out.`,
+it. Nothing changes unless everything checks out.
+
+--from may also name a folder holding a repo, such as a USB stick written by
+'peerup export': it is checked exactly as a server is.`,
 		Example: "  peerup pull --sysroot /sysroot --trust /etc/peerup/fleet.pub --from http://school-server:7380/",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -313,10 +316,12 @@ func switchLine(from, to uint64) string {
 func (a *app) newUpdateCmd() *cobra.Command {
 	var p pullFlags
 	cmd := &cobra.Command{
-		Use:   "update --sysroot DIR --trust PUBFILE... --from URL [--version N]",
+		Use:   "update --sysroot DIR --trust PUBFILE... --from URL|DIR [--version N]",
 		Short: "Pull a version, then switch to it",
-		Long:  `Does 'peerup pull' and then 'peerup apply'. Without --version it takes the newest.`,
-		Args:  cobra.NoArgs,
+		Long: `Does 'peerup pull' and then 'peerup apply'. Without --version it takes the newest.
+--from is a repo URL or a folder holding a repo (a USB stick from 'peerup export').`,
+		Example: "  peerup update --sysroot / --trust /etc/peerup/fleet.pub --from http://school-server:7380/\n  peerup update --sysroot / --trust /etc/peerup/fleet.pub --from /media/stick",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, res, err := p.pull(cmd.Context())
 			if errors.Is(err, apply.ErrUpToDate) {

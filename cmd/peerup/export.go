@@ -1,0 +1,191 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"peerup/blobstore"
+	"peerup/manifest"
+	"peerup/transfer"
+)
+
+func (a *app) newExportCmd() *cobra.Command {
+	var repoDir, sysroot, image string
+	var targets, trust []string
+	var version, from uint64
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "export (--repo REPO | --sysroot DIR) --to DIR [--to DIR]... [--from-version N] [--version M]",
+		Short: "Write a version onto USB sticks, for schools without a network link",
+		Long: `Writes a self-contained repo holding one signed version (the newest unless
+--version says) to each --to folder, such as a mounted USB stick: the signed
+manifest, the signed delta index, and the objects. 'peerup update --from DIR'
+updates a laptop from it, and a daemon with --volume finds it when the stick
+is mounted. With --from-version N only what a laptop at version N lacks goes
+on the stick, as patches against the files it holds where that is smaller.
+
+Each object is read once and written to every stick at once; each stick is
+then synced and read back. A stick that fails (full, pulled out) is reported
+and the others finish; a failed stick is left without its index and marker,
+so it is never taken for a repo. Each folder must be empty or hold an
+earlier export; other files on a stick are left alone.
+
+--repo exports from a publisher's or a mirror's repo, --sysroot from what a
+laptop holds (its manifests, kept patches and objects). --trust has the
+signatures checked before anything is written.`,
+		Example: "  peerup export --repo /srv/peerup --to /media/stick1 --to /media/stick2\n  peerup export --sysroot / --from-version 41 --to /media/stick",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := repoDir
+			if (repoDir == "") == (sysroot == "") {
+				return errors.New("give --repo or --sysroot (one of them)")
+			}
+			if sysroot != "" {
+				// Not apply.Open: that would create a sysroot where there is none.
+				dir = filepath.Join(sysroot, "peerup", "repo")
+			}
+			if _, err := os.Stat(filepath.Join(dir, blobstore.MarkerFile)); err != nil {
+				return fmt.Errorf("%s holds no peerup repo: %w", dir, err)
+			}
+			src, err := blobstore.OpenRepo(dir)
+			if err != nil {
+				return err
+			}
+			var kr *manifest.Keyring
+			if len(trust) > 0 {
+				if kr, err = manifest.LoadKeyring(trust...); err != nil {
+					return err
+				}
+			}
+			bars := newMultiBar(targets)
+			res, err := transfer.Export(cmd.Context(), src, targets, transfer.ExportOptions{
+				Image: image, Version: version, FromVersion: from, Trust: kr, Progress: bars.set, Log: a.log,
+			})
+			bars.finish()
+			if res == nil {
+				return err
+			}
+			if asJSON {
+				type target struct {
+					Dir   string `json:"dir"`
+					Error string `json:"error,omitempty"`
+				}
+				out := struct {
+					*transfer.ExportResult
+					Targets []target `json:"targets"`
+				}{ExportResult: res}
+				for _, t := range res.Targets {
+					tj := target{Dir: t.Dir}
+					if t.Err != nil {
+						tj.Error = t.Err.Error()
+					}
+					out.Targets = append(out.Targets, tj)
+				}
+				if perr := printJSON(out); perr != nil {
+					return perr
+				}
+			}
+			failed := 0
+			for _, t := range res.Targets {
+				if t.Err != nil {
+					failed++
+					fmt.Fprintf(os.Stderr, "peerup: %v\n", t.Err)
+				} else if !asJSON {
+					fmt.Printf("exported %s version %d to %s: %d objects (%d encodings), %s, read back and checked\n",
+						res.Image, res.Version, t.Dir, res.Objects, res.Encodings, human(res.Bytes))
+				}
+			}
+			if cerr := cmd.Context().Err(); cerr != nil {
+				return cerr // interrupted: exit 130, as every verb does
+			}
+			if failed > 0 {
+				return fmt.Errorf("export failed on %d of %d targets", failed, len(res.Targets))
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&repoDir, "repo", "", "export from this repo (a publisher's or a mirror's)")
+	f.StringVar(&sysroot, "sysroot", "", "export what this laptop's sysroot holds")
+	f.StringSliceVar(&targets, "to", nil, "folder to write the repo to, e.g. a mounted stick; repeat for several (required)")
+	f.StringVar(&image, "image", "", "image id (default: the source's only one)")
+	f.Uint64Var(&version, "version", 0, "version to export (default: the newest)")
+	f.Uint64Var(&from, "from-version", 0, "export only what a laptop at this version lacks (default: every object)")
+	f.StringSliceVar(&trust, "trust", nil, "check the signatures against this public key file first; repeat for several")
+	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	cmd.MarkFlagRequired("to")
+	return cmd
+}
+
+// multiBar draws one progress bar per target on its own terminal line, on
+// a terminal only. The bars share stderr, so each writes through a
+// lineWriter that moves the cursor to its line and back.
+type multiBar struct {
+	mu   sync.Mutex
+	bars []*progressbar.ProgressBar
+	out  io.Writer
+	on   bool
+}
+
+func newMultiBar(targets []string) *multiBar {
+	m := &multiBar{out: os.Stderr, on: term.IsTerminal(int(os.Stderr.Fd()))}
+	if !m.on {
+		return m
+	}
+	width := 0
+	for _, t := range targets {
+		width = max(width, len(t))
+	}
+	for i, t := range targets {
+		m.bars = append(m.bars, progressbar.NewOptions64(1,
+			progressbar.OptionSetDescription(fmt.Sprintf("%-*s", width, t)),
+			progressbar.OptionSetWriter(lineWriter{m, len(targets) - i}),
+			progressbar.OptionShowBytes(true),
+			progressbar.OptionUseANSICodes(true),
+			progressbar.OptionThrottle(100*time.Millisecond)))
+		fmt.Fprintln(m.out)
+	}
+	return m
+}
+
+// set is the export's progress callback.
+func (m *multiBar) set(i int, done, total int64) {
+	if !m.on {
+		return
+	}
+	b := m.bars[i]
+	if b.GetMax64() != total {
+		b.ChangeMax64(total)
+	}
+	b.Set64(done)
+}
+
+func (m *multiBar) finish() {
+	for _, b := range m.bars {
+		b.Exit() // as far as each got: a failed stick's bar stops short
+	}
+}
+
+// lineWriter writes to the line up lines above the cursor's resting place.
+type lineWriter struct {
+	m  *multiBar
+	up int
+}
+
+func (w lineWriter) Write(p []byte) (int, error) {
+	w.m.mu.Lock()
+	defer w.m.mu.Unlock()
+	fmt.Fprintf(w.m.out, "\033[%dA", w.up)
+	n, err := w.m.out.Write(p)
+	fmt.Fprintf(w.m.out, "\033[%dB\r", w.up)
+	return n, err
+}

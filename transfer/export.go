@@ -1,0 +1,396 @@
+package transfer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"peerup/blobstore"
+	"peerup/diff"
+	"peerup/manifest"
+)
+
+// ObjectSource opens the objects of the repo being exported. Export opens
+// each object once, however many targets it writes to.
+type ObjectSource interface {
+	OpenObject(d manifest.Digest) (io.ReadCloser, error)
+}
+
+// StoreObjects reads objects from a repo's own store.
+type StoreObjects struct{ Store *blobstore.Store }
+
+// OpenObject opens object d.
+func (s StoreObjects) OpenObject(d manifest.Digest) (io.ReadCloser, error) { return s.Store.Open(d) }
+
+// ExportOptions say what to export.
+type ExportOptions struct {
+	Image   string // "": the source's only image
+	Version uint64 // 0: the newest the source holds
+	// FromVersion, if set, limits the export to what a laptop at that
+	// version lacks: encodings whose base it holds, whole objects for the
+	// rest. 0 exports every object of Version whole.
+	FromVersion uint64
+	// Trust, if set, has every signature checked before anything is
+	// written; without it a signature must still be present.
+	Trust *manifest.Keyring
+	// Objects reads the source's objects (default: the repo's store).
+	Objects ObjectSource
+	// Progress, if set, is called from each target's own goroutine with
+	// the bytes written and read back so far and the total of both.
+	Progress func(target int, done, total int64)
+	Log      *slog.Logger
+}
+
+// ExportResult says what an export wrote.
+type ExportResult struct {
+	Image       string `json:"image"`
+	Version     uint64 `json:"version"`
+	FromVersion uint64 `json:"from_version,omitempty"`
+	// Objects each target holds, Encodings of them patches or compressed
+	// forms, Bytes their size (what is read from the source, once).
+	Objects   int            `json:"objects"`
+	Encodings int            `json:"encodings"`
+	Bytes     int64          `json:"bytes"`
+	Targets   []TargetResult `json:"targets"`
+}
+
+// TargetResult is one target's outcome.
+type TargetResult struct {
+	Dir string `json:"dir"`
+	Err error  `json:"-"`
+}
+
+// exportObject is an object to copy, with what it is for error messages.
+type exportObject struct {
+	d    manifest.Digest
+	size int64
+	what string
+}
+
+// exportFile is a small signed file (or its signature) copied from memory.
+type exportFile struct {
+	rel  string
+	data []byte
+}
+
+type exportPlan struct {
+	image    string
+	version  uint64
+	from     uint64
+	objects  []exportObject
+	files    []exportFile
+	index    []byte
+	objBytes int64 // the objects'
+	bytes    int64 // objects and files together
+	encoding int
+}
+
+// stampFile marks a folder an export is writing to: a stick whose export
+// was interrupted holds it and no marker, so it neither looks like a repo
+// nor stops the next export from clearing it.
+const stampFile = ".peerup-export"
+
+// Export writes a self-contained static repo holding one signed version to
+// each target folder (SPEC.md §16). Each source object is read once and its
+// bytes fanned out to every target as they are read; each target is then
+// synced and read back, and only a target that checks out gets its index
+// and marker, written last. A target that fails is reported in its
+// TargetResult and the others carry on; the error is non-nil if any
+// failed. Nothing is written anywhere if the source does not check out.
+func Export(ctx context.Context, src *blobstore.Repo, targets []string, o ExportOptions) (*ExportResult, error) {
+	if len(targets) == 0 {
+		return nil, errors.New("export: no target folder (--to)")
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Objects == nil {
+		o.Objects = StoreObjects{src.Store}
+	}
+	p, err := planExport(src, o)
+	if err != nil {
+		return nil, fmt.Errorf("export: %w", err)
+	}
+	dirs, err := checkTargets(src.Dir(), targets)
+	if err != nil {
+		return nil, fmt.Errorf("export: %w", err)
+	}
+	res := &ExportResult{Image: p.image, Version: p.version, FromVersion: p.from, Objects: len(p.objects), Encodings: p.encoding, Bytes: p.objBytes}
+	errs := fanOut(ctx, p, dirs, o)
+	var failed []error
+	for i, d := range dirs {
+		res.Targets = append(res.Targets, TargetResult{Dir: d, Err: errs[i]})
+		if errs[i] != nil {
+			failed = append(failed, errs[i])
+		}
+	}
+	return res, errors.Join(failed...)
+}
+
+// planExport reads and checks the source's signed files and picks the
+// objects to copy. It reads no object.
+func planExport(src *blobstore.Repo, o ExportOptions) (*exportPlan, error) {
+	if _, err := os.Stat(filepath.Join(src.Dir(), blobstore.MarkerFile)); err != nil {
+		return nil, fmt.Errorf("%s holds no peerup repo: %w", src.Dir(), err)
+	}
+	ix, err := src.ReadIndex()
+	if err != nil {
+		return nil, err
+	}
+	p := &exportPlan{image: o.Image, version: o.Version, from: o.FromVersion}
+	if p.image == "" {
+		imgs := ix.Images()
+		if len(imgs) != 1 {
+			return nil, fmt.Errorf("%s holds images %v; choose one with --image", src.Dir(), imgs)
+		}
+		p.image = imgs[0]
+	}
+	var e blobstore.IndexEntry
+	var ok bool
+	if p.version == 0 {
+		e, ok = ix.Latest(p.image)
+	} else {
+		e, ok = ix.Find(p.image, p.version)
+	}
+	if !ok {
+		return nil, fmt.Errorf("%s holds no version %s of %s", src.Dir(), versionName(p.version), p.image)
+	}
+	p.version = e.Version
+	if p.from != 0 && p.from >= p.version {
+		return nil, fmt.Errorf("--from-version %d is not older than version %d", p.from, p.version)
+	}
+	mb, msig, err := signedFile(src, blobstore.ManifestPath(p.image, p.version), o.Trust, true)
+	if err != nil {
+		return nil, err
+	}
+	if d := manifest.Digest(sha256sum(mb)); d != e.Manifest {
+		return nil, fmt.Errorf("%s's index names manifest %s for %s v%d, but the file is %s", src.Dir(), e.Manifest, p.image, p.version, d)
+	}
+	mr, err := manifest.NewReader(bytes.NewReader(mb))
+	if err != nil {
+		return nil, fmt.Errorf("manifest %s v%d: %w", p.image, p.version, err)
+	}
+	if h := mr.Header(); h.Image != p.image || h.Version != p.version {
+		return nil, fmt.Errorf("manifest listed as %s v%d is signed as %s v%d", p.image, p.version, h.Image, h.Version)
+	}
+	deltas, err := exportDeltas(src, p.image, p.version, mb, o)
+	if err != nil {
+		return nil, err
+	}
+	have := map[manifest.Digest]bool{}
+	if p.from != 0 {
+		if have, err = versionObjects(src, p.image, p.from, o.Trust); err != nil {
+			return nil, err
+		}
+	}
+	if err := p.pickObjects(src, mr, have, deltas); err != nil {
+		return nil, err
+	}
+	p.addSigned(blobstore.ManifestPath(p.image, p.version), mb, msig)
+	if deltas != nil {
+		p.addSigned(blobstore.DeltasPath(p.image, p.version), deltas.raw, deltas.sig)
+	}
+	ixOut := &blobstore.Index{}
+	ixOut.Set(e)
+	p.index = ixOut.Marshal()
+	return p, nil
+}
+
+func versionName(v uint64) string {
+	if v == 0 {
+		return "at all"
+	}
+	return fmt.Sprint(v)
+}
+
+// signedFile reads a signed file and checks its signature is there (and
+// verifies, given keys): nothing unsigned goes onto a stick.
+func signedFile(src *blobstore.Repo, rel string, trust *manifest.Keyring, required bool) (data, sig []byte, err error) {
+	data, err = os.ReadFile(filepath.Join(src.Dir(), rel))
+	if err != nil {
+		if !required && errors.Is(err, fs.ErrNotExist) {
+			return nil, nil, nil
+		}
+		return nil, nil, fmt.Errorf("read %s: %w", rel, err)
+	}
+	sig, err = os.ReadFile(filepath.Join(src.Dir(), rel+".sig"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s has no signature: %w", rel, err)
+	}
+	if trust != nil {
+		if _, err := trust.Verify(bytes.NewReader(data), sig); err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", rel, err)
+		}
+	}
+	return data, sig, nil
+}
+
+// addSigned adds a signed file and its signature.
+func (p *exportPlan) addSigned(rel string, data, sig []byte) {
+	p.files = append(p.files, exportFile{rel, data}, exportFile{rel + ".sig", sig})
+	p.bytes += int64(len(data) + len(sig))
+}
+
+// exportDeltas reads the version's delta index, if the source has one, and
+// checks it belongs to the manifest: an index a pull would refuse must not
+// go onto a stick.
+func exportDeltas(src *blobstore.Repo, image string, v uint64, mb []byte, o ExportOptions) (*signedDeltas, error) {
+	rel := blobstore.DeltasPath(image, v)
+	raw, sig, err := signedFile(src, rel, o.Trust, false)
+	if err != nil || raw == nil {
+		return nil, err
+	}
+	x, err := diff.ParseDeltaIndex(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", rel, err)
+	}
+	if x.Image != image || x.Version != v || x.Manifest != manifest.Digest(sha256sum(mb)) {
+		return nil, fmt.Errorf("%s does not belong to %s v%d's manifest", rel, image, v)
+	}
+	return &signedDeltas{x, raw, sig}, nil
+}
+
+type signedDeltas struct {
+	idx      *diff.DeltaIndex
+	raw, sig []byte
+}
+
+// versionObjects lists the objects of a version the source holds the
+// manifest of: what a laptop at that version has.
+func versionObjects(src *blobstore.Repo, image string, v uint64, trust *manifest.Keyring) (map[manifest.Digest]bool, error) {
+	mb, _, err := signedFile(src, blobstore.ManifestPath(image, v), trust, true)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s holds no manifest of %s v%d, so it cannot tell what a laptop at v%d holds; export without --from-version", src.Dir(), image, v, v)
+	}
+	if err != nil {
+		return nil, err
+	}
+	have := map[manifest.Digest]bool{}
+	err = eachFile(mb, func(e *manifest.Entry) error {
+		have[e.SHA256] = true
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("manifest %s v%d: %w", image, v, err)
+	}
+	return have, nil
+}
+
+// eachFile calls f for each regular file entry of a manifest, streaming.
+func eachFile(mb []byte, f func(e *manifest.Entry) error) error {
+	r, err := manifest.NewReader(bytes.NewReader(mb))
+	if err != nil {
+		return err
+	}
+	return eachFileOf(r, f)
+}
+
+func eachFileOf(r *manifest.Reader, f func(e *manifest.Entry) error) error {
+	for {
+		e, err := r.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if e.Type == manifest.TypeFile {
+			if err := f(e); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// pickObjects chooses, for each object of the version a laptop lacks, the
+// cheapest way the planner (SPEC.md §10) would take that the source holds:
+// an encoding smaller than the object whose base the laptop has, else the
+// whole object. A full export (no base version) takes every object whole,
+// so the stick serves a laptop at any version, or none.
+func (p *exportPlan) pickObjects(src *blobstore.Repo, mr *manifest.Reader, have map[manifest.Digest]bool, deltas *signedDeltas) error {
+	seen := map[manifest.Digest]bool{}
+	add := func(d manifest.Digest, size int64, what string) {
+		if !seen[d] {
+			seen[d] = true
+			p.objects = append(p.objects, exportObject{d, size, what})
+			p.objBytes += size
+			p.bytes += size
+		}
+	}
+	done := map[manifest.Digest]bool{}
+	return eachFileOf(mr, func(e *manifest.Entry) error {
+		if have[e.SHA256] || done[e.SHA256] {
+			return nil
+		}
+		done[e.SHA256] = true
+		if p.from != 0 && deltas != nil {
+			ways := deltas.idx.For(e.SHA256)
+			sort.SliceStable(ways, func(i, j int) bool { return ways[i].Size < ways[j].Size })
+			for _, enc := range ways {
+				if enc.Size < e.Size && (enc.Base.IsZero() || have[enc.Base]) && src.Has(enc.Digest) {
+					add(enc.Digest, enc.Size, fmt.Sprintf("%s encoding of %s", enc.Kind, e.Path))
+					p.encoding++
+					return nil
+				}
+			}
+		}
+		if !src.Has(e.SHA256) {
+			return fmt.Errorf("%s lacks object %s (%s) and no encoding of it fits", src.Dir(), e.SHA256, e.Path)
+		}
+		add(e.SHA256, e.Size, e.Path)
+		return nil
+	})
+}
+
+// checkTargets makes each target folder's path absolute and refuses
+// targets that are the source, inside it, hold it, or repeat another.
+func checkTargets(srcDir string, targets []string) ([]string, error) {
+	srcAbs, err := filepath.Abs(srcDir)
+	if err != nil {
+		return nil, err
+	}
+	srcAbs = realPath(srcAbs)
+	var out []string
+	seen := map[string]string{}
+	for _, t := range targets {
+		abs, err := filepath.Abs(t)
+		if err != nil {
+			return nil, err
+		}
+		real := realPath(abs)
+		if within(real, srcAbs) || within(srcAbs, real) {
+			return nil, fmt.Errorf("target %s and the source repo %s overlap", t, srcDir)
+		}
+		if prev, ok := seen[real]; ok {
+			return nil, fmt.Errorf("target %s is given twice (also as %s)", t, prev)
+		}
+		seen[real] = t
+		out = append(out, abs)
+	}
+	return out, nil
+}
+
+// realPath resolves symlinks in the absolute path p, or in the part of it
+// that exists.
+func realPath(p string) string {
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		return r
+	}
+	parent := filepath.Dir(p)
+	if parent == p {
+		return p
+	}
+	return filepath.Join(realPath(parent), filepath.Base(p))
+}
+
+func within(p, dir string) bool {
+	return p == dir || strings.HasPrefix(p, dir+string(filepath.Separator)) || dir == "/"
+}
