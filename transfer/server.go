@@ -36,9 +36,9 @@ type Handler struct {
 }
 
 // lendCooldown is how long after uploading an object a seed keeps sending
-// other askers to its neighbours: a little over the second in which
-// neighbours learn what each other's pulls hold.
-const lendCooldown = 3 * time.Second
+// other askers to its neighbours: well over the second in which
+// neighbours learn what each other's pulls hold, even over saturated links.
+const lendCooldown = 8 * time.Second
 
 // lend reports whether object path p may be uploaded now, and if so marks
 // it in flight.
