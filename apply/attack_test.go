@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -49,15 +48,7 @@ type scene struct {
 
 func newScene(t *testing.T) *scene {
 	t.Helper()
-	f := newFleet(t)
-	tree := makeTree(t, "VERSION=1\n")
-	write(t, tree+"/usr/lib/libschool.so.1", library(1), 0o755)
-	f.publishWithDeltas(tree, 1)
-	for v := 2; v <= 3; v++ {
-		write(t, tree+"/etc/os-release", fmt.Sprintf("VERSION=%d\n", v), 0o644)
-		write(t, tree+"/usr/lib/libschool.so.1", library(v), 0o755)
-		f.publishWithDeltas(tree, uint64(v))
-	}
+	f, tree := libraryReleases(t, 3, nil)
 	s := newSysroot(t)
 	f.update(s, 2)
 	return &scene{t: t, f: f, tree: tree, s: s}
@@ -94,20 +85,6 @@ func manifestURL(v uint64) string { return "/" + blobstore.ManifestPath("school-
 
 func deltasURL(v uint64) string { return "/" + blobstore.DeltasPath("school-laptop", v) }
 
-func attackCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), attackDeadline)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-func allocated(f func()) uint64 {
-	var a, b runtime.MemStats
-	runtime.ReadMemStats(&a)
-	f()
-	runtime.ReadMemStats(&b)
-	return b.TotalAlloc - a.TotalAlloc
-}
-
 // pull runs a pull of v3 (unless o says otherwise) within the attack
 // deadline and reports its result, error and allocations.
 func (sc *scene) pull(src apply.Source, o apply.PullOptions) (*apply.PullResult, error, uint64) {
@@ -118,10 +95,10 @@ func (sc *scene) pull(src apply.Source, o apply.PullOptions) (*apply.PullResult,
 	if o.Version == 0 {
 		o.Version = 3
 	}
-	ctx := attackCtx(sc.t)
+	ctx := hostile.Context(sc.t, attackDeadline)
 	var res *apply.PullResult
 	var err error
-	n := allocated(func() { res, err = sc.s.Pull(ctx, src, o) })
+	n := hostile.Allocated(func() { res, err = sc.s.Pull(ctx, src, o) })
 	if ctx.Err() != nil {
 		sc.t.Fatalf("the pull ran into its deadline (%v): the attack was not bounded in time", err)
 	}

@@ -26,6 +26,27 @@ func library(v int) string {
 	return string(b)
 }
 
+// libraryReleases publishes v1 to last with delta indexes, each version
+// changing the os-release and a few bytes of a large library, and extra
+// (if set) changing more of the tree first. It returns the tree as the
+// last version has it.
+func libraryReleases(t *testing.T, last int, extra func(tree string, v int)) (*fleet, string) {
+	t.Helper()
+	f := newFleet(t)
+	tree := makeTree(t, "VERSION=1\n")
+	write(t, tree+"/usr/lib/libschool.so.1", library(1), 0o755)
+	f.publishWithDeltas(tree, 1)
+	for v := 2; v <= last; v++ {
+		write(t, tree+"/etc/os-release", fmt.Sprintf("VERSION=%d\n", v), 0o644)
+		write(t, tree+"/usr/lib/libschool.so.1", library(v), 0o755)
+		if extra != nil {
+			extra(tree, v)
+		}
+		f.publishWithDeltas(tree, uint64(v))
+	}
+	return f, tree
+}
+
 func (f *fleet) publishWithDeltas(tree string, v uint64) {
 	f.t.Helper()
 	f.publish(tree, v)

@@ -11,6 +11,7 @@ import (
 
 	"peerup/apply"
 	"peerup/blobstore"
+	"peerup/internal/hostile"
 	"peerup/manifest"
 )
 
@@ -56,7 +57,7 @@ func TestAttackKeyRotationAndRevocation(t *testing.T) {
 	}
 	laptop := newSysroot(t)
 	pull := func(v uint64) error {
-		_, err := laptop.Pull(attackCtx(t), f.client(), apply.PullOptions{Version: v, Trust: trustOld})
+		_, err := laptop.Pull(hostile.Context(t, attackDeadline), f.client(), apply.PullOptions{Version: v, Trust: trustOld})
 		return err
 	}
 	refused := func(v uint64, want error) {
@@ -121,10 +122,10 @@ func TestAttackKeyRotationAndRevocation(t *testing.T) {
 		t.Fatal(err)
 	}
 	fresh := newSysroot(t)
-	if _, err := fresh.Pull(attackCtx(t), f.client(), apply.PullOptions{Version: 3, Trust: kr}); !errors.Is(err, manifest.ErrRevokedKey) {
+	if _, err := fresh.Pull(hostile.Context(t, attackDeadline), f.client(), apply.PullOptions{Version: 3, Trust: kr}); !errors.Is(err, manifest.ErrRevokedKey) {
 		t.Fatalf("a key revoked by the trust directory: err = %v", err)
 	}
-	if _, err := fresh.Pull(attackCtx(t), f.client(), apply.PullOptions{Version: 2, Trust: kr}); err != nil {
+	if _, err := fresh.Pull(hostile.Context(t, attackDeadline), f.client(), apply.PullOptions{Version: 2, Trust: kr}); err != nil {
 		t.Fatalf("the other key of the trust directory: %v", err)
 	}
 }

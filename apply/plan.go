@@ -253,10 +253,7 @@ func (s *Sysroot) fromHelpers(ctx context.Context, bd *board, b *blobstore.Batch
 			err := s.fetchEncoded(ctx, h.src, b, n, enc)
 			bd.release(h, enc.Digest, err)
 			if err == nil {
-				if enc.Kind.Whole() {
-					return "whole", enc.Size, true
-				}
-				return "patch", enc.Size, true
+				return wireKind(enc.Kind), enc.Size, true
 			}
 			log.Debug("neighbour could not lend an encoding", "path", n.path, "peer", h.src, "err", err)
 		}
@@ -274,16 +271,22 @@ func (s *Sysroot) fromHelpers(ctx context.Context, bd *board, b *blobstore.Batch
 	return "", 0, false
 }
 
+// wireKind is how PullResult counts an encoding's bytes: as a patch if it
+// needs a base, else as a whole object.
+func wireKind(k diff.Kind) string {
+	if k.Whole() {
+		return "whole"
+	}
+	return "patch"
+}
+
 // fetchOne gets one object by the first way that works and reports its kind
 // ("patch" or "whole") and the bytes it took on the wire.
 func (s *Sysroot) fetchOne(ctx context.Context, src Source, b *blobstore.Batch, n *need, log *slog.Logger) (string, int64, error) {
 	for _, enc := range n.ways {
 		err := s.fetchEncoded(ctx, src, b, n, enc)
 		if err == nil {
-			if enc.Kind.Whole() {
-				return "whole", enc.Size, nil
-			}
-			return "patch", enc.Size, nil
+			return wireKind(enc.Kind), enc.Size, nil
 		}
 		if ctx.Err() != nil {
 			return "", 0, context.Cause(ctx)

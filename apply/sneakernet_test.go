@@ -72,19 +72,11 @@ func (r countingReader) Read(p []byte) (int, error) {
 // v2 and v3. It returns the tree as v3 has it.
 func sneakernetFleet(t *testing.T) (*fleet, string) {
 	t.Helper()
-	f := newFleet(t)
-	tree := makeTree(t, "VERSION=1\n")
-	write(t, tree+"/usr/lib/libschool.so.1", library(1), 0o755)
-	f.publishWithDeltas(tree, 1)
-	for v := 2; v <= 3; v++ {
-		write(t, tree+"/etc/os-release", fmt.Sprintf("VERSION=%d\n", v), 0o644)
-		write(t, tree+"/usr/lib/libschool.so.1", library(v), 0o755)
+	return libraryReleases(t, 3, func(tree string, v int) {
 		blob := make([]byte, 1<<20)
 		rand.Read(blob)
 		write(t, tree+fmt.Sprintf("/usr/share/blob-%d", v), string(blob), 0o644)
-		f.publishWithDeltas(tree, uint64(v))
-	}
-	return f, tree
+	})
 }
 
 func export(t *testing.T, f *fleet, targets []string, o transfer.ExportOptions) *transfer.ExportResult {

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -25,22 +24,6 @@ import (
 // attackDeadline bounds every attack: a defence that hangs fails the test
 // by its context, not by a stopwatch.
 const attackDeadline = 30 * time.Second
-
-func attackCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), attackDeadline)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// allocated runs f and returns the bytes it allocated in all: an upper
-// bound on the memory it held at any moment.
-func allocated(f func()) uint64 {
-	var a, b runtime.MemStats
-	runtime.ReadMemStats(&a)
-	f()
-	runtime.ReadMemStats(&b)
-	return b.TotalAlloc - a.TotalAlloc
-}
 
 func client(t *testing.T, url string) *transfer.Client {
 	t.Helper()
@@ -65,7 +48,7 @@ func TestAttackSlowRetrievalClient(t *testing.T) {
 	s, _ := blobstore.Open(t.TempDir())
 	b, _ := s.Begin()
 	defer b.Abort()
-	ctx := attackCtx(t)
+	ctx := hostile.Context(t, attackDeadline)
 	err := c.FetchObject(ctx, b, d, int64(len(data)))
 	if !errors.Is(err, transfer.ErrStalled) || !errors.Is(err, transfer.ErrPeer) {
 		t.Fatalf("trickled object: err = %v, want ErrStalled and ErrPeer", err)
@@ -95,9 +78,9 @@ func TestAttackEndlessManifest(t *testing.T) {
 	p.On("/index", "", hostile.Endless([]byte("peerup-index 1\n")))
 	const limit = 2 << 20
 	c := client(t, p.URL()).WithMaxManifest(limit)
-	ctx := attackCtx(t)
+	ctx := hostile.Context(t, attackDeadline)
 	var err error
-	n := allocated(func() { _, _, err = c.Manifest(ctx, "school-laptop", 2) })
+	n := hostile.Allocated(func() { _, _, err = c.Manifest(ctx, "school-laptop", 2) })
 	if !errors.Is(err, transfer.ErrPeer) || !strings.Contains(err.Error(), "larger than") {
 		t.Fatalf("endless manifest: err = %v", err)
 	}
@@ -107,7 +90,7 @@ func TestAttackEndlessManifest(t *testing.T) {
 	if _, _, err := c.Deltas(ctx, "school-laptop", 2); !errors.Is(err, transfer.ErrPeer) {
 		t.Fatalf("oversized declared delta index: err = %v", err)
 	}
-	n = allocated(func() { _, err = c.Index(ctx) })
+	n = hostile.Allocated(func() { _, err = c.Index(ctx) })
 	if !errors.Is(err, transfer.ErrPeer) || n > 8*blobstore.MaxIndex {
 		t.Fatalf("endless index: err = %v after %d KiB", err, n>>10)
 	}
@@ -266,7 +249,7 @@ func TestAttackServerSlowloris(t *testing.T) {
 		}
 	})
 	host := strings.TrimSuffix(strings.TrimPrefix(url, "http://"), "/")
-	ctx := attackCtx(t)
+	ctx := hostile.Context(t, attackDeadline)
 	wait := func(what string) {
 		t.Helper()
 		select {
@@ -325,7 +308,7 @@ func TestAttackServerRequestFlood(t *testing.T) {
 	if limited == 0 {
 		t.Fatal("100 requests at once from one address were all served")
 	}
-	if _, err := client(t, url).Index(attackCtx(t)); !errors.Is(err, transfer.ErrBusy) {
+	if _, err := client(t, url).Index(hostile.Context(t, attackDeadline)); !errors.Is(err, transfer.ErrBusy) {
 		t.Fatalf("client on a rate-limited peer: err = %v, want ErrBusy", err)
 	}
 }

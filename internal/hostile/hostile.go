@@ -6,10 +6,12 @@
 package hostile
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -197,4 +199,22 @@ func TrickleFrom(honest http.Handler, every time.Duration) http.Handler {
 		}
 		Trickle(rec.Body.Bytes(), every).ServeHTTP(w, r)
 	})
+}
+
+// Context bounds one attack: a defence that hangs fails the test by its
+// context's deadline, not by a stopwatch.
+func Context(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// Allocated runs f and returns the bytes it allocated in all: an upper
+// bound on the memory it held at any moment.
+func Allocated(f func()) uint64 {
+	var a, b runtime.MemStats
+	runtime.ReadMemStats(&a)
+	f()
+	runtime.ReadMemStats(&b)
+	return b.TotalAlloc - a.TotalAlloc
 }
