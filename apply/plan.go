@@ -156,7 +156,7 @@ func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Bat
 		go func() {
 			defer wg.Done()
 			for n := range jobs {
-				kind, wire, lent, err := s.fetchNeed(ctx, peers, bd, b, n, log)
+				kind, wire, from, lent, err := s.fetchNeed(ctx, peers, bd, b, n, log)
 				if err != nil {
 					cancel(fmt.Errorf("fetch %s: %w", n.path, err))
 					continue
@@ -169,6 +169,10 @@ func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Bat
 					res.NeighbourObjects++
 					res.NeighbourBytes += wire
 				}
+				if res.Sources == nil {
+					res.Sources = map[string]int64{}
+				}
+				res.Sources[from] += wire
 				if kind == "patch" {
 					res.PatchObjects++
 					res.PatchBytes += wire
@@ -203,29 +207,30 @@ const busyRounds = 60
 // fetchNeed gets one object: from a neighbour whose pull already holds it
 // if one does, else from the sources offering the version, waiting while
 // they are all busy.
-func (s *Sysroot) fetchNeed(ctx context.Context, peers *swarm, bd *board, b *blobstore.Batch, n *need, log *slog.Logger) (kind string, wire int64, lent bool, err error) {
+func (s *Sysroot) fetchNeed(ctx context.Context, peers *swarm, bd *board, b *blobstore.Batch, n *need, log *slog.Logger) (kind string, wire int64, from string, lent bool, err error) {
 	for round := 0; ; round++ {
 		if bd != nil {
-			if kind, wire, ok := s.fromHelpers(ctx, bd, b, n, log); ok {
-				return kind, wire, true, nil
+			if kind, wire, from, ok := s.fromHelpers(ctx, bd, b, n, log); ok {
+				return kind, wire, from, true, nil
 			}
 		}
 		err = peers.fetch(ctx, func(src Source) error {
 			var err error
 			kind, wire, err = s.fetchOne(ctx, src, b, n, log)
+			from = src.String()
 			if err != nil && !errors.Is(err, transfer.ErrBusy) {
 				log.Info("fetch failed, trying another peer", "path", n.path, "peer", src, "err", err)
 			}
 			return err
 		})
 		if err == nil {
-			return kind, wire, false, nil
+			return kind, wire, from, false, nil
 		}
 		if ctx.Err() != nil {
-			return "", 0, false, context.Cause(ctx)
+			return "", 0, "", false, context.Cause(ctx)
 		}
 		if !errors.Is(err, transfer.ErrBusy) || round >= busyRounds {
-			return "", 0, false, err
+			return "", 0, "", false, err
 		}
 		// Every source is at its upload cap: wait as they ask, or until a
 		// neighbour gains objects it could lend.
@@ -235,7 +240,7 @@ func (s *Sysroot) fetchNeed(ctx context.Context, peers *swarm, bd *board, b *blo
 		}
 		select {
 		case <-ctx.Done():
-			return "", 0, false, context.Cause(ctx)
+			return "", 0, "", false, context.Cause(ctx)
 		case <-time.After(2 * time.Second):
 		}
 	}
@@ -243,7 +248,7 @@ func (s *Sysroot) fetchNeed(ctx context.Context, peers *swarm, bd *board, b *blo
 
 // fromHelpers fetches n from a neighbour's pull that holds one of its ways,
 // unless that way costs more than twice the cheapest.
-func (s *Sysroot) fromHelpers(ctx context.Context, bd *board, b *blobstore.Batch, n *need, log *slog.Logger) (string, int64, bool) {
+func (s *Sysroot) fromHelpers(ctx context.Context, bd *board, b *blobstore.Batch, n *need, log *slog.Logger) (kind string, wire int64, from string, ok bool) {
 	limit := 2 * n.cost()
 	for _, enc := range n.ways {
 		if enc.Size > limit {
@@ -253,7 +258,7 @@ func (s *Sysroot) fromHelpers(ctx context.Context, bd *board, b *blobstore.Batch
 			err := s.fetchEncoded(ctx, h.src, b, n, enc)
 			bd.release(h, enc.Digest, err)
 			if err == nil {
-				return wireKind(enc.Kind), enc.Size, true
+				return wireKind(enc.Kind), enc.Size, h.src.String(), true
 			}
 			log.Debug("neighbour could not lend an encoding", "path", n.path, "peer", h.src, "err", err)
 		}
@@ -263,12 +268,12 @@ func (s *Sysroot) fromHelpers(ctx context.Context, bd *board, b *blobstore.Batch
 			err := h.src.FetchObject(ctx, b, n.d, n.size)
 			bd.release(h, n.d, err)
 			if err == nil {
-				return "whole", n.size, true
+				return "whole", n.size, h.src.String(), true
 			}
 			log.Debug("neighbour could not lend an object", "path", n.path, "peer", h.src, "err", err)
 		}
 	}
-	return "", 0, false
+	return "", 0, "", false
 }
 
 // wireKind is how PullResult counts an encoding's bytes: as a patch if it

@@ -76,6 +76,9 @@ type PullResult struct {
 	// count among the fetched ones too).
 	NeighbourObjects int   `json:"neighbour_objects"`
 	NeighbourBytes   int64 `json:"neighbour_bytes"`
+	// Sources are the bytes fetched from each source, by its name (a URL
+	// or a folder).
+	Sources map[string]int64 `json:"sources,omitempty"`
 	// RawBytes is what the fetched objects would have cost sent raw.
 	RawBytes int64 `json:"raw_bytes"`
 	// Resumed objects were verified by an interrupted earlier pull and kept

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"io"
 	"net/http/httptest"
@@ -38,23 +37,6 @@ type fleetFigures struct {
 	fetched    int64 // mean bytes delivered to a laptop
 	laptopHWM  string
 	laptopRSSk int64
-}
-
-// runner lets the LAN harness, written for tests, run in the benchmark: a
-// fatal error unwinds to fleetRun, which runs the cleanups (the
-// namespaces and bridge go even when a run fails).
-type runner struct{ cleanups []func() }
-
-type runnerAbort struct{ err error }
-
-func (r *runner) Helper()                        {}
-func (r *runner) Cleanup(f func())               { r.cleanups = append(r.cleanups, f) }
-func (r *runner) Skip(args ...any)               { panic(runnerAbort{errors.New(fmt.Sprint(args...))}) }
-func (r *runner) Fatalf(format string, a ...any) { panic(runnerAbort{fmt.Errorf(format, a...)}) }
-func (r *runner) close() {
-	for i := len(r.cleanups) - 1; i >= 0; i-- {
-		r.cleanups[i]()
-	}
 }
 
 func benchLAN(ctx context.Context, w io.Writer, work string, laptops int) (err error) {
@@ -92,17 +74,16 @@ func benchLAN(ctx context.Context, w io.Writer, work string, laptops int) (err e
 }
 
 func fleetRun(ctx context.Context, bin, dir string, laptops int, p2p bool) (fig fleetFigures, err error) {
-	r := &runner{}
-	defer r.close()
-	defer func() {
-		if v := recover(); v != nil {
-			a, ok := v.(runnerAbort)
-			if !ok {
-				panic(v)
-			}
-			err = a.err
-		}
-	}()
+	r := &testlan.Runner{}
+	err = r.Run(func() error {
+		var err error
+		fig, err = fleetScenario(ctx, r, bin, dir, laptops, p2p)
+		return err
+	})
+	return fig, err
+}
+
+func fleetScenario(ctx context.Context, r *testlan.Runner, bin, dir string, laptops int, p2p bool) (fig fleetFigures, err error) {
 	f, err := newBenchFleet(dir)
 	if err != nil {
 		return fig, err
@@ -189,7 +170,7 @@ func fleetRun(ctx context.Context, bin, dir string, laptops int, p2p bool) (fig 
 		}
 	}
 	for _, p := range procs {
-		if err := waitListening(ctx, p, 7380); err != nil {
+		if err := testlan.WaitListening(ctx, p.Process.Pid, 7380); err != nil {
 			return fig, err
 		}
 	}
@@ -244,23 +225,4 @@ func fleetRun(ctx context.Context, bin, dir string, laptops int, p2p bool) (fig 
 	fig.laptopHWM = procStatus(first.Process.Pid, "VmHWM")
 	fig.laptopRSSk, _ = strconv.ParseInt(strings.TrimSuffix(fig.laptopHWM, " kB"), 10, 64)
 	return fig, nil
-}
-
-// waitListening waits until process p listens on TCP port (read from its
-// own network namespace's /proc/PID/net/tcp).
-func waitListening(ctx context.Context, p *exec.Cmd, port int) error {
-	want := fmt.Sprintf(":%04X 00000000:0000 0A", port)
-	for range 600 {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", p.Process.Pid))
-		b6, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp6", p.Process.Pid))
-		if strings.Contains(string(b), want) || strings.Contains(string(b6), fmt.Sprintf(":%04X 00000000000000000000000000000000:0000 0A", port)) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("%s did not start listening on port %d", p.Path, port)
 }

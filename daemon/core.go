@@ -455,7 +455,7 @@ func (c *Core) fetch(ctx context.Context) func() error {
 // as the primary with the others as a swarm. done reports success.
 func (c *Core) fetchVersion(ctx context.Context, want uint64, peers []string) (next func() error, done bool, lastErr error) {
 	c.update(func(p *Props) { p.DownloadedBytes, p.DownloadSize = 0, 0 })
-	var lastPersist time.Time
+	var lastPersist, lastLogged time.Time
 	var persisted int64
 	var pmu sync.Mutex
 	progress := func(done, total int64) {
@@ -465,6 +465,10 @@ func (c *Core) fetchVersion(ctx context.Context, want uint64, peers []string) (n
 		})
 		pmu.Lock()
 		defer pmu.Unlock()
+		if time.Since(lastLogged) >= time.Second {
+			lastLogged = time.Now()
+			c.o.Log.Debug("fetch progress", "version", want, "done", done, "total", total)
+		}
 		// The fetched-bytes counter is durable but written at most once a
 		// second: every bbolt commit costs two fsyncs.
 		if time.Since(lastPersist) > time.Second && done > persisted {
@@ -497,7 +501,7 @@ func (c *Core) fetchVersion(ctx context.Context, want uint64, peers []string) (n
 				c.o.DB.AddCounter("fetched-bytes", uint64(res.FetchedBytes-persisted))
 			}
 			pmu.Unlock()
-			c.o.Log.Info("update staged", "version", want, "from", u, "fetched", res.FetchedBytes, "patches", res.PatchObjects, "from_neighbours", res.NeighbourBytes)
+			c.o.Log.Info("update staged", "version", want, "from", u, "fetched", res.FetchedBytes, "patches", res.PatchObjects, "from_neighbours", res.NeighbourBytes, "sources", res.Sources)
 			c.update(func(p *Props) {
 				p.State = StateUpdateReady
 				p.DownloadedBytes, p.DownloadSize = uint64(res.FetchedBytes), uint64(res.FetchedBytes)

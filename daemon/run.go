@@ -61,6 +61,10 @@ type Config struct {
 	MaxUploads      int   `toml:"max-uploads"`
 	MaxUploadRate   int64 `toml:"max-upload-rate"`
 	MaxDownloadRate int64 `toml:"max-download-rate"`
+	// MaxConnsPerPeer caps the connections open at once from one address
+	// (default transfer.DefaultMaxConnsPerPeer; negative: no cap). Nodes
+	// sharing one address (several on one machine) need it higher.
+	MaxConnsPerPeer int `toml:"max-conns-per-peer"`
 	// NoP2P makes a laptop a plain client of its configured peers (the
 	// school server): it ignores discovered neighbours as sources and lends
 	// nothing from a pull in progress. Discovery still wakes it. This is
@@ -79,7 +83,7 @@ func (c Config) limits() transfer.Limits {
 	}
 	// A seed uploads each object once at a time unless its laptops do not
 	// share (then every laptop must get everything from it).
-	return transfer.Limits{MaxUploads: n, UploadRate: c.MaxUploadRate, DownloadRate: c.MaxDownloadRate, OncePerObject: c.Repo != "" && !c.NoP2P}
+	return transfer.Limits{MaxUploads: n, UploadRate: c.MaxUploadRate, DownloadRate: c.MaxDownloadRate, OncePerObject: c.Repo != "" && !c.NoP2P, MaxConnsPerPeer: c.MaxConnsPerPeer}
 }
 
 // LoadConfig reads a TOML config file, refusing unknown keys so that a typo

@@ -1,28 +1,32 @@
-// Command peerup-demo shows the whole update path on one machine: it makes a
-// fleet key, publishes two versions of a small OS tree, serves them on
-// loopback, updates a laptop's sysroot to each in turn, and rolls back. It
-// drives the real peerup binary, printing each command it runs, and works
-// only inside a temporary folder.
+// Command peerup-demo shows a school's fleet on one machine: a school server
+// and five laptops running the real peerup daemon, in network namespaces on
+// a shaped LAN when run as root and on loopback ports otherwise. The server
+// publishes v2 and v3; the demo prints, live, who heard of what, who
+// fetched what from whom, and the versions the laptops end on, then rolls
+// one laptop back. It works only inside a temporary folder.
 package main
 
 import (
-	"bufio"
+	"bytes"
+	"io/fs"
+
 	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"peerup/internal/testlan"
 	"strings"
 )
 
 func main() {
 	peerup := flag.String("peerup", "bin/peerup", "path to the peerup binary")
 	keep := flag.Bool("keep", false, "keep the demo folder afterwards")
+	loopback := flag.Bool("loopback", false, "run the fleet on loopback ports even as root")
 	flag.Parse()
-	if err := run(*peerup, *keep); err != nil {
+	if err := run(*peerup, *keep, *loopback); err != nil {
 		fmt.Fprintf(os.Stderr, "demo failed: %v\n", err)
 		os.Exit(1)
 	}
@@ -48,7 +52,7 @@ func (d *demo) peerup(args ...string) (string, error) {
 	return string(out), nil
 }
 
-func run(bin string, keep bool) error {
+func run(bin string, keep, loopback bool) error {
 	abs, err := filepath.Abs(bin)
 	if err != nil {
 		return err
@@ -63,72 +67,134 @@ func run(bin string, keep bool) error {
 		defer os.RemoveAll(dir)
 	}
 	d := &demo{bin: abs, dir: dir}
-	fmt.Printf("peerup demo: a school server publishes two versions of an OS image and a laptop\n")
-	fmt.Printf("follows them, all inside %s and on 127.0.0.1.\n\n", dir)
+	r := &testlan.Runner{}
+	return r.Run(func() error { return d.run(r, loopback) })
+}
 
-	fmt.Println("1. The build server makes the fleet's signing key.")
+func (d *demo) run(r *testlan.Runner, loopback bool) error {
+	ctx := context.Background()
+	dir := d.dir
+	var lan *testlan.LAN
+	where := "on loopback ports (run as root for a LAN of network namespaces)"
+	if why := testlan.Available(); why == "" && !loopback {
+		// Links as slow as a school's Wi-Fi, so sharing shows.
+		lan = testlan.NewShaped(r, laptops+1, "8mbit")
+		where = "each in its own network namespace on a shared 8 Mbit/s LAN"
+	}
+	fmt.Printf("peerup demo: a school server and %d laptops, %s.\n", laptops, where)
+	fmt.Printf("The server publishes v2 and then v3; the laptops find each version, fetch it from the\n")
+	fmt.Printf("server and from each other, check every byte, and switch. Work folder: %s\n\n", dir)
+
+	fmt.Println("1. The build server makes the fleet's signing key and publishes v1 of a small OS image.")
 	if _, err := d.peerup("keygen", "--name", "fleet", "--out", dir+"/keys"); err != nil {
 		return err
 	}
 	tree := filepath.Join(dir, "build/rootfs")
-	if err := makeTree(tree, 1); err != nil {
+	publish := func(v int, label string) error {
+		if err := makeTree(tree, v); err != nil {
+			return err
+		}
+		if err := schoolFiles(tree, v); err != nil {
+			return err
+		}
+		_, err := d.peerup("publish", "--repo", dir+"/repo", "--image", "demo-laptop", "--key", dir+"/keys/fleet.key", "--label", label, tree)
 		return err
 	}
-	fmt.Println("\n2. It publishes version 1 of a small OS tree into a repo (signed manifest + objects).")
-	if _, err := d.peerup("publish", "--repo", dir+"/repo", "--image", "demo-laptop", "--key", dir+"/keys/fleet.key", "--label", "Autumn term", tree); err != nil {
+	if err := publish(1, "Autumn term"); err != nil {
 		return err
 	}
 
-	fmt.Println("\n3. The school server serves the repo over HTTP.")
-	url, stop, err := d.serve()
+	fmt.Printf("\n2. Each laptop is installed with v1 (here from the repo folder; laptops 2-%d likewise).\n", laptops)
+	pub := dir + "/keys/fleet.pub"
+	var sysroots []string
+	for i := 1; i <= laptops; i++ {
+		s := fmt.Sprintf("%s/laptop-%d", dir, i)
+		sysroots = append(sysroots, s)
+		args := []string{"update", "--sysroot", s, "--trust", pub, "--from", dir + "/repo"}
+		if i == 1 {
+			if _, err := d.peerup(args...); err != nil {
+				return err
+			}
+		} else if out, err := exec.Command(d.bin, args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("install laptop-%d: %v\n%s", i, err, out)
+		}
+	}
+
+	fmt.Println("\n3. The school server seeds the repo and every laptop runs the daemon (policy: auto):")
+	fmt.Printf("   $ peerup daemon --repo repo --trust keys/fleet.pub          # school-server\n")
+	fmt.Printf("   $ peerup daemon --sysroot laptop-N --trust keys/fleet.pub   # laptop-1 ... laptop-%d\n", laptops)
+	f, err := d.startFleet(ctx, lan, dir+"/repo", pub, sysroots)
 	if err != nil {
 		return err
 	}
-	defer stop()
+	defer f.stop()
 
-	sysroot := dir + "/laptop"
-	pull := []string{"--sysroot", sysroot, "--trust", dir + "/keys/fleet.pub", "--from", url}
-	fmt.Println("\n4. A laptop updates: it checks the signature, fetches the objects, builds the tree, switches.")
-	if _, err := d.peerup(append([]string{"update"}, pull...)...); err != nil {
+	fmt.Println("\n4. The server publishes v2; nobody tells the laptops. (Times are from the publish.)")
+	f.mark()
+	if err := publish(2, "Spring term"); err != nil {
 		return err
+	}
+	if err := f.follow(ctx, 2); err != nil {
+		return err
+	}
+	if lan != nil {
+		fmt.Println("\n5. And v3: the laptops, on v2, hear it on v2's multicast group and share it again.")
+	} else {
+		fmt.Println("\n5. And v3: the laptops ask the others every second, find it, and share it again.")
+	}
+	f.mark()
+	if err := publish(3, "Summer term"); err != nil {
+		return err
+	}
+	if err := f.follow(ctx, 3); err != nil {
+		return err
+	}
+	f.stop()
+
+	fmt.Println("\n6. Every laptop runs v3, built beside v2 from hard links, its files checked against the manifest:")
+	for i, s := range sysroots {
+		if err := sameTree(tree, filepath.Join(s, "current")); err != nil {
+			return fmt.Errorf("laptop-%d: %w", i+1, err)
+		}
+		rel, _ := os.ReadFile(filepath.Join(s, "current/etc/os-release"))
+		fmt.Printf("   laptop-%d  %s\n", i+1, firstLine(rel))
 	}
 
-	fmt.Println("\n5. Version 2 changes /etc/os-release and adds release notes; the server publishes it.")
-	if err := makeTree(tree, 2); err != nil {
+	last := sysroots[laptops-1]
+	fmt.Printf("\n7. The teacher on laptop-%d finds a problem with v3 and rolls back; v2 was kept.\n", laptops)
+	if _, err := d.peerup("rollback", "--sysroot", last); err != nil {
 		return err
 	}
-	if _, err := d.peerup("publish", "--repo", dir+"/repo", "--image", "demo-laptop", "--key", dir+"/keys/fleet.key", "--label", "Spring term", tree); err != nil {
-		return err
+	rel, _ := os.ReadFile(filepath.Join(last, "current/etc/os-release"))
+	fmt.Printf("     laptop-%d now runs: %s\n", laptops, firstLine(rel))
+	if !strings.Contains(string(rel), "VERSION_ID=2") {
+		return fmt.Errorf("laptop-%d did not roll back to v2", laptops)
 	}
 
-	fmt.Println("\n6. The laptop updates again, fetching only what changed; unchanged files are hard links.")
-	if _, err := d.peerup(append([]string{"update"}, pull...)...); err != nil {
-		return err
-	}
-	if _, err := d.peerup("status", "--sysroot", sysroot); err != nil {
-		return err
-	}
-	rel, _ := os.ReadFile(filepath.Join(sysroot, "current/etc/os-release"))
-	fmt.Printf("     current/etc/os-release says: %s\n", firstLine(rel))
-
-	fmt.Println("\n7. Something is wrong with version 2? Roll back; the old tree was kept.")
-	if _, err := d.peerup("rollback", "--sysroot", sysroot); err != nil {
-		return err
-	}
-	rel, _ = os.ReadFile(filepath.Join(sysroot, "current/etc/os-release"))
-	fmt.Printf("     current/etc/os-release says: %s\n", firstLine(rel))
-
-	fmt.Println("\n8. An old version replayed is refused, and nothing changes.")
-	if _, err := d.peerup("rollback", "--sysroot", sysroot); err != nil { // back to 2
-		return err
-	}
-	_, err = d.peerup(append([]string{"pull", "--version", "1"}, pull...)...)
+	fmt.Println("\n8. An old version replayed to a laptop is refused, and nothing changes.")
+	_, err = d.peerup("pull", "--sysroot", sysroots[0], "--trust", pub, "--from", dir+"/repo", "--version", "1")
 	if err == nil {
 		return errors.New("an old version was accepted")
 	}
 	fmt.Printf("     refused: %s\n", lastLine(err.Error()))
 	fmt.Println("\nDone. `make test` runs the full test suite; README.md explains the rest.")
 	return nil
+}
+
+// sameTree checks that got holds want's regular files with the same bytes.
+func sameTree(want, got string) error {
+	return filepath.WalkDir(want, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || !e.Type().IsRegular() {
+			return err
+		}
+		rel, _ := filepath.Rel(want, p)
+		a, _ := os.ReadFile(p)
+		b, err := os.ReadFile(filepath.Join(got, rel))
+		if err != nil || !bytes.Equal(a, b) {
+			return fmt.Errorf("%s differs from the published tree", rel)
+		}
+		return nil
+	})
 }
 
 // show spells a command line as a user would type it in the demo folder.
@@ -142,37 +208,6 @@ func (d *demo) show(args []string) string {
 		out = append(out, a)
 	}
 	return strings.Join(out, " ")
-}
-
-// serve starts `peerup serve` on a free loopback port and returns its URL.
-func (d *demo) serve() (string, func(), error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	args := []string{"serve", "--repo", d.dir + "/repo", "--listen", "127.0.0.1:0"}
-	fmt.Printf("   $ peerup %s &\n", d.show(args))
-	cmd := exec.CommandContext(ctx, d.bin, args...)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		cancel()
-		return "", nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		cancel()
-		return "", nil, err
-	}
-	stop := func() { cancel(); cmd.Wait() }
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		stop()
-		return "", nil, fmt.Errorf("peerup serve did not start: %w", err)
-	}
-	go io.Copy(io.Discard, out)
-	fmt.Printf("     %s\n", strings.ReplaceAll(strings.TrimSpace(line), d.dir+"/", ""))
-	i := strings.Index(line, "http://")
-	if i < 0 {
-		stop()
-		return "", nil, fmt.Errorf("unexpected serve output %q", line)
-	}
-	return strings.TrimSpace(line[i:]), stop, nil
 }
 
 // makeTree writes version v of a small OS tree: a few real binaries from this

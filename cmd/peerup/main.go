@@ -34,6 +34,7 @@ func main() {
 // app carries what every verb shares.
 type app struct {
 	verbose bool
+	logJSON bool
 	log     *slog.Logger
 }
 
@@ -49,14 +50,25 @@ rollback.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRun: func(cmd *cobra.Command, args []string) {
+			// A daemon reports what it does (found, fetched, applied) by
+			// default, for the journal; a command only its warnings.
 			level := slog.LevelWarn
+			if cmd.Name() == "daemon" {
+				level = slog.LevelInfo
+			}
 			if a.verbose {
 				level = slog.LevelDebug
 			}
-			a.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			opts := &slog.HandlerOptions{Level: level}
+			if a.logJSON {
+				a.log = slog.New(slog.NewJSONHandler(os.Stderr, opts))
+			} else {
+				a.log = slog.New(slog.NewTextHandler(os.Stderr, opts))
+			}
 		},
 	}
 	root.PersistentFlags().BoolVarP(&a.verbose, "verbose", "v", false, "log what peerup does")
+	root.PersistentFlags().BoolVar(&a.logJSON, "log-json", false, "log as JSON lines (for log collectors)")
 	root.AddCommand(
 		a.newKeygenCmd(),
 		a.newPublishCmd(),
