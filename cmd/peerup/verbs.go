@@ -81,16 +81,23 @@ func (a *app) newPublishCmd() *cobra.Command {
 	var repoDir, image, key, label string
 	var version uint64
 	var depth int
+	var expires time.Duration
+	var addKeys, revokeKeys []string
 	cmd := &cobra.Command{
-		Use:   "publish --repo REPO --image ID --key KEYFILE [--label TEXT] [--version N] TREE",
+		Use:   "publish --repo REPO --image ID --key KEYFILE [--label TEXT] [--version N] [--expires D] [--add-key FPR]... [--revoke-key FPR]... TREE",
 		Short: "Publish a tree as a new signed image version",
 		Long: `Stores every file of TREE in REPO by its SHA-256, writes a manifest listing
 every path with its type, mode, owner, size and hash, signs it with KEYFILE,
 and lists the version in REPO's index. The version is one above the newest in
 REPO unless --version gives a higher one. REPO is created if it does not exist
 and can be served by 'peerup serve' or any static web server.`,
-		Example: "  peerup publish --repo /srv/peerup --image school-laptop --key fleet.key --label 'Spring term' /build/rootfs",
-		Args:    cobra.ExactArgs(1),
+		Example: `  peerup publish --repo /srv/peerup --image school-laptop --key fleet.key --label 'Spring term' /build/rootfs
+
+  # Introduce a new fleet key (its .pub shipped in the tree's etc/peerup/trusted.d/),
+  # retire an old one, and have laptops refuse this version after 30 days:
+  peerup publish --repo /srv/peerup --image school-laptop --key fleet.key \
+      --add-key 0123…CDEF --revoke-key 89AB…4567 --expires 720h /build/rootfs`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			signer, err := manifest.LoadSigner(key)
 			if err != nil {
@@ -101,9 +108,14 @@ and can be served by 'peerup serve' or any static web server.`,
 				return err
 			}
 			prog, clear := progress("hashing")
-			pub, err := repo.Publish(cmd.Context(), args[0], blobstore.PublishOptions{
+			o := blobstore.PublishOptions{
 				Image: image, Version: version, Label: label, Signer: signer, Progress: prog,
-			})
+				KeysAdd: addKeys, KeysRevoke: revokeKeys,
+			}
+			if expires > 0 {
+				o.Expires = time.Now().Add(expires)
+			}
+			pub, err := repo.Publish(cmd.Context(), args[0], o)
 			clear()
 			if err != nil {
 				return err
@@ -128,6 +140,9 @@ and can be served by 'peerup serve' or any static web server.`,
 	f.StringVar(&image, "image", "", "image id, e.g. school-laptop (required)")
 	f.StringVar(&key, "key", "", "secret signing key file (required)")
 	f.StringVar(&label, "label", "", "free-text label shown to users")
+	f.DurationVar(&expires, "expires", 0, "laptops refuse this version once this long has passed (e.g. 720h; default: never)")
+	f.StringSliceVar(&addKeys, "add-key", nil, "fingerprint of a key laptops adopt with this version; its .pub must be in TREE/"+manifest.TrustedKeysDir+" (SPEC.md §17)")
+	f.StringSliceVar(&revokeKeys, "revoke-key", nil, "fingerprint of a key laptops stop trusting with this version")
 	f.Uint64Var(&version, "version", 0, "version number (default: the next one)")
 	f.IntVar(&depth, "delta-depth", 3, "make patches against this many earlier versions (0: none)")
 	for _, n := range []string{"repo", "image", "key"} {
