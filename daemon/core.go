@@ -12,6 +12,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"peerup/apply"
+	"peerup/blobstore"
 	"peerup/manifest"
 	"peerup/transfer"
 )
@@ -105,6 +106,7 @@ type Core struct {
 	obs    []Observer
 	wg     sync.WaitGroup
 	closed bool // no new operation may start
+	hinted bool // a peer reported something while an operation ran
 }
 
 // offer is a version newer than current and the peers whose index lists it.
@@ -225,8 +227,22 @@ func (c *Core) run(ctx context.Context, op func(context.Context) func() error) {
 	next := op(ctx)
 	c.end()
 	if next != nil {
-		if err := next(); err != nil {
-			c.o.Log.Debug("policy step not taken", "err", err)
+		err := next()
+		if err == nil {
+			return // that operation's run takes up any hint when it ends
+		}
+		c.o.Log.Debug("policy step not taken", "err", err)
+	}
+	// A peer reported something while this operation ran (say, the server
+	// announcing a version while a poll waited on forged peers): ask again
+	// now rather than wait for the next report.
+	c.mu.Lock()
+	hinted := c.hinted
+	c.hinted = false
+	c.mu.Unlock()
+	if hinted {
+		if err := c.Poll(); err != nil {
+			c.o.Log.Debug("poll after a hint not taken", "err", err)
 		}
 	}
 }
@@ -308,11 +324,16 @@ func (c *Core) Cancel() error {
 }
 
 // Hint tells the core that a peer may have something newer (a discovery
-// event). It starts a poll if the daemon is idle; otherwise the next poll
-// sees the peer anyway.
+// event). It starts a poll if the daemon is idle, or once the running
+// operation ends.
 func (c *Core) Hint() {
+	// Marked first: the poll that starts now clears it, and an operation
+	// running now sees it when it ends and polls then.
+	c.mu.Lock()
+	c.hinted = true
+	c.mu.Unlock()
 	if err := c.Poll(); err != nil {
-		c.o.Log.Debug("hint ignored", "state", c.Props().State)
+		c.o.Log.Debug("hint deferred until the running operation ends", "state", c.Props().State)
 	}
 }
 
@@ -330,7 +351,49 @@ func (c *Core) candidates() []string {
 	return out
 }
 
+// Polling bounds: a poll asks this many peers at once and waits this long
+// in all, so a table full of forged peers at addresses nobody answers on
+// (each costing a connect timeout) delays a poll by seconds, not minutes.
+const (
+	pollConcurrency = 32
+	pollTimeout     = 10 * time.Second
+)
+
+// askAll fetches every peer's index at once (within the poll bounds) and
+// returns them, or each one's error, in the peers' order.
+func askAll(ctx context.Context, peers []string) ([]*blobstore.Index, []error) {
+	ctx, cancel := context.WithTimeout(ctx, pollTimeout)
+	defer cancel()
+	indexes, errs := make([]*blobstore.Index, len(peers)), make([]error, len(peers))
+	sem := make(chan struct{}, pollConcurrency)
+	var wg sync.WaitGroup
+	for i, u := range peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+				defer func() { <-sem }()
+			case <-ctx.Done():
+				errs[i] = fmt.Errorf("%s: not asked: %w", u, context.Cause(ctx))
+				return
+			}
+			cl, err := apply.OpenSource(u)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			indexes[i], errs[i] = cl.Index(ctx)
+		}()
+	}
+	wg.Wait()
+	return indexes, errs
+}
+
 func (c *Core) poll(ctx context.Context) func() error {
+	c.mu.Lock()
+	c.hinted = false // this poll answers every hint so far
+	c.mu.Unlock()
 	peers := c.candidates()
 	c.update(func(p *Props) { p.PeerCount = uint32(len(peers)) })
 	cur := c.Props()
@@ -342,19 +405,10 @@ func (c *Core) poll(ctx context.Context) func() error {
 	var offers []found
 	var records []PeerRecord
 	var lastErr error
-	for _, u := range peers {
-		cl, err := apply.OpenSource(u)
+	indexes, errs := askAll(ctx, peers)
+	for i, u := range peers {
+		ix, err := indexes[i], errs[i]
 		if err != nil {
-			lastErr = err
-			continue
-		}
-		pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		ix, err := cl.Index(pctx)
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
 			lastErr = err
 			continue
 		}

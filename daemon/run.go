@@ -236,7 +236,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 				// A new stick (or a new export on one) gets a fresh
 				// chance, even where a bad one was banned.
 				db.Unban(path)
-			}, func() bool { return d.Core.Poll() == nil })
+			}, func() bool { d.Core.Hint(); return true }) // Hint polls now or when the running operation ends
 		}()
 	}
 	ok = true
