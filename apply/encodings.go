@@ -1,7 +1,10 @@
 package apply
 
 import (
+	"bufio"
 	"errors"
+	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -38,25 +41,13 @@ func (s *Sysroot) trimEncodings(image string, budget int64) error {
 		d    manifest.Digest
 		size int64
 	}
-	files := map[manifest.Digest]bool{}
 	var encs []kept
+	var manifests []string
 	for _, e := range ents {
 		name := e.Name()
 		switch {
 		case strings.HasSuffix(name, ".manifest"):
-			b, err := os.ReadFile(filepath.Join(dir, name))
-			if err != nil {
-				return err
-			}
-			m, err := manifest.Parse(b)
-			if err != nil {
-				return err
-			}
-			for i := range m.Entries {
-				if m.Entries[i].Type == manifest.TypeFile {
-					files[m.Entries[i].SHA256] = true
-				}
-			}
+			manifests = append(manifests, filepath.Join(dir, name))
 		case strings.HasSuffix(name, ".deltas"):
 			v, err := strconv.ParseUint(strings.TrimSuffix(name, ".deltas"), 10, 64)
 			if err != nil {
@@ -73,6 +64,25 @@ func (s *Sysroot) trimEncodings(image string, budget int64) error {
 			for _, enc := range x.Encodings {
 				encs = append(encs, kept{v, enc.Digest, enc.Size})
 			}
+		}
+	}
+	// Within budget even counting encodings that are also files: nothing
+	// to delete, and no manifest need be read (this runs after every pull).
+	var held int64
+	counted := map[manifest.Digest]bool{}
+	for _, e := range encs {
+		if !counted[e.d] && s.repo.Has(e.d) {
+			counted[e.d] = true
+			held += e.size
+		}
+	}
+	if held <= budget {
+		return nil
+	}
+	files := map[manifest.Digest]bool{}
+	for _, p := range manifests {
+		if err := addFiles(p, files); err != nil {
+			return err
 		}
 	}
 	// Newest first: the encodings a neighbour is likeliest to want.
@@ -93,4 +103,30 @@ func (s *Sysroot) trimEncodings(image string, budget int64) error {
 		}
 	}
 	return nil
+}
+
+// addFiles adds the file objects of the manifest at path to files, reading
+// it as a stream.
+func addFiles(path string, files map[manifest.Digest]bool) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r, err := manifest.NewReader(bufio.NewReader(f))
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	for {
+		e, err := r.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if e.Type == manifest.TypeFile {
+			files[e.SHA256] = true
+		}
+	}
 }

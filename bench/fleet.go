@@ -45,7 +45,7 @@ func benchLAN(ctx context.Context, w io.Writer, work string, laptops int) (err e
 		fmt.Fprintf(w, "skipped: %s\n", why)
 		return nil
 	}
-	bin := filepath.Join(work, "peerup")
+	bin := filepath.Join(work, "fleet-peerup") // not "peerup": the deltas bench owns that folder
 	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/peerup").CombinedOutput(); err != nil {
 		return fmt.Errorf("build peerup: %v\n%s", err, out)
 	}
