@@ -1,6 +1,8 @@
 # peerup — the two commands a newcomer needs are `make demo` and `make test`.
 GO      ?= go
 BIN     := bin/peerup
+# The boot step lives in the initramfs: static, stripped, on its own.
+BOOTBIN := bin/peerup-boot
 # Each fuzz target runs this long in `make test`; `make fuzz` runs them longer.
 FUZZTIME ?= 5s
 FUZZLONG ?= 10m
@@ -11,6 +13,7 @@ all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/peerup
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BOOTBIN) ./cmd/peerup-boot
 
 # Installs the real tools the tests drive (gpg, bsdiff, nginx, avahi, ...)
 # from Debian's packages when run as root; tests that need a missing tool skip

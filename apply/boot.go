@@ -13,6 +13,10 @@ import (
 	"peerup/blobstore"
 )
 
+// ErrNotBooted means mark-good ran on a boot of another version than
+// current (a one-boot revert): nothing is marked.
+var ErrNotBooted = errors.New("current is not the version that booted")
+
 // DefaultBootTries is how many boots a newly applied version gets to reach
 // mark-good before the bootloader step falls back to previous.
 const DefaultBootTries = 3
@@ -76,10 +80,16 @@ func (s *Sysroot) startProbation(v uint64, tries int) error {
 }
 
 // MarkGood confirms that the current version boots: it leaves probation.
-func (s *Sysroot) MarkGood() (uint64, error) {
+// booted is the version this boot started (BootedVersion), 0 if unknown: a
+// boot of another version (a one-boot revert) proves nothing about current,
+// which stays on probation.
+func (s *Sysroot) MarkGood(booted uint64) (uint64, error) {
 	st, err := s.Status()
 	if err != nil {
 		return 0, err
+	}
+	if booted != 0 && booted != st.Current {
+		return booted, fmt.Errorf("%w: this boot started version %d, not current (%d), which stays on probation", ErrNotBooted, booted, st.Current)
 	}
 	b, err := s.readBoot()
 	if err != nil {
@@ -135,15 +145,30 @@ func (s *Sysroot) Boot(cmdline string) (BootChoice, error) {
 	choose := func(v uint64, why string) BootChoice {
 		return BootChoice{Root: s.TreePath(v), Version: v, Reason: why}
 	}
+	b, err := s.readBoot()
+	if err != nil {
+		return BootChoice{}, err
+	}
+	// A revert goes back to a version that booted well. After a fallback
+	// previous is the version just marked bad; booting it would undo the
+	// fallback, so a revert then keeps current.
+	canRevert := st.Previous != 0 && !slices.Contains(b.Bad, st.Previous)
+	revertWhy := func(asked string) string {
+		if st.Previous == 0 {
+			return asked + ", but there is no previous version: current"
+		}
+		return fmt.Sprintf("%s, but previous (version %d) is marked bad: current", asked, st.Previous)
+	}
 	// The kernel command line is set for one boot (a held key, a menu
 	// entry): start previous without changing anything.
-	for _, f := range strings.Fields(cmdline) {
-		if f == "peerup.revert=1" && st.Previous != 0 {
+	if slices.Contains(strings.Fields(cmdline), "peerup.revert=1") {
+		if canRevert {
 			return choose(st.Previous, "peerup.revert=1 on the kernel command line"), nil
 		}
+		return choose(st.Current, revertWhy("peerup.revert=1 on the kernel command line")), nil
 	}
 	if _, err := os.Stat(s.revertPath()); err == nil {
-		if st.Previous != 0 {
+		if canRevert {
 			if _, _, err := s.rollbackLocked(st); err != nil {
 				return BootChoice{}, err
 			}
@@ -151,13 +176,10 @@ func (s *Sysroot) Boot(cmdline string) (BootChoice, error) {
 		if err := os.Remove(s.revertPath()); err != nil {
 			return BootChoice{}, fmt.Errorf("boot: %w", err)
 		}
-		if st.Previous != 0 {
+		if canRevert {
 			return choose(st.Previous, "rollback requested for this boot"), nil
 		}
-	}
-	b, err := s.readBoot()
-	if err != nil {
-		return BootChoice{}, err
+		return choose(st.Current, revertWhy("rollback requested for this boot")), nil
 	}
 	if b.Trying != st.Current || b.Trying == 0 {
 		return choose(st.Current, "current"), nil

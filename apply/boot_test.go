@@ -20,7 +20,7 @@ func bootFleet(t *testing.T) (*fleet, *apply.Sysroot, string) {
 	f.publish(tree, 2)
 	s := newSysroot(t)
 	f.update(s, 1)
-	s.MarkGood()
+	s.MarkGood(0)
 	f.update(s, 2)
 	return f, s, tree
 }
@@ -44,7 +44,7 @@ func TestBootSelection(t *testing.T) {
 	const cmdline = "root=/dev/sda2 quiet"
 	t.Run("normal boot of a good version", func(t *testing.T) {
 		_, s, _ := bootFleet(t)
-		s.MarkGood()
+		s.MarkGood(0)
 		for range 5 {
 			if v := boot(t, s, cmdline); v != 2 {
 				t.Fatalf("booted v%d, want 2", v)
@@ -56,7 +56,7 @@ func TestBootSelection(t *testing.T) {
 		if v := boot(t, s, cmdline); v != 2 {
 			t.Fatalf("first boot of v2 chose v%d", v)
 		}
-		if v, err := s.MarkGood(); err != nil || v != 2 {
+		if v, err := s.MarkGood(0); err != nil || v != 2 {
 			t.Fatalf("mark-good: %d, %v", v, err)
 		}
 		for range 5 {
@@ -94,7 +94,7 @@ func TestBootSelection(t *testing.T) {
 	})
 	t.Run("revert flag from rollback --next-boot", func(t *testing.T) {
 		_, s, _ := bootFleet(t)
-		s.MarkGood()
+		s.MarkGood(0)
 		if err := s.RevertNextBoot(); err != nil {
 			t.Fatal(err)
 		}
@@ -110,12 +110,50 @@ func TestBootSelection(t *testing.T) {
 	})
 	t.Run("kernel command line peerup.revert=1 for one boot", func(t *testing.T) {
 		_, s, _ := bootFleet(t)
-		s.MarkGood()
+		s.MarkGood(0)
 		if v := boot(t, s, cmdline+" peerup.revert=1"); v != 1 {
 			t.Fatalf("peerup.revert=1: booted v%d", v)
 		}
 		if v := boot(t, s, cmdline); v != 2 {
 			t.Fatalf("next plain boot: v%d", v)
+		}
+	})
+	t.Run("after a fallback, a revert never boots the bad version", func(t *testing.T) {
+		_, s, _ := bootFleet(t)
+		for range apply.DefaultBootTries + 1 {
+			boot(t, s, cmdline)
+		}
+		if st, _ := s.Status(); st.Current != 1 || st.Previous != 2 || !s.IsBad(2) {
+			t.Fatalf("after the fallback: %+v", st)
+		}
+		if v := boot(t, s, cmdline+" peerup.revert=1"); v != 1 {
+			t.Fatalf("peerup.revert=1 after a fallback booted v%d, the bad version", v)
+		}
+		if err := s.RevertNextBoot(); err != nil {
+			t.Fatal(err)
+		}
+		if v := boot(t, s, cmdline); v != 1 {
+			t.Fatalf("rollback --next-boot after a fallback booted v%d", v)
+		}
+		if st, _ := s.Status(); st.Current != 1 {
+			t.Fatalf("the refused revert changed the links: %+v", st)
+		}
+	})
+	t.Run("mark-good on a one-boot revert leaves current on probation", func(t *testing.T) {
+		_, s, _ := bootFleet(t)
+		if v := boot(t, s, cmdline+" peerup.revert=1"); v != 1 {
+			t.Fatalf("revert booted v%d", v)
+		}
+		if _, err := s.MarkGood(1); !errors.Is(err, apply.ErrNotBooted) {
+			t.Fatalf("mark-good of a revert boot: %v", err)
+		}
+		for i := range apply.DefaultBootTries {
+			if v := boot(t, s, cmdline); v != 2 {
+				t.Fatalf("probation boot %d chose v%d", i+1, v)
+			}
+		}
+		if v := boot(t, s, cmdline); v != 1 {
+			t.Fatalf("v2 never marked good, yet still booted (v%d)", v)
 		}
 	})
 	t.Run("a garbled boot state still boots", func(t *testing.T) {

@@ -282,6 +282,10 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 	if err := bld.finish(); err != nil {
 		return err
 	}
+	s.at("add mount points")
+	if err := addMountPoints(tmp); err != nil {
+		return fmt.Errorf("build tree: %w", err)
+	}
 	if err := b.Commit(); err != nil {
 		return err
 	}

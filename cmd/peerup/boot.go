@@ -49,7 +49,7 @@ daemon/dist/initramfs-tools.`,
 }
 
 func (a *app) newMarkGoodCmd() *cobra.Command {
-	var sysroot string
+	var sysroot, bootedFile string
 	cmd := &cobra.Command{
 		Use:   "mark-good --sysroot DIR",
 		Short: "Confirm that the running version boots",
@@ -61,7 +61,12 @@ its tries. peerup-mark-good.service runs this once the system is up.`,
 			if err != nil {
 				return err
 			}
-			v, err := s.MarkGood()
+			v, err := s.MarkGood(apply.BootedVersion(bootedFile))
+			if errors.Is(err, apply.ErrNotBooted) {
+				// A one-boot revert is a normal boot, not a failure.
+				fmt.Println(err)
+				return nil
+			}
 			if err != nil {
 				return err
 			}
@@ -70,6 +75,7 @@ its tries. peerup-mark-good.service runs this once the system is up.`,
 		},
 	}
 	cmd.Flags().StringVar(&sysroot, "sysroot", "", "sysroot directory (required)")
+	cmd.Flags().StringVar(&bootedFile, "booted", apply.BootedFile, "file where the boot step recorded the version it started")
 	cmd.MarkFlagRequired("sysroot")
 	return cmd
 }
