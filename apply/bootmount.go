@@ -230,6 +230,9 @@ func maskForBoot(unit string) error {
 // first boot of that image. Each file is complete or absent after a power
 // cut (temporary name, fsync, rename), so a cut seed is done again.
 func seedShared(src, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
 	fi, err := os.Lstat(src)
 	if err != nil || !fi.IsDir() {
 		// The image has nothing there: an empty directory will do.

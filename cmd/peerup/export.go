@@ -42,7 +42,7 @@ earlier export; other files on a stick are left alone.
 --repo exports from a publisher's or a mirror's repo, --sysroot from what a
 laptop holds (its manifests, kept patches and objects). --trust has the
 signatures checked before anything is written.`,
-		Example: "  peerup export --repo /srv/peerup --to /media/stick1 --to /media/stick2\n  peerup export --sysroot / --from-version 41 --to /media/stick",
+		Example: "  peerup export --repo /srv/peerup --to /media/stick1 --to /media/stick2\n  peerup export --sysroot /sysroot --from-version 41 --to /media/stick",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir := repoDir

@@ -335,7 +335,7 @@ func (a *app) newUpdateCmd() *cobra.Command {
 		Short: "Pull a version, then switch to it",
 		Long: `Does 'peerup pull' and then 'peerup apply'. Without --version it takes the newest.
 --from is a repo URL or a folder holding a repo (a USB stick from 'peerup export').`,
-		Example: "  peerup update --sysroot / --trust /etc/peerup/fleet.pub --from http://school-server:7380/\n  peerup update --sysroot / --trust /etc/peerup/fleet.pub --from /media/stick",
+		Example: "  peerup update --sysroot /sysroot --trust /etc/peerup/fleet.pub --from http://school-server:7380/\n  peerup update --sysroot /sysroot --trust /etc/peerup/fleet.pub --from /media/stick",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, res, err := p.pull(cmd.Context())
