@@ -61,7 +61,9 @@ func (b *builder) setMeta(p string, e *manifest.Entry) error {
 	return blobstore.SetMetaOwned(p, blobstore.MetaOf(e), int(b.uid), int(b.gid))
 }
 
-func (b *builder) add(e *manifest.Entry) error {
+// add builds entry e: the image's when from is "", else the node's own,
+// copied from the path from (SPEC.md §7 step 5).
+func (b *builder) add(e *manifest.Entry, from string) error {
 	// The manifest reader has checked all of this already; the builder
 	// checks again, so that no reader bug or future caller can make it
 	// write outside the tree: the path must be clean and relative, and its
@@ -69,8 +71,12 @@ func (b *builder) add(e *manifest.Entry) error {
 	if err := manifest.CheckPath(e.Path); err != nil {
 		return fmt.Errorf("build %q: %w: %w", e.Path, ErrUnsafePath, err)
 	}
-	if err := b.policy.check(e); err != nil {
-		return err
+	if from == "" {
+		// The policy screens what images bring; the node's own entries are
+		// already on it.
+		if err := b.policy.check(e); err != nil {
+			return err
+		}
 	}
 	if e.Path == "." {
 		if len(b.open) > 0 || e.Type != manifest.TypeDir {
@@ -96,7 +102,11 @@ func (b *builder) add(e *manifest.Entry) error {
 			b.open = append(b.open, e)
 		}
 	case manifest.TypeFile:
-		err = b.linkFile(p, e)
+		if from != "" {
+			err = copyFile(from, p, e)
+		} else {
+			err = b.linkFile(p, e)
+		}
 	case manifest.TypeSymlink:
 		err = os.Symlink(e.Target, p)
 		if err == nil && (e.UID != b.uid || e.GID != b.gid) {
@@ -130,13 +140,20 @@ func (b *builder) add(e *manifest.Entry) error {
 // at the link-count limit (EMLINK), or where protected_hardlinks says no
 // (EPERM).
 func (b *builder) linkFile(p string, e *manifest.Entry) error {
-	if b.local != "" {
-		lp := filepath.Join(b.local, filepath.FromSlash(e.Path))
-		if fi, err := os.Lstat(lp); err == nil && fi.Mode().IsRegular() {
-			// The node's own version of this file (a hostname, a Wi-Fi
-			// setting) replaces the image's, in every tree built here.
-			return copyFile(lp, p, e)
+	if lp, ok := override(b.local, e); ok {
+		// The node's own version of this file (a hostname, a Wi-Fi
+		// setting) replaces the image's, in every tree built here.
+		return copyFile(lp, p, e)
+	}
+	if isEtc(e.Path) {
+		// The running system writes to its /etc: a link would let it write
+		// into the store's object, the trees sharing it and what the node
+		// serves its neighbours.
+		src, err := b.batch.ObjectPath(e.SHA256)
+		if err != nil {
+			return err
 		}
+		return copyFile(src, p, e)
 	}
 	meta := blobstore.MetaOf(e)
 	// Most files of a new version are already in the store: link first,

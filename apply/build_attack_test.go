@@ -56,7 +56,7 @@ func TestAttackHostilePathsBuildLayer(t *testing.T) {
 			bld := &builder{root: tree, store: store, batch: b, uid: uint32(os.Geteuid()), gid: uint32(os.Getegid()), policy: tc.policy}
 			var last error
 			for _, e := range tc.entries {
-				if last = bld.add(e); last != nil {
+				if last = bld.add(e, ""); last != nil {
 					break
 				}
 			}

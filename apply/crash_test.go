@@ -171,6 +171,21 @@ func TestCrashAtEveryStep(t *testing.T) {
 	base := newSysroot(t)
 	f.update(base, 1)
 	f.update(base, 2)
+	// The running v2 has edited its /etc: whatever the crash, the current
+	// tree keeps these edits (v2's own, or v3's merge of them).
+	etcEdits := map[string]string{"etc/hostname": "room-12-laptop-07\n", "etc/shadow": "root:*:1::::::\npupil:*:19000::::::\n",
+		"etc/os-release": "VERSION=2 with a local note\n"}
+	for p, data := range etcEdits {
+		write(t, filepath.Join(base.Dir(), "current", p), data, 0o640)
+	}
+	checkEtc := func(s *apply.Sysroot, where string) {
+		t.Helper()
+		for p, want := range etcEdits {
+			if got, _ := os.ReadFile(filepath.Join(s.Dir(), "current", p)); string(got) != want {
+				t.Fatalf("%s: current/%s = %q, want the node's %q", where, p, got, want)
+			}
+		}
+	}
 	// gc needs something to collect: v3 current, v2 previous, v1's
 	// manifest, objects and files still in the store.
 	gcBase := newSysroot(t)
@@ -222,6 +237,9 @@ func TestCrashAtEveryStep(t *testing.T) {
 			}
 			where := fmt.Sprintf("%s crashed at point %d of %d (%s)", op, k, points, strings.TrimSpace(crashOut))
 			checkInvariants(t, s, where)
+			if op == "update" || op == "daemon" {
+				checkEtc(s, where)
+			}
 			// Restart: the same operation, uninterrupted, must succeed and
 			// leave no debris behind.
 			if code, out := run(0, dir); code != 0 {
@@ -239,6 +257,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 				if st, _ := s.Status(); st.Current != 3 {
 					t.Fatalf("%s: after the rerun current is v%d, want 3", where, st.Current)
 				}
+				checkEtc(s, where+", after the rerun")
 			}
 		}
 		t.Logf("%s: %d crash points, invariants held at each", op, points)

@@ -135,10 +135,7 @@ func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Bat
 	if par <= 0 {
 		par = 4
 	}
-	log := o.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := o.logger()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var bd *board

@@ -85,6 +85,10 @@ type PullResult struct {
 	// (they count among the reused ones too).
 	ResumedObjects int   `json:"resumed_objects"`
 	ResumedBytes   int64 `json:"resumed_bytes"`
+	// EtcKept are the paths under etc/ (tree paths, "etc/hostname") that
+	// both the node and the new image changed, differently: the node's
+	// version was kept and the image's not applied (SPEC.md §7 step 5).
+	EtcKept []string `json:"etc_kept,omitempty"`
 }
 
 // Pull fetches a signed version from src and stages its tree. It checks the
@@ -161,8 +165,11 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 	if err := s.fetchMissing(ctx, src, b, mb, deltas, o, res); err != nil {
 		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
 	}
-	if err := s.stage(ctx, b, mb, h, sig, deltas, o.Policy); err != nil {
+	if res.EtcKept, err = s.stage(ctx, b, mb, h, sig, deltas, o.Policy, st.Current); err != nil {
 		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
+	}
+	for _, p := range res.EtcKept {
+		o.logger().Info("kept the node's own /etc entry; the image's new version was not applied", "path", "/"+p, "version", v)
 	}
 	budget := o.EncodingBudget
 	if budget == 0 {
@@ -247,59 +254,75 @@ func (s *Sysroot) haveTree(image string, v uint64, mb []byte) bool {
 	return err == nil && bytes.Equal(old, mb)
 }
 
-// stage builds the tree under a temporary name, makes it and the new objects
+// stage builds the tree under a temporary name, merging into its etc/ what
+// the node changed in the current tree's, makes it and the new objects
 // durable with the batch's one syncfs, renames it into place, records the
-// version in the node's repo and points the staged link at it.
-func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *manifest.Header, sig []byte, deltas *signedDeltas, pol EntryPolicy) error {
+// version in the node's repo and points the staged link at it. It returns
+// the etc/ paths where the node's version was kept over the image's change.
+func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *manifest.Header, sig []byte, deltas *signedDeltas, pol EntryPolicy, current uint64) ([]string, error) {
+	// What the node did to its /etc is read first, and only read: the
+	// current tree is never written.
+	merge, err := s.newEtcMerge(ctx, h.Image, current)
+	if err != nil {
+		return nil, err
+	}
 	trees := filepath.Join(s.dir, treesDir)
 	s.at("mkdir tree")
 	tmp, err := os.MkdirTemp(trees, tmpPrefix+strconv.FormatUint(h.Version, 10)+"-")
 	if err != nil {
-		return fmt.Errorf("build tree: %w", err)
+		return nil, fmt.Errorf("build tree: %w", err)
 	}
 	defer removeTree(tmp) // no-op once renamed
 	r, err := manifest.NewReader(bytes.NewReader(mb))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	bld := &builder{root: tmp, store: s.repo.Store, batch: b, uid: uint32(os.Geteuid()), gid: uint32(os.Getegid()), local: s.LocalDir(), policy: pol}
 	for {
 		if err := ctx.Err(); err != nil {
-			return err
+			return nil, err
 		}
 		e, err := r.Next()
 		if err == io.EOF {
-			break
+			e = nil
+		} else if err != nil {
+			return nil, err
 		}
+		steps, err := merge.feed(e)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		s.at("build " + e.Path)
-		if err := bld.add(e); err != nil {
-			return err
+		for _, st := range steps {
+			s.at("build " + st.e.Path)
+			if err := bld.add(st.e, st.from); err != nil {
+				return nil, err
+			}
+		}
+		if e == nil {
+			break
 		}
 	}
 	if err := bld.finish(); err != nil {
-		return err
+		return nil, err
 	}
 	s.at("add mount points")
 	if err := addMountPoints(tmp); err != nil {
-		return fmt.Errorf("build tree: %w", err)
+		return nil, fmt.Errorf("build tree: %w", err)
 	}
 	if err := b.Commit(); err != nil {
-		return err
+		return nil, err
 	}
 	final := s.TreePath(h.Version)
 	s.at("remove orphan tree")
 	if err := removeTree(final); err != nil { // an orphan from an interrupted pull
-		return err
+		return nil, err
 	}
 	s.at("rename tree")
 	if err := os.Rename(tmp, final); err != nil {
-		return fmt.Errorf("build tree: %w", err)
+		return nil, fmt.Errorf("build tree: %w", err)
 	}
 	if err := blobstore.FsyncDir(trees); err != nil {
-		return err
+		return nil, err
 	}
 	if deltas != nil {
 		// Kept so neighbours can plan from it too; it names encodings this
@@ -309,21 +332,29 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 		// A node's first version may come with a delta index: the image's
 		// folder is not there yet.
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
+			return nil, err
 		}
 		if err := blobstore.WriteAtomic(p, deltas.raw); err != nil {
-			return err
+			return nil, err
 		}
 		if err := blobstore.WriteAtomic(p+".sig", deltas.sig); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	s.at("add version")
 	if _, err := s.repo.AddVersion(h, mb, sig); err != nil {
-		return err
+		return nil, err
 	}
 	if err := s.setLink(LinkStaged, h.Version); err != nil {
-		return err
+		return nil, err
 	}
-	return blobstore.FsyncDir(s.dir)
+	return merge.kept, blobstore.FsyncDir(s.dir)
+}
+
+// logger is the pull's log, or one that discards.
+func (o PullOptions) logger() *slog.Logger {
+	if o.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return o.Log
 }

@@ -3,9 +3,10 @@ package apply
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -34,8 +35,9 @@ func (p Problem) String() string {
 // Verify checks every kept tree (current, previous, staged) against its
 // manifest: type, mode, owner, symlink target, device number, and each
 // file's size and SHA-256. Hard links make one in-place edit show in every
-// tree that shares the file, so each such path is reported. It reads; it
-// changes nothing.
+// tree that shares the file, so each such path is reported. etc/ is the
+// node's and matches no manifest; there only a file sharing its inode is
+// reported. It reads; it changes nothing.
 func (s *Sysroot) Verify(ctx context.Context) ([]Problem, error) {
 	unlock, err := s.Lock()
 	if err != nil {
@@ -82,8 +84,8 @@ func (s *Sysroot) verifyLocked(ctx context.Context) ([]Problem, error) {
 			if e.Path != "." {
 				p = filepath.Join(root, filepath.FromSlash(e.Path))
 			}
-			if e.Type == manifest.TypeFile && isRegular(filepath.Join(s.LocalDir(), filepath.FromSlash(e.Path))) {
-				continue // the node's own version, by design (local/)
+			if _, ok := override(s.LocalDir(), e); ok || isEtc(e.Path) {
+				continue // the node's own version, by design (local/, /etc)
 			}
 			if what, bad := checkEntry(p, e, hashed); bad {
 				pr := Problem{Version: v, Path: e.Path, What: what, entry: e}
@@ -93,6 +95,11 @@ func (s *Sysroot) verifyLocked(ctx context.Context) ([]Problem, error) {
 				out = append(out, pr)
 			}
 		}
+		links, err := etcLinks(ctx, v, root)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, links...)
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Version > out[j].Version })
 	return out, nil
@@ -130,14 +137,10 @@ func checkEntry(p string, e *manifest.Entry, hashed map[[2]uint64]manifest.Diges
 		key := [2]uint64{st.Dev, st.Ino}
 		d, ok := hashed[key]
 		if !ok {
-			f, err := os.Open(p)
-			if err != nil {
+			var err error
+			if d, err = hashPath(p); err != nil {
 				return "unreadable", true
 			}
-			h := sha256.New()
-			io.Copy(h, f)
-			f.Close()
-			h.Sum(d[:0])
 			hashed[key] = d
 		}
 		if d != e.SHA256 {
@@ -151,10 +154,49 @@ func checkEntry(p string, e *manifest.Entry, hashed map[[2]uint64]manifest.Diges
 	return "", false
 }
 
+// etcLinks reports the files of a tree's etc/ that share their inode with
+// another name: the node writes there, so a shared inode would carry its
+// writes into the store, other trees and what neighbours fetch. A link count
+// of 1 is exactly "shares with nothing", whoever the other names are.
+func etcLinks(ctx context.Context, v uint64, root string) ([]Problem, error) {
+	var out []Problem
+	err := filepath.WalkDir(filepath.Join(root, etcDir), func(p string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // no etc/, or the running system just removed the file
+		}
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); errors.Is(err, fs.ErrNotExist) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if st.Nlink > 1 {
+			rel, _ := filepath.Rel(root, p)
+			out = append(out, Problem{Version: v, Path: filepath.ToSlash(rel),
+				What: fmt.Sprintf("hard-linked %d times: /etc must be the node's own copy, linked to no store object or other tree", st.Nlink)})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("verify version %d: etc: %w", v, err)
+	}
+	return out, nil
+}
+
 // Repair restores what Verify found wrong: bytes are fetched anew from src
 // and checked against the manifest, then each damaged path is replaced by
 // a fresh inode with a rename. It is the one operation that changes a built
-// tree, and only to make it match its signed manifest again. The damaged
+// tree, and only to make it match its signed manifest again, so it leaves
+// etc/ (the node's) alone. The damaged
 // inode also leaves the store, so later trees link the good copy.
 func (s *Sysroot) Repair(ctx context.Context, src Source) ([]Problem, error) {
 	unlock, err := s.Lock()
@@ -179,8 +221,14 @@ func (s *Sysroot) Repair(ctx context.Context, src Source) ([]Problem, error) {
 			os.Remove(s.repo.Path(p.Object))
 		}
 	}
+	var etcLeft []string
 	for _, p := range probs {
 		e := p.entry
+		if isEtc(p.Path) {
+			// The node's own: repair writes only what a manifest vouches for.
+			etcLeft = append(etcLeft, p.Path)
+			continue
+		}
 		if e.Type != manifest.TypeFile {
 			return probs, fmt.Errorf("repair: %s is not a file's content (%s); reinstall the version", p.Path, p.What)
 		}
@@ -208,6 +256,9 @@ func (s *Sysroot) Repair(ctx context.Context, src Source) ([]Problem, error) {
 	}
 	if err := b.Commit(); err != nil {
 		return probs, err
+	}
+	if len(etcLeft) > 0 {
+		return probs, fmt.Errorf("repair: left %s as it is: /etc is the node's own and repair does not write there; replace each file with a copy of itself to unlink it", strings.Join(etcLeft, ", "))
 	}
 	return probs, nil
 }

@@ -242,6 +242,13 @@ func (p *pullFlags) pull(ctx context.Context) (*apply.Sysroot, *apply.PullResult
 	prog, clear := progress("fetching")
 	res, err := s.Pull(ctx, src, apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog, EncodingBudget: mib(p.keepMiB)})
 	clear()
+	if err == nil {
+		// On stderr, with --json too: the admin should see that an image
+		// change did not reach this node.
+		for _, k := range res.EtcKept {
+			fmt.Fprintf(os.Stderr, "peerup: kept local /%s; the image's new version was not applied\n", k)
+		}
+	}
 	return s, res, err
 }
 
