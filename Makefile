@@ -34,7 +34,7 @@ unit:
 # figures (initramfs size, in-guest update memory, power cuts) in the log;
 # the whole log is kept when it fails.
 vm:
-	@$(GO) test -count=1 -timeout 40m -v ./internal/vmtest > .vm.log 2>&1; st=$$?; \
+	@$(GO) test -count=1 -timeout 60m -v ./internal/vmtest > .vm.log 2>&1; st=$$?; \
 	if [ $$st -ne 0 ]; then cat .vm.log; else grep -E 'initramfs:|in-guest update|power cuts:|boot time|round [0-9]+:|SKIP|^(ok|FAIL|--- )' .vm.log; fi; rm -f .vm.log; exit $$st
 
 # The long set: 100 power cuts (a boot each, about two hours), three probation boots.

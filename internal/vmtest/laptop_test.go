@@ -347,6 +347,10 @@ func TestLaptop(t *testing.T) {
 	}
 
 	t.Run("boots current through the initramfs and marks it good", func(t *testing.T) {
+		// Installed by the image builder, v1 starts on probation.
+		if st, cur := readBoot(t, ctx, disk); cur != "trees/1" || st.Trying != 1 {
+			t.Fatalf("as installed: current %s, boot state %+v", cur, st)
+		}
 		b := l.boot(t, ctx, disk, `
 echo laptop-7 > /etc/hostname
 useradd -m pupil
@@ -356,7 +360,6 @@ m links "$(stat -c %h /etc/hostname /etc/vmtest/local.conf /usr/bin/peerup | fla
 m usrwrite "$(touch /usr/bin/x 2>&1 | flat)"
 m remount "$(mount -o remount,rw / 2>&1 | flat) $(touch /usr/share/vmtest/x 2>&1 | flat)"
 verify
-run update peerup update $P $T --version 2
 `, "")
 		b.want(t, "booted", "1")
 		b.want(t, "root", "overlay ro")
@@ -373,6 +376,15 @@ run update peerup update $P $T --version 2
 		b.want(t, "usrwrite", "Read-only file system")
 		b.want(t, "remount", "Read-only file system")
 		b.want(t, "verify", "rc=0")
+		// mark-good ended the probation, as boot.json on the disk says.
+		if st, _ := readBoot(t, ctx, disk); st.Trying != 0 || len(st.Bad) != 0 {
+			t.Fatalf("after the first boot: boot state %+v", st)
+		}
+	})
+
+	t.Run("updates itself from the stick, inside the guest", func(t *testing.T) {
+		b := l.boot(t, ctx, disk, "run update peerup update $P $T --version 2", "")
+		b.want(t, "booted", "1")
 		b.want(t, "update", "rc=0")
 		t.Logf("in-guest update 1→2 (small) in a 256 MB guest: peak %.1f MiB (memory.peak of its cgroup)", peakMiB(b.markers["update"]))
 		st, cur := readBoot(t, ctx, disk)
@@ -518,7 +530,8 @@ func powerCuts(t *testing.T, l *lab) {
 		if !ended {
 			during++
 		}
-		t.Logf("round %d: power cut %.1fs into %s of v%d (it takes about %.1fs; cut before it ended: %v)", i, delay.Seconds(), op, v, est.Seconds(), !ended)
+		t.Logf("round %d: power cut %.1fs into %s of v%d (it takes about %.1fs; cut before it ended: %v); booted at %.0fs, verified by %.0fs, completed by %.0fs",
+			i, delay.Seconds(), op, v, est.Seconds(), !ended, seen["booted"].At.Seconds(), seen["verify"].At.Seconds(), seen["completegc"].At.Seconds())
 		if err := vmtest.Fsck(ctx, disk); err != nil {
 			t.Fatalf("round %d: fsck after the cut: %v", i, err)
 		}
