@@ -39,15 +39,9 @@ func (s *Sysroot) deltaIndex(ctx context.Context, src Source, image string, v ui
 	if err != nil {
 		return nil, fmt.Errorf("delta index: %w", err)
 	}
-	if _, err := trust.Verify(bytes.NewReader(raw), sig); err != nil {
-		return nil, fmt.Errorf("delta index: %w", err)
-	}
-	idx, err := diff.ParseDeltaIndex(raw)
+	idx, err := diff.AcceptDeltas(trust, raw, sig, image, v, mb)
 	if err != nil {
 		return nil, err
-	}
-	if idx.Image != image || idx.Version != v || idx.Manifest != manifest.Digest(sha256sum(mb)) {
-		return nil, fmt.Errorf("delta index for %s v%d (manifest %s) offered for %s v%d: refused", idx.Image, idx.Version, idx.Manifest, image, v)
 	}
 	return &signedDeltas{idx: idx, raw: raw, sig: sig}, nil
 }

@@ -130,13 +130,11 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 	if err != nil {
 		return nil, fmt.Errorf("pull: %w", err)
 	}
-	if res.Signer, err = o.Trust.Verify(bytes.NewReader(mb), sig); err != nil {
-		return nil, fmt.Errorf("pull %s v%d from %s: manifest: %w", image, v, src, err)
-	}
-	h, err := s.checkHeader(mb, image, v, st, o.Now())
+	h, signer, err := manifest.Accept(o.Trust, mb, sig, manifest.Want{Image: image, Version: v, After: st.Current, Now: o.Now()})
 	if err != nil {
 		return nil, fmt.Errorf("pull from %s: %w", src, err)
 	}
+	res.Signer = signer
 	if s.haveTree(image, v, mb) {
 		// The tree is still on disk (say, previous after a rollback) and was
 		// built from these very bytes: point staged at it again.
@@ -222,27 +220,6 @@ func (s *Sysroot) choose(ctx context.Context, src Source, st Status, o PullOptio
 		return "", 0, fmt.Errorf("pull: %s version %d is %w (%d)", image, e.Version, ErrNotNewer, st.Current)
 	}
 	return image, e.Version, nil
-}
-
-// checkHeader applies the rules to what the signature vouches for: the
-// signed image and version must be the ones asked for (no mix-and-match) and
-// newer than current (no rollback).
-func (s *Sysroot) checkHeader(mb []byte, image string, v uint64, st Status, now time.Time) (*manifest.Header, error) {
-	r, err := manifest.NewReader(bytes.NewReader(mb))
-	if err != nil {
-		return nil, fmt.Errorf("manifest %s v%d: %w", image, v, err)
-	}
-	h := r.Header()
-	if h.Image != image || h.Version != v {
-		return nil, fmt.Errorf("manifest offered as %s v%d is signed as %s v%d", image, v, h.Image, h.Version)
-	}
-	if h.Version <= st.Current {
-		return nil, fmt.Errorf("manifest %s v%d is %w (%d)", image, v, ErrNotNewer, st.Current)
-	}
-	if !h.Expires.IsZero() && now.After(h.Expires) {
-		return nil, fmt.Errorf("manifest %s v%d: %w (expires %s); a newer version should exist", image, v, ErrExpired, h.Expires.Format(time.RFC3339))
-	}
-	return &h, nil
 }
 
 // haveTree reports whether version v's tree exists, built from manifest mb.

@@ -25,7 +25,6 @@ const (
 
 // Errors a caller can test for with errors.Is.
 var (
-	ErrNotNewer      = errors.New("not newer than the current version")
 	ErrNothingStaged = errors.New("no staged version")
 	ErrNoPrevious    = errors.New("no previous version to roll back to")
 	ErrUpToDate      = errors.New("already up to date")

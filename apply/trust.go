@@ -16,7 +16,9 @@ import (
 // Errors a pull refuses a validly signed manifest with, by this node's rules.
 var (
 	// ErrExpired is a manifest past its signed expires time (SPEC.md §17).
-	ErrExpired = errors.New("manifest has expired")
+	ErrExpired = manifest.ErrExpired
+	// ErrNotNewer is a version at or below the current one.
+	ErrNotNewer = manifest.ErrNotNewer
 	// ErrForbidden is an entry this node's policy does not allow.
 	ErrForbidden = errors.New("forbidden by this node's policy")
 	// ErrUnsafePath is an entry that would be written outside its tree.
