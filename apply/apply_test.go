@@ -19,6 +19,7 @@ import (
 
 	"peerup/apply"
 	"peerup/blobstore"
+	"peerup/internal/fsutil"
 	"peerup/manifest"
 	"peerup/transfer"
 )
@@ -428,7 +429,7 @@ func TestSecondWriterIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unlock()
-	if _, _, err := s.Apply(0); !errors.Is(err, blobstore.ErrBusy) {
+	if _, _, err := s.Apply(0); !errors.Is(err, fsutil.ErrBusy) {
 		t.Fatalf("err = %v, want ErrBusy", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"peerup/blobstore"
+	"peerup/internal/fsutil"
 	"peerup/manifest"
 )
 
@@ -141,7 +142,7 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 		if err := s.setLink(LinkStaged, v); err != nil {
 			return nil, err
 		}
-		return res, blobstore.FsyncDir(s.dir)
+		return res, fsutil.FsyncDir(s.dir)
 	}
 	deltas, err := s.deltaIndex(ctx, src, image, v, mb, o.Trust)
 	if err != nil {
@@ -298,7 +299,7 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 	if err := os.Rename(tmp, final); err != nil {
 		return nil, fmt.Errorf("build tree: %w", err)
 	}
-	if err := blobstore.FsyncDir(trees); err != nil {
+	if err := fsutil.FsyncDir(trees); err != nil {
 		return nil, err
 	}
 	if deltas != nil {
@@ -311,10 +312,10 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return nil, err
 		}
-		if err := blobstore.WriteAtomic(p, deltas.raw); err != nil {
+		if err := fsutil.WriteAtomic(p, deltas.raw); err != nil {
 			return nil, err
 		}
-		if err := blobstore.WriteAtomic(p+".sig", deltas.sig); err != nil {
+		if err := fsutil.WriteAtomic(p+".sig", deltas.sig); err != nil {
 			return nil, err
 		}
 	}
@@ -325,7 +326,7 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 	if err := s.setLink(LinkStaged, h.Version); err != nil {
 		return nil, err
 	}
-	return merge.kept, blobstore.FsyncDir(s.dir)
+	return merge.kept, fsutil.FsyncDir(s.dir)
 }
 
 // logger is the pull's log, or one that discards.

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"peerup/blobstore"
+	"peerup/internal/fsutil"
 )
 
 // Names inside a sysroot (SPEC.md §6).
@@ -86,7 +87,7 @@ func (s *Sysroot) StateDir() string { return filepath.Join(s.dir, stateDir) }
 // Lock takes the sysroot's exclusive lock, failing at once if another peerup
 // process holds it.
 func (s *Sysroot) Lock() (func(), error) {
-	unlock, err := blobstore.LockFile(filepath.Join(s.dir, stateDir, "lock"))
+	unlock, err := fsutil.LockFile(filepath.Join(s.dir, stateDir, "lock"))
 	if err != nil {
 		return nil, fmt.Errorf("sysroot %w", err)
 	}
@@ -371,7 +372,7 @@ func (s *Sysroot) journalPath() string { return filepath.Join(s.StateDir(), "swi
 // peerup to take the lock (or the boot step), and no tree is orphaned.
 func (s *Sysroot) switchLinks(cur, prev uint64) error {
 	s.at("write switch journal")
-	if err := blobstore.WriteAtomic(s.journalPath(), fmt.Appendf(nil, "%d %d\n", cur, prev)); err != nil {
+	if err := fsutil.WriteAtomic(s.journalPath(), fmt.Appendf(nil, "%d %d\n", cur, prev)); err != nil {
 		return fmt.Errorf("switch: %w", err)
 	}
 	return s.finishSwitch(cur, prev)
@@ -388,7 +389,7 @@ func (s *Sysroot) finishSwitch(cur, prev uint64) error {
 			return err
 		}
 	}
-	if err := blobstore.FsyncDir(s.dir); err != nil {
+	if err := fsutil.FsyncDir(s.dir); err != nil {
 		return err
 	}
 	s.at("remove switch journal")

@@ -9,7 +9,7 @@ import (
 	"slices"
 	"strings"
 
-	"peerup/blobstore"
+	"peerup/internal/fsutil"
 	"peerup/manifest"
 )
 
@@ -80,7 +80,7 @@ func (s *Sysroot) adoptKeys(st Status) error {
 	if len(merged) > len(revoked) {
 		slices.Sort(merged)
 		data := "# fingerprints revoked by signed manifests (peerup)\n" + strings.Join(merged, "\n") + "\n"
-		if err := blobstore.WriteAtomic(revokedPath, []byte(data)); err != nil {
+		if err := fsutil.WriteAtomic(revokedPath, []byte(data)); err != nil {
 			return err
 		}
 	}
@@ -103,7 +103,7 @@ func (s *Sysroot) adoptKeys(st Status) error {
 		if err != nil {
 			return err
 		}
-		if err := blobstore.WriteAtomic(dst, data); err != nil {
+		if err := fsutil.WriteAtomic(dst, data); err != nil {
 			return err
 		}
 	}

@@ -12,8 +12,7 @@ import (
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
+	"peerup/internal/fsutil"
 	"peerup/manifest"
 )
 
@@ -29,9 +28,6 @@ const (
 	MarkerFile  = "peerup-repo"
 	MarkerMagic = "peerup-repo 1\n"
 )
-
-// ErrBusy is returned when another peerup process holds a repo's lock.
-var ErrBusy = errors.New("busy: another peerup process is working on it")
 
 // Repo is a store plus signed manifests and an index: a folder of static
 // files that any web server can serve (SPEC.md §5).
@@ -49,7 +45,7 @@ func OpenRepo(dir string) (*Repo, error) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("create repo: %w", err)
 		}
-		if err := WriteAtomic(marker, []byte(MarkerMagic)); err != nil {
+		if err := fsutil.WriteAtomic(marker, []byte(MarkerMagic)); err != nil {
 			return nil, fmt.Errorf("create repo: %w", err)
 		}
 	case err != nil:
@@ -73,23 +69,7 @@ func (r *Repo) Dir() string { return r.dir }
 // Lock takes the repo's exclusive lock without waiting; release it with the
 // returned function. Every writer holds it.
 func (r *Repo) Lock() (func(), error) {
-	return LockFile(filepath.Join(r.dir, "lock"))
-}
-
-// LockFile takes an exclusive flock on path, failing at once if it is held.
-func LockFile(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%s: %w", filepath.Dir(path), ErrBusy)
-		}
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
+	return fsutil.LockFile(filepath.Join(r.dir, "lock"))
 }
 
 // ManifestPath is where version v of image lives, relative to the repo.
@@ -257,7 +237,7 @@ func (r *Repo) ReadIndex() (*Index, error) {
 
 // WriteIndex replaces the index atomically and durably.
 func (r *Repo) WriteIndex(ix *Index) error {
-	if err := WriteAtomic(filepath.Join(r.dir, "index"), ix.Marshal()); err != nil {
+	if err := fsutil.WriteAtomic(filepath.Join(r.dir, "index"), ix.Marshal()); err != nil {
 		return fmt.Errorf("write index: %w", err)
 	}
 	return nil
@@ -272,10 +252,10 @@ func (r *Repo) AddVersion(h *manifest.Header, manifestBytes, sig []byte) (IndexE
 	if err := os.MkdirAll(filepath.Dir(mp), 0o755); err != nil {
 		return e, fmt.Errorf("add version: %w", err)
 	}
-	if err := WriteAtomic(mp, manifestBytes); err != nil {
+	if err := fsutil.WriteAtomic(mp, manifestBytes); err != nil {
 		return e, fmt.Errorf("add version: %w", err)
 	}
-	if err := WriteAtomic(mp+".sig", sig); err != nil {
+	if err := fsutil.WriteAtomic(mp+".sig", sig); err != nil {
 		return e, fmt.Errorf("add version: %w", err)
 	}
 	ix, err := r.ReadIndex()
@@ -316,34 +296,8 @@ func (r *Repo) RemoveVersion(image string, v uint64) error {
 
 func digestOf(b []byte) Digest { return Digest(sha256.Sum256(b)) }
 
-// WriteAtomic replaces path with data durably: temp file, fsync, rename,
-// fsync of the directory. For the few small files outside batches, and an
-// export's index and marker.
-func WriteAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(data)
-	if err == nil {
-		// A FAT stick cannot represent the mode and refuses the change
-		// (EPERM); its files are readable by the mount's own rules.
-		if err = tmp.Chmod(0o644); errors.Is(err, unix.EPERM) {
-			err = nil
-		}
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return FsyncDir(filepath.Dir(path))
-}
+// WriteAtomic is fsutil.WriteAtomic.
+//
+// Deprecated: use fsutil.WriteAtomic; kept while apply/boot.go, under
+// other work, still calls it here.
+func WriteAtomic(path string, data []byte) error { return fsutil.WriteAtomic(path, data) }

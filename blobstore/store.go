@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"peerup/internal/fsutil"
 	"peerup/manifest"
 )
 
@@ -440,34 +441,6 @@ func exists(p string) bool {
 	return err == nil
 }
 
-// Syncfs flushes the whole filesystem holding path: one call instead of an
-// fsync per file, which on flash is the difference between seconds and
-// minutes (OSTree PR #49).
-func Syncfs(path string) error {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("syncfs %s: %w", path, err)
-	}
-	defer unix.Close(fd)
-	if err := unix.Syncfs(fd); err != nil {
-		return fmt.Errorf("syncfs %s: %w", path, err)
-	}
-	return nil
-}
-
-// FsyncDir makes renames and links inside dir durable.
-func FsyncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
-}
-
 // Commit makes every staged object and file durable, then visible under its
 // name. Callers that wrote other data beside the batch (a tree linking to
 // staged files) rely on Commit's syncfs covering it too.
@@ -480,7 +453,7 @@ func (b *Batch) Commit() error {
 	if b.Fault != nil {
 		b.Fault("syncfs")
 	}
-	if err := Syncfs(b.s.root); err != nil {
+	if err := fsutil.Syncfs(b.s.root); err != nil {
 		return err
 	}
 	dirs := map[string]bool{}
@@ -509,7 +482,7 @@ func (b *Batch) Commit() error {
 		}
 	}
 	for d := range dirs {
-		if err := FsyncDir(d); err != nil {
+		if err := fsutil.FsyncDir(d); err != nil {
 			return err
 		}
 	}

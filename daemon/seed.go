@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"peerup/blobstore"
+	"peerup/internal/fsutil"
 	"peerup/manifest"
 )
 
@@ -44,7 +45,7 @@ func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, versi
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := blobstore.LockFile(filepath.Join(repo.Dir(), "seed.lock"))
+	unlock, err := fsutil.LockFile(filepath.Join(repo.Dir(), "seed.lock"))
 	if err != nil {
 		return nil, fmt.Errorf("%w: another peerup daemon seeds %s", ErrRunning, repo.Dir())
 	}

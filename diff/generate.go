@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"peerup/blobstore"
+	"peerup/internal/fsutil"
 	"peerup/manifest"
 )
 
@@ -127,10 +128,10 @@ func Generate(ctx context.Context, repo *blobstore.Repo, image string, v uint64,
 		return nil, err
 	}
 	p := filepath.Join(repo.Dir(), blobstore.DeltasPath(image, v))
-	if err := blobstore.WriteAtomic(p, data); err != nil {
+	if err := fsutil.WriteAtomic(p, data); err != nil {
 		return nil, fmt.Errorf("write delta index: %w", err)
 	}
-	if err := blobstore.WriteAtomic(p+".sig", sig.Bytes()); err != nil {
+	if err := fsutil.WriteAtomic(p+".sig", sig.Bytes()); err != nil {
 		return nil, fmt.Errorf("write delta index: %w", err)
 	}
 	return res, nil

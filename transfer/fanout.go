@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"peerup/blobstore"
+	"peerup/internal/fsutil"
 	"peerup/manifest"
 )
 
@@ -307,14 +308,14 @@ func (t *target) prepare(p *exportPlan) error {
 			}
 		}
 	}
-	if err := blobstore.WriteAtomic(filepath.Join(t.dir, stampFile), []byte("peerup export in progress or failed\n")); err != nil {
+	if err := fsutil.WriteAtomic(filepath.Join(t.dir, stampFile), []byte("peerup export in progress or failed\n")); err != nil {
 		return err
 	}
 	t.prepared = true
 	if err := t.clear(); err != nil {
 		return err
 	}
-	if err := blobstore.FsyncDir(t.dir); err != nil {
+	if err := fsutil.FsyncDir(t.dir); err != nil {
 		return err
 	}
 	return t.checkRoom(p)
@@ -371,7 +372,7 @@ func (t *target) finish(ctx context.Context, p *exportPlan) error {
 		}
 		t.progress(int64(len(fl.data)))
 	}
-	if err := blobstore.Syncfs(t.dir); err != nil {
+	if err := fsutil.Syncfs(t.dir); err != nil {
 		return err
 	}
 	for _, ob := range t.written {
@@ -384,16 +385,16 @@ func (t *target) finish(ctx context.Context, p *exportPlan) error {
 			return err
 		}
 	}
-	if err := blobstore.WriteAtomic(filepath.Join(t.dir, "index"), p.index); err != nil {
+	if err := fsutil.WriteAtomic(filepath.Join(t.dir, "index"), p.index); err != nil {
 		return fmt.Errorf("write index: %w", err)
 	}
-	if err := blobstore.WriteAtomic(filepath.Join(t.dir, blobstore.MarkerFile), []byte(blobstore.MarkerMagic)); err != nil {
+	if err := fsutil.WriteAtomic(filepath.Join(t.dir, blobstore.MarkerFile), []byte(blobstore.MarkerMagic)); err != nil {
 		return fmt.Errorf("write marker: %w", err)
 	}
 	if err := os.Remove(filepath.Join(t.dir, stampFile)); err != nil {
 		return err
 	}
-	return blobstore.FsyncDir(t.dir)
+	return fsutil.FsyncDir(t.dir)
 }
 
 // readBack hashes a written file as the stick returns it. The file's pages
@@ -438,6 +439,6 @@ func (t *target) cleanup() {
 	}
 	if t.prepared {
 		t.clear()
-		blobstore.FsyncDir(t.dir)
+		fsutil.FsyncDir(t.dir)
 	}
 }

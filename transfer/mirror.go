@@ -11,6 +11,7 @@ import (
 
 	"peerup/blobstore"
 	"peerup/diff"
+	"peerup/internal/fsutil"
 	"peerup/manifest"
 )
 
@@ -149,10 +150,10 @@ func mirrorVersion(ctx context.Context, local *blobstore.Repo, up *Client, trust
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return err
 		}
-		if err := blobstore.WriteAtomic(p, draw); err != nil {
+		if err := fsutil.WriteAtomic(p, draw); err != nil {
 			return err
 		}
-		if err := blobstore.WriteAtomic(p+".sig", dsig); err != nil {
+		if err := fsutil.WriteAtomic(p+".sig", dsig); err != nil {
 			return err
 		}
 	}
