@@ -9,9 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
-	"strings"
 
+	"peerup/blobstore"
 	"peerup/diff"
 	"peerup/manifest"
 )
@@ -28,7 +27,7 @@ func (s *Sysroot) trimEncodings(image string, budget int64) error {
 	if budget < 0 {
 		return nil
 	}
-	dir := filepath.Join(s.repo.Dir(), "images", image)
+	dir := s.repo.Layout().ImageDir(image)
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -45,14 +44,11 @@ func (s *Sysroot) trimEncodings(image string, budget int64) error {
 	var manifests []string
 	for _, e := range ents {
 		name := e.Name()
+		v, deltas, ok := blobstore.VersionFile(name)
 		switch {
-		case strings.HasSuffix(name, ".manifest"):
+		case ok && !deltas:
 			manifests = append(manifests, filepath.Join(dir, name))
-		case strings.HasSuffix(name, ".deltas"):
-			v, err := strconv.ParseUint(strings.TrimSuffix(name, ".deltas"), 10, 64)
-			if err != nil {
-				continue
-			}
+		case ok && deltas:
 			b, err := os.ReadFile(filepath.Join(dir, name))
 			if err != nil {
 				return err

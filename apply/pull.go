@@ -305,17 +305,8 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 	if deltas != nil {
 		// Kept so neighbours can plan from it too; it names encodings this
 		// node may not hold, and they fall back to others.
-		p := filepath.Join(s.repo.Dir(), blobstore.DeltasPath(h.Image, h.Version))
 		s.at("write delta index")
-		// A node's first version may come with a delta index: the image's
-		// folder is not there yet.
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return nil, err
-		}
-		if err := fsutil.WriteAtomic(p, deltas.raw); err != nil {
-			return nil, err
-		}
-		if err := fsutil.WriteAtomic(p+".sig", deltas.sig); err != nil {
+		if err := s.repo.AddDeltas(h.Image, h.Version, deltas.raw, deltas.sig); err != nil {
 			return nil, err
 		}
 	}

@@ -54,6 +54,10 @@ func (s *Sysroot) at(point string) {
 	}
 }
 
+// RepoDir is where the sysroot at dir keeps its node's repo, for readers
+// that must not create a sysroot where there is none.
+func RepoDir(dir string) string { return filepath.Join(dir, stateDir, "repo") }
+
 // Open opens (creating if needed) the sysroot at dir.
 func Open(dir string) (*Sysroot, error) {
 	abs, err := filepath.Abs(dir)
@@ -63,7 +67,7 @@ func Open(dir string) (*Sysroot, error) {
 	if err := os.MkdirAll(filepath.Join(abs, treesDir), 0o755); err != nil {
 		return nil, fmt.Errorf("open sysroot: %w", err)
 	}
-	repo, err := blobstore.OpenRepo(filepath.Join(abs, stateDir, "repo"))
+	repo, err := blobstore.OpenRepo(RepoDir(abs))
 	if err != nil {
 		return nil, fmt.Errorf("open sysroot: %w", err)
 	}

@@ -22,13 +22,6 @@ const (
 	indexMagic = "peerup-index 1"
 )
 
-// MarkerFile, holding MarkerMagic, is what makes a folder a repo (SPEC.md
-// §5); an export writes it last.
-const (
-	MarkerFile  = "peerup-repo"
-	MarkerMagic = "peerup-repo 1\n"
-)
-
 // Repo is a store plus signed manifests and an index: a folder of static
 // files that any web server can serve (SPEC.md §5).
 type Repo struct {
@@ -38,7 +31,8 @@ type Repo struct {
 
 // OpenRepo opens the repo at dir, creating an empty one if dir is new.
 func OpenRepo(dir string) (*Repo, error) {
-	marker := filepath.Join(dir, MarkerFile)
+	lay := LayoutOf(dir)
+	marker := lay.Marker()
 	b, err := os.ReadFile(marker)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -51,13 +45,13 @@ func OpenRepo(dir string) (*Repo, error) {
 	case err != nil:
 		return nil, fmt.Errorf("open repo: %w", err)
 	case string(b) != MarkerMagic:
-		return nil, fmt.Errorf("open repo %s: %s says %.30q, want %q", dir, MarkerFile, b, MarkerMagic)
+		return nil, fmt.Errorf("open repo %s: %s says %.30q, want %q", dir, markerName, b, MarkerMagic)
 	}
 	s, err := Open(dir)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "images"), 0o755); err != nil {
+	if err := os.MkdirAll(lay.Images(), 0o755); err != nil {
 		return nil, fmt.Errorf("open repo: %w", err)
 	}
 	return &Repo{Store: s, dir: dir}, nil
@@ -66,30 +60,13 @@ func OpenRepo(dir string) (*Repo, error) {
 // Dir is the repo's folder.
 func (r *Repo) Dir() string { return r.dir }
 
+// Layout places the repo's files.
+func (r *Repo) Layout() Layout { return LayoutOf(r.dir) }
+
 // Lock takes the repo's exclusive lock without waiting; release it with the
 // returned function. Every writer holds it.
 func (r *Repo) Lock() (func(), error) {
-	return fsutil.LockFile(filepath.Join(r.dir, "lock"))
-}
-
-// ManifestPath is where version v of image lives, relative to the repo.
-func ManifestPath(image string, v uint64) string {
-	return "images/" + image + "/" + strconv.FormatUint(v, 10) + ".manifest"
-}
-
-// SignaturePath is the detached signature beside ManifestPath.
-func SignaturePath(image string, v uint64) string { return ManifestPath(image, v) + ".sig" }
-
-// DeltasPath is a version's signed delta index (SPEC.md §8), beside its
-// manifest.
-func DeltasPath(image string, v uint64) string {
-	return "images/" + image + "/" + strconv.FormatUint(v, 10) + ".deltas"
-}
-
-// ObjectURLPath is an object's path relative to the repo.
-func ObjectURLPath(d Digest) string {
-	h := d.String()
-	return "objects/" + h[:2] + "/" + h
+	return fsutil.LockFile(r.Layout().Lock())
 }
 
 // IndexEntry is one published version.
@@ -225,7 +202,7 @@ func ParseIndex(b []byte) (*Index, error) {
 // ReadIndex reads the repo's index; a repo with nothing published has an
 // empty one.
 func (r *Repo) ReadIndex() (*Index, error) {
-	b, err := os.ReadFile(filepath.Join(r.dir, "index"))
+	b, err := os.ReadFile(r.Layout().Index())
 	if errors.Is(err, fs.ErrNotExist) {
 		return &Index{}, nil
 	}
@@ -237,7 +214,7 @@ func (r *Repo) ReadIndex() (*Index, error) {
 
 // WriteIndex replaces the index atomically and durably.
 func (r *Repo) WriteIndex(ix *Index) error {
-	if err := fsutil.WriteAtomic(filepath.Join(r.dir, "index"), ix.Marshal()); err != nil {
+	if err := fsutil.WriteAtomic(r.Layout().Index(), ix.Marshal()); err != nil {
 		return fmt.Errorf("write index: %w", err)
 	}
 	return nil
@@ -248,14 +225,14 @@ func (r *Repo) WriteIndex(ix *Index) error {
 // that a peer who reads the index finds everything in place.
 func (r *Repo) AddVersion(h *manifest.Header, manifestBytes, sig []byte) (IndexEntry, error) {
 	e := IndexEntry{Image: h.Image, Version: h.Version, Manifest: digestOf(manifestBytes)}
-	mp := filepath.Join(r.dir, ManifestPath(h.Image, h.Version))
+	mp := r.Layout().Manifest(h.Image, h.Version)
 	if err := os.MkdirAll(filepath.Dir(mp), 0o755); err != nil {
 		return e, fmt.Errorf("add version: %w", err)
 	}
 	if err := fsutil.WriteAtomic(mp, manifestBytes); err != nil {
 		return e, fmt.Errorf("add version: %w", err)
 	}
-	if err := fsutil.WriteAtomic(mp+".sig", sig); err != nil {
+	if err := fsutil.WriteAtomic(r.Layout().Signature(h.Image, h.Version), sig); err != nil {
 		return e, fmt.Errorf("add version: %w", err)
 	}
 	ix, err := r.ReadIndex()
@@ -266,13 +243,30 @@ func (r *Repo) AddVersion(h *manifest.Header, manifestBytes, sig []byte) (IndexE
 	return e, r.WriteIndex(ix)
 }
 
+// AddDeltas stores a version's signed delta index beside its manifest. The
+// caller has verified it (diff.AcceptDeltas) and committed the encodings
+// it means to serve; the image's folder is made if this is its first file.
+func (r *Repo) AddDeltas(image string, v uint64, raw, sig []byte) error {
+	lay := r.Layout()
+	if err := os.MkdirAll(lay.ImageDir(image), 0o755); err != nil {
+		return fmt.Errorf("add delta index: %w", err)
+	}
+	if err := fsutil.WriteAtomic(lay.Deltas(image, v), raw); err != nil {
+		return fmt.Errorf("add delta index: %w", err)
+	}
+	if err := fsutil.WriteAtomic(lay.DeltasSignature(image, v), sig); err != nil {
+		return fmt.Errorf("add delta index: %w", err)
+	}
+	return nil
+}
+
 // ReadVersion returns the stored manifest and signature bytes of a version.
 func (r *Repo) ReadVersion(image string, v uint64) (m, sig []byte, err error) {
-	m, err = os.ReadFile(filepath.Join(r.dir, ManifestPath(image, v)))
+	m, err = os.ReadFile(r.Layout().Manifest(image, v))
 	if err != nil {
 		return nil, nil, fmt.Errorf("read manifest %s v%d: %w", image, v, err)
 	}
-	sig, err = os.ReadFile(filepath.Join(r.dir, SignaturePath(image, v)))
+	sig, err = os.ReadFile(r.Layout().Signature(image, v))
 	if err != nil {
 		return nil, nil, fmt.Errorf("read signature %s v%d: %w", image, v, err)
 	}
@@ -289,8 +283,8 @@ func (r *Repo) RemoveVersion(image string, v uint64) error {
 	if err := r.WriteIndex(ix); err != nil {
 		return err
 	}
-	os.Remove(filepath.Join(r.dir, SignaturePath(image, v)))
-	os.Remove(filepath.Join(r.dir, ManifestPath(image, v)))
+	os.Remove(r.Layout().Signature(image, v))
+	os.Remove(r.Layout().Manifest(image, v))
 	return nil
 }
 

@@ -45,7 +45,7 @@ func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, versi
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := fsutil.LockFile(filepath.Join(repo.Dir(), "seed.lock"))
+	unlock, err := fsutil.LockFile(repo.Layout().SeedLock())
 	if err != nil {
 		return nil, fmt.Errorf("%w: another peerup daemon seeds %s", ErrRunning, repo.Dir())
 	}
@@ -70,7 +70,7 @@ func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, versi
 			return nil, err
 		}
 	}
-	changes, err := watchIndex(ctx, repo.Dir())
+	changes, err := watchIndex(ctx, repo.Layout())
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +134,8 @@ func seedLatest(repo *blobstore.Repo, image string, kr *manifest.Keyring) (strin
 
 // watchIndex reports when the repo's index is replaced (publish and mirror
 // rename a new one into place), with inotify rather than polling.
-func watchIndex(ctx context.Context, dir string) (<-chan struct{}, error) {
+func watchIndex(ctx context.Context, lay blobstore.Layout) (<-chan struct{}, error) {
+	dir, index := filepath.Split(lay.Index())
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		return nil, fmt.Errorf("watch %s: %w", dir, err)
@@ -161,7 +162,7 @@ func watchIndex(ctx context.Context, dir string) (<-chan struct{}, error) {
 				ev := (*unix.InotifyEvent)(unsafePointer(&buf[off]))
 				name := string(bytes.TrimRight(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)], "\x00"))
 				off += unix.SizeofInotifyEvent + int(ev.Len)
-				if name == "index" {
+				if name == index {
 					select {
 					case out <- struct{}{}:
 					default:

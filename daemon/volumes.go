@@ -221,11 +221,11 @@ func fingerprint(dir string) string {
 	if err := unix.Stat(dir, &st); err != nil {
 		return ""
 	}
-	marker, err := os.ReadFile(filepath.Join(dir, blobstore.MarkerFile))
+	marker, err := os.ReadFile(blobstore.LayoutOf(dir).Marker())
 	if err != nil || string(marker) != blobstore.MarkerMagic {
 		return ""
 	}
-	f, err := os.Open(filepath.Join(dir, "index"))
+	f, err := os.Open(blobstore.LayoutOf(dir).Index())
 	if err != nil {
 		return ""
 	}

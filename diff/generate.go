@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"path"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
@@ -19,7 +18,6 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"peerup/blobstore"
-	"peerup/internal/fsutil"
 	"peerup/manifest"
 )
 
@@ -127,12 +125,8 @@ func Generate(ctx context.Context, repo *blobstore.Repo, image string, v uint64,
 	if err := b.Commit(); err != nil {
 		return nil, err
 	}
-	p := filepath.Join(repo.Dir(), blobstore.DeltasPath(image, v))
-	if err := fsutil.WriteAtomic(p, data); err != nil {
-		return nil, fmt.Errorf("write delta index: %w", err)
-	}
-	if err := fsutil.WriteAtomic(p+".sig", sig.Bytes()); err != nil {
-		return nil, fmt.Errorf("write delta index: %w", err)
+	if err := repo.AddDeltas(image, v, data, sig.Bytes()); err != nil {
+		return nil, err
 	}
 	return res, nil
 }

@@ -138,7 +138,7 @@ func Export(ctx context.Context, src *blobstore.Repo, targets []string, o Export
 // planExport reads and checks the source's signed files and picks the
 // objects to copy. It reads no object.
 func planExport(src *blobstore.Repo, o ExportOptions) (*exportPlan, error) {
-	if _, err := os.Stat(filepath.Join(src.Dir(), blobstore.MarkerFile)); err != nil {
+	if _, err := os.Stat(src.Layout().Marker()); err != nil {
 		return nil, fmt.Errorf("%s holds no peerup repo: %w", src.Dir(), err)
 	}
 	ix, err := src.ReadIndex()
@@ -191,9 +191,9 @@ func planExport(src *blobstore.Repo, o ExportOptions) (*exportPlan, error) {
 	if err := p.pickObjects(src, mr, have, deltas); err != nil {
 		return nil, err
 	}
-	p.addSigned(blobstore.ManifestPath(p.image, p.version), mb, msig)
+	p.addSigned(blobstore.Layout{}.Manifest(p.image, p.version), mb, msig)
 	if deltas != nil {
-		p.addSigned(blobstore.DeltasPath(p.image, p.version), deltas.raw, deltas.sig)
+		p.addSigned(blobstore.Layout{}.Deltas(p.image, p.version), deltas.raw, deltas.sig)
 	}
 	ixOut := &blobstore.Index{}
 	ixOut.Set(e)
@@ -219,7 +219,7 @@ func signedFile(src *blobstore.Repo, rel string, required bool) (data, sig []byt
 		}
 		return nil, nil, fmt.Errorf("read %s: %w", rel, err)
 	}
-	sig, err = os.ReadFile(filepath.Join(src.Dir(), rel+".sig"))
+	sig, err = os.ReadFile(filepath.Join(src.Dir(), blobstore.SignatureOf(rel)))
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s has no signature: %w", rel, err)
 	}
@@ -230,7 +230,7 @@ func signedFile(src *blobstore.Repo, rel string, required bool) (data, sig []byt
 // would, but for expiry (the laptop checks that when it installs): with
 // keys, by manifest.Accept; without, its header only.
 func exportManifest(src *blobstore.Repo, image string, v uint64, trust *manifest.Keyring) (mb, sig []byte, err error) {
-	rel := blobstore.ManifestPath(image, v)
+	rel := blobstore.Layout{}.Manifest(image, v)
 	if mb, sig, err = signedFile(src, rel, true); err != nil {
 		return nil, nil, err
 	}
@@ -248,7 +248,7 @@ func exportManifest(src *blobstore.Repo, image string, v uint64, trust *manifest
 
 // addSigned adds a signed file and its signature.
 func (p *exportPlan) addSigned(rel string, data, sig []byte) {
-	p.files = append(p.files, exportFile{rel, data}, exportFile{rel + ".sig", sig})
+	p.files = append(p.files, exportFile{rel, data}, exportFile{blobstore.SignatureOf(rel), sig})
 	p.bytes += int64(len(data) + len(sig))
 }
 
@@ -256,7 +256,7 @@ func (p *exportPlan) addSigned(rel string, data, sig []byte) {
 // checks it belongs to the manifest: an index a pull would refuse must not
 // go onto a stick.
 func exportDeltas(src *blobstore.Repo, image string, v uint64, mb []byte, o ExportOptions) (*signedDeltas, error) {
-	rel := blobstore.DeltasPath(image, v)
+	rel := blobstore.Layout{}.Deltas(image, v)
 	raw, sig, err := signedFile(src, rel, false)
 	if err != nil || raw == nil {
 		return nil, err

@@ -5,13 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"time"
 
 	"peerup/blobstore"
 	"peerup/diff"
-	"peerup/internal/fsutil"
 	"peerup/manifest"
 )
 
@@ -146,14 +143,7 @@ func mirrorVersion(ctx context.Context, local *blobstore.Repo, up *Client, trust
 		return err
 	}
 	if draw != nil {
-		p := filepath.Join(local.Dir(), blobstore.DeltasPath(want.Image, want.Version))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		if err := fsutil.WriteAtomic(p, draw); err != nil {
-			return err
-		}
-		if err := fsutil.WriteAtomic(p+".sig", dsig); err != nil {
+		if err := local.AddDeltas(want.Image, want.Version, draw, dsig); err != nil {
 			return err
 		}
 	}

@@ -35,7 +35,7 @@ func TestServerServesOnlyRepoPaths(t *testing.T) {
 		want int
 	}{
 		{"/peerup-repo", 200},
-		{"/" + blobstore.ObjectURLPath(d), 200},
+		{"/" + blobstore.Layout{}.Object(d), 200},
 		{"/secret", 404},
 		{"/lock", 404},
 		{"/objects/../secret", 404},
@@ -57,7 +57,7 @@ func TestServerServesOnlyRepoPaths(t *testing.T) {
 			t.Errorf("GET %s = %d, want %d", tc.path, resp.StatusCode, tc.want)
 		}
 	}
-	req, _ := http.NewRequest("GET", srv.URL+"/"+blobstore.ObjectURLPath(d), nil)
+	req, _ := http.NewRequest("GET", srv.URL+"/"+blobstore.Layout{}.Object(d), nil)
 	req.Header.Set("Range", "bytes=100-")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -155,7 +155,7 @@ func TestUploadCapAnswersBusy(t *testing.T) {
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	h.slots <- struct{}{} // one upload in progress
-	resp, err := http.Get(srv.URL + "/" + blobstore.ObjectURLPath(d))
+	resp, err := http.Get(srv.URL + "/" + blobstore.Layout{}.Object(d))
 	if err != nil {
 		t.Fatal(err)
 	}
