@@ -19,6 +19,20 @@ import (
 // for its neighbours (SPEC.md §10).
 const DefaultEncodingBudget = 256 << 20
 
+// EncodingBudgetMiB is the budget --keep-encodings-mib n (and the config
+// key) asks for, in the bytes PullOptions.EncodingBudget and GC take: n
+// MiB, 0 keeping nothing, negative no limit. It is the one place that
+// reads the setting, so that 0 means the same for pull, gc and daemon.
+func EncodingBudgetMiB(n int64) int64 {
+	switch {
+	case n < 0:
+		return -1
+	case n == 0:
+		return 1 // keep nothing: 0 would be the default
+	}
+	return n << 20
+}
+
 // trimEncodings deletes kept encodings, those of the oldest versions first,
 // until what remains fits in budget. An encoding is an object named in one
 // of the node's delta indexes and not a file of any version the node holds;

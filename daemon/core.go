@@ -57,17 +57,6 @@ type Observer interface {
 	UpdateReady(version uint64)
 }
 
-// Error names, as D-Bus clients see them.
-const (
-	ErrorPrefix     = "org.peerup.Updater1.Error."
-	ErrorWrongState = ErrorPrefix + "WrongState"
-	ErrorPoll       = ErrorPrefix + "Poll"
-	ErrorFetch      = ErrorPrefix + "Fetch"
-	ErrorApply      = ErrorPrefix + "Apply"
-	ErrorRollback   = ErrorPrefix + "Rollback"
-	ErrorCancelled  = ErrorPrefix + "Cancelled"
-)
-
 // Options configure the core.
 type Options struct {
 	Sysroot *apply.Sysroot

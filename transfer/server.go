@@ -16,6 +16,10 @@ import (
 	"golang.org/x/time/rate"
 )
 
+// DefaultListen is where a node serves its repo unless told otherwise
+// (SPEC.md §5).
+const DefaultListen = ":7380"
+
 // Handler serves the repo in dir.
 type Handler struct {
 	dir     string
