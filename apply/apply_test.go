@@ -19,6 +19,7 @@ import (
 
 	"peerup/apply"
 	"peerup/blobstore"
+	"peerup/internal/fsutil"
 	"peerup/manifest"
 	"peerup/transfer"
 )
@@ -323,8 +324,8 @@ func TestRefusedUpdatesChangeNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m3 := filepath.Join(f.repo.Dir(), blobstore.ManifestPath("school-laptop", 3))
-	m1 := filepath.Join(f.repo.Dir(), blobstore.ManifestPath("school-laptop", 1))
+	m3 := f.repo.Layout().Manifest("school-laptop", 3)
+	m1 := f.repo.Layout().Manifest("school-laptop", 1)
 	good3, _ := os.ReadFile(m3)
 	goodSig3, _ := os.ReadFile(m3 + ".sig")
 	good1, _ := os.ReadFile(m1)
@@ -428,7 +429,7 @@ func TestSecondWriterIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unlock()
-	if _, _, err := s.Apply(0); !errors.Is(err, blobstore.ErrBusy) {
+	if _, _, err := s.Apply(0); !errors.Is(err, fsutil.ErrBusy) {
 		t.Fatalf("err = %v, want ErrBusy", err)
 	}
 }

@@ -78,12 +78,12 @@ func (sc *scene) file(rel string) []byte {
 }
 
 func objectPath(data string) string {
-	return "/" + blobstore.ObjectURLPath(manifest.Digest(sha256.Sum256([]byte(data))))
+	return "/" + blobstore.Layout{}.Object(manifest.Digest(sha256.Sum256([]byte(data))))
 }
 
-func manifestURL(v uint64) string { return "/" + blobstore.ManifestPath("school-laptop", v) }
+func manifestURL(v uint64) string { return "/" + blobstore.Layout{}.Manifest("school-laptop", v) }
 
-func deltasURL(v uint64) string { return "/" + blobstore.DeltasPath("school-laptop", v) }
+func deltasURL(v uint64) string { return "/" + blobstore.Layout{}.Deltas("school-laptop", v) }
 
 // pull runs a pull of v3 (unless o says otherwise) within the attack
 // deadline and reports its result, error and allocations.
@@ -155,8 +155,8 @@ func (sc *scene) completes(src apply.Source, o apply.PullOptions) *apply.PullRes
 // names the fault.
 func TestAttackArbitrarySoftware(t *testing.T) {
 	sc := newScene(t)
-	m3 := sc.file(blobstore.ManifestPath("school-laptop", 3))
-	sig2 := sc.file(blobstore.SignaturePath("school-laptop", 2))
+	m3 := sc.file(blobstore.Layout{}.Manifest("school-laptop", 3))
+	sig2 := sc.file(blobstore.Layout{}.Signature("school-laptop", 2))
 	intruder, err := manifest.GenerateKey("intruder")
 	if err != nil {
 		t.Fatal(err)
@@ -217,8 +217,8 @@ func TestAttackRollback(t *testing.T) {
 			sc.t = t
 			p := sc.peer()
 			if tc.replay != 0 {
-				p.OnPath(manifestURL(3), hostile.Bytes(sc.file(blobstore.ManifestPath("school-laptop", tc.replay))))
-				p.OnPath(manifestURL(3)+".sig", hostile.Bytes(sc.file(blobstore.SignaturePath("school-laptop", tc.replay))))
+				p.OnPath(manifestURL(3), hostile.Bytes(sc.file(blobstore.Layout{}.Manifest("school-laptop", tc.replay))))
+				p.OnPath(manifestURL(3)+".sig", hostile.Bytes(sc.file(blobstore.Layout{}.Signature("school-laptop", tc.replay))))
 			}
 			sc.refused(sc.client(p), apply.PullOptions{Version: tc.version}, tc.want, tc.text)
 		})
@@ -302,21 +302,21 @@ func TestAttackMixAndMatch(t *testing.T) {
 	t.Run("delta index of another version", func(t *testing.T) {
 		sc := newScene(t)
 		p := sc.peer()
-		p.OnPath(deltasURL(3), hostile.Bytes(sc.file(blobstore.DeltasPath("school-laptop", 2))))
-		p.OnPath(deltasURL(3)+".sig", hostile.Bytes(sc.file(blobstore.DeltasPath("school-laptop", 2)+".sig")))
+		p.OnPath(deltasURL(3), hostile.Bytes(sc.file(blobstore.Layout{}.Deltas("school-laptop", 2))))
+		p.OnPath(deltasURL(3)+".sig", hostile.Bytes(sc.file(blobstore.Layout{}.Deltas("school-laptop", 2)+".sig")))
 		sc.refused(sc.client(p), apply.PullOptions{}, nil, "delta index for school-laptop v2")
 	})
 	t.Run("encodings of another version", func(t *testing.T) {
 		sc := newScene(t)
-		idx2, _ := diff.ParseDeltaIndex(sc.file(blobstore.DeltasPath("school-laptop", 2)))
-		idx3, _ := diff.ParseDeltaIndex(sc.file(blobstore.DeltasPath("school-laptop", 3)))
+		idx2, _ := diff.ParseDeltaIndex(sc.file(blobstore.Layout{}.Deltas("school-laptop", 2)))
+		idx3, _ := diff.ParseDeltaIndex(sc.file(blobstore.Layout{}.Deltas("school-laptop", 3)))
 		if len(idx2.Encodings) == 0 || len(idx3.Encodings) == 0 {
 			t.Fatal("the scene has no encodings to mix")
 		}
-		old := sc.file(blobstore.ObjectURLPath(idx2.Encodings[0].Digest))
+		old := sc.file(blobstore.Layout{}.Object(idx2.Encodings[0].Digest))
 		p := sc.peer()
 		for _, e := range idx3.Encodings {
-			p.OnPath("/"+blobstore.ObjectURLPath(e.Digest), hostile.Bytes(old))
+			p.OnPath("/"+blobstore.Layout{}.Object(e.Digest), hostile.Bytes(old))
 		}
 		res := sc.completes(sc.client(p), apply.PullOptions{})
 		if res.PatchObjects != 0 {
@@ -445,8 +445,8 @@ func TestAttackMaliciousPatch(t *testing.T) {
 			if err := b.Commit(); err != nil {
 				t.Fatal(err)
 			}
-			dp := filepath.Join(sc.f.repo.Dir(), blobstore.DeltasPath("school-laptop", 3))
-			idx, err := diff.ParseDeltaIndex(sc.file(blobstore.DeltasPath("school-laptop", 3)))
+			dp := sc.f.repo.Layout().Deltas("school-laptop", 3)
+			idx, err := diff.ParseDeltaIndex(sc.file(blobstore.Layout{}.Deltas("school-laptop", 3)))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -464,10 +464,10 @@ func TestAttackMaliciousPatch(t *testing.T) {
 
 			var log bytes.Buffer
 			withheld := sc.peer()
-			withheld.OnPath("/"+blobstore.ObjectURLPath(target), hostile.Status(http.StatusNotFound))
+			withheld.OnPath("/"+blobstore.Layout{}.Object(target), hostile.Status(http.StatusNotFound))
 			for _, e := range idx.For(target) {
 				if e.Digest != pd {
-					withheld.OnPath("/"+blobstore.ObjectURLPath(e.Digest), hostile.Status(http.StatusNotFound))
+					withheld.OnPath("/"+blobstore.Layout{}.Object(e.Digest), hostile.Status(http.StatusNotFound))
 				}
 			}
 			sc.refused(sc.client(withheld), apply.PullOptions{Log: slog.New(slog.NewTextHandler(&log, nil))}, nil, "usr/lib/libschool.so.1")

@@ -9,9 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
-	"strings"
 
+	"peerup/blobstore"
 	"peerup/diff"
 	"peerup/manifest"
 )
@@ -19,6 +18,20 @@ import (
 // DefaultEncodingBudget bounds the disk a node spends on encodings it keeps
 // for its neighbours (SPEC.md §10).
 const DefaultEncodingBudget = 256 << 20
+
+// EncodingBudgetMiB is the budget --keep-encodings-mib n (and the config
+// key) asks for, in the bytes PullOptions.EncodingBudget and GC take: n
+// MiB, 0 keeping nothing, negative no limit. It is the one place that
+// reads the setting, so that 0 means the same for pull, gc and daemon.
+func EncodingBudgetMiB(n int64) int64 {
+	switch {
+	case n < 0:
+		return -1
+	case n == 0:
+		return 1 // keep nothing: 0 would be the default
+	}
+	return n << 20
+}
 
 // trimEncodings deletes kept encodings, those of the oldest versions first,
 // until what remains fits in budget. An encoding is an object named in one
@@ -28,7 +41,7 @@ func (s *Sysroot) trimEncodings(image string, budget int64) error {
 	if budget < 0 {
 		return nil
 	}
-	dir := filepath.Join(s.repo.Dir(), "images", image)
+	dir := s.repo.Layout().ImageDir(image)
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -45,14 +58,11 @@ func (s *Sysroot) trimEncodings(image string, budget int64) error {
 	var manifests []string
 	for _, e := range ents {
 		name := e.Name()
+		v, deltas, ok := blobstore.VersionFile(name)
 		switch {
-		case strings.HasSuffix(name, ".manifest"):
+		case ok && !deltas:
 			manifests = append(manifests, filepath.Join(dir, name))
-		case strings.HasSuffix(name, ".deltas"):
-			v, err := strconv.ParseUint(strings.TrimSuffix(name, ".deltas"), 10, 64)
-			if err != nil {
-				continue
-			}
+		case ok && deltas:
 			b, err := os.ReadFile(filepath.Join(dir, name))
 			if err != nil {
 				return err

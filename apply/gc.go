@@ -63,8 +63,8 @@ func (s *Sysroot) GC(encodingBudget int64) (*GCResult, error) {
 			if err := s.repo.RemoveVersion(e.Image, e.Version); err != nil {
 				return nil, err
 			}
-			os.Remove(filepath.Join(s.repo.Dir(), blobstore.DeltasPath(e.Image, e.Version)))
-			os.Remove(filepath.Join(s.repo.Dir(), blobstore.DeltasPath(e.Image, e.Version)+".sig"))
+			os.Remove(s.repo.Layout().Deltas(e.Image, e.Version))
+			os.Remove(s.repo.Layout().DeltasSignature(e.Image, e.Version))
 			res.Versions = append(res.Versions, e.Version)
 		}
 	}
@@ -96,7 +96,7 @@ func (s *Sysroot) GC(encodingBudget int64) (*GCResult, error) {
 		return nil, err
 	}
 	for v := range keep {
-		raw, err := os.ReadFile(filepath.Join(s.repo.Dir(), blobstore.DeltasPath(st.Image, v)))
+		raw, err := os.ReadFile(s.repo.Layout().Deltas(st.Image, v))
 		if err != nil {
 			continue
 		}
@@ -127,10 +127,10 @@ func (s *Sysroot) GC(encodingBudget int64) (*GCResult, error) {
 			return nil
 		})
 	}
-	if err := sweep(filepath.Join(s.repo.Dir(), "files"), liveFiles, &res.Files, false); err != nil {
+	if err := sweep(s.repo.Layout().Files(), liveFiles, &res.Files, false); err != nil {
 		return nil, err
 	}
-	if err := sweep(filepath.Join(s.repo.Dir(), "objects"), liveObjects, &res.Objects, true); err != nil {
+	if err := sweep(s.repo.Layout().Objects(), liveObjects, &res.Objects, true); err != nil {
 		return nil, err
 	}
 	return res, nil

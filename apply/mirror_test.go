@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"peerup/apply"
 	"peerup/blobstore"
@@ -79,5 +80,65 @@ func TestMirrorFromNginxUpstream(t *testing.T) {
 	os.WriteFile(f.repo.Path(d), []byte("version 3 news\n"), 0o644)
 	if res, err := transfer.Mirror(context.Background(), mirror, upstream, f.trust, nil); err != nil || len(res.Versions) != 1 {
 		t.Fatalf("after the repair: %v, %v", res, err)
+	}
+}
+
+// TestMirrorRefusesExpiredVersion: the mirror applies a laptop's expiry
+// rule, so a school server never takes in (nor seeds) a version laptops
+// would refuse. The refused pass leaves the mirror as it was, and a newer
+// version published afterwards is mirrored past the expired one.
+func TestMirrorRefusesExpiredVersion(t *testing.T) {
+	f := newFleet(t)
+	tree := makeTree(t, "VERSION=1\n")
+	f.publish(tree, 1)
+	upstream, err := transfer.NewClient(f.url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mirror, err := blobstore.OpenRepo(filepath.Join(t.TempDir(), "mirror"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := transfer.Mirror(context.Background(), mirror, upstream, f.trust, nil); err != nil {
+		t.Fatal(err)
+	}
+	latest := func() uint64 {
+		ix, err := mirror.ReadIndex()
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, _ := ix.Latest("school-laptop")
+		return l.Version
+	}
+
+	write(t, tree+"/etc/motd", "version 2 news\n", 0o644)
+	created := time.Now().Add(-48 * time.Hour)
+	if _, err := f.repo.Publish(context.Background(), tree, blobstore.PublishOptions{
+		Image: "school-laptop", Version: 2, Signer: f.signer, Created: created, Expires: created.Add(24 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, mirror.Dir())
+	res, err := transfer.Mirror(context.Background(), mirror, upstream, f.trust, nil)
+	if !errors.Is(err, manifest.ErrExpired) || !strings.Contains(err.Error(), "v2") {
+		t.Fatalf("expired upstream version: err = %v", err)
+	}
+	if len(res.Versions) != 0 {
+		t.Errorf("mirrored %v", res.Versions)
+	}
+	if after := snapshot(t, mirror.Dir()); after != before {
+		t.Error("a refused mirror pass changed the mirror")
+	}
+	if v := latest(); v != 1 {
+		t.Fatalf("the mirror lists v%d, want its last good v1", v)
+	}
+
+	write(t, tree+"/etc/motd", "version 3 news\n", 0o644)
+	f.publish(tree, 3)
+	res, err = transfer.Mirror(context.Background(), mirror, upstream, f.trust, nil)
+	if err != nil || len(res.Versions) != 1 || res.Versions[0].Version != 3 {
+		t.Fatalf("after a newer version: %v, %v", res, err)
+	}
+	if v := latest(); v != 3 {
+		t.Fatalf("the mirror lists v%d, want v3", v)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"peerup/blobstore"
@@ -39,15 +40,9 @@ func (s *Sysroot) deltaIndex(ctx context.Context, src Source, image string, v ui
 	if err != nil {
 		return nil, fmt.Errorf("delta index: %w", err)
 	}
-	if _, err := trust.Verify(bytes.NewReader(raw), sig); err != nil {
-		return nil, fmt.Errorf("delta index: %w", err)
-	}
-	idx, err := diff.ParseDeltaIndex(raw)
+	idx, err := diff.AcceptDeltas(trust, raw, sig, image, v, mb)
 	if err != nil {
 		return nil, err
-	}
-	if idx.Image != image || idx.Version != v || idx.Manifest != manifest.Digest(sha256sum(mb)) {
-		return nil, fmt.Errorf("delta index for %s v%d (manifest %s) offered for %s v%d: refused", idx.Image, idx.Version, idx.Manifest, image, v)
 	}
 	return &signedDeltas{idx: idx, raw: raw, sig: sig}, nil
 }
@@ -136,65 +131,57 @@ func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Bat
 		par = 4
 	}
 	log := o.logger()
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(par)
 	var bd *board
 	if o.Helpers != nil {
 		bd = newBoard(res.Image, res.Version, o.Helpers)
-		go bd.run(ctx, time.Second)
+		go bd.run(gctx, time.Second) // until Wait ends gctx
 	}
 	var done atomic.Int64
 	var mu sync.Mutex
-	var wg sync.WaitGroup
-	jobs := make(chan *need)
 	peers := newSwarm(src, o.Peers)
-	for range par {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := range jobs {
-				kind, wire, from, lent, err := s.fetchNeed(ctx, peers, bd, b, n, log)
-				if err != nil {
-					cancel(fmt.Errorf("fetch %s: %w", n.path, err))
-					continue
-				}
-				mu.Lock()
-				res.FetchedObjects++
-				res.FetchedBytes += wire
-				res.RawBytes += n.size
-				if lent {
-					res.NeighbourObjects++
-					res.NeighbourBytes += wire
-				}
-				if res.Sources == nil {
-					res.Sources = map[string]int64{}
-				}
-				res.Sources[from] += wire
-				if kind == "patch" {
-					res.PatchObjects++
-					res.PatchBytes += wire
-				} else {
-					res.WholeObjects++
-					res.WholeBytes += wire
-				}
-				mu.Unlock()
-				if o.Progress != nil {
-					o.Progress(done.Add(wire), total)
-				}
-			}
-		}()
-	}
-feed:
 	for i := range needs {
-		select {
-		case jobs <- &needs[i]:
-		case <-ctx.Done():
-			break feed
+		if gctx.Err() != nil {
+			break
 		}
+		n := &needs[i]
+		g.Go(func() error {
+			kind, wire, from, lent, err := s.fetchNeed(gctx, peers, bd, b, n, log)
+			if err != nil {
+				return fmt.Errorf("fetch %s: %w", n.path, err)
+			}
+			mu.Lock()
+			res.FetchedObjects++
+			res.FetchedBytes += wire
+			res.RawBytes += n.size
+			if lent {
+				res.NeighbourObjects++
+				res.NeighbourBytes += wire
+			}
+			if res.Sources == nil {
+				res.Sources = map[string]int64{}
+			}
+			res.Sources[from] += wire
+			if kind == "patch" {
+				res.PatchObjects++
+				res.PatchBytes += wire
+			} else {
+				res.WholeObjects++
+				res.WholeBytes += wire
+			}
+			mu.Unlock()
+			if o.Progress != nil {
+				o.Progress(done.Add(wire), total)
+			}
+			return nil
+		})
 	}
-	close(jobs)
-	wg.Wait()
-	return context.Cause(ctx)
+	err = g.Wait()
+	if cause := context.Cause(ctx); cause != nil {
+		return cause // the caller's own reason, not a worker's report of it
+	}
+	return err
 }
 
 // busyRounds bounds how long a fetch waits while every source that has an

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"peerup/blobstore"
+	"peerup/internal/fsutil"
 	"peerup/manifest"
 )
 
@@ -130,20 +131,18 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 	if err != nil {
 		return nil, fmt.Errorf("pull: %w", err)
 	}
-	if res.Signer, err = o.Trust.Verify(bytes.NewReader(mb), sig); err != nil {
-		return nil, fmt.Errorf("pull %s v%d from %s: manifest: %w", image, v, src, err)
-	}
-	h, err := s.checkHeader(mb, image, v, st, o.Now())
+	h, signer, err := manifest.Accept(o.Trust, mb, sig, manifest.Want{Image: image, Version: v, After: st.Current, Now: o.Now()})
 	if err != nil {
 		return nil, fmt.Errorf("pull from %s: %w", src, err)
 	}
+	res.Signer = signer
 	if s.haveTree(image, v, mb) {
 		// The tree is still on disk (say, previous after a rollback) and was
 		// built from these very bytes: point staged at it again.
 		if err := s.setLink(LinkStaged, v); err != nil {
 			return nil, err
 		}
-		return res, blobstore.FsyncDir(s.dir)
+		return res, fsutil.FsyncDir(s.dir)
 	}
 	deltas, err := s.deltaIndex(ctx, src, image, v, mb, o.Trust)
 	if err != nil {
@@ -224,27 +223,6 @@ func (s *Sysroot) choose(ctx context.Context, src Source, st Status, o PullOptio
 	return image, e.Version, nil
 }
 
-// checkHeader applies the rules to what the signature vouches for: the
-// signed image and version must be the ones asked for (no mix-and-match) and
-// newer than current (no rollback).
-func (s *Sysroot) checkHeader(mb []byte, image string, v uint64, st Status, now time.Time) (*manifest.Header, error) {
-	r, err := manifest.NewReader(bytes.NewReader(mb))
-	if err != nil {
-		return nil, fmt.Errorf("manifest %s v%d: %w", image, v, err)
-	}
-	h := r.Header()
-	if h.Image != image || h.Version != v {
-		return nil, fmt.Errorf("manifest offered as %s v%d is signed as %s v%d", image, v, h.Image, h.Version)
-	}
-	if h.Version <= st.Current {
-		return nil, fmt.Errorf("manifest %s v%d is %w (%d)", image, v, ErrNotNewer, st.Current)
-	}
-	if !h.Expires.IsZero() && now.After(h.Expires) {
-		return nil, fmt.Errorf("manifest %s v%d: %w (expires %s); a newer version should exist", image, v, ErrExpired, h.Expires.Format(time.RFC3339))
-	}
-	return &h, nil
-}
-
 // haveTree reports whether version v's tree exists, built from manifest mb.
 func (s *Sysroot) haveTree(image string, v uint64, mb []byte) bool {
 	if _, err := os.Lstat(s.TreePath(v)); err != nil {
@@ -321,23 +299,14 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 	if err := os.Rename(tmp, final); err != nil {
 		return nil, fmt.Errorf("build tree: %w", err)
 	}
-	if err := blobstore.FsyncDir(trees); err != nil {
+	if err := fsutil.FsyncDir(trees); err != nil {
 		return nil, err
 	}
 	if deltas != nil {
 		// Kept so neighbours can plan from it too; it names encodings this
 		// node may not hold, and they fall back to others.
-		p := filepath.Join(s.repo.Dir(), blobstore.DeltasPath(h.Image, h.Version))
 		s.at("write delta index")
-		// A node's first version may come with a delta index: the image's
-		// folder is not there yet.
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return nil, err
-		}
-		if err := blobstore.WriteAtomic(p, deltas.raw); err != nil {
-			return nil, err
-		}
-		if err := blobstore.WriteAtomic(p+".sig", deltas.sig); err != nil {
+		if err := s.repo.AddDeltas(h.Image, h.Version, deltas.raw, deltas.sig); err != nil {
 			return nil, err
 		}
 	}
@@ -348,7 +317,7 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 	if err := s.setLink(LinkStaged, h.Version); err != nil {
 		return nil, err
 	}
-	return merge.kept, blobstore.FsyncDir(s.dir)
+	return merge.kept, fsutil.FsyncDir(s.dir)
 }
 
 // logger is the pull's log, or one that discards.

@@ -200,7 +200,7 @@ func TestExportToThreeSticksOneFull(t *testing.T) {
 			}
 
 			// The full stick does not look like a repo.
-			for _, name := range []string{blobstore.MarkerFile, "index"} {
+			for _, name := range []string{blobstore.Layout{}.Marker(), "index"} {
 				if _, err := os.Stat(filepath.Join(full, name)); err == nil {
 					t.Errorf("the failed stick has %s", name)
 				}
@@ -281,12 +281,12 @@ func TestExportFromVersionCarriesOnlyWhatIsMissing(t *testing.T) {
 	// Only the signed files of v3 and what they name.
 	named := map[string]bool{}
 	for d := range v3 {
-		named[blobstore.ObjectURLPath(d)] = true
+		named[blobstore.Layout{}.Object(d)] = true
 	}
-	db, _ := os.ReadFile(filepath.Join(f.repo.Dir(), blobstore.DeltasPath("school-laptop", 3)))
+	db, _ := os.ReadFile(f.repo.Layout().Deltas("school-laptop", 3))
 	x, _ := diff.ParseDeltaIndex(db)
 	for _, enc := range x.Encodings {
-		named[blobstore.ObjectURLPath(enc.Digest)] = true
+		named[blobstore.Layout{}.Object(enc.Digest)] = true
 	}
 	objects := 0
 	for _, p := range stickFiles(t, stick) {
@@ -341,7 +341,7 @@ func TestTamperedStickIsRefused(t *testing.T) {
 			target = &m.Entries[i]
 		}
 	}
-	obj := blobstore.ObjectURLPath(target.SHA256)
+	obj := blobstore.Layout{}.Object(target.SHA256)
 	tests := []struct {
 		name   string
 		tamper func(stick string)
@@ -368,7 +368,7 @@ func TestTamperedStickIsRefused(t *testing.T) {
 			unix.Mkfifo(p, 0o644)
 		}, transfer.ErrPeer, []string{obj, "not a regular file"}},
 		{"manifest edited", func(stick string) {
-			p := filepath.Join(stick, blobstore.ManifestPath("school-laptop", 3))
+			p := filepath.Join(stick, blobstore.Layout{}.Manifest("school-laptop", 3))
 			b, _ := os.ReadFile(p)
 			os.WriteFile(p, []byte(strings.Replace(string(b), "label v3", "label v9", 1)), 0o644)
 		}, manifest.ErrBadSignature, []string{"bad signature"}},

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"peerup/blobstore"
+	"peerup/internal/fsutil"
 )
 
 // Names inside a sysroot (SPEC.md §6).
@@ -25,7 +26,6 @@ const (
 
 // Errors a caller can test for with errors.Is.
 var (
-	ErrNotNewer      = errors.New("not newer than the current version")
 	ErrNothingStaged = errors.New("no staged version")
 	ErrNoPrevious    = errors.New("no previous version to roll back to")
 	ErrUpToDate      = errors.New("already up to date")
@@ -54,6 +54,10 @@ func (s *Sysroot) at(point string) {
 	}
 }
 
+// RepoDir is where the sysroot at dir keeps its node's repo, for readers
+// that must not create a sysroot where there is none.
+func RepoDir(dir string) string { return filepath.Join(dir, stateDir, "repo") }
+
 // Open opens (creating if needed) the sysroot at dir.
 func Open(dir string) (*Sysroot, error) {
 	abs, err := filepath.Abs(dir)
@@ -63,7 +67,7 @@ func Open(dir string) (*Sysroot, error) {
 	if err := os.MkdirAll(filepath.Join(abs, treesDir), 0o755); err != nil {
 		return nil, fmt.Errorf("open sysroot: %w", err)
 	}
-	repo, err := blobstore.OpenRepo(filepath.Join(abs, stateDir, "repo"))
+	repo, err := blobstore.OpenRepo(RepoDir(abs))
 	if err != nil {
 		return nil, fmt.Errorf("open sysroot: %w", err)
 	}
@@ -87,7 +91,7 @@ func (s *Sysroot) StateDir() string { return filepath.Join(s.dir, stateDir) }
 // Lock takes the sysroot's exclusive lock, failing at once if another peerup
 // process holds it.
 func (s *Sysroot) Lock() (func(), error) {
-	unlock, err := blobstore.LockFile(filepath.Join(s.dir, stateDir, "lock"))
+	unlock, err := fsutil.LockFile(filepath.Join(s.dir, stateDir, "lock"))
 	if err != nil {
 		return nil, fmt.Errorf("sysroot %w", err)
 	}
@@ -372,7 +376,7 @@ func (s *Sysroot) journalPath() string { return filepath.Join(s.StateDir(), "swi
 // peerup to take the lock (or the boot step), and no tree is orphaned.
 func (s *Sysroot) switchLinks(cur, prev uint64) error {
 	s.at("write switch journal")
-	if err := blobstore.WriteAtomic(s.journalPath(), fmt.Appendf(nil, "%d %d\n", cur, prev)); err != nil {
+	if err := fsutil.WriteAtomic(s.journalPath(), fmt.Appendf(nil, "%d %d\n", cur, prev)); err != nil {
 		return fmt.Errorf("switch: %w", err)
 	}
 	return s.finishSwitch(cur, prev)
@@ -389,7 +393,7 @@ func (s *Sysroot) finishSwitch(cur, prev uint64) error {
 			return err
 		}
 	}
-	if err := blobstore.FsyncDir(s.dir); err != nil {
+	if err := fsutil.FsyncDir(s.dir); err != nil {
 		return err
 	}
 	s.at("remove switch journal")

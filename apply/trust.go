@@ -9,14 +9,16 @@ import (
 	"slices"
 	"strings"
 
-	"peerup/blobstore"
+	"peerup/internal/fsutil"
 	"peerup/manifest"
 )
 
 // Errors a pull refuses a validly signed manifest with, by this node's rules.
 var (
 	// ErrExpired is a manifest past its signed expires time (SPEC.md §17).
-	ErrExpired = errors.New("manifest has expired")
+	ErrExpired = manifest.ErrExpired
+	// ErrNotNewer is a version at or below the current one.
+	ErrNotNewer = manifest.ErrNotNewer
 	// ErrForbidden is an entry this node's policy does not allow.
 	ErrForbidden = errors.New("forbidden by this node's policy")
 	// ErrUnsafePath is an entry that would be written outside its tree.
@@ -78,7 +80,7 @@ func (s *Sysroot) adoptKeys(st Status) error {
 	if len(merged) > len(revoked) {
 		slices.Sort(merged)
 		data := "# fingerprints revoked by signed manifests (peerup)\n" + strings.Join(merged, "\n") + "\n"
-		if err := blobstore.WriteAtomic(revokedPath, []byte(data)); err != nil {
+		if err := fsutil.WriteAtomic(revokedPath, []byte(data)); err != nil {
 			return err
 		}
 	}
@@ -101,7 +103,7 @@ func (s *Sysroot) adoptKeys(st Status) error {
 		if err != nil {
 			return err
 		}
-		if err := blobstore.WriteAtomic(dst, data); err != nil {
+		if err := fsutil.WriteAtomic(dst, data); err != nil {
 			return err
 		}
 	}

@@ -15,9 +15,10 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"peerup/apply"
 	"peerup/blobstore"
@@ -279,32 +280,22 @@ func ostreeDeltas(ctx context.Context, work, oldTree, newTree string, fig *delta
 // on every core.
 func zstdWhole(ctx context.Context, files []changedFile) (int64, error) {
 	var total atomic.Int64
-	var firstErr error
-	var mu sync.Mutex
-	jobs := make(chan string)
-	var wg sync.WaitGroup
-	for range runtime.NumCPU() {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for p := range jobs {
-				out, err := exec.CommandContext(ctx, "zstd", "-19", "-q", "-c", p).Output()
-				if err != nil {
-					mu.Lock()
-					firstErr = fmt.Errorf("zstd %s: %w", p, err)
-					mu.Unlock()
-					continue
-				}
-				total.Add(int64(len(out)))
-			}
-		}()
-	}
+	// No error stops the others: every file is compressed, and the first
+	// failure reported.
+	var g errgroup.Group
+	g.SetLimit(runtime.NumCPU())
 	for _, f := range files {
-		jobs <- f.path
+		g.Go(func() error {
+			out, err := exec.CommandContext(ctx, "zstd", "-19", "-q", "-c", f.path).Output()
+			if err != nil {
+				return fmt.Errorf("zstd %s: %w", f.path, err)
+			}
+			total.Add(int64(len(out)))
+			return nil
+		})
 	}
-	close(jobs)
-	wg.Wait()
-	return total.Load(), firstErr
+	err := g.Wait()
+	return total.Load(), err
 }
 
 var rsyncSent = regexp.MustCompile(`Total bytes sent: ([0-9,]+)`)

@@ -20,5 +20,7 @@
 //
 // A Repo is a store plus the signed manifests of the versions it holds and a
 // small index of them: a folder of static files that any web server can serve
-// (SPEC.md §5).
+// (SPEC.md §5). Layout is the one place that spells the repo's paths, for
+// its own writers and for the servers, clients and stick readers that move
+// its files; a test keeps every other package from spelling them.
 package blobstore

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"peerup/manifest"
 )
 
@@ -131,46 +133,44 @@ func (r *Repo) storeFiles(ctx context.Context, b *Batch, dir string, entries []m
 			total += entries[i].Size
 		}
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	jobs := make(chan int)
 	var done atomic.Int64
 	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for w := 0; w < runtime.NumCPU(); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range jobs {
-				e := &entries[i]
-				isNew, err := r.storeFile(ctx, b, filepath.Join(dir, e.Path), e)
-				if err != nil {
-					cancel(fmt.Errorf("%s: %w", e.Path, err))
-					continue
-				}
-				if isNew {
-					mu.Lock()
-					pub.NewObjects++
-					pub.NewBytes += e.Size
-					mu.Unlock()
-				}
-				if progress != nil {
-					progress(done.Add(e.Size), total)
-				}
-			}
-		}()
-	}
-feed:
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(runtime.NumCPU())
 	for _, i := range idx {
-		select {
-		case jobs <- i:
-		case <-ctx.Done():
-			break feed
+		if gctx.Err() != nil {
+			break
 		}
+		g.Go(func() error {
+			e := &entries[i]
+			isNew, err := r.storeFile(gctx, b, filepath.Join(dir, e.Path), e)
+			if err != nil {
+				return fmt.Errorf("%s: %w", e.Path, err)
+			}
+			if isNew {
+				mu.Lock()
+				pub.NewObjects++
+				pub.NewBytes += e.Size
+				mu.Unlock()
+			}
+			if progress != nil {
+				progress(done.Add(e.Size), total)
+			}
+			return nil
+		})
 	}
-	close(jobs)
-	wg.Wait()
-	return context.Cause(ctx)
+	return waitGroup(ctx, g)
+}
+
+// waitGroup waits for g and returns its first error, or why ctx ended if
+// it did first: a cancelled caller sees its own cause, not a worker's
+// report of it.
+func waitGroup(ctx context.Context, g *errgroup.Group) error {
+	err := g.Wait()
+	if cause := context.Cause(ctx); cause != nil {
+		return cause
+	}
+	return err
 }
 
 func (r *Repo) storeFile(ctx context.Context, b *Batch, path string, e *manifest.Entry) (bool, error) {

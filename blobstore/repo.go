@@ -12,8 +12,7 @@ import (
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
+	"peerup/internal/fsutil"
 	"peerup/manifest"
 )
 
@@ -22,16 +21,6 @@ const (
 	MaxIndex   = 1 << 20
 	indexMagic = "peerup-index 1"
 )
-
-// MarkerFile, holding MarkerMagic, is what makes a folder a repo (SPEC.md
-// §5); an export writes it last.
-const (
-	MarkerFile  = "peerup-repo"
-	MarkerMagic = "peerup-repo 1\n"
-)
-
-// ErrBusy is returned when another peerup process holds a repo's lock.
-var ErrBusy = errors.New("busy: another peerup process is working on it")
 
 // Repo is a store plus signed manifests and an index: a folder of static
 // files that any web server can serve (SPEC.md §5).
@@ -42,26 +31,27 @@ type Repo struct {
 
 // OpenRepo opens the repo at dir, creating an empty one if dir is new.
 func OpenRepo(dir string) (*Repo, error) {
-	marker := filepath.Join(dir, MarkerFile)
+	lay := LayoutOf(dir)
+	marker := lay.Marker()
 	b, err := os.ReadFile(marker)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("create repo: %w", err)
 		}
-		if err := WriteAtomic(marker, []byte(MarkerMagic)); err != nil {
+		if err := fsutil.WriteAtomic(marker, []byte(MarkerMagic)); err != nil {
 			return nil, fmt.Errorf("create repo: %w", err)
 		}
 	case err != nil:
 		return nil, fmt.Errorf("open repo: %w", err)
 	case string(b) != MarkerMagic:
-		return nil, fmt.Errorf("open repo %s: %s says %.30q, want %q", dir, MarkerFile, b, MarkerMagic)
+		return nil, fmt.Errorf("open repo %s: %s says %.30q, want %q", dir, markerName, b, MarkerMagic)
 	}
 	s, err := Open(dir)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "images"), 0o755); err != nil {
+	if err := os.MkdirAll(lay.Images(), 0o755); err != nil {
 		return nil, fmt.Errorf("open repo: %w", err)
 	}
 	return &Repo{Store: s, dir: dir}, nil
@@ -70,46 +60,13 @@ func OpenRepo(dir string) (*Repo, error) {
 // Dir is the repo's folder.
 func (r *Repo) Dir() string { return r.dir }
 
+// Layout places the repo's files.
+func (r *Repo) Layout() Layout { return LayoutOf(r.dir) }
+
 // Lock takes the repo's exclusive lock without waiting; release it with the
 // returned function. Every writer holds it.
 func (r *Repo) Lock() (func(), error) {
-	return LockFile(filepath.Join(r.dir, "lock"))
-}
-
-// LockFile takes an exclusive flock on path, failing at once if it is held.
-func LockFile(path string) (func(), error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%s: %w", filepath.Dir(path), ErrBusy)
-		}
-		return nil, fmt.Errorf("lock %s: %w", path, err)
-	}
-	return func() { f.Close() }, nil
-}
-
-// ManifestPath is where version v of image lives, relative to the repo.
-func ManifestPath(image string, v uint64) string {
-	return "images/" + image + "/" + strconv.FormatUint(v, 10) + ".manifest"
-}
-
-// SignaturePath is the detached signature beside ManifestPath.
-func SignaturePath(image string, v uint64) string { return ManifestPath(image, v) + ".sig" }
-
-// DeltasPath is a version's signed delta index (SPEC.md §8), beside its
-// manifest.
-func DeltasPath(image string, v uint64) string {
-	return "images/" + image + "/" + strconv.FormatUint(v, 10) + ".deltas"
-}
-
-// ObjectURLPath is an object's path relative to the repo.
-func ObjectURLPath(d Digest) string {
-	h := d.String()
-	return "objects/" + h[:2] + "/" + h
+	return fsutil.LockFile(r.Layout().Lock())
 }
 
 // IndexEntry is one published version.
@@ -245,7 +202,7 @@ func ParseIndex(b []byte) (*Index, error) {
 // ReadIndex reads the repo's index; a repo with nothing published has an
 // empty one.
 func (r *Repo) ReadIndex() (*Index, error) {
-	b, err := os.ReadFile(filepath.Join(r.dir, "index"))
+	b, err := os.ReadFile(r.Layout().Index())
 	if errors.Is(err, fs.ErrNotExist) {
 		return &Index{}, nil
 	}
@@ -257,7 +214,7 @@ func (r *Repo) ReadIndex() (*Index, error) {
 
 // WriteIndex replaces the index atomically and durably.
 func (r *Repo) WriteIndex(ix *Index) error {
-	if err := WriteAtomic(filepath.Join(r.dir, "index"), ix.Marshal()); err != nil {
+	if err := fsutil.WriteAtomic(r.Layout().Index(), ix.Marshal()); err != nil {
 		return fmt.Errorf("write index: %w", err)
 	}
 	return nil
@@ -268,14 +225,14 @@ func (r *Repo) WriteIndex(ix *Index) error {
 // that a peer who reads the index finds everything in place.
 func (r *Repo) AddVersion(h *manifest.Header, manifestBytes, sig []byte) (IndexEntry, error) {
 	e := IndexEntry{Image: h.Image, Version: h.Version, Manifest: digestOf(manifestBytes)}
-	mp := filepath.Join(r.dir, ManifestPath(h.Image, h.Version))
+	mp := r.Layout().Manifest(h.Image, h.Version)
 	if err := os.MkdirAll(filepath.Dir(mp), 0o755); err != nil {
 		return e, fmt.Errorf("add version: %w", err)
 	}
-	if err := WriteAtomic(mp, manifestBytes); err != nil {
+	if err := fsutil.WriteAtomic(mp, manifestBytes); err != nil {
 		return e, fmt.Errorf("add version: %w", err)
 	}
-	if err := WriteAtomic(mp+".sig", sig); err != nil {
+	if err := fsutil.WriteAtomic(r.Layout().Signature(h.Image, h.Version), sig); err != nil {
 		return e, fmt.Errorf("add version: %w", err)
 	}
 	ix, err := r.ReadIndex()
@@ -286,13 +243,30 @@ func (r *Repo) AddVersion(h *manifest.Header, manifestBytes, sig []byte) (IndexE
 	return e, r.WriteIndex(ix)
 }
 
+// AddDeltas stores a version's signed delta index beside its manifest. The
+// caller has verified it (diff.AcceptDeltas) and committed the encodings
+// it means to serve; the image's folder is made if this is its first file.
+func (r *Repo) AddDeltas(image string, v uint64, raw, sig []byte) error {
+	lay := r.Layout()
+	if err := os.MkdirAll(lay.ImageDir(image), 0o755); err != nil {
+		return fmt.Errorf("add delta index: %w", err)
+	}
+	if err := fsutil.WriteAtomic(lay.Deltas(image, v), raw); err != nil {
+		return fmt.Errorf("add delta index: %w", err)
+	}
+	if err := fsutil.WriteAtomic(lay.DeltasSignature(image, v), sig); err != nil {
+		return fmt.Errorf("add delta index: %w", err)
+	}
+	return nil
+}
+
 // ReadVersion returns the stored manifest and signature bytes of a version.
 func (r *Repo) ReadVersion(image string, v uint64) (m, sig []byte, err error) {
-	m, err = os.ReadFile(filepath.Join(r.dir, ManifestPath(image, v)))
+	m, err = os.ReadFile(r.Layout().Manifest(image, v))
 	if err != nil {
 		return nil, nil, fmt.Errorf("read manifest %s v%d: %w", image, v, err)
 	}
-	sig, err = os.ReadFile(filepath.Join(r.dir, SignaturePath(image, v)))
+	sig, err = os.ReadFile(r.Layout().Signature(image, v))
 	if err != nil {
 		return nil, nil, fmt.Errorf("read signature %s v%d: %w", image, v, err)
 	}
@@ -309,41 +283,15 @@ func (r *Repo) RemoveVersion(image string, v uint64) error {
 	if err := r.WriteIndex(ix); err != nil {
 		return err
 	}
-	os.Remove(filepath.Join(r.dir, SignaturePath(image, v)))
-	os.Remove(filepath.Join(r.dir, ManifestPath(image, v)))
+	os.Remove(r.Layout().Signature(image, v))
+	os.Remove(r.Layout().Manifest(image, v))
 	return nil
 }
 
 func digestOf(b []byte) Digest { return Digest(sha256.Sum256(b)) }
 
-// WriteAtomic replaces path with data durably: temp file, fsync, rename,
-// fsync of the directory. For the few small files outside batches, and an
-// export's index and marker.
-func WriteAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(data)
-	if err == nil {
-		// A FAT stick cannot represent the mode and refuses the change
-		// (EPERM); its files are readable by the mount's own rules.
-		if err = tmp.Chmod(0o644); errors.Is(err, unix.EPERM) {
-			err = nil
-		}
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return FsyncDir(filepath.Dir(path))
-}
+// WriteAtomic is fsutil.WriteAtomic.
+//
+// Deprecated: use fsutil.WriteAtomic; kept while apply/boot.go, under
+// other work, still calls it here.
+func WriteAtomic(path string, data []byte) error { return fsutil.WriteAtomic(path, data) }

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"peerup/internal/fsutil"
 	"peerup/manifest"
 )
 
@@ -37,8 +38,9 @@ type Store struct {
 
 // Open opens (creating if needed) the store at root.
 func Open(root string) (*Store, error) {
-	for _, d := range []string{"objects", "files", "staging"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+	lay := LayoutOf(root)
+	for _, d := range []string{lay.Objects(), lay.Files(), lay.Staging()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("open store: %w", err)
 		}
 	}
@@ -48,15 +50,10 @@ func Open(root string) (*Store, error) {
 // Root is the store's directory.
 func (s *Store) Root() string { return s.root }
 
-func fanout(dir string, d Digest) string {
-	h := d.String()
-	return filepath.Join(dir, h[:2], h)
-}
-
 // Path is where the object d lives once committed.
-func (s *Store) Path(d Digest) string { return fanout(filepath.Join(s.root, "objects"), d) }
+func (s *Store) Path(d Digest) string { return LayoutOf(s.root).Object(d) }
 
-func (s *Store) filePath(id Digest) string { return fanout(filepath.Join(s.root, "files"), id) }
+func (s *Store) filePath(id Digest) string { return LayoutOf(s.root).File(id) }
 
 // FilePath is where the committed file id lives. A tree builder links it
 // directly and calls LinkFile only when that fails, saving a stat per file.
@@ -80,7 +77,7 @@ func (s *Store) Open(d Digest) (*os.File, error) {
 // CleanStaging removes what interrupted batches left behind. Only the holder
 // of the store's lock may call it.
 func (s *Store) CleanStaging() error {
-	dir := filepath.Join(s.root, "staging")
+	dir := LayoutOf(s.root).Staging()
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("clean staging: %w", err)
@@ -150,7 +147,7 @@ type Batch struct {
 
 // Begin starts a batch.
 func (s *Store) Begin() (*Batch, error) {
-	dir, err := os.MkdirTemp(filepath.Join(s.root, "staging"), "batch-")
+	dir, err := os.MkdirTemp(LayoutOf(s.root).Staging(), "batch-")
 	if err != nil {
 		return nil, fmt.Errorf("begin batch: %w", err)
 	}
@@ -440,34 +437,6 @@ func exists(p string) bool {
 	return err == nil
 }
 
-// Syncfs flushes the whole filesystem holding path: one call instead of an
-// fsync per file, which on flash is the difference between seconds and
-// minutes (OSTree PR #49).
-func Syncfs(path string) error {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("syncfs %s: %w", path, err)
-	}
-	defer unix.Close(fd)
-	if err := unix.Syncfs(fd); err != nil {
-		return fmt.Errorf("syncfs %s: %w", path, err)
-	}
-	return nil
-}
-
-// FsyncDir makes renames and links inside dir durable.
-func FsyncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
-}
-
 // Commit makes every staged object and file durable, then visible under its
 // name. Callers that wrote other data beside the batch (a tree linking to
 // staged files) rely on Commit's syncfs covering it too.
@@ -480,7 +449,7 @@ func (b *Batch) Commit() error {
 	if b.Fault != nil {
 		b.Fault("syncfs")
 	}
-	if err := Syncfs(b.s.root); err != nil {
+	if err := fsutil.Syncfs(b.s.root); err != nil {
 		return err
 	}
 	dirs := map[string]bool{}
@@ -509,7 +478,7 @@ func (b *Batch) Commit() error {
 		}
 	}
 	for d := range dirs {
-		if err := FsyncDir(d); err != nil {
+		if err := fsutil.FsyncDir(d); err != nil {
 			return err
 		}
 	}
@@ -535,7 +504,7 @@ func (b *Batch) Abort() {
 // and kept only if it still matches its name. Everything else those batches
 // left is removed. Only the holder of the store's lock may call it.
 func (b *Batch) Salvage(ctx context.Context) (n int, size int64, err error) {
-	dir := filepath.Join(b.s.root, "staging")
+	dir := LayoutOf(b.s.root).Staging()
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return 0, 0, fmt.Errorf("salvage: %w", err)
@@ -612,7 +581,7 @@ func (b *Batch) Suspend() {
 // Objects lists every committed object, for gc and verify.
 func (s *Store) Objects() ([]Digest, error) {
 	var out []Digest
-	err := filepath.WalkDir(filepath.Join(s.root, "objects"), func(p string, de fs.DirEntry, err error) error {
+	err := filepath.WalkDir(LayoutOf(s.root).Objects(), func(p string, de fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}

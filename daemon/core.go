@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
 	"peerup/apply"
@@ -55,17 +56,6 @@ type Observer interface {
 	PropsChanged(old, cur Props)
 	UpdateReady(version uint64)
 }
-
-// Error names, as D-Bus clients see them.
-const (
-	ErrorPrefix     = "org.peerup.Updater1.Error."
-	ErrorWrongState = ErrorPrefix + "WrongState"
-	ErrorPoll       = ErrorPrefix + "Poll"
-	ErrorFetch      = ErrorPrefix + "Fetch"
-	ErrorApply      = ErrorPrefix + "Apply"
-	ErrorRollback   = ErrorPrefix + "Rollback"
-	ErrorCancelled  = ErrorPrefix + "Cancelled"
-)
 
 // Options configure the core.
 type Options struct {
@@ -365,28 +355,26 @@ func askAll(ctx context.Context, peers []string) ([]*blobstore.Index, []error) {
 	ctx, cancel := context.WithTimeout(ctx, pollTimeout)
 	defer cancel()
 	indexes, errs := make([]*blobstore.Index, len(peers)), make([]error, len(peers))
-	sem := make(chan struct{}, pollConcurrency)
-	var wg sync.WaitGroup
+	// Each peer's failure is its own: no error stops the others, so the
+	// group only bounds how many are asked at once.
+	var g errgroup.Group
+	g.SetLimit(pollConcurrency)
 	for i, u := range peers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			select {
-			case sem <- struct{}{}:
-				defer func() { <-sem }()
-			case <-ctx.Done():
-				errs[i] = fmt.Errorf("%s: not asked: %w", u, context.Cause(ctx))
-				return
-			}
+		if ctx.Err() != nil {
+			errs[i] = fmt.Errorf("%s: not asked: %w", u, context.Cause(ctx))
+			continue
+		}
+		g.Go(func() error {
 			cl, err := apply.OpenSource(u)
 			if err != nil {
 				errs[i] = err
-				return
+				return nil
 			}
 			indexes[i], errs[i] = cl.Index(ctx)
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	g.Wait()
 	return indexes, errs
 }
 

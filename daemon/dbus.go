@@ -18,6 +18,18 @@ const (
 	Interface  = "org.peerup.Updater1"
 )
 
+// Error names, as D-Bus clients see them: the core sets one in
+// Props.ErrorName when an operation fails.
+const (
+	ErrorPrefix     = "org.peerup.Updater1.Error."
+	ErrorWrongState = ErrorPrefix + "WrongState"
+	ErrorPoll       = ErrorPrefix + "Poll"
+	ErrorFetch      = ErrorPrefix + "Fetch"
+	ErrorApply      = ErrorPrefix + "Apply"
+	ErrorRollback   = ErrorPrefix + "Rollback"
+	ErrorCancelled  = ErrorPrefix + "Cancelled"
+)
+
 // ConnectBus connects to "system", "session" or a bus address.
 func ConnectBus(spec string) (*dbus.Conn, error) {
 	var conn *dbus.Conn

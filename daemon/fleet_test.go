@@ -1,12 +1,18 @@
 package daemon
 
 import (
+	"bytes"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/godbus/dbus/v5"
@@ -41,11 +47,18 @@ func TestFleetConverges(t *testing.T) {
 	sysroots := make([]string, laptops)
 	watchers := make([]*watcher, laptops)
 	buses := make([]string, laptops)
+	logs := make([]*syncBuffer, laptops)
 	start := func(i int) *watcher {
 		up := ownerWatch(t, buses[i])
 		node := i + 2
-		startIn(t, lan, node, bin, "daemon", "--sysroot", sysroots[i], "--trust", f.pub, "--bus", buses[i],
+		logs[i] = &syncBuffer{}
+		cmd := lan.Command(node, bin, "daemon", "--sysroot", sysroots[i], "--trust", f.pub, "--bus", buses[i],
 			"--iface", fmt.Sprintf("e%d", node), "--policy", "auto")
+		cmd.Stderr = io.MultiWriter(os.Stderr, logs[i])
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
 		return &watcher{ch: up}
 	}
 	daemons := make([]*watcher, laptops)
@@ -90,7 +103,20 @@ func TestFleetConverges(t *testing.T) {
 	for i := 1; i < laptops; i++ {
 		watchers[i].until(t, fmt.Sprintf("laptop %d applying v2", i+1), stateIs(StateUpdateApplied))
 	}
-	t.Logf("the server sent %d bytes for a 2 MB update to %d laptops", lan.Sent(1)-before, laptops)
+	// The headline: neighbours lend each other the update, so the school
+	// server sends about one copy of it, not one per laptop. Its bytes are
+	// its own interface's counters; each laptop's are what its pull logged.
+	const update = 16 * 128 << 10
+	sent := lan.Sent(1) - before
+	t.Logf("the server sent %d bytes for a %d-byte update to %d laptops", sent, update, laptops)
+	if sent > update*3/2 {
+		t.Errorf("the server sent %d bytes, more than 1.5 times the %d-byte update", sent, update)
+	}
+	for i := 1; i < laptops; i++ {
+		if n := neighbourBytes(logs[i].String(), 2, lan.Nodes[0].IP); n == 0 {
+			t.Errorf("laptop %d fetched v2 without a byte from a neighbour", i+1)
+		}
+	}
 
 	addFiles(3)
 	f.publish(t, 3)
@@ -119,4 +145,45 @@ func TestFleetConverges(t *testing.T) {
 func execOut(name string, args ...string) ([]string, error) {
 	out, err := exec.Command(name, args...).Output()
 	return strings.Fields(string(out)), err
+}
+
+// syncBuffer is a log a daemon writes to while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var (
+	stagedLine  = regexp.MustCompile(`msg="update staged" version=(\d+) .*sources="?map\[([^\]]*)\]`)
+	sourceBytes = regexp.MustCompile(`http://([^:/]+):\d+/:(\d+)`)
+)
+
+// neighbourBytes is what a daemon's log says its pull of version v fetched
+// from sources other than the server at serverIP.
+func neighbourBytes(log string, v uint64, serverIP string) int64 {
+	var n int64
+	for _, m := range stagedLine.FindAllStringSubmatch(log, -1) {
+		if m[1] != strconv.FormatUint(v, 10) {
+			continue
+		}
+		for _, src := range sourceBytes.FindAllStringSubmatch(m[2], -1) {
+			if src[1] != serverIP {
+				b, _ := strconv.ParseInt(src[2], 10, 64)
+				n += b
+			}
+		}
+	}
+	return n
 }

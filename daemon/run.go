@@ -51,9 +51,9 @@ type Config struct {
 	// its sources off (SPEC.md §9).
 	NoMDNS      bool `toml:"no-mdns"`
 	NoMulticast bool `toml:"no-multicast"`
-	// KeepEncodingsMiB bounds the patches kept for neighbours (default
-	// 256; -1: no limit).
-	KeepEncodingsMiB int64 `toml:"keep-encodings-mib"`
+	// KeepEncodingsMiB bounds the patches kept for neighbours, read by
+	// apply.EncodingBudgetMiB (unset: 256; 0: none; -1: no limit).
+	KeepEncodingsMiB *int64 `toml:"keep-encodings-mib"`
 	// Fault is the sysroot's fault-injection hook (crash tests only).
 	Fault func(point string) `toml:"-"`
 	// MaxUploads caps concurrent object uploads to neighbours (default 8);
@@ -197,9 +197,9 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	if !cfg.NoP2P {
 		helpers = neighbours(peers, downloadLimit)
 	}
-	budget := cfg.KeepEncodingsMiB << 20
-	if cfg.KeepEncodingsMiB < 0 {
-		budget = -1
+	var budget int64 // the default
+	if cfg.KeepEncodingsMiB != nil {
+		budget = apply.EncodingBudgetMiB(*cfg.KeepEncodingsMiB)
 	}
 	d.Core, err = NewCore(ctx, Options{
 		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Log: log, EncodingBudget: budget, Entries: apply.EntryPolicy{NoDevices: cfg.NoDevices, NoSetuid: cfg.NoSetuid},
@@ -300,7 +300,7 @@ func (d *Daemon) close() {
 // serveRepo serves dir on cfg.Listen, with cfg's limits, until *srv is
 // shut down.
 func serveRepo(cfg Config, dir string, partial transfer.Partial, srv **http.Server, wg *sync.WaitGroup, log *slog.Logger) (net.Listener, error) {
-	ln, err := transfer.Listen(orDefault(cfg.Listen, ":7380"), cfg.limits())
+	ln, err := transfer.Listen(orDefault(cfg.Listen, transfer.DefaultListen), cfg.limits())
 	if err != nil {
 		return nil, err
 	}

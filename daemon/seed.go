@@ -1,21 +1,19 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
-	"unsafe"
 
-	"golang.org/x/sys/unix"
+	"github.com/fsnotify/fsnotify"
 
 	"peerup/blobstore"
+	"peerup/internal/fsutil"
 	"peerup/manifest"
 )
 
@@ -44,7 +42,7 @@ func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, versi
 	if err != nil {
 		return nil, err
 	}
-	unlock, err := blobstore.LockFile(filepath.Join(repo.Dir(), "seed.lock"))
+	unlock, err := fsutil.LockFile(repo.Layout().SeedLock())
 	if err != nil {
 		return nil, fmt.Errorf("%w: another peerup daemon seeds %s", ErrRunning, repo.Dir())
 	}
@@ -69,7 +67,7 @@ func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, versi
 			return nil, err
 		}
 	}
-	changes, err := watchIndex(ctx, repo.Dir())
+	changes, err := watchIndex(ctx, repo.Layout())
 	if err != nil {
 		return nil, err
 	}
@@ -121,8 +119,10 @@ func seedLatest(repo *blobstore.Repo, image string, kr *manifest.Keyring) (strin
 		if err != nil {
 			return image, 0, err
 		}
-		if _, err := kr.Verify(bytes.NewReader(m), sig); err != nil {
-			return image, 0, fmt.Errorf("%s v%d: %w", image, e.Version, err)
+		// Expiry is left to the laptops, which check it when they install:
+		// a seed whose newest version has expired still serves it.
+		if _, _, err := manifest.Accept(kr, m, sig, manifest.Want{Image: image, Version: e.Version}); err != nil {
+			return image, 0, err
 		}
 		return image, e.Version, nil
 	}
@@ -130,39 +130,45 @@ func seedLatest(repo *blobstore.Repo, image string, kr *manifest.Keyring) (strin
 }
 
 // watchIndex reports when the repo's index is replaced (publish and mirror
-// rename a new one into place), with inotify rather than polling.
-func watchIndex(ctx context.Context, dir string) (<-chan struct{}, error) {
-	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+// rename a new one into place), from inotify rather than by polling.
+func watchIndex(ctx context.Context, lay blobstore.Layout) (<-chan struct{}, error) {
+	index := lay.Index()
+	w, err := fsnotify.NewWatcher()
 	if err != nil {
-		return nil, fmt.Errorf("watch %s: %w", dir, err)
+		return nil, fmt.Errorf("watch %s: %w", index, err)
 	}
-	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_MOVED_TO|unix.IN_CLOSE_WRITE); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("watch %s: %w", dir, err)
+	// The folder is watched, not the file: each publish renames a new
+	// index over the old one, which a watch on the file would lose.
+	if err := w.Add(filepath.Dir(index)); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("watch %s: %w", index, err)
 	}
-	f := os.NewFile(uintptr(fd), "inotify") // non-blocking: Close interrupts Read
 	out := make(chan struct{}, 1)
 	go func() {
-		<-ctx.Done()
-		f.Close()
-	}()
-	go func() {
 		defer close(out)
-		buf := make([]byte, 4096)
+		defer w.Close()
 		for {
-			n, err := f.Read(buf)
-			if err != nil {
+			select {
+			case <-ctx.Done():
 				return
-			}
-			for off := 0; off+unix.SizeofInotifyEvent <= n; {
-				ev := (*unix.InotifyEvent)(unsafePointer(&buf[off]))
-				name := string(bytes.TrimRight(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)], "\x00"))
-				off += unix.SizeofInotifyEvent + int(ev.Len)
-				if name == "index" {
+			case ev, ok := <-w.Events:
+				if !ok {
+					return
+				}
+				if ev.Name == index && ev.Has(fsnotify.Create|fsnotify.Write) {
 					select {
 					case out <- struct{}{}:
 					default:
 					}
+				}
+			case _, ok := <-w.Errors:
+				if !ok {
+					return
+				}
+				// An overflowed queue may have lost the rename: look again.
+				select {
+				case out <- struct{}{}:
+				default:
 				}
 			}
 		}
@@ -188,5 +194,3 @@ func (s *Seed) close() {
 	s.wg.Wait()
 	s.stop()
 }
-
-func unsafePointer(b *byte) unsafe.Pointer { return unsafe.Pointer(b) }

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fsnotify/fsnotify"
 	"golang.org/x/sys/unix"
 
 	"peerup/blobstore"
@@ -91,45 +92,28 @@ func contains(list []string, s string) bool {
 }
 
 // run watches until ctx ends. It looks at every volume at start, when a
-// watched folder changes (inotify), when the mount table changes (poll on
-// /proc/self/mountinfo, which is how a stick being mounted shows), and
-// every volumeRescan. found is called for each volume that gained a repo
-// or whose repo changed; then hint, which returns false if the core was
-// busy and is called again at each wake-up until it takes the change.
+// watched folder changes (inotify, through fsnotify), when the mount table
+// changes (poll on /proc/self/mountinfo, which is how a stick being
+// mounted shows), and every volumeRescan. found is called for each volume
+// that gained a repo or whose repo changed; then hint, which returns false
+// if the core was busy and is called again at each wake-up until it takes
+// the change.
 func (v *volumes) run(ctx context.Context, found func(path string), hint func() bool) {
-	in, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	w, err := fsnotify.NewWatcher()
+	var events <-chan fsnotify.Event
+	var errs <-chan error
 	if err != nil {
 		v.log.Warn("volumes: no inotify, rescanning on a timer only", "err", err)
-		in = -1
+		w = nil
+	} else {
+		defer w.Close()
+		events, errs = w.Events, w.Errors
 	}
-	mi, err := unix.Open("/proc/self/mountinfo", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		v.log.Warn("volumes: cannot watch the mount table", "err", err)
-		mi = -1
-	}
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		v.log.Error("volumes: not watched", "err", err)
-		return
-	}
-	done := make(chan struct{})
-	go func() {
-		<-ctx.Done()
-		unix.Write(wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
-		close(done)
-	}()
-	defer func() {
-		<-done // the eventfd is written to before it is closed
-		for _, fd := range []int{in, mi, wake} {
-			if fd >= 0 {
-				unix.Close(fd)
-			}
-		}
-	}()
-	buf := make([]byte, 64<<10)
-	mounts := readMountinfo(mi, buf)
+	mounts, changed := watchMounts(ctx, v.log)
+	tick := time.NewTicker(volumeRescan)
+	defer tick.Stop()
 	for {
-		for _, p := range v.scan(in, mounts) {
+		for _, p := range v.scan(w, mounts) {
 			found(p)
 		}
 		v.mu.Lock()
@@ -140,32 +124,87 @@ func (v *volumes) run(ctx context.Context, found func(path string), hint func() 
 			v.pending = false
 			v.mu.Unlock()
 		}
-		fds := []unix.PollFd{{Fd: int32(wake), Events: unix.POLLIN}, {Fd: int32(in), Events: unix.POLLIN}, {Fd: int32(mi), Events: unix.POLLPRI}}
-		if _, err := unix.Poll(fds, int(volumeRescan/time.Millisecond)); err != nil && err != unix.EINTR {
-			v.log.Error("volumes: poll", "err", err)
+		select {
+		case <-ctx.Done():
 			return
-		}
-		if fds[0].Revents != 0 {
-			return
-		}
-		if fds[1].Revents&unix.POLLIN != 0 {
-			for { // drain: one rescan covers every event so far
-				if n, err := unix.Read(in, buf); n <= 0 || err != nil {
-					break
-				}
-			}
-		}
-		if fds[2].Revents&(unix.POLLPRI|unix.POLLERR) != 0 {
-			// Reading the table again re-arms the notification.
-			mounts = readMountinfo(mi, buf)
+		case <-events:
+			drain(events) // one rescan covers every event so far
+		case <-errs:
+		case m := <-changed:
+			mounts = m
+		case <-tick.C:
 		}
 	}
+}
+
+func drain(events <-chan fsnotify.Event) {
+	for {
+		select {
+		case <-events:
+		default:
+			return
+		}
+	}
+}
+
+// watchMounts returns the mount points now, and sends them anew each time
+// the mount table changes, until ctx ends. The kernel reports a change as
+// POLLPRI on /proc/self/mountinfo, which fsnotify cannot watch.
+func watchMounts(ctx context.Context, log *slog.Logger) ([]string, <-chan []string) {
+	out := make(chan []string, 1)
+	mi, err := unix.Open("/proc/self/mountinfo", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		log.Warn("volumes: cannot watch the mount table", "err", err)
+		return nil, out
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		log.Warn("volumes: cannot watch the mount table", "err", err)
+		unix.Close(mi)
+		return nil, out
+	}
+	buf := make([]byte, 64<<10)
+	now := readMountinfo(mi, buf)
+	woken := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		unix.Write(wake, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+		close(woken)
+	})
+	go func() {
+		defer func() {
+			if !stop() {
+				<-woken // never close the eventfd under a write to it
+			}
+			unix.Close(mi)
+			unix.Close(wake)
+		}()
+		for {
+			fds := []unix.PollFd{{Fd: int32(wake), Events: unix.POLLIN}, {Fd: int32(mi), Events: unix.POLLPRI}}
+			if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
+				log.Error("volumes: poll of the mount table", "err", err)
+				return
+			}
+			if fds[0].Revents != 0 {
+				return
+			}
+			if fds[1].Revents&(unix.POLLPRI|unix.POLLERR) != 0 {
+				// Reading the table again re-arms the notification.
+				m := readMountinfo(mi, buf)
+				select {
+				case <-out: // an older table the loop has not taken
+				default:
+				}
+				out <- m
+			}
+		}
+	}()
+	return now, out
 }
 
 // scan looks at every volume, (re)adding inotify watches (a stick mounted
 // on a path is a new directory there, which needs its own watch), and
 // returns those that gained a repo or whose repo changed.
-func (v *volumes) scan(in int, mounts []string) (fresh []string) {
+func (v *volumes) scan(w *fsnotify.Watcher, mounts []string) (fresh []string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	paths := append([]string(nil), v.paths...)
@@ -182,8 +221,10 @@ func (v *volumes) scan(in int, mounts []string) (fresh []string) {
 		}
 	}
 	for _, p := range paths {
-		if in >= 0 {
-			unix.InotifyAddWatch(in, p, unix.IN_CREATE|unix.IN_MOVED_TO|unix.IN_CLOSE_WRITE|unix.IN_DELETE|unix.IN_MOVED_FROM|unix.IN_ONLYDIR)
+		if w != nil {
+			// Again each time: a stick mounted on p is a new directory
+			// there, which needs its own watch. A missing path is no error.
+			w.Add(p)
 		}
 		fp := fingerprint(p)
 		if fp == v.seen[p] {
@@ -221,11 +262,11 @@ func fingerprint(dir string) string {
 	if err := unix.Stat(dir, &st); err != nil {
 		return ""
 	}
-	marker, err := os.ReadFile(filepath.Join(dir, blobstore.MarkerFile))
+	marker, err := os.ReadFile(blobstore.LayoutOf(dir).Marker())
 	if err != nil || string(marker) != blobstore.MarkerMagic {
 		return ""
 	}
-	f, err := os.Open(filepath.Join(dir, "index"))
+	f, err := os.Open(blobstore.LayoutOf(dir).Index())
 	if err != nil {
 		return ""
 	}

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"path"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
 
 	"peerup/blobstore"
@@ -126,12 +126,8 @@ func Generate(ctx context.Context, repo *blobstore.Repo, image string, v uint64,
 	if err := b.Commit(); err != nil {
 		return nil, err
 	}
-	p := filepath.Join(repo.Dir(), blobstore.DeltasPath(image, v))
-	if err := blobstore.WriteAtomic(p, data); err != nil {
-		return nil, fmt.Errorf("write delta index: %w", err)
-	}
-	if err := blobstore.WriteAtomic(p+".sig", sig.Bytes()); err != nil {
-		return nil, fmt.Errorf("write delta index: %w", err)
+	if err := repo.AddDeltas(image, v, data, sig.Bytes()); err != nil {
+		return nil, err
 	}
 	return res, nil
 }
@@ -243,40 +239,31 @@ func readObject(repo *blobstore.Repo, d manifest.Digest) ([]byte, error) {
 }
 
 func encodeAll(ctx context.Context, repo *blobstore.Repo, b *blobstore.Batch, pairs []pair, o GenerateOptions, res *GenerateResult) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	mem := semaphore.NewWeighted(o.MemoryBudget)
 	var mu sync.Mutex
-	var wg sync.WaitGroup
-	jobs := make(chan pair)
-	for range o.Workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for p := range jobs {
-				encs, skipped, err := encodePair(ctx, repo, b, p, o, mem)
-				if err != nil {
-					cancel(fmt.Errorf("object %s: %w", p.target, err))
-					continue
-				}
-				mu.Lock()
-				res.Index.Encodings = append(res.Index.Encodings, encs...)
-				res.SkippedDiffs += skipped
-				mu.Unlock()
-			}
-		}()
-	}
-feed:
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(o.Workers)
 	for _, p := range pairs {
-		select {
-		case jobs <- p:
-		case <-ctx.Done():
-			break feed
+		if gctx.Err() != nil {
+			break
 		}
+		g.Go(func() error {
+			encs, skipped, err := encodePair(gctx, repo, b, p, o, mem)
+			if err != nil {
+				return fmt.Errorf("object %s: %w", p.target, err)
+			}
+			mu.Lock()
+			res.Index.Encodings = append(res.Index.Encodings, encs...)
+			res.SkippedDiffs += skipped
+			mu.Unlock()
+			return nil
+		})
 	}
-	close(jobs)
-	wg.Wait()
-	return context.Cause(ctx)
+	err := g.Wait()
+	if cause := context.Cause(ctx); cause != nil {
+		return cause // the caller's own reason, not a worker's report of it
+	}
+	return err
 }
 
 // encodePair makes the candidate encodings of one target and keeps those

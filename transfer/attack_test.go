@@ -133,14 +133,14 @@ func TestAttackServerPathTraversal(t *testing.T) {
 	url, d, dir := servedRepo(t, transfer.Limits{}, 100, nil)
 	evil := manifest.Digest(sha256.Sum256([]byte("evil")))
 	os.MkdirAll(filepath.Join(dir, "objects", evil.String()[:2]), 0o755)
-	if err := os.Symlink("/etc/passwd", filepath.Join(dir, blobstore.ObjectURLPath(evil))); err != nil {
+	if err := os.Symlink("/etc/passwd", blobstore.LayoutOf(dir).Object(evil)); err != nil {
 		t.Fatal(err)
 	}
 	os.MkdirAll(filepath.Join(dir, "images"), 0o755)
 	os.Symlink("/etc", filepath.Join(dir, "images", "etc-link"))
 	host := strings.TrimSuffix(strings.TrimPrefix(url, "http://"), "/")
 	for _, path := range []string{
-		"/" + blobstore.ObjectURLPath(evil), // symlink out of the repo
+		"/" + blobstore.Layout{}.Object(evil), // symlink out of the repo
 		"/images/etc-link/1.manifest",
 		"/../../../../etc/passwd",
 		"/objects/%2e%2e/%2e%2e/etc/passwd",
@@ -166,7 +166,7 @@ func TestAttackServerPathTraversal(t *testing.T) {
 			t.Errorf("GET %s = %s, %q", path, resp.Status, body)
 		}
 	}
-	resp, err := http.Get(url + blobstore.ObjectURLPath(d))
+	resp, err := http.Get(url + blobstore.Layout{}.Object(d))
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("a real object: %v %v", resp, err)
 	}
@@ -272,10 +272,10 @@ func TestAttackServerSlowloris(t *testing.T) {
 	}
 	defer reader.Close()
 	reader.(*net.TCPConn).SetReadBuffer(4096)
-	fmt.Fprintf(reader, "GET /%s HTTP/1.1\r\nHost: x\r\n\r\n", blobstore.ObjectURLPath(d))
+	fmt.Fprintf(reader, "GET /%s HTTP/1.1\r\nHost: x\r\n\r\n", blobstore.Layout{}.Object(d))
 	wait("a client that never reads")
 	// Its upload slot is free again: the one allowed upload is ours.
-	resp, err := http.Get(url + blobstore.ObjectURLPath(d))
+	resp, err := http.Get(url + blobstore.Layout{}.Object(d))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -173,7 +173,7 @@ func (c *Client) getSmall(ctx context.Context, rel string, limit int64) ([]byte,
 
 // Index fetches the repo's index of versions.
 func (c *Client) Index(ctx context.Context) (*blobstore.Index, error) {
-	b, err := c.getSmall(ctx, "index", blobstore.MaxIndex)
+	b, err := c.getSmall(ctx, blobstore.Layout{}.Index(), blobstore.MaxIndex)
 	if err != nil {
 		return nil, err
 	}
@@ -186,10 +186,10 @@ func (c *Client) Index(ctx context.Context) (*blobstore.Index, error) {
 
 // Manifest fetches a version's manifest and signature, unverified.
 func (c *Client) Manifest(ctx context.Context, image string, v uint64) (m, sig []byte, err error) {
-	if m, err = c.getSmall(ctx, blobstore.ManifestPath(image, v), c.maxManifest); err != nil {
+	if m, err = c.getSmall(ctx, blobstore.Layout{}.Manifest(image, v), c.maxManifest); err != nil {
 		return nil, nil, err
 	}
-	if sig, err = c.getSmall(ctx, blobstore.SignaturePath(image, v), manifest.MaxSignature); err != nil {
+	if sig, err = c.getSmall(ctx, blobstore.Layout{}.Signature(image, v), manifest.MaxSignature); err != nil {
 		return nil, nil, err
 	}
 	return m, sig, nil
@@ -198,11 +198,10 @@ func (c *Client) Manifest(ctx context.Context, image string, v uint64) (m, sig [
 // Deltas fetches a version's delta index and signature, unverified. A repo
 // without one answers with an error wrapping ErrNotFound.
 func (c *Client) Deltas(ctx context.Context, image string, v uint64) (idx, sig []byte, err error) {
-	p := blobstore.DeltasPath(image, v)
-	if idx, err = c.getSmall(ctx, p, c.maxManifest); err != nil {
+	if idx, err = c.getSmall(ctx, blobstore.Layout{}.Deltas(image, v), c.maxManifest); err != nil {
 		return nil, nil, err
 	}
-	if sig, err = c.getSmall(ctx, p+".sig", manifest.MaxSignature); err != nil {
+	if sig, err = c.getSmall(ctx, blobstore.Layout{}.DeltasSignature(image, v), manifest.MaxSignature); err != nil {
 		return nil, nil, err
 	}
 	return idx, sig, nil
@@ -214,7 +213,7 @@ func (c *Client) Deltas(ctx context.Context, image string, v uint64) (idx, sig [
 // this peer or another, the next time it is fetched.
 func (c *Client) FetchObject(ctx context.Context, b *blobstore.Batch, d manifest.Digest, size int64) error {
 	open := func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
-		resp, err := c.getRange(ctx, blobstore.ObjectURLPath(d), offset)
+		resp, err := c.getRange(ctx, blobstore.Layout{}.Object(d), offset)
 		if err != nil {
 			return nil, 0, err
 		}

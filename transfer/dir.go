@@ -104,17 +104,17 @@ func (d *Dir) readSmall(rel string, limit int64) ([]byte, error) {
 // Index reads the repo's index, after checking the folder holds a repo at
 // all: a mount point without a stick in it says so plainly.
 func (d *Dir) Index(ctx context.Context) (*blobstore.Index, error) {
-	marker, err := d.readSmall(blobstore.MarkerFile, int64(len(blobstore.MarkerMagic)))
+	marker, err := d.readSmall(blobstore.Layout{}.Marker(), int64(len(blobstore.MarkerMagic)))
 	if errors.Is(err, ErrNotFound) {
-		return nil, fmt.Errorf("%s holds no peerup repo (no %s file): %w", d.root, blobstore.MarkerFile, ErrNotFound)
+		return nil, fmt.Errorf("%s holds no peerup repo (no %s file): %w", d.root, blobstore.Layout{}.Marker(), ErrNotFound)
 	}
 	if err != nil {
 		return nil, err
 	}
 	if string(marker) != blobstore.MarkerMagic {
-		return nil, fmt.Errorf("%w: %s/%s says %.30q, want %q", ErrPeer, d.root, blobstore.MarkerFile, marker, blobstore.MarkerMagic)
+		return nil, fmt.Errorf("%w: %s/%s says %.30q, want %q", ErrPeer, d.root, blobstore.Layout{}.Marker(), marker, blobstore.MarkerMagic)
 	}
-	b, err := d.readSmall("index", blobstore.MaxIndex)
+	b, err := d.readSmall(blobstore.Layout{}.Index(), blobstore.MaxIndex)
 	if err != nil {
 		return nil, err
 	}
@@ -127,13 +127,13 @@ func (d *Dir) Index(ctx context.Context) (*blobstore.Index, error) {
 
 // Manifest reads a version's manifest and signature, unverified.
 func (d *Dir) Manifest(ctx context.Context, image string, v uint64) (m, sig []byte, err error) {
-	return d.pair(blobstore.ManifestPath(image, v), manifest.MaxSize)
+	return d.pair(blobstore.Layout{}.Manifest(image, v), manifest.MaxSize)
 }
 
 // Deltas reads a version's delta index and signature, unverified; a folder
 // without one answers with an error wrapping ErrNotFound.
 func (d *Dir) Deltas(ctx context.Context, image string, v uint64) (idx, sig []byte, err error) {
-	return d.pair(blobstore.DeltasPath(image, v), manifest.MaxSize)
+	return d.pair(blobstore.Layout{}.Deltas(image, v), manifest.MaxSize)
 }
 
 // pair reads a signed file and its detached signature.
@@ -141,7 +141,7 @@ func (d *Dir) pair(rel string, limit int64) (data, sig []byte, err error) {
 	if data, err = d.readSmall(rel, limit); err != nil {
 		return nil, nil, err
 	}
-	if sig, err = d.readSmall(rel+".sig", manifest.MaxSignature); err != nil {
+	if sig, err = d.readSmall(blobstore.SignatureOf(rel), manifest.MaxSignature); err != nil {
 		return nil, nil, err
 	}
 	return data, sig, nil
@@ -151,7 +151,7 @@ func (d *Dir) pair(rel string, limit int64) (data, sig []byte, err error) {
 // hash exactly as for a peer's.
 func (d *Dir) FetchObject(ctx context.Context, b *blobstore.Batch, dg manifest.Digest, size int64) error {
 	open := func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
-		f, err := d.open(blobstore.ObjectURLPath(dg))
+		f, err := d.open(blobstore.Layout{}.Object(dg))
 		if err != nil {
 			return nil, 0, err
 		}

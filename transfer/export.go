@@ -138,7 +138,7 @@ func Export(ctx context.Context, src *blobstore.Repo, targets []string, o Export
 // planExport reads and checks the source's signed files and picks the
 // objects to copy. It reads no object.
 func planExport(src *blobstore.Repo, o ExportOptions) (*exportPlan, error) {
-	if _, err := os.Stat(filepath.Join(src.Dir(), blobstore.MarkerFile)); err != nil {
+	if _, err := os.Stat(src.Layout().Marker()); err != nil {
 		return nil, fmt.Errorf("%s holds no peerup repo: %w", src.Dir(), err)
 	}
 	ix, err := src.ReadIndex()
@@ -167,7 +167,7 @@ func planExport(src *blobstore.Repo, o ExportOptions) (*exportPlan, error) {
 	if p.from != 0 && p.from >= p.version {
 		return nil, fmt.Errorf("--from-version %d is not older than version %d", p.from, p.version)
 	}
-	mb, msig, err := signedFile(src, blobstore.ManifestPath(p.image, p.version), o.Trust, true)
+	mb, msig, err := exportManifest(src, p.image, p.version, o.Trust)
 	if err != nil {
 		return nil, err
 	}
@@ -177,9 +177,6 @@ func planExport(src *blobstore.Repo, o ExportOptions) (*exportPlan, error) {
 	mr, err := manifest.NewReader(bytes.NewReader(mb))
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s v%d: %w", p.image, p.version, err)
-	}
-	if h := mr.Header(); h.Image != p.image || h.Version != p.version {
-		return nil, fmt.Errorf("manifest listed as %s v%d is signed as %s v%d", p.image, p.version, h.Image, h.Version)
 	}
 	deltas, err := exportDeltas(src, p.image, p.version, mb, o)
 	if err != nil {
@@ -194,9 +191,9 @@ func planExport(src *blobstore.Repo, o ExportOptions) (*exportPlan, error) {
 	if err := p.pickObjects(src, mr, have, deltas); err != nil {
 		return nil, err
 	}
-	p.addSigned(blobstore.ManifestPath(p.image, p.version), mb, msig)
+	p.addSigned(blobstore.Layout{}.Manifest(p.image, p.version), mb, msig)
 	if deltas != nil {
-		p.addSigned(blobstore.DeltasPath(p.image, p.version), deltas.raw, deltas.sig)
+		p.addSigned(blobstore.Layout{}.Deltas(p.image, p.version), deltas.raw, deltas.sig)
 	}
 	ixOut := &blobstore.Index{}
 	ixOut.Set(e)
@@ -211,9 +208,10 @@ func versionName(v uint64) string {
 	return fmt.Sprint(v)
 }
 
-// signedFile reads a signed file and checks its signature is there (and
-// verifies, given keys): nothing unsigned goes onto a stick.
-func signedFile(src *blobstore.Repo, rel string, trust *manifest.Keyring, required bool) (data, sig []byte, err error) {
+// signedFile reads a signed file and checks its signature is there:
+// nothing unsigned goes onto a stick. Whether the signature verifies is
+// for manifest.Accept and diff.AcceptDeltas to say.
+func signedFile(src *blobstore.Repo, rel string, required bool) (data, sig []byte, err error) {
 	data, err = os.ReadFile(filepath.Join(src.Dir(), rel))
 	if err != nil {
 		if !required && errors.Is(err, fs.ErrNotExist) {
@@ -221,21 +219,36 @@ func signedFile(src *blobstore.Repo, rel string, trust *manifest.Keyring, requir
 		}
 		return nil, nil, fmt.Errorf("read %s: %w", rel, err)
 	}
-	sig, err = os.ReadFile(filepath.Join(src.Dir(), rel+".sig"))
+	sig, err = os.ReadFile(filepath.Join(src.Dir(), blobstore.SignatureOf(rel)))
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s has no signature: %w", rel, err)
-	}
-	if trust != nil {
-		if _, err := trust.Verify(bytes.NewReader(data), sig); err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", rel, err)
-		}
 	}
 	return data, sig, nil
 }
 
+// exportManifest reads version v's manifest and checks it as a laptop
+// would, but for expiry (the laptop checks that when it installs): with
+// keys, by manifest.Accept; without, its header only.
+func exportManifest(src *blobstore.Repo, image string, v uint64, trust *manifest.Keyring) (mb, sig []byte, err error) {
+	rel := blobstore.Layout{}.Manifest(image, v)
+	if mb, sig, err = signedFile(src, rel, true); err != nil {
+		return nil, nil, err
+	}
+	want := manifest.Want{Image: image, Version: v}
+	if trust != nil {
+		_, _, err = manifest.Accept(trust, mb, sig, want)
+	} else {
+		_, err = manifest.CheckHeader(mb, want)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", rel, err)
+	}
+	return mb, sig, nil
+}
+
 // addSigned adds a signed file and its signature.
 func (p *exportPlan) addSigned(rel string, data, sig []byte) {
-	p.files = append(p.files, exportFile{rel, data}, exportFile{rel + ".sig", sig})
+	p.files = append(p.files, exportFile{rel, data}, exportFile{blobstore.SignatureOf(rel), sig})
 	p.bytes += int64(len(data) + len(sig))
 }
 
@@ -243,17 +256,19 @@ func (p *exportPlan) addSigned(rel string, data, sig []byte) {
 // checks it belongs to the manifest: an index a pull would refuse must not
 // go onto a stick.
 func exportDeltas(src *blobstore.Repo, image string, v uint64, mb []byte, o ExportOptions) (*signedDeltas, error) {
-	rel := blobstore.DeltasPath(image, v)
-	raw, sig, err := signedFile(src, rel, o.Trust, false)
+	rel := blobstore.Layout{}.Deltas(image, v)
+	raw, sig, err := signedFile(src, rel, false)
 	if err != nil || raw == nil {
 		return nil, err
 	}
-	x, err := diff.ParseDeltaIndex(raw)
+	var x *diff.DeltaIndex
+	if o.Trust != nil {
+		x, err = diff.AcceptDeltas(o.Trust, raw, sig, image, v, mb)
+	} else {
+		x, err = diff.DeltasFor(raw, image, v, mb)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", rel, err)
-	}
-	if x.Image != image || x.Version != v || x.Manifest != manifest.Digest(sha256sum(mb)) {
-		return nil, fmt.Errorf("%s does not belong to %s v%d's manifest", rel, image, v)
 	}
 	return &signedDeltas{x, raw, sig}, nil
 }
@@ -266,7 +281,7 @@ type signedDeltas struct {
 // versionObjects lists the objects of a version the source holds the
 // manifest of: what a laptop at that version has.
 func versionObjects(src *blobstore.Repo, image string, v uint64, trust *manifest.Keyring) (map[manifest.Digest]bool, error) {
-	mb, _, err := signedFile(src, blobstore.ManifestPath(image, v), trust, true)
+	mb, _, err := exportManifest(src, image, v, trust)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%s holds no manifest of %s v%d, so it cannot tell what a laptop at v%d holds; export without --from-version", src.Dir(), image, v, v)
 	}

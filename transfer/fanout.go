@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"peerup/blobstore"
+	"peerup/internal/fsutil"
 	"peerup/manifest"
 )
 
@@ -247,12 +248,12 @@ func (t *target) writeErr(err error) error {
 	if errors.As(err, &pe) {
 		err = pe.Err
 	}
-	return fmt.Errorf("%w (writing %s)", err, blobstore.ObjectURLPath(t.cur.d))
+	return fmt.Errorf("%w (writing %s)", err, blobstore.Layout{}.Object(t.cur.d))
 }
 
 func (t *target) begin(ob *exportObject) error {
 	t.cur = ob
-	rel := blobstore.ObjectURLPath(ob.d)
+	rel := blobstore.Layout{}.Object(ob.d)
 	dir := filepath.Join(t.dir, filepath.Dir(rel))
 	if !t.mkdirs[dir] {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -273,7 +274,7 @@ func (t *target) end() error {
 	err := t.f.Close()
 	t.f = nil
 	if err == nil {
-		err = os.Rename(t.tmp, filepath.Join(t.dir, blobstore.ObjectURLPath(t.cur.d)))
+		err = os.Rename(t.tmp, blobstore.LayoutOf(t.dir).Object(t.cur.d))
 	}
 	if err != nil {
 		os.Remove(t.tmp)
@@ -295,26 +296,26 @@ func (t *target) prepare(p *exportPlan) error {
 		_, err := os.Lstat(filepath.Join(t.dir, name))
 		return err == nil
 	}
-	for _, n := range []string{"lock", "files", "staging"} {
+	for _, n := range (blobstore.Layout{}).Working() {
 		if has(n) {
 			return fmt.Errorf("%s holds a working peerup repo (a publisher's or a laptop's), not an export; choose an empty folder", t.dir)
 		}
 	}
-	if !has(stampFile) && !has(blobstore.MarkerFile) {
-		for _, n := range []string{"index", "images", "objects"} {
+	if !has(stampFile) && !has(blobstore.Layout{}.Marker()) {
+		for _, n := range (blobstore.Layout{}).Published() {
 			if has(n) {
 				return fmt.Errorf("%s holds %q but no earlier export; choose an empty folder or a stick", t.dir, n)
 			}
 		}
 	}
-	if err := blobstore.WriteAtomic(filepath.Join(t.dir, stampFile), []byte("peerup export in progress or failed\n")); err != nil {
+	if err := fsutil.WriteAtomic(filepath.Join(t.dir, stampFile), []byte("peerup export in progress or failed\n")); err != nil {
 		return err
 	}
 	t.prepared = true
 	if err := t.clear(); err != nil {
 		return err
 	}
-	if err := blobstore.FsyncDir(t.dir); err != nil {
+	if err := fsutil.FsyncDir(t.dir); err != nil {
 		return err
 	}
 	return t.checkRoom(p)
@@ -322,7 +323,7 @@ func (t *target) prepare(p *exportPlan) error {
 
 // clear removes what an export writes, marker and index first.
 func (t *target) clear() error {
-	for _, n := range []string{blobstore.MarkerFile, "index", "images", "objects"} {
+	for _, n := range (blobstore.Layout{}).Published() {
 		if err := os.RemoveAll(filepath.Join(t.dir, n)); err != nil {
 			return err
 		}
@@ -371,11 +372,11 @@ func (t *target) finish(ctx context.Context, p *exportPlan) error {
 		}
 		t.progress(int64(len(fl.data)))
 	}
-	if err := blobstore.Syncfs(t.dir); err != nil {
+	if err := fsutil.Syncfs(t.dir); err != nil {
 		return err
 	}
 	for _, ob := range t.written {
-		if err := t.readBack(ctx, blobstore.ObjectURLPath(ob.d), ob.d, ob.size); err != nil {
+		if err := t.readBack(ctx, blobstore.Layout{}.Object(ob.d), ob.d, ob.size); err != nil {
 			return err
 		}
 	}
@@ -384,16 +385,16 @@ func (t *target) finish(ctx context.Context, p *exportPlan) error {
 			return err
 		}
 	}
-	if err := blobstore.WriteAtomic(filepath.Join(t.dir, "index"), p.index); err != nil {
+	if err := fsutil.WriteAtomic(blobstore.LayoutOf(t.dir).Index(), p.index); err != nil {
 		return fmt.Errorf("write index: %w", err)
 	}
-	if err := blobstore.WriteAtomic(filepath.Join(t.dir, blobstore.MarkerFile), []byte(blobstore.MarkerMagic)); err != nil {
+	if err := fsutil.WriteAtomic(blobstore.LayoutOf(t.dir).Marker(), []byte(blobstore.MarkerMagic)); err != nil {
 		return fmt.Errorf("write marker: %w", err)
 	}
 	if err := os.Remove(filepath.Join(t.dir, stampFile)); err != nil {
 		return err
 	}
-	return blobstore.FsyncDir(t.dir)
+	return fsutil.FsyncDir(t.dir)
 }
 
 // readBack hashes a written file as the stick returns it. The file's pages
@@ -438,6 +439,6 @@ func (t *target) cleanup() {
 	}
 	if t.prepared {
 		t.clear()
-		blobstore.FsyncDir(t.dir)
+		fsutil.FsyncDir(t.dir)
 	}
 }

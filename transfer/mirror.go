@@ -1,13 +1,11 @@
 package transfer
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
+	"time"
 
 	"peerup/blobstore"
 	"peerup/diff"
@@ -28,9 +26,10 @@ type IndexVersion struct {
 }
 
 // Mirror brings the local repo in step with an upstream static repo (a
-// national mirror, a CDN, a caching proxy). It checks every version exactly
-// as a laptop would — trusted signature, image and version as offered,
-// versions only rising, every object's hash — and lists a version locally
+// national mirror, a CDN, a caching proxy). It checks every version by the
+// rules a laptop applies (manifest.Accept: trusted signature, image and
+// version as offered, versions only rising, not expired; diff.AcceptDeltas;
+// every object's hash) and lists a version locally
 // only once all of it is in place, so a tampered or broken upstream leaves
 // the local repo at its last good state.
 func Mirror(ctx context.Context, local *blobstore.Repo, up *Client, trust *manifest.Keyring, log *slog.Logger) (*MirrorResult, error) {
@@ -51,36 +50,52 @@ func Mirror(ctx context.Context, local *blobstore.Repo, up *Client, trust *manif
 		return nil, err
 	}
 	res := &MirrorResult{}
+	// An expired version is passed over, not fatal: a mirror that was off
+	// for longer than the expiry still catches up with the newer ones. It
+	// is an error only if nothing newer of its image was mirrored after it.
+	expired := map[string]error{}
 	for _, e := range upIx.Entries {
-		if latest, ok := ix.Latest(e.Image); ok && e.Version <= latest.Version {
+		latest, _ := ix.Latest(e.Image)
+		if e.Version <= latest.Version {
 			continue
 		}
-		if err := mirrorVersion(ctx, local, up, trust, e, res); err != nil {
+		want := manifest.Want{Image: e.Image, Version: e.Version, After: latest.Version, Now: time.Now()}
+		err := mirrorVersion(ctx, local, up, trust, want, res)
+		if errors.Is(err, manifest.ErrExpired) {
+			log.Warn("upstream version has expired; not mirrored", "image", e.Image, "version", e.Version, "err", err)
+			expired[e.Image] = fmt.Errorf("mirror %s v%d from %s: %w", e.Image, e.Version, up, err)
+			continue
+		}
+		if err != nil {
 			return res, fmt.Errorf("mirror %s v%d from %s: %w", e.Image, e.Version, up, err)
 		}
+		delete(expired, e.Image)
 		res.Versions = append(res.Versions, IndexVersion{e.Image, e.Version})
 		log.Info("mirrored", "image", e.Image, "version", e.Version)
 		if ix, err = local.ReadIndex(); err != nil {
 			return res, err
 		}
 	}
-	return res, nil
+	var errs []error
+	for _, err := range expired {
+		errs = append(errs, err)
+	}
+	return res, errors.Join(errs...)
 }
 
-func mirrorVersion(ctx context.Context, local *blobstore.Repo, up *Client, trust *manifest.Keyring, e blobstore.IndexEntry, res *MirrorResult) error {
-	mb, sig, err := up.Manifest(ctx, e.Image, e.Version)
+// mirrorVersion copies one version whole, checked by the rules a laptop
+// applies (manifest.Accept, diff.AcceptDeltas), and lists it last.
+func mirrorVersion(ctx context.Context, local *blobstore.Repo, up *Client, trust *manifest.Keyring, want manifest.Want, res *MirrorResult) error {
+	mb, sig, err := up.Manifest(ctx, want.Image, want.Version)
 	if err != nil {
 		return err
 	}
-	if _, err := trust.Verify(bytes.NewReader(mb), sig); err != nil {
-		return fmt.Errorf("manifest: %w", err)
+	if _, _, err := manifest.Accept(trust, mb, sig, want); err != nil {
+		return err
 	}
 	m, err := manifest.Parse(mb)
 	if err != nil {
 		return err
-	}
-	if m.Image != e.Image || m.Version != e.Version {
-		return fmt.Errorf("manifest offered as %s v%d is signed as %s v%d", e.Image, e.Version, m.Image, m.Version)
 	}
 	b, err := local.Begin()
 	if err != nil {
@@ -107,22 +122,16 @@ func mirrorVersion(ctx context.Context, local *blobstore.Repo, up *Client, trust
 	}
 	// The delta index and its encodings come along, so that laptops get
 	// patches from the school server too. A repo without them is fine.
-	draw, dsig, err := up.Deltas(ctx, e.Image, e.Version)
+	draw, dsig, err := up.Deltas(ctx, want.Image, want.Version)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		draw = nil
 	case err != nil:
 		return err
 	default:
-		if _, err := trust.Verify(bytes.NewReader(draw), dsig); err != nil {
-			return fmt.Errorf("delta index: %w", err)
-		}
-		x, err := diff.ParseDeltaIndex(draw)
+		x, err := diff.AcceptDeltas(trust, draw, dsig, want.Image, want.Version, mb)
 		if err != nil {
 			return err
-		}
-		if x.Image != e.Image || x.Version != e.Version || x.Manifest != manifest.Digest(sha256sum(mb)) {
-			return fmt.Errorf("delta index does not belong to %s v%d", e.Image, e.Version)
 		}
 		for _, enc := range x.Encodings {
 			if err := fetch(enc.Digest, enc.Size); err != nil {
@@ -134,14 +143,7 @@ func mirrorVersion(ctx context.Context, local *blobstore.Repo, up *Client, trust
 		return err
 	}
 	if draw != nil {
-		p := filepath.Join(local.Dir(), blobstore.DeltasPath(e.Image, e.Version))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		if err := blobstore.WriteAtomic(p, draw); err != nil {
-			return err
-		}
-		if err := blobstore.WriteAtomic(p+".sig", dsig); err != nil {
+		if err := local.AddDeltas(want.Image, want.Version, draw, dsig); err != nil {
 			return err
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"peerup/blobstore"
 	"peerup/manifest"
 )
 
@@ -72,11 +73,11 @@ func (h *Handler) serveHave(w http.ResponseWriter, r *http.Request, m []string) 
 
 // stagedFile opens an object a running pull holds, if the repo lacks it.
 func (h *Handler) stagedFile(p string) (*os.File, bool) {
-	if h.partial == nil || !strings.HasPrefix(p, "/objects/") {
+	if h.partial == nil {
 		return nil, false
 	}
-	d, err := manifest.ParseDigest(p[len("/objects/xx/"):])
-	if err != nil {
+	d, ok := blobstore.Layout{}.ObjectOf(strings.TrimPrefix(p, "/"))
+	if !ok {
 		return nil, false
 	}
 	sp, ok := h.partial.StagedObject(d)

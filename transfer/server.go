@@ -7,17 +7,18 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
 
+	"peerup/blobstore"
+
 	"golang.org/x/time/rate"
 )
 
-// servable matches the only paths a repo serves (SPEC.md §5). Anything else,
-// including every traversal attempt, is 404 before the filesystem is touched.
-var servable = regexp.MustCompile(`^/(?:peerup-repo|index|objects/[0-9a-f]{2}/[0-9a-f]{64}|images/[a-z0-9][a-z0-9._-]{0,62}/[1-9][0-9]{0,19}\.(?:manifest|deltas)(?:\.sig)?)$`)
+// DefaultListen is where a node serves its repo unless told otherwise
+// (SPEC.md §5).
+const DefaultListen = ":7380"
 
 // Handler serves the repo in dir.
 type Handler struct {
@@ -116,7 +117,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.serveHave(w, r, m)
 		return
 	}
-	if !servable.MatchString(p) {
+	// Only the layout's own paths are served: anything else, including
+	// every traversal attempt, is 404 before the file system is touched.
+	kind := blobstore.Layout{}.Kind(strings.TrimPrefix(p, "/"))
+	if kind == blobstore.PathNone {
 		http.NotFound(w, r)
 		return
 	}
@@ -136,7 +140,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	if h.slots != nil && strings.HasPrefix(p, "/objects/") {
+	if h.slots != nil && kind == blobstore.PathObject {
 		select {
 		case h.slots <- struct{}{}:
 			defer func() { <-h.slots }()
@@ -148,7 +152,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if h.once && strings.HasPrefix(p, "/objects/") && r.Method == http.MethodGet {
+	if h.once && kind == blobstore.PathObject && r.Method == http.MethodGet {
 		if !h.lend(p) {
 			w.Header().Set("Retry-After", "1")
 			http.Error(w, "busy: this object is on its way to a neighbour; ask the neighbours", http.StatusServiceUnavailable)
@@ -162,7 +166,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.limiter != nil {
 		w = limitedWriter{w, r.Context(), h.limiter}
 	}
-	if p == "/index" {
+	if kind == blobstore.PathIndex {
 		// The index changes as versions are published; everything else is
 		// immutable once it exists under its name.
 		w.Header().Set("Cache-Control", "no-cache")

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"peerup/blobstore"
 	"peerup/manifest"
@@ -35,7 +36,7 @@ func TestServerServesOnlyRepoPaths(t *testing.T) {
 		want int
 	}{
 		{"/peerup-repo", 200},
-		{"/" + blobstore.ObjectURLPath(d), 200},
+		{"/" + blobstore.Layout{}.Object(d), 200},
 		{"/secret", 404},
 		{"/lock", 404},
 		{"/objects/../secret", 404},
@@ -57,7 +58,7 @@ func TestServerServesOnlyRepoPaths(t *testing.T) {
 			t.Errorf("GET %s = %d, want %d", tc.path, resp.StatusCode, tc.want)
 		}
 	}
-	req, _ := http.NewRequest("GET", srv.URL+"/"+blobstore.ObjectURLPath(d), nil)
+	req, _ := http.NewRequest("GET", srv.URL+"/"+blobstore.Layout{}.Object(d), nil)
 	req.Header.Set("Range", "bytes=100-")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -155,7 +156,7 @@ func TestUploadCapAnswersBusy(t *testing.T) {
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	h.slots <- struct{}{} // one upload in progress
-	resp, err := http.Get(srv.URL + "/" + blobstore.ObjectURLPath(d))
+	resp, err := http.Get(srv.URL + "/" + blobstore.Layout{}.Object(d))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,5 +177,81 @@ func TestUploadCapAnswersBusy(t *testing.T) {
 	<-h.slots
 	if err := c.FetchObject(context.Background(), bb, d, int64(len(data))); err != nil {
 		t.Fatalf("below the cap: %v", err)
+	}
+}
+
+// TestOneUploadPerObject covers the seed's super-seeding rule
+// (Limits.OncePerObject): while an object is on its way to one peer, and
+// for lendCooldown after, others asking for it are told to wait (503 with
+// Retry-After) so that they take it from that peer instead; other objects,
+// HEAD requests and the small files are never held back, and
+// without the rule every ask is served.
+func TestOneUploadPerObject(t *testing.T) {
+	repo, _ := blobstore.OpenRepo(t.TempDir())
+	var ds []manifest.Digest
+	b, _ := repo.Begin()
+	for _, data := range []string{"object one", "object two"} {
+		d := manifest.Digest(sha256.Sum256([]byte(data)))
+		b.Put(context.Background(), d, int64(len(data)), strings.NewReader(data))
+		ds = append(ds, d)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	one, two := "/"+blobstore.Layout{}.Object(ds[0]), "/"+blobstore.Layout{}.Object(ds[1])
+	marker := "/" + blobstore.Layout{}.Marker()
+	type step struct {
+		method, path string
+		before       func(h *Handler) // sets the in-flight state, if any
+		want         int
+	}
+	inFlight := func(p string) func(h *Handler) { return func(h *Handler) { h.inFlight[p] = time.Time{} } }
+	cooled := func(p string) func(h *Handler) {
+		return func(h *Handler) { h.inFlight[p] = time.Now().Add(-lendCooldown - time.Second) }
+	}
+	tests := []struct {
+		name  string
+		once  bool
+		steps []step
+	}{
+		{"second asker just after the upload waits", true, []step{
+			{"GET", one, nil, 200}, {"GET", one, nil, 503}}},
+		{"second asker during the upload waits", true, []step{
+			{"GET", one, inFlight(one), 503}}},
+		{"after the cooldown it is served again", true, []step{
+			{"GET", one, nil, 200}, {"GET", one, cooled(one), 200}}},
+		{"another object is served", true, []step{
+			{"GET", one, nil, 200}, {"GET", two, nil, 200}}},
+		{"HEAD is not an upload", true, []step{
+			{"HEAD", one, nil, 200}, {"HEAD", one, nil, 200}, {"GET", one, nil, 200}, {"HEAD", one, nil, 200}}},
+		{"the small files are never held back", true, []step{
+			{"GET", marker, nil, 200}, {"GET", marker, nil, 200}}},
+		{"without the rule every ask is served", false, []step{
+			{"GET", one, nil, 200}, {"GET", one, nil, 200}, {"GET", one, nil, 200}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := NewHandler(repo.Dir(), nil).WithLimits(Limits{OncePerObject: tc.once, RequestRate: -1})
+			srv := httptest.NewServer(h)
+			defer srv.Close()
+			for i, st := range tc.steps {
+				if st.before != nil {
+					st.before(h)
+				}
+				req, _ := http.NewRequest(st.method, srv.URL+st.path, nil)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != st.want {
+					t.Fatalf("step %d: %s %s = %d, want %d", i, st.method, st.path, resp.StatusCode, st.want)
+				}
+				if st.want == 503 && resp.Header.Get("Retry-After") == "" {
+					t.Errorf("step %d: 503 without Retry-After", i)
+				}
+			}
+		})
 	}
 }

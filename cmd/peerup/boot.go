@@ -97,7 +97,7 @@ busy it says so).`,
 			if err != nil {
 				return err
 			}
-			res, err := s.GC(mib(keepMiB))
+			res, err := s.GC(apply.EncodingBudgetMiB(keepMiB))
 			if err != nil {
 				return err
 			}
@@ -106,7 +106,7 @@ busy it says so).`,
 		},
 	}
 	cmd.Flags().StringVar(&sysroot, "sysroot", "", "sysroot directory (required)")
-	cmd.Flags().Int64Var(&keepMiB, "keep-encodings-mib", apply.DefaultEncodingBudget>>20, "MiB of patches to keep for neighbours (-1: no limit)")
+	cmd.Flags().Int64Var(&keepMiB, "keep-encodings-mib", apply.DefaultEncodingBudget>>20, "MiB of patches to keep for neighbours (0: none; -1: no limit)")
 	cmd.MarkFlagRequired("sysroot")
 	return cmd
 }

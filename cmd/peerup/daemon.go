@@ -7,13 +7,16 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"peerup/apply"
 	"peerup/daemon"
+	"peerup/transfer"
 )
 
 const defaultConfig = "/etc/peerup/peerup.toml"
 
 func (a *app) newDaemonCmd() *cobra.Command {
 	var cfgPath string
+	var keepMiB int64
 	var flagCfg daemon.Config
 	cmd := &cobra.Command{
 		Use:   "daemon (--sysroot DIR | --repo REPO) --trust PUBFILE... [--listen ADDR] [--bus system|session|none|ADDRESS] [--policy auto|download|notify] [--peer URL]... [--volume DIR]... [--config FILE]",
@@ -69,7 +72,7 @@ if present); flags override it. One daemon runs per sysroot.`,
 			override("no-multicast", func() { cfg.NoMulticast = flagCfg.NoMulticast })
 			override("no-p2p", func() { cfg.NoP2P = flagCfg.NoP2P })
 			override("max-conns-per-peer", func() { cfg.MaxConnsPerPeer = flagCfg.MaxConnsPerPeer })
-			override("keep-encodings-mib", func() { cfg.KeepEncodingsMiB = flagCfg.KeepEncodingsMiB })
+			override("keep-encodings-mib", func() { cfg.KeepEncodingsMiB = &keepMiB })
 			override("max-uploads", func() { cfg.MaxUploads = flagCfg.MaxUploads })
 			override("max-upload-rate", func() { cfg.MaxUploadRate = flagCfg.MaxUploadRate })
 			override("max-download-rate", func() { cfg.MaxDownloadRate = flagCfg.MaxDownloadRate })
@@ -107,7 +110,7 @@ if present); flags override it. One daemon runs per sysroot.`,
 	f.StringVar(&flagCfg.Repo, "repo", "", "seed this repo instead: serve and advertise it, announce each new version (a school server)")
 	f.StringVar(&flagCfg.Image, "image", "", "with --repo: the image to advertise, if the repo holds several")
 	f.StringSliceVar(&flagCfg.Trust, "trust", nil, "trusted public key file; repeat for several")
-	f.StringVar(&flagCfg.Listen, "listen", defaultListen, "address to serve this node's repo on")
+	f.StringVar(&flagCfg.Listen, "listen", transfer.DefaultListen, "address to serve this node's repo on")
 	f.StringVar(&flagCfg.Bus, "bus", "system", "D-Bus to export the API on: system, session, none, or an address")
 	f.StringVar(&flagCfg.Policy, "policy", "auto", "what to do with an update: auto, download or notify")
 	f.StringSliceVar(&flagCfg.Peers, "peer", nil, "repo URL to ask for updates (e.g. the school server); repeat for several")
@@ -118,7 +121,7 @@ if present); flags override it. One daemon runs per sysroot.`,
 	f.IntVar(&flagCfg.MaxUploads, "max-uploads", 8, "concurrent uploads to neighbours; more get 503 and go elsewhere")
 	f.Int64Var(&flagCfg.MaxUploadRate, "max-upload-rate", 0, "upload budget in bytes per second (0: none)")
 	f.Int64Var(&flagCfg.MaxDownloadRate, "max-download-rate", 0, "download budget in bytes per second (0: none)")
-	f.Int64Var(&flagCfg.KeepEncodingsMiB, "keep-encodings-mib", 0, "MiB of fetched patches to keep for neighbours (default 256; -1: no limit)")
+	f.Int64Var(&keepMiB, "keep-encodings-mib", apply.DefaultEncodingBudget>>20, "MiB of fetched patches to keep for neighbours (0: none; -1: no limit)")
 	f.BoolVar(&flagCfg.NoMulticast, "no-multicast", false, "do not send or hear per-version multicast announcements")
 	f.IntVar(&flagCfg.MaxConnsPerPeer, "max-conns-per-peer", 0, "connections open at once from one address (default 16; -1: no cap); raise it when many nodes share an address")
 	f.BoolVar(&flagCfg.NoP2P, "no-p2p", false, "client-server mode: fetch only from --peer (the school server), never from or for neighbours")

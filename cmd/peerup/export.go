@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"peerup/apply"
 	"peerup/blobstore"
 	"peerup/manifest"
 	"peerup/transfer"
@@ -51,9 +51,9 @@ signatures checked before anything is written.`,
 			}
 			if sysroot != "" {
 				// Not apply.Open: that would create a sysroot where there is none.
-				dir = filepath.Join(sysroot, "peerup", "repo")
+				dir = apply.RepoDir(sysroot)
 			}
-			if _, err := os.Stat(filepath.Join(dir, blobstore.MarkerFile)); err != nil {
+			if _, err := os.Stat(blobstore.LayoutOf(dir).Marker()); err != nil {
 				return fmt.Errorf("%s holds no peerup repo: %w", dir, err)
 			}
 			src, err := blobstore.OpenRepo(dir)

@@ -14,10 +14,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// defaultListen is where serve and the daemon listen unless told otherwise
-// (SPEC.md §5).
-const defaultListen = ":7380"
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRoot().ExecuteContext(ctx)

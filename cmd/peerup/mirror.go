@@ -20,8 +20,9 @@ func (a *app) newMirrorCmd() *cobra.Command {
 		Short: "Keep a local repo in step with an upstream repo (the school server's job)",
 		Long: `Fetches every version the upstream repo (a national mirror, a CDN, a caching
 proxy; any static web server) has and REPO lacks, checking each exactly as a
-laptop does: the signature by a trusted key, the version rules, and every
-object's hash. A version is listed in REPO only once all of it is in place,
+laptop does: the signature by a trusted key, the version rules, expiry, and
+every object's hash. An expired version is passed over, and reported unless
+a newer one is mirrored after it. A version is listed in REPO only once all of it is in place,
 so a tampered or broken upstream leaves REPO at its last good state. With
 --interval it repeats until stopped; otherwise it runs once.`,
 		Example: "  peerup mirror --repo /srv/peerup --from https://updates.example.org/fleet/ --trust fleet.pub --interval 15m",

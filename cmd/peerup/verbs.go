@@ -196,7 +196,7 @@ so laptops can fetch from each other. Only the repo's own paths are served.`,
 	}
 	cmd.Flags().StringVar(&repoDir, "repo", "", "repository directory")
 	cmd.Flags().StringVar(&sysroot, "sysroot", "", "serve this node's own repo instead")
-	cmd.Flags().StringVar(&listen, "listen", defaultListen, "address to listen on")
+	cmd.Flags().StringVar(&listen, "listen", transfer.DefaultListen, "address to listen on")
 	return cmd
 }
 
@@ -219,7 +219,7 @@ func (p *pullFlags) register(cmd *cobra.Command) {
 	f.Uint64Var(&p.version, "version", 0, "version to fetch (default: the newest)")
 	f.BoolVar(&p.json, "json", false, "print the result as JSON")
 	f.IntVar(&p.bootTries, "boot-tries", apply.DefaultBootTries, "boots a newly applied version gets to reach mark-good")
-	f.Int64Var(&p.keepMiB, "keep-encodings-mib", apply.DefaultEncodingBudget>>20, "MiB of fetched patches to keep for neighbours (-1: no limit)")
+	f.Int64Var(&p.keepMiB, "keep-encodings-mib", apply.DefaultEncodingBudget>>20, "MiB of fetched patches to keep for neighbours (0: none; -1: no limit)")
 	for _, n := range []string{"sysroot", "trust", "from"} {
 		cmd.MarkFlagRequired(n)
 	}
@@ -240,7 +240,7 @@ func (p *pullFlags) pull(ctx context.Context) (*apply.Sysroot, *apply.PullResult
 	}
 	s.BootTries = p.bootTries
 	prog, clear := progress("fetching")
-	res, err := s.Pull(ctx, src, apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog, EncodingBudget: mib(p.keepMiB)})
+	res, err := s.Pull(ctx, src, apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog, EncodingBudget: apply.EncodingBudgetMiB(p.keepMiB)})
 	clear()
 	if err == nil {
 		// On stderr, with --json too: the admin should see that an image
@@ -500,15 +500,4 @@ func human(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%d B", n)
-}
-
-// mib turns a MiB flag into bytes, keeping -1 as "no limit".
-func mib(n int64) int64 {
-	if n < 0 {
-		return -1
-	}
-	if n == 0 {
-		return 1 // keep nothing (0 would mean the default)
-	}
-	return n << 20
 }
