@@ -1,6 +1,3 @@
-// Package fsutil holds the file-system steps peerup's durability rests on
-// that are not about objects: atomic replacement of small files, syncfs,
-// fsync of a directory, and a non-blocking exclusive lock file.
 package fsutil
 
 import (
