@@ -4,15 +4,31 @@ import (
 	"fmt"
 	"strings"
 
+	"golang.org/x/time/rate"
+
 	"peerup/transfer"
 )
 
 // OpenSource returns the source at loc: a repo URL (http:// or https://)
 // or a folder holding a repo, such as a mounted USB stick. Both are
 // untrusted alike; Pull checks what either returns.
-func OpenSource(loc string) (Source, error) {
+func OpenSource(loc string) (Source, error) { return OpenSourceWith(loc, SourceOptions{}) }
+
+// SourceOptions say how OpenSourceWith opens a source.
+type SourceOptions struct {
+	// DownloadLimit, if set, paces what a repo URL sends (one budget for
+	// every source sharing it); a folder needs none.
+	DownloadLimit *rate.Limiter
+}
+
+// OpenSourceWith is OpenSource with options.
+func OpenSourceWith(loc string, o SourceOptions) (Source, error) {
 	if strings.HasPrefix(loc, "http://") || strings.HasPrefix(loc, "https://") {
-		return transfer.NewClient(loc, nil)
+		c, err := transfer.NewClient(loc, nil)
+		if err != nil {
+			return nil, err
+		}
+		return c.WithDownloadRate(o.DownloadLimit), nil
 	}
 	if strings.Contains(loc, "://") || loc == "" {
 		return nil, fmt.Errorf("source %q: want an http:// or https:// repo URL, or a folder holding a repo", loc)

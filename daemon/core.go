@@ -9,9 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-	"golang.org/x/time/rate"
-
 	"peerup/apply"
 	"peerup/blobstore"
 	"peerup/manifest"
@@ -74,8 +71,10 @@ type Options struct {
 	BanFor time.Duration
 	// EncodingBudget is passed to every pull (apply.PullOptions).
 	EncodingBudget int64
-	// DownloadLimit, if set, paces every fetch (one budget for all peers).
-	DownloadLimit *rate.Limiter
+	// Open opens a peer's repo (a URL or a folder) to poll and fetch from
+	// (default apply.OpenSource); the daemon's gives URLs its download
+	// budget.
+	Open func(loc string) (apply.Source, error)
 	// Helpers, if set, lists neighbours whose own pulls may lend objects
 	// (apply.PullOptions.Helpers).
 	Helpers func() []apply.Haver
@@ -118,6 +117,9 @@ func NewCore(ctx context.Context, o Options) (*Core, error) {
 	}
 	if o.Peers == nil {
 		o.Peers = func() []string { return nil }
+	}
+	if o.Open == nil {
+		o.Open = apply.OpenSource
 	}
 	c := &Core{o: o, ctx: ctx}
 	c.props.State = StateIdle
@@ -249,31 +251,32 @@ func (c *Core) Wait() {
 
 // Poll asks the peers for a newer version, in the background.
 func (c *Core) Poll() error {
-	ctx, err := c.begin(MethodPoll, StatePolling)
-	if err != nil {
-		return err
-	}
-	go c.run(ctx, c.poll)
-	return nil
+	return c.start(MethodPoll, StatePolling, c.poll)
 }
 
 // Fetch fetches and stages the available version, in the background.
 func (c *Core) Fetch() error {
-	ctx, err := c.begin(MethodFetch, StateFetching)
-	if err != nil {
-		return err
-	}
-	go c.run(ctx, c.fetch)
-	return nil
+	return c.start(MethodFetch, StateFetching, c.fetch)
 }
 
 // Apply switches to the staged version, in the background.
 func (c *Core) Apply() error {
-	ctx, err := c.begin(MethodApply, StateApplying)
+	return c.start(MethodApply, StateApplying, c.apply)
+}
+
+// start begins a background operation. Asking for the operation that is
+// already running joins it rather than failing: a "peerup check" typed
+// while the daemon polls on its own wants that poll's answer, not an error.
+func (c *Core) start(m Method, busy State, op func(context.Context) func() error) error {
+	ctx, err := c.begin(m, busy)
 	if err != nil {
+		var ws *WrongStateError
+		if errors.As(err, &ws) && ws.State == busy {
+			return nil
+		}
 		return err
 	}
-	go c.run(ctx, c.apply)
+	go c.run(ctx, op)
 	return nil
 }
 
@@ -351,30 +354,39 @@ const (
 
 // askAll fetches every peer's index at once (within the poll bounds) and
 // returns them, or each one's error, in the peers' order.
-func askAll(ctx context.Context, peers []string) ([]*blobstore.Index, []error) {
+func askAll(ctx context.Context, open func(string) (apply.Source, error), peers []string) ([]*blobstore.Index, []error) {
 	ctx, cancel := context.WithTimeout(ctx, pollTimeout)
 	defer cancel()
 	indexes, errs := make([]*blobstore.Index, len(peers)), make([]error, len(peers))
-	// Each peer's failure is its own: no error stops the others, so the
-	// group only bounds how many are asked at once.
-	var g errgroup.Group
-	g.SetLimit(pollConcurrency)
+	// Not an errgroup: that would ask the peers strictly in the list's
+	// order, and the list is sorted by the versions peers claim, which a
+	// flood of forged adverts inflates (TestAttackDiscoveryFloodOnTheLAN).
+	// Every peer waits for a slot at once instead, and which gets one first
+	// is the scheduler's choice, not the list's, so in practice the honest
+	// peers at the end are not starved behind the forged ones. A deliberate
+	// order belongs to the discovery work that follows.
+	sem := make(chan struct{}, pollConcurrency)
+	var wg sync.WaitGroup
 	for i, u := range peers {
-		if ctx.Err() != nil {
-			errs[i] = fmt.Errorf("%s: not asked: %w", u, context.Cause(ctx))
-			continue
-		}
-		g.Go(func() error {
-			cl, err := apply.OpenSource(u)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+				defer func() { <-sem }()
+			case <-ctx.Done():
+				errs[i] = fmt.Errorf("%s: not asked: %w", u, context.Cause(ctx))
+				return
+			}
+			cl, err := open(u)
 			if err != nil {
 				errs[i] = err
-				return nil
+				return
 			}
 			indexes[i], errs[i] = cl.Index(ctx)
-			return nil
-		})
+		}()
 	}
-	g.Wait()
+	wg.Wait()
 	return indexes, errs
 }
 
@@ -385,32 +397,9 @@ func (c *Core) poll(ctx context.Context) func() error {
 	peers := c.candidates()
 	c.update(func(p *Props) { p.PeerCount = uint32(len(peers)) })
 	cur := c.Props()
-	type found struct {
-		url string
-		v   uint64
-		img string
-	}
-	var offers []found
-	var records []PeerRecord
-	var lastErr error
-	indexes, errs := askAll(ctx, peers)
-	for i, u := range peers {
-		ix, err := indexes[i], errs[i]
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		img := cur.Image
-		if img == "" && len(ix.Images()) == 1 {
-			img = ix.Images()[0]
-		}
-		if e, ok := ix.Latest(img); ok {
-			records = append(records, PeerRecord{URL: u, Image: img, Version: e.Version, Source: "poll", LastSeen: time.Now()})
-			if e.Version > cur.CurrentVersion && !c.o.Sysroot.IsBad(e.Version) {
-				offers = append(offers, found{u, e.Version, img})
-			}
-		}
-	}
+	indexes, errs := askAll(ctx, c.o.Open, peers)
+	sel := selectOffers(peers, indexes, errs, cur.Image, cur.CurrentVersion, c.o.Sysroot.IsBad, time.Now())
+	records := sel.records
 	if len(records) > 0 {
 		if err := c.o.DB.SavePeers(records); err != nil {
 			c.o.Log.Warn("save peers", "err", err)
@@ -421,36 +410,22 @@ func (c *Core) poll(ctx context.Context) func() error {
 		c.update(func(p *Props) { p.State = StateIdle })
 		return nil
 	}
-	if len(offers) == 0 {
-		if lastErr != nil && len(records) == 0 {
-			c.fail(ErrorPoll, fmt.Errorf("no peer answered: %w", lastErr))
+	if len(sel.groups) == 0 {
+		if sel.lastErr != nil && len(records) == 0 {
+			c.fail(ErrorPoll, fmt.Errorf("no peer answered: %w", sel.lastErr))
 			return nil
 		}
 		c.setState(StateIdle)
 		return nil
 	}
-	// The highest version wins; among its peers, keep discovery's order.
-	// Lower ones are kept as fallbacks: a peer can list a version it does
-	// not have (the index is unsigned), and a liar must not freeze the
-	// laptop below what honest peers offer.
-	sort.SliceStable(offers, func(i, j int) bool { return offers[i].v > offers[j].v })
-	best := offers[0].v
-	var groups []offer
-	for _, f := range offers {
-		if len(groups) == 0 || groups[len(groups)-1].v != f.v {
-			groups = append(groups, offer{v: f.v})
-		}
-		g := &groups[len(groups)-1]
-		g.urls = append(g.urls, f.url)
-	}
-	urls := groups[0].urls
+	best, urls := sel.groups[0].v, sel.groups[0].urls
 	c.mu.Lock()
-	c.offers = groups
+	c.offers = sel.groups
 	c.mu.Unlock()
 	c.update(func(p *Props) {
 		p.State, p.AvailableVersion = StateUpdateAvailable, best
 		if p.Image == "" {
-			p.Image = offers[0].img
+			p.Image = sel.image
 		}
 	})
 	c.o.Log.Info("update available", "version", best, "peers", len(urls))
@@ -458,6 +433,61 @@ func (c *Core) poll(ctx context.Context) func() error {
 		return c.Fetch
 	}
 	return nil
+}
+
+// selection is what a poll learnt: the versions on offer and the peers it
+// heard from.
+type selection struct {
+	groups  []offer      // versions newer than current, newest first
+	image   string       // the image the newest offer is of
+	records []PeerRecord // every peer that listed the image
+	lastErr error        // the last peer's error, if any failed
+}
+
+// selectOffers reads the peers' indexes (or errors, in the peers' order):
+// every version of image newer than current and not marked bad is an
+// offer. A node that has no image yet takes a peer's only one. The highest
+// version wins; among its peers, discovery's order is kept. Lower ones are
+// kept as fallbacks: a peer can list a version it does not have (the index
+// is unsigned), and a liar must not freeze the laptop below what honest
+// peers offer.
+func selectOffers(peers []string, indexes []*blobstore.Index, errs []error, image string, current uint64, bad func(uint64) bool, now time.Time) selection {
+	type found struct {
+		url string
+		v   uint64
+		img string
+	}
+	var sel selection
+	var offers []found
+	for i, u := range peers {
+		ix, err := indexes[i], errs[i]
+		if err != nil {
+			sel.lastErr = err
+			continue
+		}
+		img := image
+		if img == "" && len(ix.Images()) == 1 {
+			img = ix.Images()[0]
+		}
+		if e, ok := ix.Latest(img); ok {
+			sel.records = append(sel.records, PeerRecord{URL: u, Image: img, Version: e.Version, Source: "poll", LastSeen: now})
+			if e.Version > current && !bad(e.Version) {
+				offers = append(offers, found{u, e.Version, img})
+			}
+		}
+	}
+	sort.SliceStable(offers, func(i, j int) bool { return offers[i].v > offers[j].v })
+	for _, f := range offers {
+		if len(sel.groups) == 0 || sel.groups[len(sel.groups)-1].v != f.v {
+			sel.groups = append(sel.groups, offer{v: f.v})
+		}
+		g := &sel.groups[len(sel.groups)-1]
+		g.urls = append(g.urls, f.url)
+	}
+	if len(offers) > 0 {
+		sel.image = offers[0].img
+	}
+	return sel
 }
 
 // fetch pulls the newest version offered; if every peer offering it fails,
@@ -523,12 +553,9 @@ func (c *Core) fetchVersion(ctx context.Context, want uint64, peers []string) (n
 	var clients []apply.Source
 	var urls []string
 	for _, u := range peers {
-		src, err := apply.OpenSource(u)
+		src, err := c.o.Open(u)
 		if err != nil {
 			continue
-		}
-		if cl, ok := src.(*transfer.Client); ok {
-			cl.WithDownloadRate(c.o.DownloadLimit) // a stick needs no budget
 		}
 		clients = append(clients, src)
 		urls = append(urls, u)

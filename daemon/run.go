@@ -203,7 +203,10 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	}
 	d.Core, err = NewCore(ctx, Options{
 		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Log: log, EncodingBudget: budget, Entries: apply.EntryPolicy{NoDevices: cfg.NoDevices, NoSetuid: cfg.NoSetuid},
-		DownloadLimit: downloadLimit, Helpers: helpers,
+		Helpers: helpers,
+		Open: func(loc string) (apply.Source, error) {
+			return apply.OpenSourceWith(loc, apply.SourceOptions{DownloadLimit: downloadLimit})
+		},
 		OnApplied: func(from, to uint64) {
 			if d.disc != nil {
 				d.disc.VersionChanged(ctx, d.Core.Props().Image, from, to)
