@@ -12,4 +12,9 @@
 // stages its tree; Apply switches to the staged tree; Rollback swaps current
 // and previous. All three hold the sysroot's lock, so two peerup processes
 // never change one sysroot at once.
+//
+// Beside pull live the other copies between repos, under the same checks
+// (manifest.Accept, diff.AcceptDeltas): Mirror brings a school server's repo
+// in step with an upstream Source, and Export writes verified versions to
+// USB sticks, reading each object once for every stick.
 package apply

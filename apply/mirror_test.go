@@ -35,7 +35,7 @@ func TestMirrorFromNginxUpstream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := transfer.Mirror(context.Background(), mirror, upstream, f.trust, nil)
+	res, err := apply.Mirror(context.Background(), mirror, upstream, f.trust, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +67,7 @@ func TestMirrorFromNginxUpstream(t *testing.T) {
 	os.Chmod(f.repo.Path(d), 0o644)
 	os.WriteFile(f.repo.Path(d), []byte("version 3 evil\n"), 0o644)
 	before := snapshot(t, mirror.Dir())
-	_, err = transfer.Mirror(context.Background(), mirror, upstream, f.trust, nil)
+	_, err = apply.Mirror(context.Background(), mirror, upstream, f.trust, nil)
 	if !errors.Is(err, blobstore.ErrMismatch) || !strings.Contains(err.Error(), d.String()) {
 		t.Fatalf("tampered upstream: err = %v", err)
 	}
@@ -78,7 +78,7 @@ func TestMirrorFromNginxUpstream(t *testing.T) {
 		t.Fatal("the mirror lists the tampered version")
 	}
 	os.WriteFile(f.repo.Path(d), []byte("version 3 news\n"), 0o644)
-	if res, err := transfer.Mirror(context.Background(), mirror, upstream, f.trust, nil); err != nil || len(res.Versions) != 1 {
+	if res, err := apply.Mirror(context.Background(), mirror, upstream, f.trust, nil); err != nil || len(res.Versions) != 1 {
 		t.Fatalf("after the repair: %v, %v", res, err)
 	}
 }
@@ -99,7 +99,7 @@ func TestMirrorRefusesExpiredVersion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := transfer.Mirror(context.Background(), mirror, upstream, f.trust, nil); err != nil {
+	if _, err := apply.Mirror(context.Background(), mirror, upstream, f.trust, nil); err != nil {
 		t.Fatal(err)
 	}
 	latest := func() uint64 {
@@ -118,7 +118,7 @@ func TestMirrorRefusesExpiredVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := snapshot(t, mirror.Dir())
-	res, err := transfer.Mirror(context.Background(), mirror, upstream, f.trust, nil)
+	res, err := apply.Mirror(context.Background(), mirror, upstream, f.trust, nil)
 	if !errors.Is(err, manifest.ErrExpired) || !strings.Contains(err.Error(), "v2") {
 		t.Fatalf("expired upstream version: err = %v", err)
 	}
@@ -134,7 +134,7 @@ func TestMirrorRefusesExpiredVersion(t *testing.T) {
 
 	write(t, tree+"/etc/motd", "version 3 news\n", 0o644)
 	f.publish(tree, 3)
-	res, err = transfer.Mirror(context.Background(), mirror, upstream, f.trust, nil)
+	res, err = apply.Mirror(context.Background(), mirror, upstream, f.trust, nil)
 	if err != nil || len(res.Versions) != 1 || res.Versions[0].Version != 3 {
 		t.Fatalf("after a newer version: %v, %v", res, err)
 	}

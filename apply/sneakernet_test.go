@@ -25,12 +25,12 @@ import (
 )
 
 // The tests here use no network at all: laptops get every version from
-// folders written by transfer.Export, as an offline school does from USB
+// folders written by apply.Export, as an offline school does from USB
 // sticks.
 
 // countingObjects counts the reads of the export's source.
 type countingObjects struct {
-	inner transfer.ObjectSource
+	inner apply.ObjectSource
 	// afterFirstOpen, if set, runs once the first object is opened.
 	afterFirstOpen func()
 
@@ -79,9 +79,9 @@ func sneakernetFleet(t *testing.T) (*fleet, string) {
 	})
 }
 
-func export(t *testing.T, f *fleet, targets []string, o transfer.ExportOptions) *transfer.ExportResult {
+func export(t *testing.T, f *fleet, targets []string, o apply.ExportOptions) *apply.ExportResult {
 	t.Helper()
-	res, err := transfer.Export(context.Background(), f.repo, targets, o)
+	res, err := apply.Export(context.Background(), f.repo, targets, o)
 	if err != nil {
 		t.Fatalf("export: %v", err)
 	}
@@ -106,7 +106,7 @@ func updateFrom(s *apply.Sysroot, dir string, trust *manifest.Keyring) (*apply.P
 func offlineLaptop(t *testing.T, f *fleet, v uint64) *apply.Sysroot {
 	t.Helper()
 	stick := t.TempDir()
-	export(t, f, []string{stick}, transfer.ExportOptions{Version: v})
+	export(t, f, []string{stick}, apply.ExportOptions{Version: v})
 	s := newSysroot(t)
 	if _, err := updateFrom(s, stick, f.trust); err != nil {
 		t.Fatalf("install v%d from a stick: %v", v, err)
@@ -152,13 +152,13 @@ func TestExportToThreeSticksOneFull(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			full := smallTmpfs(t, tc.size)
 			a, b := t.TempDir(), filepath.Join(t.TempDir(), "new-folder")
-			src := &countingObjects{inner: transfer.StoreObjects{Store: f.repo.Store}, opens: map[manifest.Digest]int{}}
+			src := &countingObjects{inner: apply.StoreObjects{Store: f.repo.Store}, opens: map[manifest.Digest]int{}}
 			if tc.fillAfter {
 				src.afterFirstOpen = func() { fillUp(t, full) }
 			}
 			var progressed [3]bool
 			var mu sync.Mutex
-			res, err := transfer.Export(context.Background(), f.repo, []string{a, full, b}, transfer.ExportOptions{
+			res, err := apply.Export(context.Background(), f.repo, []string{a, full, b}, apply.ExportOptions{
 				Objects: src,
 				Progress: func(i int, done, total int64) {
 					mu.Lock()
@@ -251,8 +251,8 @@ func stickFiles(t *testing.T, dir string) []string {
 func TestExportFromVersionCarriesOnlyWhatIsMissing(t *testing.T) {
 	f, tree := sneakernetFleet(t)
 	fullStick, stick := t.TempDir(), t.TempDir()
-	full := export(t, f, []string{fullStick}, transfer.ExportOptions{})
-	res := export(t, f, []string{stick}, transfer.ExportOptions{FromVersion: 1})
+	full := export(t, f, []string{fullStick}, apply.ExportOptions{})
+	res := export(t, f, []string{stick}, apply.ExportOptions{FromVersion: 1})
 	objectsOf := func(v uint64) map[manifest.Digest]int64 {
 		mb, _, _ := f.repo.ReadVersion("school-laptop", v)
 		m, err := manifest.Parse(mb)
@@ -380,7 +380,7 @@ func TestTamperedStickIsRefused(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			stick := t.TempDir()
-			export(t, f, []string{stick}, transfer.ExportOptions{})
+			export(t, f, []string{stick}, apply.ExportOptions{})
 			tc.tamper(stick)
 			before := snapshot(t, laptop.Dir())
 			_, err := updateFrom(laptop, stick, f.trust)
@@ -427,7 +427,7 @@ func TestExportRefusesUnsuitableFolders(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			before := snapshot(t, photos) + snapshot(t, f.repo.Dir())
-			res, err := transfer.Export(context.Background(), f.repo, tc.targets, transfer.ExportOptions{})
+			res, err := apply.Export(context.Background(), f.repo, tc.targets, apply.ExportOptions{})
 			if err == nil || !strings.Contains(err.Error(), tc.text) {
 				t.Fatalf("err = %v, want %q", err, tc.text)
 			}
@@ -447,7 +447,7 @@ func TestExportRefusesUnsuitableFolders(t *testing.T) {
 	// A folder with other files is fine; they are left alone, and an
 	// earlier export there is replaced.
 	for range 2 {
-		export(t, f, []string{other}, transfer.ExportOptions{})
+		export(t, f, []string{other}, apply.ExportOptions{})
 	}
 	if b, _ := os.ReadFile(other + "/notes.txt"); string(b) != "a teacher's notes" {
 		t.Error("the export touched a file of its own")
@@ -459,7 +459,7 @@ func TestExportRefusesUnsuitableFolders(t *testing.T) {
 	}
 }
 
-func resTargets(r *transfer.ExportResult) []transfer.TargetResult {
+func resTargets(r *apply.ExportResult) []apply.TargetResult {
 	if r == nil {
 		return nil
 	}
@@ -473,14 +473,14 @@ func resTargets(r *transfer.ExportResult) []transfer.TargetResult {
 func TestExportFromALaptop(t *testing.T) {
 	f, tree := sneakernetFleet(t)
 	server := t.TempDir()
-	export(t, f, []string{server}, transfer.ExportOptions{FromVersion: 1})
+	export(t, f, []string{server}, apply.ExportOptions{FromVersion: 1})
 	a := offlineLaptop(t, f, 1)
 	if _, err := updateFrom(a, server, f.trust); err != nil {
 		t.Fatal(err)
 	}
 	for _, from := range []uint64{0, 1} {
 		stick := t.TempDir()
-		res, err := transfer.Export(context.Background(), a.Repo(), []string{stick}, transfer.ExportOptions{FromVersion: from, Trust: f.trust})
+		res, err := apply.Export(context.Background(), a.Repo(), []string{stick}, apply.ExportOptions{FromVersion: from, Trust: f.trust})
 		if err != nil {
 			t.Fatalf("export from the laptop (from v%d): %v", from, err)
 		}
@@ -500,19 +500,19 @@ func TestExportFromALaptop(t *testing.T) {
 	otherTrust, _ := manifest.LoadKeyring(pub)
 	tests := []struct {
 		name string
-		o    transfer.ExportOptions
+		o    apply.ExportOptions
 		want error
 		text string
 	}{
-		{"signed by a key not trusted", transfer.ExportOptions{Trust: otherTrust}, manifest.ErrUntrustedKey, "3.manifest"},
-		{"a base version the laptop no longer holds", transfer.ExportOptions{FromVersion: 2}, nil, "holds no manifest of school-laptop v2"},
-		{"a version it never had", transfer.ExportOptions{Version: 2}, nil, "holds no version 2 of school-laptop"},
-		{"a base at or above the version", transfer.ExportOptions{FromVersion: 3}, nil, "not older than version 3"},
+		{"signed by a key not trusted", apply.ExportOptions{Trust: otherTrust}, manifest.ErrUntrustedKey, "3.manifest"},
+		{"a base version the laptop no longer holds", apply.ExportOptions{FromVersion: 2}, nil, "holds no manifest of school-laptop v2"},
+		{"a version it never had", apply.ExportOptions{Version: 2}, nil, "holds no version 2 of school-laptop"},
+		{"a base at or above the version", apply.ExportOptions{FromVersion: 3}, nil, "not older than version 3"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			stick := t.TempDir()
-			_, err := transfer.Export(context.Background(), a.Repo(), []string{stick}, tc.o)
+			_, err := apply.Export(context.Background(), a.Repo(), []string{stick}, tc.o)
 			if err == nil || tc.want != nil && !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.text) {
 				t.Fatalf("err = %v, want %v saying %q", err, tc.want, tc.text)
 			}

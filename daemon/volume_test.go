@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"peerup/transfer"
+	"peerup/apply"
 )
 
 // propsLog hands the test every change of the daemon's properties.
@@ -72,7 +72,7 @@ func TestVolumeGainsARepo(t *testing.T) {
 			vol, stick := t.TempDir(), t.TempDir()
 			exportTo := func(dir string) {
 				t.Helper()
-				if _, err := transfer.Export(context.Background(), f.repo, []string{dir}, transfer.ExportOptions{}); err != nil {
+				if _, err := apply.Export(context.Background(), f.repo, []string{dir}, apply.ExportOptions{}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -163,7 +163,7 @@ func TestScanMountsFindsAStick(t *testing.T) {
 	f := newTestFleet(t)
 	f.publish(t, 1)
 	sticks := []string{t.TempDir(), t.TempDir()}
-	if _, err := transfer.Export(context.Background(), f.repo, sticks, transfer.ExportOptions{}); err != nil {
+	if _, err := apply.Export(context.Background(), f.repo, sticks, apply.ExportOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	media := t.TempDir()

@@ -1,5 +1,7 @@
-// Package transfer moves a repo's files: over HTTP, and on USB sticks for
-// schools without a network link (Export writes sticks, Dir reads one).
+// Package transfer is transport: it moves a repo's files over HTTP, and
+// reads them off USB sticks for schools without a network link (Dir). What
+// to copy between repos (mirror, export) is decided beside pull, in apply,
+// with the checks a laptop makes.
 //
 // A repo is a folder of static files (SPEC.md §5), so the server here is a
 // small file server that knows the repo's few path shapes and refuses

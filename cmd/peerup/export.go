@@ -15,7 +15,6 @@ import (
 	"peerup/apply"
 	"peerup/blobstore"
 	"peerup/manifest"
-	"peerup/transfer"
 )
 
 func (a *app) newExportCmd() *cobra.Command {
@@ -67,7 +66,7 @@ signatures checked before anything is written.`,
 				}
 			}
 			bars := newMultiBar(targets)
-			res, err := transfer.Export(cmd.Context(), src, targets, transfer.ExportOptions{
+			res, err := apply.Export(cmd.Context(), src, targets, apply.ExportOptions{
 				Image: image, Version: version, FromVersion: from, Trust: kr, Progress: bars.set, Log: a.log,
 			})
 			bars.finish()
@@ -80,7 +79,7 @@ signatures checked before anything is written.`,
 					Error string `json:"error,omitempty"`
 				}
 				out := struct {
-					*transfer.ExportResult
+					*apply.ExportResult
 					Targets []target `json:"targets"`
 				}{ExportResult: res}
 				for _, t := range res.Targets {

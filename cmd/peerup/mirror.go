@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"peerup/apply"
 	"peerup/blobstore"
 	"peerup/manifest"
 	"peerup/transfer"
@@ -41,7 +42,7 @@ so a tampered or broken upstream leaves REPO at its last good state. With
 				return err
 			}
 			for {
-				res, err := transfer.Mirror(cmd.Context(), repo, up, kr, a.log)
+				res, err := apply.Mirror(cmd.Context(), repo, up, kr, a.log)
 				if err != nil && interval == 0 {
 					return err
 				}

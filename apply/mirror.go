@@ -1,4 +1,4 @@
-package transfer
+package apply
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"peerup/blobstore"
 	"peerup/diff"
 	"peerup/manifest"
+	"peerup/transfer"
 )
 
 // MirrorResult says what one mirror pass did.
@@ -32,7 +33,7 @@ type IndexVersion struct {
 // every object's hash) and lists a version locally
 // only once all of it is in place, so a tampered or broken upstream leaves
 // the local repo at its last good state.
-func Mirror(ctx context.Context, local *blobstore.Repo, up *Client, trust *manifest.Keyring, log *slog.Logger) (*MirrorResult, error) {
+func Mirror(ctx context.Context, local *blobstore.Repo, up Source, trust *manifest.Keyring, log *slog.Logger) (*MirrorResult, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -85,7 +86,7 @@ func Mirror(ctx context.Context, local *blobstore.Repo, up *Client, trust *manif
 
 // mirrorVersion copies one version whole, checked by the rules a laptop
 // applies (manifest.Accept, diff.AcceptDeltas), and lists it last.
-func mirrorVersion(ctx context.Context, local *blobstore.Repo, up *Client, trust *manifest.Keyring, want manifest.Want, res *MirrorResult) error {
+func mirrorVersion(ctx context.Context, local *blobstore.Repo, up Source, trust *manifest.Keyring, want manifest.Want, res *MirrorResult) error {
 	mb, sig, err := up.Manifest(ctx, want.Image, want.Version)
 	if err != nil {
 		return err
@@ -124,7 +125,7 @@ func mirrorVersion(ctx context.Context, local *blobstore.Repo, up *Client, trust
 	// patches from the school server too. A repo without them is fine.
 	draw, dsig, err := up.Deltas(ctx, want.Image, want.Version)
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, transfer.ErrNotFound):
 		draw = nil
 	case err != nil:
 		return err

@@ -1,4 +1,4 @@
-package transfer
+package apply
 
 import (
 	"bytes"
@@ -270,12 +270,7 @@ func exportDeltas(src *blobstore.Repo, image string, v uint64, mb []byte, o Expo
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", rel, err)
 	}
-	return &signedDeltas{x, raw, sig}, nil
-}
-
-type signedDeltas struct {
-	idx      *diff.DeltaIndex
-	raw, sig []byte
+	return &signedDeltas{idx: x, raw: raw, sig: sig}, nil
 }
 
 // versionObjects lists the objects of a version the source holds the
