@@ -67,7 +67,7 @@ func (n *need) cost() int64 {
 // so a pull never costs more than sending every object whole.
 // Every entry is checked against the node's policy here, before anything is
 // fetched.
-func (s *Sysroot) plan(b *blobstore.Batch, mb []byte, deltas *signedDeltas, pol EntryPolicy, res *PullResult) ([]need, error) {
+func (s *Sysroot) plan(b *blobstore.Batch, mb []byte, deltas *signedDeltas, pol EntryPolicy, mem *inFlight, res *PullResult) ([]need, error) {
 	r, err := manifest.NewReader(bytes.NewReader(mb))
 	if err != nil {
 		return nil, err
@@ -97,7 +97,9 @@ func (s *Sysroot) plan(b *blobstore.Batch, mb []byte, deltas *signedDeltas, pol 
 		n := need{path: e.Path, d: e.SHA256, size: e.Size}
 		if deltas != nil {
 			for _, enc := range deltas.idx.For(e.SHA256) {
-				if enc.Size < e.Size && (enc.Base.IsZero() || s.repo.Has(enc.Base)) {
+				// An encoding whose decoding would not fit the memory budget
+				// is left out: the file comes whole, streamed, instead.
+				if enc.Size < e.Size && (enc.Base.IsZero() || s.repo.Has(enc.Base)) && s.decodeCost(enc, e.Size) <= mem.limit {
 					n.ways = append(n.ways, enc)
 				}
 			}
@@ -111,7 +113,8 @@ func (s *Sysroot) plan(b *blobstore.Batch, mb []byte, deltas *signedDeltas, pol 
 // fetchMissing fetches, in parallel, every object the node lacks, each the
 // cheapest way it can, falling back to the next way when one fails.
 func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Batch, mb []byte, deltas *signedDeltas, o PullOptions, res *PullResult) error {
-	needs, err := s.plan(b, mb, deltas, o.Policy, res)
+	mem := newInFlight(o.Memory)
+	needs, err := s.plan(b, mb, deltas, o.Policy, mem, res)
 	if err != nil {
 		return err
 	}
@@ -147,7 +150,7 @@ func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Bat
 		}
 		n := &needs[i]
 		g.Go(func() error {
-			kind, wire, from, lent, err := s.fetchNeed(gctx, peers, bd, b, n, log)
+			kind, wire, from, lent, err := s.fetchNeed(gctx, peers, bd, mem, b, n, log)
 			if err != nil {
 				return fmt.Errorf("fetch %s: %w", n.path, err)
 			}
@@ -191,16 +194,16 @@ const busyRounds = 60
 // fetchNeed gets one object: from a neighbour whose pull already holds it
 // if one does, else from the sources offering the version, waiting while
 // they are all busy.
-func (s *Sysroot) fetchNeed(ctx context.Context, peers *swarm, bd *board, b *blobstore.Batch, n *need, log *slog.Logger) (kind string, wire int64, from string, lent bool, err error) {
+func (s *Sysroot) fetchNeed(ctx context.Context, peers *swarm, bd *board, mem *inFlight, b *blobstore.Batch, n *need, log *slog.Logger) (kind string, wire int64, from string, lent bool, err error) {
 	for round := 0; ; round++ {
 		if bd != nil {
-			if kind, wire, from, ok := s.fromHelpers(ctx, bd, b, n, log); ok {
+			if kind, wire, from, ok := s.fromHelpers(ctx, bd, mem, b, n, log); ok {
 				return kind, wire, from, true, nil
 			}
 		}
 		err = peers.fetch(ctx, func(src Source) error {
 			var err error
-			kind, wire, err = s.fetchOne(ctx, src, b, n, log)
+			kind, wire, err = s.fetchOne(ctx, mem, src, b, n, log)
 			from = src.String()
 			if err != nil && !errors.Is(err, transfer.ErrBusy) {
 				log.Info("fetch failed, trying another peer", "path", n.path, "peer", src, "err", err)
@@ -232,14 +235,14 @@ func (s *Sysroot) fetchNeed(ctx context.Context, peers *swarm, bd *board, b *blo
 
 // fromHelpers fetches n from a neighbour's pull that holds one of its ways,
 // unless that way costs more than twice the cheapest.
-func (s *Sysroot) fromHelpers(ctx context.Context, bd *board, b *blobstore.Batch, n *need, log *slog.Logger) (kind string, wire int64, from string, ok bool) {
+func (s *Sysroot) fromHelpers(ctx context.Context, bd *board, mem *inFlight, b *blobstore.Batch, n *need, log *slog.Logger) (kind string, wire int64, from string, ok bool) {
 	limit := 2 * n.cost()
 	for _, enc := range n.ways {
 		if enc.Size > limit {
 			break
 		}
 		if h, ok := bd.holder(enc.Digest); ok {
-			err := s.fetchEncoded(ctx, h.src, b, n, enc)
+			err := s.fetchWithin(ctx, mem, s.decodeCost(enc, n.size), func() error { return s.fetchEncoded(ctx, h.src, b, n, enc) })
 			bd.release(h, enc.Digest, err)
 			if err == nil {
 				return wireKind(enc.Kind), enc.Size, h.src.String(), true
@@ -249,7 +252,7 @@ func (s *Sysroot) fromHelpers(ctx context.Context, bd *board, b *blobstore.Batch
 	}
 	if n.size <= limit {
 		if h, ok := bd.holder(n.d); ok {
-			err := h.src.FetchObject(ctx, b, n.d, n.size)
+			err := s.fetchWithin(ctx, mem, wholeCost, func() error { return h.src.FetchObject(ctx, b, n.d, n.size) })
 			bd.release(h, n.d, err)
 			if err == nil {
 				return "whole", n.size, h.src.String(), true
@@ -271,9 +274,9 @@ func wireKind(k diff.Kind) string {
 
 // fetchOne gets one object by the first way that works and reports its kind
 // ("patch" or "whole") and the bytes it took on the wire.
-func (s *Sysroot) fetchOne(ctx context.Context, src Source, b *blobstore.Batch, n *need, log *slog.Logger) (string, int64, error) {
+func (s *Sysroot) fetchOne(ctx context.Context, mem *inFlight, src Source, b *blobstore.Batch, n *need, log *slog.Logger) (string, int64, error) {
 	for _, enc := range n.ways {
-		err := s.fetchEncoded(ctx, src, b, n, enc)
+		err := s.fetchWithin(ctx, mem, s.decodeCost(enc, n.size), func() error { return s.fetchEncoded(ctx, src, b, n, enc) })
 		if err == nil {
 			return wireKind(enc.Kind), enc.Size, nil
 		}
@@ -285,7 +288,7 @@ func (s *Sysroot) fetchOne(ctx context.Context, src Source, b *blobstore.Batch, 
 		}
 		log.Info("encoding failed, trying the next way", "path", n.path, "kind", enc.Kind, "err", err)
 	}
-	if err := src.FetchObject(ctx, b, n.d, n.size); err != nil {
+	if err := s.fetchWithin(ctx, mem, wholeCost, func() error { return src.FetchObject(ctx, b, n.d, n.size) }); err != nil {
 		return "", 0, err
 	}
 	return "whole", n.size, nil

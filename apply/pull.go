@@ -53,6 +53,9 @@ type PullOptions struct {
 	Helpers func() []Haver
 	// Policy refuses kinds of entry this node never installs (SPEC.md §17).
 	Policy EntryPolicy
+	// Memory is the budget the update's data in flight is held within
+	// (0: DefaultMemoryMiB); see Memory.
+	Memory Memory
 	// Now is the clock for manifest expiry (default time.Now).
 	Now func() time.Time
 }

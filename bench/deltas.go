@@ -23,56 +23,10 @@ import (
 	"peerup/apply"
 	"peerup/blobstore"
 	"peerup/diff"
+	"peerup/internal/debdata"
 	"peerup/manifest"
 	"peerup/transfer"
 )
-
-// securityUpdate is a real Debian 12 security rollup: each package from one
-// point release of the security archive to the next.
-func securityUpdate() [][3]string {
-	return [][3]string{
-		{"libssl3", "3.0.20-1~deb12u2", "3.0.22-1~deb12u2"},
-		{"openssl", "3.0.20-1~deb12u2", "3.0.22-1~deb12u2"},
-		{"libc6", "2.36-9+deb12u7", "2.36-9+deb12u14"},
-		{"libc-bin", "2.36-9+deb12u7", "2.36-9+deb12u14"},
-		{"systemd", "252.38-1~deb12u1", "252.39-1~deb12u2"},
-		{"libsystemd0", "252.38-1~deb12u1", "252.39-1~deb12u2"},
-		{"curl", "7.88.1-10+deb12u5", "7.88.1-10+deb12u15"},
-		{"libcurl4", "7.88.1-10+deb12u5", "7.88.1-10+deb12u15"},
-		{"openssh-client", "1:9.2p1-2+deb12u9", "1:9.2p1-2+deb12u10"},
-		{"git", "1:2.39.5-0+deb12u2", "1:2.39.5-0+deb12u3"},
-		{"python3.11", "3.11.2-6+deb12u8", "3.11.2-6+deb12u9"},
-		{"libpython3.11-minimal", "3.11.2-6+deb12u8", "3.11.2-6+deb12u9"},
-		{"libpython3.11-stdlib", "3.11.2-6+deb12u8", "3.11.2-6+deb12u9"},
-	}
-}
-
-// debTrees downloads both versions of every package (cached between runs)
-// and unpacks each side into one tree.
-func debTrees(ctx context.Context, cache, work string) (oldTree, newTree string, err error) {
-	if err := os.MkdirAll(cache, 0o755); err != nil {
-		return "", "", err
-	}
-	oldTree, newTree = filepath.Join(work, "old"), filepath.Join(work, "new")
-	for _, p := range securityUpdate() {
-		for i, tree := range []string{oldTree, newTree} {
-			ver := p[1+i]
-			// apt names files with the epoch's colon escaped.
-			file := filepath.Join(cache, fmt.Sprintf("%s_%s_amd64.deb", p[0], strings.ReplaceAll(ver, ":", "%3a")))
-			if _, err := os.Stat(file); err != nil {
-				cmd := exec.CommandContext(ctx, "apt-get", "download", "-q", p[0]+"="+ver)
-				cmd.Dir = cache
-				if out, err := cmd.CombinedOutput(); err != nil {
-					return "", "", fmt.Errorf("apt-get download %s=%s: %v\n%s", p[0], ver, err, out)
-				}
-			}
-			if out, err := exec.CommandContext(ctx, "dpkg", "-x", file, tree).CombinedOutput(); err != nil {
-				return "", "", fmt.Errorf("dpkg -x %s: %v\n%s", file, err, out)
-			}
-		}
-	}
-	return oldTree, newTree, nil
-}
 
 type deltaFigures struct {
 	changedFiles int
@@ -90,7 +44,7 @@ type deltaFigures struct {
 
 func benchDeltas(ctx context.Context, w io.Writer, cache, work string) error {
 	fmt.Fprintln(w, "\n== bytes on the wire for a real security update ==")
-	oldTree, newTree, err := debTrees(ctx, cache, work)
+	oldTree, newTree, err := debdata.Trees(ctx, debdata.SecurityUpdate(), cache, work, "")
 	if err != nil {
 		return err
 	}
@@ -103,7 +57,7 @@ func benchDeltas(ctx context.Context, w io.Writer, cache, work string) error {
 		fig.changedFiles++
 		fig.changedBytes += c.size
 	}
-	fmt.Fprintf(w, "update: %d packages, %d changed files, %s of changed bytes\n", len(securityUpdate()), fig.changedFiles, mb(fig.changedBytes))
+	fmt.Fprintf(w, "update: %d packages, %d changed files, %s of changed bytes\n", len(debdata.SecurityUpdate()), fig.changedFiles, mb(fig.changedBytes))
 	if err := oursDeltas(ctx, work, oldTree, newTree, &fig); err != nil {
 		return fmt.Errorf("peerup: %w", err)
 	}

@@ -17,6 +17,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"peerup/internal/debdata"
 )
 
 func main() {
@@ -31,7 +33,7 @@ func main() {
 	tree := flag.String("tree", "/usr/local/go", "a large real tree for the apply and hashing figures")
 	only := flag.String("only", "apply,hash,deltas,load,fleet", "which comparisons to run")
 	laptops := flag.Int("laptops", 20, "laptops in the fleet scenario")
-	cache := flag.String("cache", "/var/cache/peerup-bench", "where downloaded .deb files are kept between runs")
+	cache := flag.String("cache", debdata.DefaultCache, "where downloaded .deb files are kept between runs")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()

@@ -69,8 +69,10 @@ type Options struct {
 	OnApplied func(from, to uint64)
 	// BanFor is how long a peer that served bad data is ignored (30 min).
 	BanFor time.Duration
-	// EncodingBudget is passed to every pull (apply.PullOptions).
+	// EncodingBudget and Memory are passed to every pull
+	// (apply.PullOptions).
 	EncodingBudget int64
+	Memory         apply.Memory
 	// Open opens a peer's repo (a URL or a folder) to poll and fetch from
 	// (default apply.OpenSource); the daemon's gives URLs its download
 	// budget.
@@ -563,7 +565,7 @@ func (c *Core) fetchVersion(ctx context.Context, want uint64, peers []string) (n
 	for i, cl := range clients {
 		u := urls[i]
 		others := append(append([]apply.Source(nil), clients[:i]...), clients[i+1:]...)
-		res, err := c.o.Sysroot.Pull(ctx, cl, apply.PullOptions{Version: want, Trust: c.o.Trust, Progress: progress, Log: c.o.Log, EncodingBudget: c.o.EncodingBudget, Peers: others, Helpers: c.o.Helpers, Policy: c.o.Entries})
+		res, err := c.o.Sysroot.Pull(ctx, cl, apply.PullOptions{Version: want, Trust: c.o.Trust, Progress: progress, Log: c.o.Log, EncodingBudget: c.o.EncodingBudget, Memory: c.o.Memory, Peers: others, Helpers: c.o.Helpers, Policy: c.o.Entries})
 		if err == nil {
 			pmu.Lock()
 			if res.FetchedBytes > persisted {

@@ -70,6 +70,10 @@ type Config struct {
 	// nothing from a pull in progress. Discovery still wakes it. This is
 	// the client-server baseline the fleet benchmark compares against.
 	NoP2P bool `toml:"no-p2p"`
+	// MemoryMiB is the memory an update may use (apply.MemoryMiB; unset:
+	// apply.DefaultMemoryMiB). The daemon sets the Go runtime's soft limit
+	// from it.
+	MemoryMiB int `toml:"memory-mib"`
 	// NoDevices and NoSetuid refuse images with device nodes, or with
 	// setuid or setgid files, however validly signed (SPEC.md §17).
 	NoDevices bool `toml:"no-devices"`
@@ -202,7 +206,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 		budget = apply.EncodingBudgetMiB(*cfg.KeepEncodingsMiB)
 	}
 	d.Core, err = NewCore(ctx, Options{
-		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Log: log, EncodingBudget: budget, Entries: apply.EntryPolicy{NoDevices: cfg.NoDevices, NoSetuid: cfg.NoSetuid},
+		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Log: log, EncodingBudget: budget, Memory: apply.MemoryMiB(cfg.MemoryMiB), Entries: apply.EntryPolicy{NoDevices: cfg.NoDevices, NoSetuid: cfg.NoSetuid},
 		Helpers: helpers,
 		Open: func(loc string) (apply.Source, error) {
 			return apply.OpenSourceWith(loc, apply.SourceOptions{DownloadLimit: downloadLimit})

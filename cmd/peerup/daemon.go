@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 
 	"github.com/spf13/cobra"
 
@@ -76,6 +77,10 @@ if present); flags override it. One daemon runs per sysroot.`,
 			override("max-uploads", func() { cfg.MaxUploads = flagCfg.MaxUploads })
 			override("max-upload-rate", func() { cfg.MaxUploadRate = flagCfg.MaxUploadRate })
 			override("max-download-rate", func() { cfg.MaxDownloadRate = flagCfg.MaxDownloadRate })
+			override("memory-mib", func() { cfg.MemoryMiB = flagCfg.MemoryMiB })
+			// Process-wide, so set here rather than in the daemon package,
+			// whose tests run several daemons in one process.
+			debug.SetMemoryLimit(apply.MemoryMiB(cfg.MemoryMiB).SoftLimit())
 			newDisc := func(image string, version uint64, port int) (daemon.Discovery, error) {
 				if cfg.NoMDNS && cfg.NoMulticast {
 					return nil, nil
@@ -107,6 +112,7 @@ if present); flags override it. One daemon runs per sysroot.`,
 	f := cmd.Flags()
 	f.StringVar(&cfgPath, "config", "", "TOML config file (default "+defaultConfig+" if it exists)")
 	f.StringVar(&flagCfg.Sysroot, "sysroot", "", "sysroot directory (a laptop)")
+	f.IntVar(&flagCfg.MemoryMiB, "memory-mib", apply.DefaultMemoryMiB, "memory an update may use, in MiB (SPEC.md §7)")
 	f.StringVar(&flagCfg.Repo, "repo", "", "seed this repo instead: serve and advertise it, announce each new version (a school server)")
 	f.StringVar(&flagCfg.Image, "image", "", "with --repo: the image to advertise, if the repo holds several")
 	f.StringSliceVar(&flagCfg.Trust, "trust", nil, "trusted public key file; repeat for several")

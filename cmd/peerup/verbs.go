@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -208,6 +209,7 @@ type pullFlags struct {
 	json                 bool
 	bootTries            int
 	keepMiB              int64
+	memoryMiB            int
 }
 
 func (p *pullFlags) register(cmd *cobra.Command) {
@@ -220,6 +222,7 @@ func (p *pullFlags) register(cmd *cobra.Command) {
 	f.BoolVar(&p.json, "json", false, "print the result as JSON")
 	f.IntVar(&p.bootTries, "boot-tries", apply.DefaultBootTries, "boots a newly applied version gets to reach mark-good")
 	f.Int64Var(&p.keepMiB, "keep-encodings-mib", apply.DefaultEncodingBudget>>20, "MiB of fetched patches to keep for neighbours (0: none; -1: no limit)")
+	f.IntVar(&p.memoryMiB, "memory-mib", apply.DefaultMemoryMiB, "memory the update may use, in MiB (SPEC.md §7)")
 	for _, n := range []string{"sysroot", "trust", "from"} {
 		cmd.MarkFlagRequired(n)
 	}
@@ -239,8 +242,10 @@ func (p *pullFlags) pull(ctx context.Context) (*apply.Sysroot, *apply.PullResult
 		return nil, nil, err
 	}
 	s.BootTries = p.bootTries
+	mem := apply.MemoryMiB(p.memoryMiB)
+	debug.SetMemoryLimit(mem.SoftLimit())
 	prog, clear := progress("fetching")
-	res, err := s.Pull(ctx, src, apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog, EncodingBudget: apply.EncodingBudgetMiB(p.keepMiB)})
+	res, err := s.Pull(ctx, src, apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog, EncodingBudget: apply.EncodingBudgetMiB(p.keepMiB), Memory: mem})
 	clear()
 	if err == nil {
 		// On stderr, with --json too: the admin should see that an image
