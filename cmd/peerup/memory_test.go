@@ -124,7 +124,8 @@ func TestSecurityUpdateFitsA256MBLaptop(t *testing.T) {
 			defer g.Remove()
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
-			cmd := g.Command(ctx, l.bin, tc.args(sysroot)...)
+			rssFile := filepath.Join(t.TempDir(), "rss")
+			cmd := g.Command(ctx, rssFile, l.bin, tc.args(sysroot)...)
 			var out strings.Builder
 			cmd.Stdout, cmd.Stderr = &out, &out
 			start := time.Now()
@@ -135,11 +136,16 @@ func TestSecurityUpdateFitsA256MBLaptop(t *testing.T) {
 				for !tc.wait(sysroot) && ctx.Err() == nil {
 					time.Sleep(200 * time.Millisecond)
 				}
-				cmd.Process.Signal(syscall.SIGTERM)
+				if err := memcg.Signal(cmd, syscall.SIGTERM); err != nil {
+					t.Error(err)
+				}
 			}
 			err = cmd.Wait()
 			took := time.Since(start)
-			rss := memcg.PeakRSS(cmd)
+			rss, rerr := memcg.PeakRSS(rssFile)
+			if rerr != nil {
+				t.Error(rerr)
+			}
 			peak, _ := g.Peak()
 			t.Logf("%s of the security update: peak RSS %.1f MiB (bound %d MiB), cgroup peak %.1f MiB with page cache (limit %d MiB), %.1fs",
 				tc.name, float64(rss)/(1<<20), laptopRSS>>20, float64(peak)/(1<<20), laptopCgroup>>20, took.Seconds())

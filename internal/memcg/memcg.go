@@ -38,6 +38,9 @@ func Available() string {
 	if os.Geteuid() != 0 {
 		return "needs root to make a memory cgroup"
 	}
+	if _, err := os.Stat("/usr/bin/time"); err != nil {
+		return "needs GNU time (Debian package time) to read a peak RSS"
+	}
 	if _, _, err := findRoot(); err != nil {
 		return err.Error()
 	}
@@ -98,11 +101,14 @@ func (g *Group) write(file, value string) error {
 	return nil
 }
 
-// Command returns a command that joins the group before it execs name, so
-// that nothing it allocates is counted outside.
-func (g *Group) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	script := `echo $$ > "$0/cgroup.procs" && exec "$@"`
-	return exec.CommandContext(ctx, "/bin/sh", append([]string{"-c", script, g.dir, name}, args...)...)
+// Command returns a command that joins the group before it runs name
+// under GNU time, which writes the peak RSS of name alone to rssFile (read
+// it with PeakRSS). Not getrusage of the command itself: a process started
+// by exec from a fork of the test inherits the test's high-water mark into
+// its ru_maxrss, so only a parent as small as time reports the child's own.
+func (g *Group) Command(ctx context.Context, rssFile, name string, args ...string) *exec.Cmd {
+	script := `echo $$ > "$0/cgroup.procs" && exec /usr/bin/time -q -f %M -o "$1" "$@"`
+	return exec.CommandContext(ctx, "/bin/sh", append([]string{"-c", script, g.dir, rssFile, name}, args...)...)
 }
 
 // Peak is the most memory the group has held, page cache included.
@@ -142,14 +148,36 @@ func (g *Group) Remove() error {
 	return os.Remove(g.dir)
 }
 
-// PeakRSS is the peak resident set size of a command that has ended.
-func PeakRSS(cmd *exec.Cmd) int64 {
-	if cmd.ProcessState == nil {
-		return 0
+// PeakRSS reads the peak RSS, in bytes, that Command's time wrote.
+func PeakRSS(rssFile string) (int64, error) {
+	b, err := os.ReadFile(rssFile)
+	if err != nil {
+		return 0, fmt.Errorf("memcg: peak RSS: %w", err)
 	}
-	ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	if !ok {
-		return 0
+	// time writes "Command terminated by signal N" before the figure when
+	// the command was killed.
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0, fmt.Errorf("memcg: peak RSS: %s is empty", rssFile)
 	}
-	return ru.Maxrss << 10 // KiB on Linux
+	kib, err := strconv.ParseInt(f[len(f)-1], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("memcg: peak RSS: %w", err)
+	}
+	return kib << 10, nil
+}
+
+// Signal sends sig to the command Command started (time's child).
+func Signal(cmd *exec.Cmd, sig syscall.Signal) error {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+	if err != nil {
+		return fmt.Errorf("memcg: %w", err)
+	}
+	for _, f := range strings.Fields(string(b)) {
+		pid, err := strconv.Atoi(f)
+		if err == nil {
+			return syscall.Kill(pid, sig)
+		}
+	}
+	return errors.New("memcg: the command has no child to signal")
 }
