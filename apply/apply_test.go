@@ -30,6 +30,7 @@ type fleet struct {
 	repo   *blobstore.Repo
 	signer *manifest.Signer
 	trust  *manifest.Keyring
+	pub    string // the fleet's public key file
 	url    string
 }
 
@@ -54,7 +55,7 @@ func newFleet(t *testing.T) *fleet {
 	}
 	srv := httptest.NewServer(transfer.NewHandler(repo.Dir(), nil))
 	t.Cleanup(srv.Close)
-	return &fleet{t: t, repo: repo, signer: manifest.NewSigner(e), trust: kr, url: srv.URL}
+	return &fleet{t: t, repo: repo, signer: manifest.NewSigner(e), trust: kr, pub: pub, url: srv.URL}
 }
 
 func (f *fleet) publish(tree string, v uint64) {

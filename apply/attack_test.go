@@ -265,7 +265,7 @@ func TestAttackEndlessData(t *testing.T) {
 			sc.t = t
 			p := sc.peer()
 			p.OnPath(tc.path, tc.body)
-			sc.refused(sc.client(p).WithMaxManifest(8<<20), apply.PullOptions{}, tc.want, tc.text)
+			sc.refused(sc.client(p), apply.PullOptions{}, tc.want, tc.text)
 		})
 	}
 }

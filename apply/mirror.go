@@ -61,7 +61,7 @@ func Mirror(ctx context.Context, local *blobstore.Repo, up Source, trust *manife
 			continue
 		}
 		want := manifest.Want{Image: e.Image, Version: e.Version, After: latest.Version, Now: time.Now()}
-		err := mirrorVersion(ctx, local, up, trust, want, res)
+		err := mirrorVersion(ctx, local, up, trust, want, local.ManifestLimit(e.Image, latest.Version), res)
 		if errors.Is(err, manifest.ErrExpired) {
 			log.Warn("upstream version has expired; not mirrored", "image", e.Image, "version", e.Version, "err", err)
 			expired[e.Image] = fmt.Errorf("mirror %s v%d from %s: %w", e.Image, e.Version, up, err)
@@ -86,8 +86,8 @@ func Mirror(ctx context.Context, local *blobstore.Repo, up Source, trust *manife
 
 // mirrorVersion copies one version whole, checked by the rules a laptop
 // applies (manifest.Accept, diff.AcceptDeltas), and lists it last.
-func mirrorVersion(ctx context.Context, local *blobstore.Repo, up Source, trust *manifest.Keyring, want manifest.Want, res *MirrorResult) error {
-	mb, sig, err := up.Manifest(ctx, want.Image, want.Version)
+func mirrorVersion(ctx context.Context, local *blobstore.Repo, up Source, trust *manifest.Keyring, want manifest.Want, limit int64, res *MirrorResult) error {
+	mb, sig, err := up.Manifest(ctx, want.Image, want.Version, limit)
 	if err != nil {
 		return err
 	}
@@ -123,7 +123,7 @@ func mirrorVersion(ctx context.Context, local *blobstore.Repo, up Source, trust 
 	}
 	// The delta index and its encodings come along, so that laptops get
 	// patches from the school server too. A repo without them is fine.
-	draw, dsig, err := up.Deltas(ctx, want.Image, want.Version)
+	draw, dsig, err := up.Deltas(ctx, want.Image, want.Version, blobstore.DeltasLimit(int64(len(mb))))
 	switch {
 	case errors.Is(err, transfer.ErrNotFound):
 		draw = nil

@@ -33,7 +33,7 @@ type signedDeltas struct {
 // deltaIndex fetches and verifies the version's delta index. A source with
 // none is fine (whole objects only); one whose index fails the checks is not.
 func (s *Sysroot) deltaIndex(ctx context.Context, src Source, image string, v uint64, mb []byte, trust *manifest.Keyring) (*signedDeltas, error) {
-	raw, sig, err := src.Deltas(ctx, image, v)
+	raw, sig, err := src.Deltas(ctx, image, v, blobstore.DeltasLimit(int64(len(mb))))
 	if errors.Is(err, transfer.ErrNotFound) {
 		return nil, nil
 	}
@@ -138,7 +138,7 @@ func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Bat
 	g.SetLimit(par)
 	var bd *board
 	if o.Helpers != nil {
-		bd = newBoard(res.Image, res.Version, o.Helpers)
+		bd = newBoard(res.Image, res.Version, o.Helpers, needs, log)
 		go bd.run(gctx, time.Second) // until Wait ends gctx
 	}
 	var done atomic.Int64

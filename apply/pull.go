@@ -21,10 +21,14 @@ import (
 // repo. Every Source is untrusted; Pull checks what it returns.
 type Source interface {
 	Index(ctx context.Context) (*blobstore.Index, error)
-	Manifest(ctx context.Context, image string, v uint64) (m, sig []byte, err error)
-	// Deltas returns a version's delta index and signature, or an error
+	// Manifest returns a version's manifest, refusing one over limit bytes
+	// before holding more than that (blobstore.ManifestLimit), and its
+	// signature.
+	Manifest(ctx context.Context, image string, v uint64, limit int64) (m, sig []byte, err error)
+	// Deltas returns a version's delta index, refusing one over limit
+	// bytes (blobstore.DeltasLimit), and its signature, or an error
 	// wrapping transfer.ErrNotFound if the source has none.
-	Deltas(ctx context.Context, image string, v uint64) (idx, sig []byte, err error)
+	Deltas(ctx context.Context, image string, v uint64, limit int64) (idx, sig []byte, err error)
 	FetchObject(ctx context.Context, b *blobstore.Batch, d manifest.Digest, size int64) error
 	String() string
 }
@@ -130,7 +134,9 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 		res.AlreadyStaged = true
 		return res, nil
 	}
-	mb, sig, err := src.Manifest(ctx, image, v)
+	// The running image sizes what the next may be: a laptop holds no
+	// endless manifest much larger than the one it runs.
+	mb, sig, err := src.Manifest(ctx, image, v, s.repo.ManifestLimit(image, st.Current))
 	if err != nil {
 		return nil, fmt.Errorf("pull: %w", err)
 	}

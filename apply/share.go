@@ -3,6 +3,7 @@ package apply
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -61,21 +62,36 @@ func (s *Sysroot) Have(image string, v uint64, from int) ([]manifest.Digest, int
 	return ds, total, true
 }
 
-// Haver is a neighbour that can say which objects its own pull holds.
+// Haver is a neighbour that can say which objects its own pull holds. It
+// returns only the digests keep accepts, dropping the rest as it parses,
+// and fails with an error wrapping transfer.ErrPeer on a bad or oversized
+// answer.
 type Haver interface {
 	Source
-	Have(ctx context.Context, image string, v uint64, from int) ([]manifest.Digest, int, error)
+	Have(ctx context.Context, image string, v uint64, from int, keep func(manifest.Digest) bool) ([]manifest.Digest, int, error)
 }
 
+// maxBoardEntries caps what the board holds for all neighbours together
+// (each entry is a digest in a map, about 64 bytes: 8 MiB in all). Each
+// neighbour's entries are already bounded by the digests this pull needs,
+// but a school has hundreds of laptops.
+const maxBoardEntries = 128 << 10
+
 // board tracks which objects each neighbour's pull holds, by asking them
-// for what is new every interval.
+// for what is new every interval. It keeps only digests the pull needs (an
+// object or one of its encodings), at most maxBoardEntries in all, and
+// forgets a neighbour that is no longer listed or that answered nonsense;
+// it lives as long as the pull's fetches.
 type board struct {
 	image string
 	v     uint64
 	list  func() []Haver
+	want  map[manifest.Digest]bool // read-only once made
+	log   *slog.Logger
 
 	mu      sync.Mutex
 	helpers map[string]*helper
+	entries int           // sum of len(h.has)
 	changed chan struct{} // closed and replaced when a helper gains objects
 }
 
@@ -87,8 +103,15 @@ type helper struct {
 	dead bool
 }
 
-func newBoard(image string, v uint64, list func() []Haver) *board {
-	return &board{image: image, v: v, list: list, helpers: map[string]*helper{}, changed: make(chan struct{})}
+func newBoard(image string, v uint64, list func() []Haver, needs []need, log *slog.Logger) *board {
+	want := make(map[manifest.Digest]bool, len(needs))
+	for i := range needs {
+		want[needs[i].d] = true
+		for _, enc := range needs[i].ways {
+			want[enc.Digest] = true
+		}
+	}
+	return &board{image: image, v: v, list: list, want: want, log: log, helpers: map[string]*helper{}, changed: make(chan struct{})}
 }
 
 // run refreshes the board until ctx ends.
@@ -105,7 +128,30 @@ func (bd *board) run(ctx context.Context, every time.Duration) {
 	}
 }
 
+// needed is the filter a /have answer is parsed through.
+func (bd *board) needed(d manifest.Digest) bool { return bd.want[d] }
+
+// forget drops what h was said to hold; bd.mu is held.
+func (bd *board) forget(h *helper) {
+	bd.entries -= len(h.has)
+	h.has = map[manifest.Digest]bool{}
+}
+
 func (bd *board) refresh(ctx context.Context) {
+	listed := map[string]bool{}
+	for _, src := range bd.list() {
+		listed[src.String()] = true
+	}
+	bd.mu.Lock()
+	for name, h := range bd.helpers {
+		if !listed[name] {
+			// Gone from the LAN (or the list): what it held goes too. A
+			// fetch in flight from it still releases its own pointer.
+			bd.forget(h)
+			delete(bd.helpers, name)
+		}
+	}
+	bd.mu.Unlock()
 	for _, src := range bd.list() {
 		bd.mu.Lock()
 		if bd.helpers[src.String()] == nil {
@@ -130,30 +176,45 @@ func (bd *board) refresh(ctx context.Context) {
 			from := h.seen
 			bd.mu.Unlock()
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			ds, total, err := h.src.Have(cctx, bd.image, bd.v, from)
+			ds, total, err := h.src.Have(cctx, bd.image, bd.v, from, bd.needed)
 			cancel()
 			if err != nil {
 				// Not pulling this version (yet), or gone: ask again later,
 				// unless it answered nonsense.
 				if errors.Is(err, transfer.ErrPeer) {
+					bd.log.Info("neighbour's have list refused; not asked again in this pull", "peer", h.src, "err", err)
 					bd.mu.Lock()
 					h.dead = true
+					bd.forget(h)
 					bd.mu.Unlock()
 				}
 				return
 			}
 			bd.mu.Lock()
 			defer bd.mu.Unlock()
-			if total < h.seen {
-				// A new pull there: start again.
-				h.seen, h.has = 0, map[manifest.Digest]bool{}
+			if h.dead {
 				return
 			}
+			if total < h.seen {
+				// A new pull there: start again.
+				h.seen = 0
+				bd.forget(h)
+				return
+			}
+			gained := false
 			for _, d := range ds {
+				if h.has[d] {
+					continue
+				}
+				if bd.entries >= maxBoardEntries {
+					break // the rest is fetched from the sources instead
+				}
 				h.has[d] = true
+				bd.entries++
+				gained = true
 			}
 			h.seen = total
-			if len(ds) > 0 {
+			if gained {
 				close(bd.changed)
 				bd.changed = make(chan struct{})
 			}
@@ -193,9 +254,14 @@ func (bd *board) release(h *helper, d manifest.Digest, err error) {
 	switch {
 	case err == nil, errors.Is(err, context.Canceled), errors.Is(err, transfer.ErrBusy):
 	case errors.Is(err, transfer.ErrNotFound):
-		delete(h.has, d) // committed and moved, or gone: it may say so again
+		if h.has[d] {
+			// Committed and moved, or gone: it may say so again.
+			delete(h.has, d)
+			bd.entries--
+		}
 	default:
 		h.dead = true
+		bd.forget(h)
 	}
 }
 

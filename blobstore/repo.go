@@ -16,11 +16,7 @@ import (
 	"peerup/manifest"
 )
 
-// Limits on the files a repo serves besides objects.
-const (
-	MaxIndex   = 1 << 20
-	indexMagic = "peerup-index 1"
-)
+const indexMagic = "peerup-index 1"
 
 // Repo is a store plus signed manifests and an index: a folder of static
 // files that any web server can serve (SPEC.md §5).

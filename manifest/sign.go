@@ -16,8 +16,10 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 )
 
-// MaxSignature bounds a detached signature file; a real one is about 120 bytes.
-const MaxSignature = 64 << 10
+// MaxSignature bounds a detached signature file: a real one is about 120
+// bytes binary and 300 armored, so 4 KiB holds a dozen signers' worth and a
+// hostile endless one costs a laptop nothing.
+const MaxSignature = 4 << 10
 
 // Errors a caller can test for with errors.Is.
 var (

@@ -77,17 +77,17 @@ func TestAttackEndlessManifest(t *testing.T) {
 	}))
 	p.On("/index", "", hostile.Endless([]byte("peerup-index 1\n")))
 	const limit = 2 << 20
-	c := client(t, p.URL()).WithMaxManifest(limit)
+	c := client(t, p.URL())
 	ctx := hostile.Context(t, attackDeadline)
 	var err error
-	n := hostile.Allocated(func() { _, _, err = c.Manifest(ctx, "school-laptop", 2) })
+	n := hostile.Allocated(func() { _, _, err = c.Manifest(ctx, "school-laptop", 2, limit) })
 	if !errors.Is(err, transfer.ErrPeer) || !strings.Contains(err.Error(), "larger than") {
 		t.Fatalf("endless manifest: err = %v", err)
 	}
 	if n > 8*limit {
 		t.Errorf("an endless manifest cost %d MiB of allocations, limit is %d MiB", n>>20, limit>>20)
 	}
-	if _, _, err := c.Deltas(ctx, "school-laptop", 2); !errors.Is(err, transfer.ErrPeer) {
+	if _, _, err := c.Deltas(ctx, "school-laptop", 2, limit); !errors.Is(err, transfer.ErrPeer) {
 		t.Fatalf("oversized declared delta index: err = %v", err)
 	}
 	n = hostile.Allocated(func() { _, err = c.Index(ctx) })

@@ -30,25 +30,16 @@ var (
 
 // Client fetches from one repo URL.
 type Client struct {
-	base        *url.URL
-	http        *http.Client
-	limiter     *rate.Limiter
-	stall       Stall
-	maxManifest int64
+	base    *url.URL
+	http    *http.Client
+	limiter *rate.Limiter
+	stall   Stall
 }
 
 // WithStall sets the slowest this peer may be (DefaultStall if unset); a
 // zero Window turns the check off.
 func (c *Client) WithStall(s Stall) *Client {
 	c.stall = s
-	return c
-}
-
-// WithMaxManifest lowers the size of manifest and delta index this client
-// accepts (manifest.MaxSize by default): a node that knows its images are
-// small holds no more than this in memory for a hostile endless answer.
-func (c *Client) WithMaxManifest(n int64) *Client {
-	c.maxManifest = min(n, manifest.MaxSize)
 	return c
 }
 
@@ -77,12 +68,13 @@ func NewClient(base string, hc *http.Client) (*Client, error) {
 	if hc == nil {
 		hc = DefaultHTTPClient()
 	}
-	return &Client{base: u, http: hc, stall: DefaultStall(), maxManifest: manifest.MaxSize}, nil
+	return &Client{base: u, http: hc, stall: DefaultStall()}, nil
 }
 
 // DefaultHTTPClient has timeouts for each phase of a request but none for the
 // whole body: a large object on a slow link may take long, and the caller's
-// context bounds it.
+// context bounds it. It never asks for gzip: the transport would inflate it
+// unseen, and a 1 MiB bomb would pass every cap, which count bytes as read.
 func DefaultHTTPClient() *http.Client {
 	return &http.Client{
 		Transport: &http.Transport{
@@ -90,6 +82,7 @@ func DefaultHTTPClient() *http.Client {
 			ResponseHeaderTimeout: 30 * time.Second,
 			MaxIdleConnsPerHost:   8,
 			IdleConnTimeout:       60 * time.Second,
+			DisableCompression:    true,
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return errors.New("repo redirects are not followed")
@@ -132,6 +125,10 @@ func (c *Client) do(ctx context.Context, u *url.URL, offset int64) (*http.Respon
 	if offset > 0 {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
 	}
+	// Set even on a caller's own http.Client: a transport that did not add
+	// Accept-Encoding itself never decompresses, so the caps below count
+	// what is on the wire.
+	req.Header.Set("Accept-Encoding", "identity")
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", u, err)
@@ -143,6 +140,10 @@ func (c *Client) do(ctx context.Context, u *url.URL, offset int64) (*http.Respon
 	case http.StatusServiceUnavailable, http.StatusTooManyRequests:
 		resp.Body.Close()
 		return nil, fmt.Errorf("GET %s: %w (%s)", u, ErrBusy, resp.Status)
+	}
+	if ce := resp.Header.Get("Content-Encoding"); (ce != "" && ce != "identity") || resp.Uncompressed {
+		resp.Body.Close()
+		return nil, fmt.Errorf("%w: GET %s: Content-Encoding %q was not asked for (only identity is accepted, so size limits count wire bytes)", ErrPeer, u, ce)
 	}
 	if c.limiter != nil {
 		resp.Body = limitedReader{resp.Body, ctx, c.limiter}
@@ -163,7 +164,7 @@ func (c *Client) getSmall(ctx context.Context, rel string, limit int64) ([]byte,
 	defer resp.Body.Close()
 	b, err := readLimited(resp.Body, resp.ContentLength, limit)
 	if errors.Is(err, errTooLarge) {
-		return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrPeer, c.base.JoinPath(rel), limit)
+		return nil, fmt.Errorf("%w: %s is larger than the limit of %d bytes", ErrPeer, c.base.JoinPath(rel), limit)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", c.base.JoinPath(rel), err)
@@ -184,9 +185,10 @@ func (c *Client) Index(ctx context.Context) (*blobstore.Index, error) {
 	return ix, nil
 }
 
-// Manifest fetches a version's manifest and signature, unverified.
-func (c *Client) Manifest(ctx context.Context, image string, v uint64) (m, sig []byte, err error) {
-	if m, err = c.getSmall(ctx, blobstore.Layout{}.Manifest(image, v), c.maxManifest); err != nil {
+// Manifest fetches a version's manifest, of at most limit bytes (see
+// blobstore.ManifestLimit), and its signature, unverified.
+func (c *Client) Manifest(ctx context.Context, image string, v uint64, limit int64) (m, sig []byte, err error) {
+	if m, err = c.getSmall(ctx, blobstore.Layout{}.Manifest(image, v), limit); err != nil {
 		return nil, nil, err
 	}
 	if sig, err = c.getSmall(ctx, blobstore.Layout{}.Signature(image, v), manifest.MaxSignature); err != nil {
@@ -195,10 +197,11 @@ func (c *Client) Manifest(ctx context.Context, image string, v uint64) (m, sig [
 	return m, sig, nil
 }
 
-// Deltas fetches a version's delta index and signature, unverified. A repo
-// without one answers with an error wrapping ErrNotFound.
-func (c *Client) Deltas(ctx context.Context, image string, v uint64) (idx, sig []byte, err error) {
-	if idx, err = c.getSmall(ctx, blobstore.Layout{}.Deltas(image, v), c.maxManifest); err != nil {
+// Deltas fetches a version's delta index, of at most limit bytes (see
+// blobstore.DeltasLimit), and its signature, unverified. A repo without one
+// answers with an error wrapping ErrNotFound.
+func (c *Client) Deltas(ctx context.Context, image string, v uint64, limit int64) (idx, sig []byte, err error) {
+	if idx, err = c.getSmall(ctx, blobstore.Layout{}.Deltas(image, v), limit); err != nil {
 		return nil, nil, err
 	}
 	if sig, err = c.getSmall(ctx, blobstore.Layout{}.DeltasSignature(image, v), manifest.MaxSignature); err != nil {

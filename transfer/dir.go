@@ -91,12 +91,19 @@ func (d *Dir) readSmall(rel string, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	size := int64(-1)
+	if fi, err := f.Stat(); err == nil {
+		size = fi.Size()
+	}
+	// The same reader as a peer's body: a file larger than the cap is
+	// refused before a byte of it is read, and one that grows while read
+	// is cut at the cap.
+	b, err := readLimited(f, size, limit)
+	if errors.Is(err, errTooLarge) {
+		return nil, fmt.Errorf("%w: %s is larger than the limit of %d bytes", ErrPeer, f.Name(), limit)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", f.Name(), err)
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrPeer, f.Name(), limit)
 	}
 	return b, nil
 }
@@ -125,15 +132,17 @@ func (d *Dir) Index(ctx context.Context) (*blobstore.Index, error) {
 	return ix, nil
 }
 
-// Manifest reads a version's manifest and signature, unverified.
-func (d *Dir) Manifest(ctx context.Context, image string, v uint64) (m, sig []byte, err error) {
-	return d.pair(blobstore.Layout{}.Manifest(image, v), manifest.MaxSize)
+// Manifest reads a version's manifest, of at most limit bytes, and its
+// signature, unverified.
+func (d *Dir) Manifest(ctx context.Context, image string, v uint64, limit int64) (m, sig []byte, err error) {
+	return d.pair(blobstore.Layout{}.Manifest(image, v), limit)
 }
 
-// Deltas reads a version's delta index and signature, unverified; a folder
-// without one answers with an error wrapping ErrNotFound.
-func (d *Dir) Deltas(ctx context.Context, image string, v uint64) (idx, sig []byte, err error) {
-	return d.pair(blobstore.Layout{}.Deltas(image, v), manifest.MaxSize)
+// Deltas reads a version's delta index, of at most limit bytes, and its
+// signature, unverified; a folder without one answers with an error
+// wrapping ErrNotFound.
+func (d *Dir) Deltas(ctx context.Context, image string, v uint64, limit int64) (idx, sig []byte, err error) {
+	return d.pair(blobstore.Layout{}.Deltas(image, v), limit)
 }
 
 // pair reads a signed file and its detached signature.

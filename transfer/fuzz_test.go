@@ -75,15 +75,15 @@ func FuzzClientResponse(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.WithStall(Stall{Window: time.Minute, MinBytes: 1}).WithMaxManifest(4 << 10)
+		c.WithStall(Stall{Window: time.Minute, MinBytes: 1})
 		ctx := context.Background()
 		if ix, err := c.Index(ctx); err == nil && ix == nil {
 			t.Fatal("Index: no error and no index")
 		}
-		if m, sig, err := c.Manifest(ctx, "school-laptop", 2); err == nil && (len(m) > 4<<10 || len(sig) > manifest.MaxSignature) {
+		if m, sig, err := c.Manifest(ctx, "school-laptop", 2, 4<<10); err == nil && (len(m) > 4<<10 || len(sig) > manifest.MaxSignature) {
 			t.Fatalf("Manifest: %d and %d bytes accepted", len(m), len(sig))
 		}
-		if ix, sig, err := c.Deltas(ctx, "school-laptop", 2); err == nil && (len(ix) > 4<<10 || len(sig) > manifest.MaxSignature) {
+		if ix, sig, err := c.Deltas(ctx, "school-laptop", 2, 4<<10); err == nil && (len(ix) > 4<<10 || len(sig) > manifest.MaxSignature) {
 			t.Fatalf("Deltas: %d and %d bytes accepted", len(ix), len(sig))
 		}
 		b, err := s.Begin()

@@ -1,11 +1,13 @@
 package transfer
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -66,12 +68,12 @@ func TestPullInProgressLendsObjects(t *testing.T) {
 	}
 	ctx := context.Background()
 
-	ds, total, err := c.Have(ctx, "school-laptop", 2, 0)
+	ds, total, err := c.Have(ctx, "school-laptop", 2, 0, nil)
 	if err != nil || total != 1 || len(ds) != 1 || ds[0] != first {
 		t.Fatalf("have = %v, %d, %v; want the first object", ds, total, err)
 	}
 	second := add("second object")
-	ds, total, err = c.Have(ctx, "school-laptop", 2, total)
+	ds, total, err = c.Have(ctx, "school-laptop", 2, total, nil)
 	if err != nil || total != 2 || len(ds) != 1 || ds[0] != second {
 		t.Fatalf("have from 1 = %v, %d, %v; want only the second object", ds, total, err)
 	}
@@ -79,7 +81,7 @@ func TestPullInProgressLendsObjects(t *testing.T) {
 		image string
 		v     uint64
 	}{{"school-laptop", 3}, {"other-image", 2}} {
-		if _, _, err := c.Have(ctx, tc.image, tc.v, 0); !errors.Is(err, ErrNotFound) {
+		if _, _, err := c.Have(ctx, tc.image, tc.v, 0, nil); !errors.Is(err, ErrNotFound) {
 			t.Errorf("have %s v%d: err = %v, want ErrNotFound", tc.image, tc.v, err)
 		}
 	}
@@ -111,7 +113,7 @@ func TestParseHaveRejects(t *testing.T) {
 		{"bad digest", "peerup-have 1\ntotal 1\n" + strings.ToUpper(d) + "\n", 0},
 		{"huge total", "peerup-have 1\ntotal 99999999\n", 0},
 	} {
-		if _, _, err := ParseHave([]byte(tc.in), tc.from); err == nil {
+		if _, _, err := ParseHave(strings.NewReader(tc.in), tc.from, nil); err == nil {
 			t.Errorf("%s: accepted", tc.name)
 		}
 	}
@@ -123,12 +125,27 @@ func FuzzParseHave(f *testing.F) {
 	f.Add([]byte("peerup-have 1\ntotal 3\n"+d+"\n"), 2)
 	f.Add([]byte("peerup-have 1\ntotal 0\n"), 0)
 	f.Fuzz(func(t *testing.T, b []byte, from int) {
-		ds, total, err := ParseHave(b, from)
+		ds, total, err := ParseHave(bytes.NewReader(b), from, nil)
 		if err != nil {
 			return
 		}
-		if total < from || len(ds) != total-from || len(ds) > MaxHave {
-			t.Fatalf("accepted %d entries, total %d from %d", len(ds), total, from)
+		if total < from || len(ds) != total-from || len(ds) > MaxHave || int64(len(b)) > MaxHaveBytes {
+			t.Fatalf("accepted %d entries (%d bytes), total %d from %d", len(ds), len(b), total, from)
+		}
+		// A filter only drops entries: what it keeps is what it was shown.
+		odd := func(d manifest.Digest) bool { return d[0]%2 == 1 }
+		kept, ktotal, err := ParseHave(bytes.NewReader(b), from, odd)
+		if err != nil || ktotal != total {
+			t.Fatalf("filtered parse: %v, total %d want %d", err, ktotal, total)
+		}
+		var want []manifest.Digest
+		for _, d := range ds {
+			if odd(d) {
+				want = append(want, d)
+			}
+		}
+		if !slices.Equal(kept, want) {
+			t.Fatalf("filter kept %v, want %v", kept, want)
 		}
 	})
 }

@@ -6,12 +6,17 @@
 package hostile
 
 import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
 	"context"
+	crand "crypto/rand"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -217,4 +222,55 @@ func Allocated(f func()) uint64 {
 	f()
 	runtime.ReadMemStats(&b)
 	return b.TotalAlloc - a.TotalAlloc
+}
+
+// GzipBomb answers with prefix and then size zero bytes, gzipped and
+// labelled Content-Encoding: gzip whatever the client asked for: a few
+// hundred KiB on the wire that inflate to size, for a client whose caps
+// count bytes after a transparent gunzip.
+func GzipBomb(prefix []byte, size int64) http.Handler {
+	var b bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&b, gzip.BestCompression)
+	zw.Write(prefix)
+	zeros := make([]byte, 1<<20)
+	for n := int64(0); n < size; n += int64(len(zeros)) {
+		zw.Write(zeros[:min(int64(len(zeros)), size-n)])
+	}
+	zw.Close()
+	bomb := b.Bytes()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Encoding", "gzip")
+		w.Header().Set("Content-Length", strconv.Itoa(len(bomb)))
+		w.Write(bomb)
+	})
+}
+
+// HaveFlood answers every /have poll, from=N, with n fresh random digests
+// and a total of N+n, well-formed (SPEC.md §10): a neighbour claiming to
+// gain n objects a poll, none of which anyone needs.
+func HaveFlood(n int) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		from, _ := strconv.Atoi(r.URL.Query().Get("from"))
+		bw := bufio.NewWriter(w)
+		defer bw.Flush()
+		fmt.Fprintf(bw, "peerup-have 1\ntotal %d\n", from+n)
+		var d [32]byte
+		for range n {
+			crand.Read(d[:])
+			fmt.Fprintf(bw, "%x\n", d)
+		}
+	})
+}
+
+// Delayed answers as h does, after d: an honest peer on a slow link, so
+// that a pull lasts long enough for an attack to run beside it.
+func Delayed(h http.Handler, d time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-time.After(d):
+		}
+		h.ServeHTTP(w, r)
+	})
 }
