@@ -290,5 +290,15 @@ func FuzzApply(f *testing.F) {
 		if rerr == nil && !bytes.Equal(ref, out) {
 			t.Fatalf("Apply's output differs from the reference bspatch's")
 		}
+		// And what the laptop's old in-memory path made of it, so that no
+		// patch it accepted before means something else now.
+		if legacy, lerr := legacyApply(old, patch); lerr == nil && !bytes.Equal(legacy, out) {
+			t.Fatalf("Apply's output differs from go-bsdiff's bspatch's")
+		}
+		// Streaming through ReadAt and a writer is the same applier.
+		var streamed bytes.Buffer
+		if err := Patch(t.Context(), bytes.NewReader(old), int64(len(old)), bytes.NewReader(patch), int64(len(patch)), size, &streamed); err != nil || !bytes.Equal(streamed.Bytes(), out) {
+			t.Fatalf("Patch disagrees with Apply: %v", err)
+		}
 	})
 }
