@@ -294,6 +294,10 @@ func (s *Sysroot) fetchOne(ctx context.Context, mem *inFlight, src Source, b *bl
 	return "whole", n.size, nil
 }
 
+// fetchEncoded gets n by one encoding: the encoding fetched as an object,
+// then decoded straight into the batch. Neither the base nor the output is
+// held in memory; DecodeTo reads the base and the encoding in place and
+// Put hashes the output as it stages it, discarding it unless it matches.
 func (s *Sysroot) fetchEncoded(ctx context.Context, src Source, b *blobstore.Batch, n *need, enc diff.Encoding) error {
 	// The encoding is itself an object: fetched with its hash checked, and
 	// kept so this node can pass it on.
@@ -306,29 +310,76 @@ func (s *Sysroot) fetchEncoded(ctx context.Context, src Source, b *blobstore.Bat
 	if err != nil {
 		return err
 	}
-	f, err := os.Open(ep)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	var base []byte
-	if !enc.Base.IsZero() {
-		bf, err := s.repo.Open(enc.Base)
-		if err != nil {
-			return err
-		}
-		base, err = io.ReadAll(bf)
-		bf.Close()
-		if err != nil {
-			return err
-		}
-	}
-	out, err := diff.Decode(ctx, enc.Kind, base, f, n.size)
+	ef, er, err := openSection(ep)
 	if err != nil {
 		return fmt.Errorf("%s encoding %s: %w", enc.Kind, enc.Digest, err)
 	}
-	return b.Put(ctx, n.d, n.size, bytes.NewReader(out))
+	defer ef.Close()
+	var base *io.SectionReader
+	if !enc.Base.IsZero() {
+		bf, err := s.repo.Open(enc.Base)
+		if err != nil {
+			return fmt.Errorf("%s encoding %s: base %s: %w", enc.Kind, enc.Digest, enc.Base, err)
+		}
+		defer bf.Close()
+		fi, err := bf.Stat()
+		if err != nil {
+			return fmt.Errorf("%s encoding %s: base %s: %w", enc.Kind, enc.Digest, enc.Base, err)
+		}
+		base = io.NewSectionReader(bf, 0, fi.Size())
+	}
+	if err := decodeInto(ctx, s.decoder(), b, n, enc.Kind, base, er); err != nil {
+		return fmt.Errorf("%s encoding %s: %w", enc.Kind, enc.Digest, err)
+	}
+	return nil
 }
+
+// decoder is the running pull's Decoder; a fetch outside Pull (a test
+// driving the planner directly) gets one of its own, without a pool.
+func (s *Sysroot) decoder() *diff.Decoder {
+	if s.dec == nil {
+		return diff.NewDecoder()
+	}
+	return s.dec
+}
+
+// openSection opens a file for ReadAt over its current length.
+func openSection(path string) (*os.File, *io.SectionReader, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, io.NewSectionReader(f, 0, fi.Size()), nil
+}
+
+// decodeInto decodes into the batch through a pipe: Put stages and hashes
+// what DecodeTo writes, so the object is never whole in memory, and a
+// decode that fails makes Put fail too, which leaves nothing staged.
+func decodeInto(ctx context.Context, dec *diff.Decoder, b *blobstore.Batch, n *need, kind diff.Kind, base, enc *io.SectionReader) error {
+	pr, pw := io.Pipe()
+	decErr := make(chan error, 1)
+	go func() {
+		err := dec.DecodeTo(ctx, kind, base, enc, n.size, pw)
+		pw.CloseWithError(err) // nil closes cleanly: Put sees the end
+		decErr <- err
+	}()
+	err := b.Put(ctx, n.d, n.size, pr)
+	// Put may stop early (or not read at all, if the object arrived by
+	// another way meanwhile): release the decoder blocked on the pipe.
+	pr.CloseWithError(errDecodeAbandoned)
+	if derr := <-decErr; derr != nil && !errors.Is(derr, errDecodeAbandoned) {
+		return derr // the cause; Put's error only repeats it
+	}
+	return err
+}
+
+// errDecodeAbandoned ends a decode whose output is no longer read.
+var errDecodeAbandoned = errors.New("decoded output no longer wanted")
 
 func sha256sum(b []byte) [32]byte { return sha256.Sum256(b) }
 

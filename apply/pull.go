@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"peerup/blobstore"
+	"peerup/diff"
 	"peerup/internal/fsutil"
 	"peerup/manifest"
 )
@@ -112,6 +113,8 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 		return nil, err
 	}
 	defer unlock()
+	s.dec = diff.NewDecoder()
+	defer func() { s.dec.Close(); s.dec = nil }()
 	if err := s.cleanup(); err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"peerup/blobstore"
+	"peerup/diff"
 	"peerup/internal/fsutil"
 )
 
@@ -46,6 +47,10 @@ type Sysroot struct {
 
 	shareMu sync.Mutex
 	share   *sharing // the pull in progress, lent to neighbours
+
+	// dec is the running pull's decoder (its pool of zstd decoders), set
+	// by Pull under the sysroot lock before any fetch starts.
+	dec *diff.Decoder
 }
 
 func (s *Sysroot) at(point string) {

@@ -1,12 +1,13 @@
 package diff
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 
 	"github.com/dsnet/compress/bzip2"
-	"github.com/gabstv/go-bsdiff/pkg/bspatch"
 )
 
 // maxEmptyTriples bounds control triples that write nothing. Every other
@@ -15,31 +16,42 @@ import (
 // of bzip2 can expand to gigabytes of them) cannot keep the applier busy.
 const maxEmptyTriples = 1024
 
+// patchChunk is the most the applier holds of the old file, the diff
+// stream or the output at once: large enough that a triple costs a handful
+// of system calls, small enough to be noise beside the bzip2 decoders.
+const patchChunk = 64 << 10
+
 // header is a BSDIFF40 patch's fixed 32-byte header.
 type header struct {
-	ctrlLen int64 // compressed length of the control stream
-	diffLen int64 // compressed length of the diff stream
-	newSize int64 // size of the output
+	ctrlLen  int64 // compressed length of the control stream
+	diffLen  int64 // compressed length of the diff stream
+	extraLen int64 // the rest of the patch: the extra stream
+	newSize  int64 // size of the output
 }
 
-// parseHeader reads the header and checks it against the patch's own
+// readHeader reads the header and checks it against the patch's own
 // length; the output size is checked by the caller, which knows the limit.
-func parseHeader(patch []byte) (header, error) {
+func readHeader(patch io.ReaderAt, patchLen int64) (header, error) {
 	var h header
-	if len(patch) < headerLen {
-		return h, fmt.Errorf("patch header: %d bytes, want %d: %w", len(patch), headerLen, ErrCorruptPatch)
+	if patchLen < headerLen {
+		return h, fmt.Errorf("patch header: %d bytes, want %d: %w", max(patchLen, 0), headerLen, ErrCorruptPatch)
 	}
-	if string(patch[:8]) != bsdiffMagic {
-		return h, fmt.Errorf("patch header: magic %q, want %q: %w", patch[:8], bsdiffMagic, ErrCorruptPatch)
+	var b [headerLen]byte
+	if _, err := patch.ReadAt(b[:], 0); err != nil {
+		return h, fmt.Errorf("patch header: %w", err)
 	}
-	h.ctrlLen, h.diffLen, h.newSize = offtin(patch[8:]), offtin(patch[16:]), offtin(patch[24:])
-	body := int64(len(patch) - headerLen)
+	if string(b[:8]) != bsdiffMagic {
+		return h, fmt.Errorf("patch header: magic %q, want %q: %w", b[:8], bsdiffMagic, ErrCorruptPatch)
+	}
+	h.ctrlLen, h.diffLen, h.newSize = offtin(b[8:]), offtin(b[16:]), offtin(b[24:])
+	body := patchLen - headerLen
 	switch {
 	case h.ctrlLen < 0 || h.diffLen < 0 || h.newSize < 0:
 		return h, fmt.Errorf("patch header: negative field (control %d, diff %d, new size %d): %w", h.ctrlLen, h.diffLen, h.newSize, ErrCorruptPatch)
 	case h.ctrlLen > body || h.diffLen > body-h.ctrlLen:
 		return h, fmt.Errorf("patch header: control %d + diff %d bytes exceed the %d bytes after the header: %w", h.ctrlLen, h.diffLen, body, ErrCorruptPatch)
 	}
+	h.extraLen = body - h.ctrlLen - h.diffLen
 	return h, nil
 }
 
@@ -54,85 +66,113 @@ func checkSize(newSize int64) error {
 	return nil
 }
 
-// Apply applies a BSDIFF40 patch to old and returns the new file, which
-// must be exactly newSize bytes: the size the signed manifest declares,
-// at most MaxPatchOutput.
-//
-// Apply is safe on any input. Errors about the patch wrap ErrCorruptPatch
-// and say what is wrong and where; a newSize over the limit wraps
-// ErrTooLarge. It never panics, its work is linear in newSize and the
-// patch's length, and it allocates newSize bytes plus the bzip2 decoders'
-// fixed buffers. It does not authenticate anything: callers check the
-// patch's SHA-256 before and the output's after.
-func Apply(old, patch []byte, newSize int64) ([]byte, error) {
+// openPatch checks a patch's header against the size its caller declares.
+func openPatch(patch io.ReaderAt, patchLen, newSize int64) (header, error) {
 	if err := checkSize(newSize); err != nil {
-		return nil, fmt.Errorf("diff: %w", err)
+		return header{}, err
 	}
-	h, err := parseHeader(patch)
+	h, err := readHeader(patch, patchLen)
 	if err != nil {
-		return nil, fmt.Errorf("diff: %w", err)
+		return h, err
 	}
 	if h.newSize != newSize {
-		return nil, fmt.Errorf("diff: patch header: new size %d, but %d declared: %w", h.newSize, newSize, ErrCorruptPatch)
+		return h, fmt.Errorf("patch header: new size %d, but %d declared: %w", h.newSize, newSize, ErrCorruptPatch)
 	}
-	out, err := apply(old, patch, h)
+	return h, nil
+}
+
+// Apply applies a BSDIFF40 patch to old and returns the new file, which
+// must be exactly newSize bytes: the size the signed manifest declares,
+// at most MaxPatchOutput. It is Patch with everything in memory, for
+// callers that hold the files anyway (tests, the publisher's checks).
+func Apply(old, patch []byte, newSize int64) ([]byte, error) {
+	h, err := openPatch(bytes.NewReader(patch), int64(len(patch)), newSize)
 	if err != nil {
 		return nil, fmt.Errorf("diff: %w", err)
 	}
-	return out, nil
+	// Allocated only now that the size is known to be the declared one.
+	out := bytes.NewBuffer(make([]byte, 0, newSize))
+	if err := h.apply(context.Background(), bytes.NewReader(old), int64(len(old)), bytes.NewReader(patch), out); err != nil {
+		return nil, fmt.Errorf("diff: %w", err)
+	}
+	return out.Bytes(), nil
 }
 
-// apply runs the library's bspatch on a patch whose header is checked,
-// after checkControl has vetted every control triple the library will act
-// on. The library panics on negative lengths and, fed a stream of empty
-// triples, loops for as long as the stream lasts; recover is the last line
-// of defence against whatever else it does not check.
-func apply(old, patch []byte, h header) (out []byte, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			out, err = nil, fmt.Errorf("bspatch panicked: %v: %w", p, ErrCorruptPatch)
-		}
-	}()
-	if err := checkControl(old, patch, h); err != nil {
-		return nil, err
-	}
-	out, err = bspatch.Bytes(old, patch)
-	if err != nil {
-		return nil, fmt.Errorf("bspatch: %v: %w", err, ErrCorruptPatch)
-	}
-	if int64(len(out)) != h.newSize {
-		return nil, fmt.Errorf("bspatch wrote %d bytes, want %d: %w", len(out), h.newSize, ErrCorruptPatch)
-	}
-	return out, nil
-}
-
-// checkControl streams the control triples the library will read and
-// refuses the patch unless every one is sound: lengths non-negative and
-// within the output, old-file reads and seeks within the old file, at most
-// maxEmptyTriples that write nothing, and the stream holding exactly the
-// triples the output needs, within the header's control length.
+// Patch applies the BSDIFF40 patch of patchLen bytes to the old file of
+// oldLen bytes and writes the new file, exactly newSize bytes (at most
+// MaxPatchOutput), to w.
 //
-// It decodes with the library's own bzip2 decoder (github.com/dsnet/compress):
-// on a malformed block, decoders disagree about the bytes they return before
-// the block's checksum is due, and only the same decoder is sure to see the
-// triples the library will act on. Reading to the stream's clean end then
-// verifies the checksums of every block the triples came from.
-func checkControl(old, patch []byte, h header) error {
-	zr, err := bzip2.NewReader(bytes.NewReader(patch[headerLen:headerLen+h.ctrlLen]), nil)
+// Patch is safe on any input. Errors about the patch wrap ErrCorruptPatch
+// and say what is wrong and where; a newSize over the limit wraps
+// ErrTooLarge. It never panics, its work is linear in newSize and the
+// patch's length, and its memory is fixed: the three bzip2 decoders and a
+// few chunk buffers, whatever the sizes (see DecodeMemory). It checks each
+// control triple before acting on it, so on an error w has received a
+// prefix of what the patch describes: callers write into a staging file
+// they discard unless the output's hash matches. It does not authenticate
+// anything: callers check the patch's SHA-256 before and the output's after.
+func Patch(ctx context.Context, old io.ReaderAt, oldLen int64, patch io.ReaderAt, patchLen, newSize int64, w io.Writer) error {
+	h, err := openPatch(patch, patchLen, newSize)
 	if err != nil {
-		return fmt.Errorf("control stream: %v: %w", err, ErrCorruptPatch)
+		return fmt.Errorf("diff: %w", err)
 	}
-	oldLen := int64(len(old))
+	if err := h.apply(ctx, old, oldLen, patch, w); err != nil {
+		return fmt.Errorf("diff: %w", err)
+	}
+	return nil
+}
+
+// apply runs a patch whose header is checked, vetting every control triple
+// before acting on it: lengths non-negative and within the output, old-file
+// reads and seeks within the old file, at most maxEmptyTriples that write
+// nothing, and the control stream holding exactly the triples the output
+// needs, within the header's control length. The diff and extra streams are
+// read no further than the triples take, as Debian's bspatch does.
+//
+// It decodes with github.com/dsnet/compress rather than the standard
+// library: on a malformed block, decoders disagree about the bytes they
+// return before the block's checksum is due, and the patches this applier
+// has accepted since before it replaced go-bsdiff's (which uses dsnet) must
+// keep meaning the same output. Reading the control stream to its clean end
+// verifies the checksums of every block the triples came from.
+func (h header) apply(ctx context.Context, old io.ReaderAt, oldLen int64, patch io.ReaderAt, w io.Writer) error {
+	section := func(name string, off, n int64) (*bzip2.Reader, error) {
+		zr, err := bzip2.NewReader(io.NewSectionReader(patch, headerLen+off, n), nil)
+		if err != nil {
+			return nil, fmt.Errorf("%s stream: %v: %w", name, err, ErrCorruptPatch)
+		}
+		return zr, nil
+	}
+	ctrl, err := section("control", 0, h.ctrlLen)
+	if err != nil {
+		return err
+	}
+	diffs, err := section("diff", h.ctrlLen, h.diffLen)
+	if err != nil {
+		return err
+	}
+	extras, err := section("extra", h.ctrlLen+h.diffLen, h.extraLen)
+	if err != nil {
+		return err
+	}
+	// Many triples write a few bytes each; one write per chunk keeps a
+	// pipe or a staging file from seeing them one by one.
+	bw := bufio.NewWriterSize(w, patchChunk)
+	ob := oldReader{r: old, size: oldLen, buf: make([]byte, patchChunk)}
+	buf := make([]byte, patchChunk)
 	var (
-		buf            [24]byte
+		tr             [24]byte
 		newpos, oldpos int64
 		n, empty       int
 	)
 	for ; newpos < h.newSize; n++ {
-		if _, err := io.ReadFull(zr, buf[:]); err != nil {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if _, err := io.ReadFull(ctrl, tr[:]); err != nil {
 			return fmt.Errorf("control stream: ends after %d triples, at output byte %d of %d: %v: %w", n, newpos, h.newSize, err, ErrCorruptPatch)
 		}
-		add, copyLen, seek := offtin(buf[0:]), offtin(buf[8:]), offtin(buf[16:])
+		add, copyLen, seek := offtin(tr[0:]), offtin(tr[8:]), offtin(tr[16:])
 		switch {
 		case add < 0 || copyLen < 0:
 			return fmt.Errorf("control triple %d: negative length (add %d, copy %d): %w", n, add, copyLen, ErrCorruptPatch)
@@ -146,8 +186,33 @@ func checkControl(old, patch []byte, h header) error {
 				return fmt.Errorf("control stream: more than %d triples that write nothing: %w", maxEmptyTriples, ErrCorruptPatch)
 			}
 		}
-		newpos += add + copyLen
-		oldpos += add
+		for left := add; left > 0; {
+			k := min(left, patchChunk)
+			if _, err := io.ReadFull(diffs, buf[:k]); err != nil {
+				return fmt.Errorf("diff stream: ends at output byte %d (control triple %d): %v: %w", newpos, n, err, ErrCorruptPatch)
+			}
+			o, err := ob.at(oldpos, k)
+			if err != nil {
+				return err
+			}
+			for i := range buf[:k] {
+				buf[i] += o[i]
+			}
+			if _, err := bw.Write(buf[:k]); err != nil {
+				return fmt.Errorf("write output: %w", err)
+			}
+			left, newpos, oldpos = left-k, newpos+k, oldpos+k
+		}
+		for left := copyLen; left > 0; {
+			k := min(left, patchChunk)
+			if _, err := io.ReadFull(extras, buf[:k]); err != nil {
+				return fmt.Errorf("extra stream: ends at output byte %d (control triple %d): %v: %w", newpos, n, err, ErrCorruptPatch)
+			}
+			if _, err := bw.Write(buf[:k]); err != nil {
+				return fmt.Errorf("write output: %w", err)
+			}
+			left, newpos = left-k, newpos+k
+		}
 		// oldpos is within [0, oldLen] here, so neither bound overflows.
 		if seek < -oldpos || seek > oldLen-oldpos {
 			return fmt.Errorf("control triple %d: seek %d from old byte %d leaves the old file's %d bytes: %w", n, seek, oldpos, oldLen, ErrCorruptPatch)
@@ -156,11 +221,46 @@ func checkControl(old, patch []byte, h header) error {
 	}
 	// One byte is enough to tell: anything after the last triple the output
 	// needs is not a BSDIFF40 control stream (and could be a bomb).
-	switch k, err := zr.Read(buf[:1]); {
+	switch k, err := ctrl.Read(tr[:1]); {
 	case k > 0:
 		return fmt.Errorf("control stream: more data after the %d triples that make the output: %w", n, ErrCorruptPatch)
 	case err != io.EOF:
 		return fmt.Errorf("control stream: after %d triples: %v: %w", n, err, ErrCorruptPatch)
 	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("write output: %w", err)
+	}
 	return nil
+}
+
+// oldReader reads the old file through a one-chunk cache: bsdiff's
+// triples mostly walk the old file forward in small steps, and a pread per
+// triple would cost more than the adding.
+type oldReader struct {
+	r          io.ReaderAt
+	size       int64
+	buf        []byte
+	start, end int64 // the cached bytes are old[start:end]
+}
+
+// at returns old[off:off+n], n at most a chunk; the caller has checked
+// that the range is within the old file.
+func (o *oldReader) at(off, n int64) ([]byte, error) {
+	if off < o.start || off+n > o.end {
+		k, err := o.r.ReadAt(o.buf[:min(int64(len(o.buf)), o.size-off)], off)
+		if int64(k) < n {
+			return nil, fmt.Errorf("old file: %d bytes at %d: %w", n, off, noEOF(err))
+		}
+		o.start, o.end = off, off+int64(k)
+	}
+	return o.buf[off-o.start : off-o.start+n], nil
+}
+
+// noEOF is err with a read that ended early named for what it is: the old
+// file is shorter than its stated size.
+func noEOF(err error) error {
+	if err == nil || err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }

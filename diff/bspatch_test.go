@@ -105,7 +105,7 @@ func TestApplyRefusesHostilePatches(t *testing.T) {
 		{"bad magic", append([]byte("BSDIFF41"), good[8:]...), size, ErrCorruptPatch, `magic "BSDIFF41"`},
 		{"truncated header", good[:20], size, ErrCorruptPatch, "20 bytes, want 32"},
 		{"truncated body", good[:40], size, ErrCorruptPatch, "exceed the"},
-		{"truncated extra stream", good[:len(good)-20], size, ErrCorruptPatch, "bspatch"},
+		{"truncated extra stream", good[:len(good)-20], size, ErrCorruptPatch, "extra stream: ends at output byte"},
 		{"header size lies (huge)", withHeader(good, 24, 1<<40), size, ErrCorruptPatch, "new size 1099511627776, but 1100 declared"},
 		{"header size lies (short)", withHeader(good, 24, size-1), size, ErrCorruptPatch, "but 1100 declared"},
 		{"declared size over the limit", good, MaxPatchOutput + 1, ErrTooLarge, "over the 1073741824-byte limit"},
@@ -130,9 +130,9 @@ func TestApplyRefusesHostilePatches(t *testing.T) {
 		{"most negative seek", craft(t, 20, []triple{{10, 0, minus}, {10, 0, 0}}, make([]byte, 20), nil), 20, ErrCorruptPatch, "leaves the old file"},
 		{"control stream ends early", craft(t, 100, []triple{{10, 0, 0}}, make([]byte, 10), nil), 100, ErrCorruptPatch, "ends after 1 triples, at output byte 10 of 100"},
 		{"triples that write nothing", craft(t, 100, make([]triple, 2*maxEmptyTriples), nil, nil), 100, ErrCorruptPatch, "write nothing"},
-		{"diff stream short", craft(t, 100, []triple{{100, 0, 0}}, make([]byte, 10), nil), 100, ErrCorruptPatch, "bspatch"},
-		{"extra stream short", craft(t, 100, []triple{{0, 100, 0}}, nil, make([]byte, 10)), 100, ErrCorruptPatch, "bspatch"},
-		{"diff stream not bzip2", assemble(10, bz2(t, encodeTriples([]triple{{10, 0, 0}})), []byte("garbage!"), nil), 10, ErrCorruptPatch, "bspatch"},
+		{"diff stream short", craft(t, 100, []triple{{100, 0, 0}}, make([]byte, 10), nil), 100, ErrCorruptPatch, "diff stream: ends at output byte 0 (control triple 0)"},
+		{"extra stream short", craft(t, 100, []triple{{0, 100, 0}}, nil, make([]byte, 10)), 100, ErrCorruptPatch, "extra stream: ends at output byte 0 (control triple 0)"},
+		{"diff stream not bzip2", assemble(10, bz2(t, encodeTriples([]triple{{10, 0, 0}})), []byte("garbage!"), nil), 10, ErrCorruptPatch, "diff stream"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -207,7 +207,7 @@ func TestApplyBzip2Bombs(t *testing.T) {
 // reference the fuzz test holds Apply to on well-formed streams. It bounds
 // only what keeps the fuzzer safe.
 func refApply(old, patch []byte, newSize int64) ([]byte, error) {
-	h, err := parseHeader(patch)
+	h, err := readHeader(bytes.NewReader(patch), int64(len(patch)))
 	if err != nil || h.newSize != newSize || newSize > 1<<20 {
 		return nil, errors.New("ref: header")
 	}
@@ -289,6 +289,16 @@ func FuzzApply(f *testing.F) {
 		ref, rerr := refApply(old, patch, size)
 		if rerr == nil && !bytes.Equal(ref, out) {
 			t.Fatalf("Apply's output differs from the reference bspatch's")
+		}
+		// And what the laptop's old in-memory path made of it, so that no
+		// patch it accepted before means something else now.
+		if legacy, lerr := legacyApply(old, patch); lerr == nil && !bytes.Equal(legacy, out) {
+			t.Fatalf("Apply's output differs from go-bsdiff's bspatch's")
+		}
+		// Streaming through ReadAt and a writer is the same applier.
+		var streamed bytes.Buffer
+		if err := Patch(t.Context(), bytes.NewReader(old), int64(len(old)), bytes.NewReader(patch), int64(len(patch)), size, &streamed); err != nil || !bytes.Equal(streamed.Bytes(), out) {
+			t.Fatalf("Patch disagrees with Apply: %v", err)
 		}
 	})
 }

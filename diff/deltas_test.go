@@ -94,14 +94,14 @@ func TestZstdRoundTripsAndCaps(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, err := Decode(t.Context(), tc.kind, tc.base, bytes.NewReader(enc), int64(len(next)))
+		out, err := decodeBytes(t.Context(), tc.kind, tc.base, bytes.NewReader(enc), int64(len(next)))
 		if err != nil || !bytes.Equal(out, next) {
 			t.Fatalf("%s: round trip failed: %v", tc.kind, err)
 		}
-		if _, err := Decode(t.Context(), tc.kind, tc.base, bytes.NewReader(enc), int64(len(next))-1); !errors.Is(err, ErrCorruptEncoding) {
+		if _, err := decodeBytes(t.Context(), tc.kind, tc.base, bytes.NewReader(enc), int64(len(next))-1); !errors.Is(err, ErrCorruptEncoding) {
 			t.Errorf("%s: output over the declared size: err = %v", tc.kind, err)
 		}
-		if _, err := Decode(t.Context(), tc.kind, tc.base, bytes.NewReader(enc[:len(enc)/2]), int64(len(next))); !errors.Is(err, ErrCorruptEncoding) {
+		if _, err := decodeBytes(t.Context(), tc.kind, tc.base, bytes.NewReader(enc[:len(enc)/2]), int64(len(next))); !errors.Is(err, ErrCorruptEncoding) {
 			t.Errorf("%s: truncated: err = %v", tc.kind, err)
 		}
 	}

@@ -10,15 +10,20 @@
 // gives up when its context ends and lets the work finish in the
 // background, and planners budget its memory with MemoryNeeded.
 //
-// Patches arrive from untrusted peers, and the library's patcher trusts its
-// input: it panics on a negative length, allocates whatever size a header
-// claims, and spins for as long as a stream of empty control triples lasts.
-// So Apply checks the header against the size the signed manifest declares
-// (never above MaxPatchOutput) and every control triple before the library
-// sees the patch, and turns anything left into an error wrapping
-// ErrCorruptPatch, never a crash, a hang or a huge allocation.
+// Patches arrive from untrusted peers, so peerup applies them with its own
+// streaming applier (Patch; Apply is the same in memory), not the library's,
+// which trusts its input: Patch checks the header against the size the
+// signed manifest declares (never above MaxPatchOutput) and every control
+// triple before acting on it, and turns anything wrong into an error
+// wrapping ErrCorruptPatch, never a crash, a hang or a large allocation.
 //
-// Apply is not an authenticator. Callers verify the patch's SHA-256 against
-// the signed index before applying it, and the output's SHA-256 against the
-// manifest after: a patch can be well-formed and still wrong.
+// A laptop has 256 MB, so Decoder.DecodeTo decodes every kind streaming:
+// the base and the encoding are read in place through ReadAt, the target
+// goes to a writer in chunks, and DecodeMemory tells a puller beforehand
+// what a decode will hold, so it can budget concurrent ones.
+//
+// Neither Patch nor DecodeTo is an authenticator. Callers verify the
+// encoding's SHA-256 against the signed index before decoding it, and the
+// output's SHA-256 against the manifest after: a patch can be well-formed
+// and still wrong, and a failed decode may have written a prefix.
 package diff

@@ -33,7 +33,7 @@ func MakeFiles(ctx context.Context, oldPath, newPath, patchPath string) error {
 	if err != nil {
 		return wrap(err)
 	}
-	if err := writeFileAtomic(patchPath, patch, 0o644); err != nil {
+	if err := writeFileAtomic(patchPath, 0o644, func(w io.Writer) error { _, err := w.Write(patch); return err }); err != nil {
 		return wrap(err)
 	}
 	return nil
@@ -43,34 +43,36 @@ func MakeFiles(ctx context.Context, oldPath, newPath, patchPath string) error {
 // Debian's bsdiff) to the file at oldPath and writes newPath, whole or not
 // at all, with oldPath's permission bits (a patched program stays
 // executable). With no manifest to declare it, the new size comes from the
-// patch's header and is held to MaxPatchOutput; the patch is checked as
-// Apply checks it before any output is written.
+// patch's header and is held to MaxPatchOutput. Patch streams: the output
+// goes to a temporary file beside newPath that is renamed into place only
+// if the whole patch applies.
 func ApplyFiles(oldPath, patchPath, newPath string) error {
 	wrap := func(err error) error { return fmt.Errorf("diff: apply %s to %s: %w", patchPath, oldPath, err) }
-	patch, err := readPatchFile(patchPath)
+	patch, patchLen, err := openPatchFile(patchPath)
 	if err != nil {
 		return wrap(err)
 	}
-	h, err := parseHeader(patch)
+	defer patch.Close()
+	h, err := readHeader(patch, patchLen)
 	if err != nil {
 		return wrap(err)
 	}
 	if err := checkSize(h.newSize); err != nil {
 		return wrap(fmt.Errorf("patch header: %w", err))
 	}
-	fi, err := os.Stat(oldPath)
+	old, err := os.Open(oldPath)
 	if err != nil {
 		return wrap(err)
 	}
-	old, err := os.ReadFile(oldPath)
+	defer old.Close()
+	fi, err := old.Stat()
 	if err != nil {
 		return wrap(err)
 	}
-	out, err := apply(old, patch, h)
+	err = writeFileAtomic(newPath, fi.Mode().Perm(), func(w io.Writer) error {
+		return h.apply(context.Background(), old, fi.Size(), patch, w)
+	})
 	if err != nil {
-		return wrap(err)
-	}
-	if err := writeFileAtomic(newPath, out, fi.Mode().Perm()); err != nil {
 		return wrap(err)
 	}
 	return nil
@@ -82,35 +84,33 @@ func ApplyFiles(oldPath, patchPath, newPath string) error {
 // twice the largest output is generous.
 const maxPatchFile = 2 * MaxPatchOutput
 
-// readPatchFile reads a patch file, refusing one too large to be a patch
-// before reading it, since the user may have named the wrong file.
-func readPatchFile(path string) ([]byte, error) {
+// openPatchFile opens a patch file, refusing one too large to be a patch,
+// since the user may have named the wrong file, and one that is not a
+// regular file, whose length ReadAt could not rely on.
+func openPatchFile(path string) (*os.File, int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	defer f.Close()
-	tooLarge := fmt.Errorf("%s is over %d bytes, too large to be a patch: %w", path, maxPatchFile, ErrTooLarge)
-	if fi, err := f.Stat(); err != nil {
-		return nil, err
-	} else if fi.Size() > maxPatchFile {
-		return nil, tooLarge
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+	case !fi.Mode().IsRegular():
+		err = fmt.Errorf("%s is not a regular file", path)
+	case fi.Size() > maxPatchFile:
+		err = fmt.Errorf("%s is over %d bytes, too large to be a patch: %w", path, maxPatchFile, ErrTooLarge)
 	}
-	// The limit again, for files that grow and for pipes.
-	b, err := io.ReadAll(io.LimitReader(f, maxPatchFile+1))
 	if err != nil {
-		return nil, err
+		f.Close()
+		return nil, 0, err
 	}
-	if len(b) > maxPatchFile {
-		return nil, tooLarge
-	}
-	return b, nil
+	return f, fi.Size(), nil
 }
 
-// writeFileAtomic writes data to a temporary file beside path and renames
+// writeFileAtomic has write fill a temporary file beside path and renames
 // it into place, so that readers and a failure mid-way see either the old
 // state or the whole new file, never a part.
-func writeFileAtomic(path string, data []byte, perm fs.FileMode) (err error) {
+func writeFileAtomic(path string, perm fs.FileMode, write func(io.Writer) error) (err error) {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
 	if err != nil {
 		return err
@@ -121,7 +121,7 @@ func writeFileAtomic(path string, data []byte, perm fs.FileMode) (err error) {
 			os.Remove(tmp.Name())
 		}
 	}()
-	if _, err = tmp.Write(data); err != nil {
+	if err = write(tmp); err != nil {
 		return err
 	}
 	if err = tmp.Chmod(perm); err != nil {

@@ -20,26 +20,46 @@ import (
 // whose gzip differs merely falls back to the next encoding.
 
 // MaxGunzipped bounds the uncompressed text the gz kinds handle, on both
-// sides: a laptop holds it, the base's text and the output at once.
+// sides: the publisher holds it, and a laptop holds a base's text as a
+// dictionary.
 const MaxGunzipped = 32 << 20
+
+// maxGzRatio bounds a gz kind's text relative to its gzip file, so that a
+// laptop knows from the sizes alone how much text (as a dictionary, and as
+// the zstd window) a decode will hold (DecodeMemory). Debian's man pages
+// and changelogs compress 2.5 to 4 times; of 25,438 gzip files in a desktop
+// image's /usr/share, 3 (test logs) compress more than 16 times, and those
+// are simply sent by other encodings.
+const maxGzRatio = 16
+
+// gzTextLimit is the most text the gz kinds accept from a gzip file of n
+// bytes: the one rule both the publisher and the node apply.
+func gzTextLimit(n int64) int64 { return min(MaxGunzipped, maxGzRatio*max(n, 0)) }
 
 // gzipMagic is the start of a gzip member made by `gzip -n`: deflate, no
 // flags, no mtime.
 var gzipMagic = []byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0}
 
 // gunzip returns the text of a gzip object made by `gzip -n`, or false if it
-// is not one or its text is over MaxGunzipped.
+// is not one or its text is over gzTextLimit.
 func gunzip(data []byte) ([]byte, bool) {
-	if !bytes.HasPrefix(data, gzipMagic) {
+	return gunzipFrom(bytes.NewReader(data), int64(len(data)))
+}
+
+// gunzipFrom is gunzip of the n bytes r reads.
+func gunzipFrom(r io.Reader, n int64) ([]byte, bool) {
+	var magic [8]byte
+	if _, err := io.ReadFull(r, magic[:]); err != nil || !bytes.Equal(magic[:], gzipMagic) {
 		return nil, false
 	}
-	r, err := gzip.NewReader(bytes.NewReader(data))
+	zr, err := gzip.NewReader(io.MultiReader(bytes.NewReader(magic[:]), r))
 	if err != nil {
 		return nil, false
 	}
-	r.Multistream(false)
-	out, err := io.ReadAll(io.LimitReader(r, MaxGunzipped+1))
-	if err != nil || len(out) > MaxGunzipped {
+	zr.Multistream(false)
+	limit := gzTextLimit(n)
+	out, err := io.ReadAll(io.LimitReader(zr, limit+1))
+	if err != nil || int64(len(out)) > limit {
 		return nil, false
 	}
 	return out, true
@@ -52,22 +72,55 @@ var ErrNoGzip = errors.New("no gzip program to recompress with")
 // gzip9n compresses text as `gzip -9n` does, refusing output over limit
 // bytes.
 func gzip9n(ctx context.Context, text []byte, limit int64) ([]byte, error) {
-	path, err := exec.LookPath("gzip")
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNoGzip, err)
-	}
-	cmd := exec.CommandContext(ctx, path, "-9n", "-c")
-	cmd.Stdin = bytes.NewReader(text)
-	var out, stderr bytes.Buffer
-	cmd.Stdout = &limitedBuffer{buf: &out, left: limit + 1}
-	cmd.Stderr = &limitedBuffer{buf: &stderr, left: 4096}
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("gzip -9n: %w: %s", err, bytes.TrimSpace(stderr.Bytes()))
-	}
-	if int64(out.Len()) > limit {
-		return nil, fmt.Errorf("gzip -9n gives more than %d bytes", limit)
+	var out bytes.Buffer
+	if _, err := gzip9nTo(ctx, bytes.NewReader(text), limit, &out); err != nil {
+		return nil, err
 	}
 	return out.Bytes(), nil
+}
+
+// gzip9nTo runs `gzip -9n` with text on its standard input and writes its
+// output to w, failing as soon as that passes limit bytes, and returns how
+// many it wrote. An error reading text is returned as it is, so a decode's
+// ErrCorruptEncoding survives.
+func gzip9nTo(ctx context.Context, text io.Reader, limit int64, w io.Writer) (int64, error) {
+	path, err := exec.LookPath("gzip")
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrNoGzip, err)
+	}
+	in := &errReader{r: text}
+	out := &limitWriter{w: w, limit: limit}
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, path, "-9n", "-c")
+	cmd.Stdin = in
+	cmd.Stdout = out
+	cmd.Stderr = &limitedBuffer{buf: &stderr, left: 4096}
+	err = cmd.Run()
+	switch {
+	case in.err != nil:
+		// gzip compressed a text that ended early: its output is wrong.
+		return out.n, in.err
+	case err != nil && ctx.Err() != nil:
+		return out.n, ctx.Err()
+	case err != nil:
+		return out.n, fmt.Errorf("gzip -9n: %w: %s", err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return out.n, nil
+}
+
+// errReader remembers its reader's first error other than io.EOF, which
+// os/exec would otherwise fold into the child's exit status.
+type errReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF && e.err == nil {
+		e.err = err
+	}
+	return n, err
 }
 
 // limitedBuffer keeps at most left bytes and silently drops the rest, so a
@@ -103,26 +156,38 @@ func reproducibleGzip(ctx context.Context, data []byte) ([]byte, bool) {
 }
 
 // decodeGz turns a gz-zstd or gz-zstd-dict encoding back into its target:
-// the text is decoded with zstd (the base's text as dictionary), then
-// recompressed.
-func decodeGz(ctx context.Context, kind Kind, base []byte, enc io.Reader, size int64) ([]byte, error) {
+// the text is decoded with zstd (the base's text as dictionary) straight
+// into gzip's standard input, and gzip's output goes to w.
+func (d *Decoder) decodeGz(ctx context.Context, kind Kind, base, enc *io.SectionReader, size int64, w io.Writer) error {
 	var dict []byte
+	var baseSize int64
 	if kind == KindGzZstdDict {
+		baseSize = base.Size()
 		var ok bool
-		if dict, ok = gunzip(base); !ok {
-			return nil, fmt.Errorf("%w: base is not a gzip -n file", ErrCorruptEncoding)
+		if dict, ok = gunzipFrom(io.NewSectionReader(base, 0, baseSize), baseSize); !ok {
+			return fmt.Errorf("%w: base is not a gzip -n file of at most %d bytes of text", ErrCorruptEncoding, gzTextLimit(baseSize))
 		}
 	}
-	text, err := zstdDecode(enc, dict, MaxGunzipped)
+	// The zstd decode runs in the goroutine feeding gzip, so its text is
+	// never held: the pipe between them is the only buffer.
+	pr, pw := io.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		text := &limitWriter{w: pw, limit: gzTextLimit(size)}
+		pw.CloseWithError(d.zstdTo(ctx, enc, dict, decodeWindow(kind, baseSize, size), text))
+	}()
+	n, err := gzip9nTo(ctx, pr, size, w)
+	pr.CloseWithError(errors.New("gzip is done")) // unblocks the decode if gzip stopped early
+	<-done
 	if err != nil {
-		return nil, err
+		if errors.Is(err, ErrNoGzip) || errors.Is(err, ErrCorruptEncoding) || ctx.Err() != nil {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrCorruptEncoding, err)
 	}
-	out, err := gzip9n(ctx, text, size)
-	if err != nil {
-		return nil, err
+	if n != size {
+		return fmt.Errorf("%w: recompressed text is %d bytes, want %d", ErrCorruptEncoding, n, size)
 	}
-	if int64(len(out)) != size {
-		return nil, fmt.Errorf("%w: recompressed text is %d bytes, want %d", ErrCorruptEncoding, len(out), size)
-	}
-	return out, nil
+	return nil
 }

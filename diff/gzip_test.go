@@ -54,7 +54,7 @@ func TestGzEncodingsCostTheChangeNotTheFile(t *testing.T) {
 	if len(enc)*20 > len(patch) {
 		t.Errorf("gz-zstd-dict is %d bytes, bsdiff of the gzip files %d: the text diff should be far smaller", len(enc), len(patch))
 	}
-	out, err := Decode(t.Context(), KindGzZstdDict, oldGz, bytes.NewReader(enc), int64(len(newGz)))
+	out, err := decodeBytes(t.Context(), KindGzZstdDict, oldGz, bytes.NewReader(enc), int64(len(newGz)))
 	if err != nil || !bytes.Equal(out, newGz) {
 		t.Fatalf("gz-zstd-dict does not decode to the gzip file: %v", err)
 	}
@@ -62,7 +62,7 @@ func TestGzEncodingsCostTheChangeNotTheFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err = Decode(t.Context(), KindGzZstd, nil, bytes.NewReader(whole), int64(len(newGz)))
+	out, err = decodeBytes(t.Context(), KindGzZstd, nil, bytes.NewReader(whole), int64(len(newGz)))
 	if err != nil || !bytes.Equal(out, newGz) {
 		t.Fatalf("gz-zstd does not decode to the gzip file: %v", err)
 	}
@@ -111,7 +111,7 @@ func TestGzEncodingsRefuse(t *testing.T) {
 		{"base that is not gzip", KindGzZstdDict, text, enc, int64(len(gz)), ErrCorruptEncoding},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			out, err := Decode(t.Context(), tc.kind, tc.base, bytes.NewReader(tc.enc), tc.size)
+			out, err := decodeBytes(t.Context(), tc.kind, tc.base, bytes.NewReader(tc.enc), tc.size)
 			if err == nil {
 				t.Fatalf("decoded %d bytes", len(out))
 			}
@@ -123,7 +123,7 @@ func TestGzEncodingsRefuse(t *testing.T) {
 
 	t.Run("no gzip program", func(t *testing.T) {
 		t.Setenv("PATH", t.TempDir())
-		if _, err := Decode(t.Context(), KindGzZstd, nil, bytes.NewReader(enc), int64(len(gz))); !errors.Is(err, ErrNoGzip) {
+		if _, err := decodeBytes(t.Context(), KindGzZstd, nil, bytes.NewReader(enc), int64(len(gz))); !errors.Is(err, ErrNoGzip) {
 			t.Errorf("err = %v, want ErrNoGzip", err)
 		}
 	})
