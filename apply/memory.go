@@ -36,10 +36,11 @@ func MemoryMiB(mib int) Memory {
 func (m Memory) InFlight() int64 { return int64(m) / 2 }
 
 // SoftLimit is the Go runtime's memory limit (debug.SetMemoryLimit) for the
-// budget: the budget less what the runtime does not count (the binary's
-// mapped code and data).
+// budget: the budget less what the runtime does not count and cannot
+// return to the kernel at once (the binary's code and data, about 12 MiB
+// resident, and pages freed since the last scavenge).
 func (m Memory) SoftLimit() int64 {
-	const unmanaged = 10 << 20
+	const unmanaged = 16 << 20
 	if int64(m) < 2*unmanaged {
 		return int64(m) / 2
 	}

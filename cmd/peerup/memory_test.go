@@ -78,12 +78,14 @@ func newSecurityUpdateLab(t *testing.T) *securityUpdateLab {
 	return l
 }
 
-// laptop returns a fresh copy of the v1 laptop. Hard links do: a sysroot
-// never writes a file in place, it renames new ones over.
+// laptop returns a fresh copy of the v1 laptop. Hard links do for the
+// store and the trees, which a sysroot never writes in place; each tree's
+// /etc is the node's own copy, so it is copied.
 func (l *securityUpdateLab) laptop(t *testing.T) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "sysroot")
-	if out, err := exec.Command("cp", "-al", l.snapshot, dir).CombinedOutput(); err != nil {
+	script := `cp -al "$0" "$1" && for e in "$0"/trees/*/etc; do t="$1/${e#"$0"/}"; rm -rf "$t" && cp -a "$e" "$t" || exit 1; done`
+	if out, err := exec.Command("/bin/sh", "-c", script, l.snapshot, dir).CombinedOutput(); err != nil {
 		t.Fatalf("copy the laptop: %v\n%s", err, out)
 	}
 	return dir
@@ -132,15 +134,28 @@ func TestSecurityUpdateFitsA256MBLaptop(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
 			if tc.wait != nil {
-				for !tc.wait(sysroot) && ctx.Err() == nil {
-					time.Sleep(200 * time.Millisecond)
+			wait:
+				for !tc.wait(sysroot) {
+					select {
+					case err = <-exited:
+						break wait
+					case <-ctx.Done():
+						break wait
+					case <-time.After(200 * time.Millisecond):
+					}
 				}
-				if err := memcg.Signal(cmd, syscall.SIGTERM); err != nil {
-					t.Error(err)
+				if err == nil {
+					if err := memcg.Signal(cmd, syscall.SIGTERM); err != nil {
+						t.Error(err)
+					}
+					err = <-exited
 				}
+			} else {
+				err = <-exited
 			}
-			err = cmd.Wait()
 			took := time.Since(start)
 			rss, rerr := memcg.PeakRSS(rssFile)
 			if rerr != nil {
@@ -157,6 +172,9 @@ func TestSecurityUpdateFitsA256MBLaptop(t *testing.T) {
 			}
 			if cur := current(t, sysroot); !strings.HasSuffix(cur, "/2") {
 				t.Fatalf("after %s current is %q, want trees/2\n%s", tc.name, cur, tail(out.String()))
+			}
+			if out, err := exec.Command(l.bin, "verify", "--sysroot", sysroot).CombinedOutput(); err != nil {
+				t.Errorf("peerup verify after %s: %v\n%s", tc.name, err, tail(string(out)))
 			}
 			if rss > laptopRSS {
 				t.Errorf("%s: peak RSS %.1f MiB, over the %d MiB a laptop leaves an update", tc.name, float64(rss)/(1<<20), laptopRSS>>20)

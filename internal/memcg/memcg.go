@@ -107,7 +107,7 @@ func (g *Group) write(file, value string) error {
 // by exec from a fork of the test inherits the test's high-water mark into
 // its ru_maxrss, so only a parent as small as time reports the child's own.
 func (g *Group) Command(ctx context.Context, rssFile, name string, args ...string) *exec.Cmd {
-	script := `echo $$ > "$0/cgroup.procs" && exec /usr/bin/time -q -f %M -o "$1" "$@"`
+	script := `dir=$0 rss=$1; shift; echo $$ > "$dir/cgroup.procs" && exec /usr/bin/time -q -f %M -o "$rss" "$@"`
 	return exec.CommandContext(ctx, "/bin/sh", append([]string{"-c", script, g.dir, rssFile, name}, args...)...)
 }
 
