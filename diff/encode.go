@@ -8,12 +8,20 @@ import (
 )
 
 // Zstd settings. The window is capped so that a laptop decoding a frame
-// needs at most this much memory beyond the dictionary; 32 MiB covers the
-// large shared libraries of a desktop image.
+// needs at most this much memory beyond the dictionary: 8 MiB keeps even a
+// file of hundreds of MiB within an update's memory budget (SPEC.md §10),
+// and covers all but the largest libraries of a desktop image, whose
+// matches beyond 8 MiB back are few.
 const (
-	zstdMaxWindow = 32 << 20
+	zstdMaxWindow = 8 << 20
 	zstdDictID    = 1 // raw-content dictionaries need an id; the base is named in the index
 )
+
+// MaxDictBase is the largest base a publisher makes a dictionary encoding
+// (zstd-dict, gz-zstd-dict) against: a node holds the dictionary whole
+// while it decodes, and a 48 MiB laptop budget leaves 24 MiB for data in
+// flight (SPEC.md §10).
+const MaxDictBase = 16 << 20
 
 // ErrCorruptEncoding is wrapped by errors about encodings that do not decode.
 var ErrCorruptEncoding = errors.New("encoding does not decode")

@@ -313,10 +313,16 @@ func encodePair(ctx context.Context, repo *blobstore.Repo, b *blobstore.Batch, p
 			return nil, 0, err
 		}
 		best, bestKind := []byte(nil), Kind("")
-		if zd, err := EncodeZstdDict(base, data); err == nil {
-			best, bestKind = zd, KindZstdDict
+		// A node holds a raw dictionary whole while it decodes, so one over
+		// MaxDictBase would not fit a laptop's budget; the window also
+		// leaves most of so large a base out of reach.
+		dictOK := int64(len(base)) <= MaxDictBase
+		if dictOK {
+			if zd, err := EncodeZstdDict(base, data); err == nil {
+				best, bestKind = zd, KindZstdDict
+			}
 		}
-		if isGz {
+		if isGz && dictOK {
 			if baseText, ok := gunzip(base); ok {
 				if gd, err := zstdEncode(text, baseText); err == nil && len(gd) < len(best) {
 					best, bestKind = gd, KindGzZstdDict
