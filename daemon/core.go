@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sort"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"peerup/apply"
 	"peerup/blobstore"
@@ -60,10 +63,13 @@ type Options struct {
 	DB      *DB
 	Trust   *manifest.Keyring
 	Policy  Policy
-	// Peers returns the URLs of the peers to ask, best first: volumes
-	// holding a repo (as folder paths), static ones and those discovery
-	// found.
+	// Peers returns the sources to ask first, in order: volumes holding a
+	// repo (as folder paths) and the configured peers.
 	Peers func() []string
+	// Discovered returns the peers discovery found. What they claim is
+	// forgeable, so their order is not trusted: peers that answered a poll
+	// before are asked first, the others in random order (askOrder).
+	Discovered func() []string
 	// OnApplied runs after a switch, to advertise and announce the new
 	// version.
 	OnApplied func(from, to uint64)
@@ -119,6 +125,9 @@ func NewCore(ctx context.Context, o Options) (*Core, error) {
 	}
 	if o.Peers == nil {
 		o.Peers = func() []string { return nil }
+	}
+	if o.Discovered == nil {
+		o.Discovered = func() []string { return nil }
 	}
 	if o.Open == nil {
 		o.Open = apply.OpenSource
@@ -332,18 +341,55 @@ func (c *Core) Hint() {
 	}
 }
 
-// candidates are the peers to ask, minus banned ones.
+// candidates are the peers to ask, in the order to ask them, minus banned
+// ones.
 func (c *Core) candidates() []string {
 	now := time.Now()
-	var out []string
+	var answered map[string]bool
+	if recs, err := c.o.DB.Peers(now.Add(-answeredWithin)); err == nil {
+		answered = make(map[string]bool, len(recs))
+		for _, r := range recs {
+			answered[r.URL] = true
+		}
+	}
+	return askOrder(c.o.Peers(), c.o.Discovered(), answered, func(u string) bool { return c.o.DB.Banned(u, now) }, rand.Shuffle)
+}
+
+// answeredWithin is how recent a peer's last answer must be for it to be
+// asked before the discovered peers nobody has heard from.
+const answeredWithin = 24 * time.Hour
+
+// askOrder is the order a poll asks its peers in: the configured sources as
+// given, then discovered peers that answered a poll before, then the other
+// discovered peers shuffled. Discovered peers are ordered by nothing they
+// claim: a flood of forged adverts claiming newer versions must not push
+// the honest peers to the back of a poll that asks 32 at a time for 10 s.
+func askOrder(first, discovered []string, answered map[string]bool, banned func(string) bool, shuffle func(int, func(int, int))) []string {
+	var out, known, rest []string
 	seen := map[string]bool{}
-	for _, u := range c.o.Peers() {
-		if !seen[u] && !c.o.DB.Banned(u, now) {
-			seen[u] = true
+	take := func(u string) bool {
+		if seen[u] || banned(u) {
+			return false
+		}
+		seen[u] = true
+		return true
+	}
+	for _, u := range first {
+		if take(u) {
 			out = append(out, u)
 		}
 	}
-	return out
+	for _, u := range discovered {
+		switch {
+		case !take(u):
+		case answered[u]:
+			known = append(known, u)
+		default:
+			rest = append(rest, u)
+		}
+	}
+	shuffle(len(rest), func(i, j int) { rest[i], rest[j] = rest[j], rest[i] })
+	return append(append(out, known...), rest...)
 }
 
 // Polling bounds: a poll asks this many peers at once and waits this long
@@ -354,41 +400,31 @@ const (
 	pollTimeout     = 10 * time.Second
 )
 
-// askAll fetches every peer's index at once (within the poll bounds) and
-// returns them, or each one's error, in the peers' order.
+// askAll fetches every peer's index, pollConcurrency at a time in the
+// peers' order, within pollTimeout, and returns them, or each one's error,
+// in that order. One peer's failure does not stop the others.
 func askAll(ctx context.Context, open func(string) (apply.Source, error), peers []string) ([]*blobstore.Index, []error) {
 	ctx, cancel := context.WithTimeout(ctx, pollTimeout)
 	defer cancel()
 	indexes, errs := make([]*blobstore.Index, len(peers)), make([]error, len(peers))
-	// Not an errgroup: that would ask the peers strictly in the list's
-	// order, and the list is sorted by the versions peers claim, which a
-	// flood of forged adverts inflates (TestAttackDiscoveryFloodOnTheLAN).
-	// Every peer waits for a slot at once instead, and which gets one first
-	// is the scheduler's choice, not the list's, so in practice the honest
-	// peers at the end are not starved behind the forged ones. A deliberate
-	// order belongs to the discovery work that follows.
-	sem := make(chan struct{}, pollConcurrency)
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(pollConcurrency)
 	for i, u := range peers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			select {
-			case sem <- struct{}{}:
-				defer func() { <-sem }()
-			case <-ctx.Done():
-				errs[i] = fmt.Errorf("%s: not asked: %w", u, context.Cause(ctx))
-				return
-			}
+		if ctx.Err() != nil {
+			errs[i] = fmt.Errorf("%s: not asked: %w", u, context.Cause(ctx))
+			continue
+		}
+		g.Go(func() error {
 			cl, err := open(u)
 			if err != nil {
 				errs[i] = err
-				return
+				return nil
 			}
 			indexes[i], errs[i] = cl.Index(ctx)
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	g.Wait()
 	return indexes, errs
 }
 

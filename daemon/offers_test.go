@@ -147,3 +147,46 @@ func TestAskingForTheRunningOperationJoinsIt(t *testing.T) {
 		t.Errorf("state after the poll ended: %s", st)
 	}
 }
+
+// TestAskOrder: configured sources first as given, then discovered peers
+// that answered before, then the rest in the shuffle's order; banned and
+// repeated peers are left out.
+func TestAskOrder(t *testing.T) {
+	reverse := func(n int, swap func(int, int)) {
+		for i := 0; i < n/2; i++ {
+			swap(i, n-1-i)
+		}
+	}
+	tests := []struct {
+		name              string
+		first, discovered []string
+		answered          map[string]bool
+		banned            string
+		want              []string
+	}{
+		{name: "nothing", want: nil},
+		{name: "configured keep their order", first: []string{"/media/stick", "http://server/"}, want: []string{"/media/stick", "http://server/"}},
+		{
+			name:       "a flood claiming newer versions goes behind the peer that answered before",
+			first:      []string{"http://server/"},
+			discovered: []string{"http://forged1/", "http://forged2/", "http://laptop/", "http://forged3/"},
+			answered:   map[string]bool{"http://laptop/": true},
+			want:       []string{"http://server/", "http://laptop/", "http://forged3/", "http://forged2/", "http://forged1/"},
+		},
+		{
+			name:       "banned and repeated peers are left out",
+			first:      []string{"http://server/"},
+			discovered: []string{"http://server/", "http://bad/", "http://a/"},
+			banned:     "http://bad/",
+			want:       []string{"http://server/", "http://a/"},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := askOrder(tc.first, tc.discovered, tc.answered, func(u string) bool { return u == tc.banned }, reverse)
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("askOrder = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

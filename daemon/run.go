@@ -190,23 +190,25 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	vols := newVolumes(cfg.Volumes, cfg.ScanMounts, log)
 	peers := func() []string {
 		// A stick first: it is local and costs the LAN nothing.
-		out := append(vols.Present(), cfg.Peers...)
-		if d.disc != nil && !cfg.NoP2P {
-			out = append(out, d.disc.Peers()...)
+		return append(vols.Present(), cfg.Peers...)
+	}
+	discovered := func() []string {
+		if d.disc == nil || cfg.NoP2P {
+			return nil
 		}
-		return out
+		return d.disc.Peers()
 	}
 	downloadLimit := transfer.NewRateLimiter(cfg.MaxDownloadRate)
 	var helpers func() []apply.Haver
 	if !cfg.NoP2P {
-		helpers = neighbours(peers, downloadLimit)
+		helpers = neighbours(func() []string { return append(peers(), discovered()...) }, downloadLimit)
 	}
 	var budget int64 // the default
 	if cfg.KeepEncodingsMiB != nil {
 		budget = apply.EncodingBudgetMiB(*cfg.KeepEncodingsMiB)
 	}
 	d.Core, err = NewCore(ctx, Options{
-		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Log: log, EncodingBudget: budget, Memory: apply.MemoryMiB(cfg.MemoryMiB), Entries: apply.EntryPolicy{NoDevices: cfg.NoDevices, NoSetuid: cfg.NoSetuid},
+		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Discovered: discovered, Log: log, EncodingBudget: budget, Memory: apply.MemoryMiB(cfg.MemoryMiB), Entries: apply.EntryPolicy{NoDevices: cfg.NoDevices, NoSetuid: cfg.NoSetuid},
 		Helpers: helpers,
 		Open: func(loc string) (apply.Source, error) {
 			return apply.OpenSourceWith(loc, apply.SourceOptions{DownloadLimit: downloadLimit})
