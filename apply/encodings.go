@@ -63,16 +63,16 @@ func (s *Sysroot) trimEncodings(image string, budget int64) error {
 		case ok && !deltas:
 			manifests = append(manifests, filepath.Join(dir, name))
 		case ok && deltas:
-			b, err := os.ReadFile(filepath.Join(dir, name))
+			// A bad index is skipped: what it names is trimmed as unlisted.
+			var these []kept
+			good, err := eachStoredEncoding(s.repo, image, v, func(enc *diff.Encoding) {
+				these = append(these, kept{v, enc.Digest, enc.Size})
+			})
 			if err != nil {
 				return err
 			}
-			x, err := diff.ParseDeltaIndex(b)
-			if err != nil {
-				continue
-			}
-			for _, enc := range x.Encodings {
-				encs = append(encs, kept{v, enc.Digest, enc.Size})
+			if good {
+				encs = append(encs, these...)
 			}
 		}
 	}

@@ -1,7 +1,6 @@
 package apply
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -75,11 +74,12 @@ func (s *Sysroot) newEtcMerge(ctx context.Context, image string, current uint64)
 	if current == 0 {
 		return m, nil
 	}
-	mb, _, err := s.repo.ReadVersion(image, current)
+	mf, err := s.repo.OpenVersion(image, current)
 	if err != nil {
 		return nil, fmt.Errorf("merge /etc: manifest of the current version %d: %w", current, err)
 	}
-	if m.base, err = etcEntries(mb); err != nil {
+	defer mf.Close()
+	if m.base, err = etcEntries(mf.Reader()); err != nil {
 		return nil, fmt.Errorf("merge /etc: manifest of the current version %d: %w", current, err)
 	}
 	m.cur = s.TreePath(current)
@@ -91,8 +91,8 @@ func (s *Sysroot) newEtcMerge(ctx context.Context, image string, current uint64)
 
 // etcEntries streams a manifest and keeps only its etc/ entries, which sort
 // together: it stops reading once past them.
-func etcEntries(mb []byte) ([]*manifest.Entry, error) {
-	r, err := manifest.NewReader(bytes.NewReader(mb))
+func etcEntries(mr io.Reader) ([]*manifest.Entry, error) {
+	r, err := manifest.NewReader(mr)
 	if err != nil {
 		return nil, err
 	}

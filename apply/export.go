@@ -1,7 +1,6 @@
 package apply
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -75,10 +74,15 @@ type exportObject struct {
 	what string
 }
 
-// exportFile is a small signed file (or its signature) copied from memory.
+// exportFile is a signed file, copied from the source repo's file (from),
+// or its signature, copied from memory (data); d and size are what it is
+// read back against.
 type exportFile struct {
 	rel  string
+	from string
 	data []byte
+	size int64
+	d    manifest.Digest
 }
 
 type exportPlan struct {
@@ -167,21 +171,27 @@ func planExport(src *blobstore.Repo, o ExportOptions) (*exportPlan, error) {
 	if p.from != 0 && p.from >= p.version {
 		return nil, fmt.Errorf("--from-version %d is not older than version %d", p.from, p.version)
 	}
-	mb, msig, err := exportManifest(src, p.image, p.version, o.Trust)
+	mf, err := exportManifest(src, p.image, p.version, o.Trust)
 	if err != nil {
 		return nil, err
 	}
-	if d := manifest.Digest(sha256sum(mb)); d != e.Manifest {
-		return nil, fmt.Errorf("%s's index names manifest %s for %s v%d, but the file is %s", src.Dir(), e.Manifest, p.image, p.version, d)
+	defer mf.Close()
+	md, err := mf.Digest(context.Background())
+	if err != nil {
+		return nil, err
 	}
-	mr, err := manifest.NewReader(bytes.NewReader(mb))
+	if md != e.Manifest {
+		return nil, fmt.Errorf("%s's index names manifest %s for %s v%d, but the file is %s", src.Dir(), e.Manifest, p.image, p.version, md)
+	}
+	mr, err := manifest.NewReader(mf.Reader())
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s v%d: %w", p.image, p.version, err)
 	}
-	deltas, err := exportDeltas(src, p.image, p.version, mb, o)
+	deltas, err := exportDeltas(src, p.image, p.version, md, o)
 	if err != nil {
 		return nil, err
 	}
+	defer deltas.close()
 	have := map[manifest.Digest]bool{}
 	if p.from != 0 {
 		if have, err = versionObjects(src, p.image, p.from, o.Trust); err != nil {
@@ -191,9 +201,13 @@ func planExport(src *blobstore.Repo, o ExportOptions) (*exportPlan, error) {
 	if err := p.pickObjects(src, mr, have, deltas); err != nil {
 		return nil, err
 	}
-	p.addSigned(blobstore.Layout{}.Manifest(p.image, p.version), mb, msig)
+	p.addSigned(blobstore.Layout{}.Manifest(p.image, p.version), mf, md)
 	if deltas != nil {
-		p.addSigned(blobstore.Layout{}.Deltas(p.image, p.version), deltas.raw, deltas.sig)
+		dd, err := deltas.file.Digest(context.Background())
+		if err != nil {
+			return nil, err
+		}
+		p.addSigned(blobstore.Layout{}.Deltas(p.image, p.version), deltas.file, dd)
 	}
 	ixOut := &blobstore.Index{}
 	ixOut.Set(e)
@@ -208,99 +222,87 @@ func versionName(v uint64) string {
 	return fmt.Sprint(v)
 }
 
-// signedFile reads a signed file and checks its signature is there:
-// nothing unsigned goes onto a stick. Whether the signature verifies is
-// for manifest.Accept and diff.AcceptDeltas to say.
-func signedFile(src *blobstore.Repo, rel string, required bool) (data, sig []byte, err error) {
-	data, err = os.ReadFile(filepath.Join(src.Dir(), rel))
-	if err != nil {
-		if !required && errors.Is(err, fs.ErrNotExist) {
-			return nil, nil, nil
-		}
-		return nil, nil, fmt.Errorf("read %s: %w", rel, err)
-	}
-	sig, err = os.ReadFile(filepath.Join(src.Dir(), blobstore.SignatureOf(rel)))
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s has no signature: %w", rel, err)
-	}
-	return data, sig, nil
-}
-
-// exportManifest reads version v's manifest and checks it as a laptop
+// exportManifest opens version v's manifest and checks it as a laptop
 // would, but for expiry (the laptop checks that when it installs): with
-// keys, by manifest.Accept; without, its header only.
-func exportManifest(src *blobstore.Repo, image string, v uint64, trust *manifest.Keyring) (mb, sig []byte, err error) {
+// keys, by manifest.Accept; without, its header only. Nothing unsigned goes
+// onto a stick: OpenVersion refuses a manifest without a signature.
+func exportManifest(src *blobstore.Repo, image string, v uint64, trust *manifest.Keyring) (*blobstore.SignedFile, error) {
 	rel := blobstore.Layout{}.Manifest(image, v)
-	if mb, sig, err = signedFile(src, rel, true); err != nil {
-		return nil, nil, err
+	mf, err := src.OpenVersion(image, v)
+	if err != nil {
+		return nil, err
 	}
 	want := manifest.Want{Image: image, Version: v}
 	if trust != nil {
-		_, _, err = manifest.Accept(trust, mb, sig, want)
+		_, _, err = manifest.Accept(trust, mf.Signed(), want)
 	} else {
-		_, err = manifest.CheckHeader(mb, want)
+		_, err = manifest.CheckHeader(mf.Reader(), want)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", rel, err)
+		mf.Close()
+		return nil, fmt.Errorf("%s: %w", rel, err)
 	}
-	return mb, sig, nil
+	return mf, nil
 }
 
-// addSigned adds a signed file and its signature.
-func (p *exportPlan) addSigned(rel string, data, sig []byte) {
-	p.files = append(p.files, exportFile{rel, data}, exportFile{blobstore.SignatureOf(rel), sig})
-	p.bytes += int64(len(data) + len(sig))
+// addSigned adds a signed file, to be copied from where the source holds
+// it, and its signature. d is the hash it was checked with; the copy is
+// read back against it.
+func (p *exportPlan) addSigned(rel string, sf *blobstore.SignedFile, d manifest.Digest) {
+	sig := sf.Sig()
+	p.files = append(p.files,
+		exportFile{rel: rel, from: sf.Path(), size: sf.Size(), d: d},
+		exportFile{rel: blobstore.SignatureOf(rel), data: sig, size: int64(len(sig)), d: manifest.Digest(sha256sum(sig))})
+	p.bytes += sf.Size() + int64(len(sig))
 }
 
-// exportDeltas reads the version's delta index, if the source has one, and
-// checks it belongs to the manifest: an index a pull would refuse must not
-// go onto a stick.
-func exportDeltas(src *blobstore.Repo, image string, v uint64, mb []byte, o ExportOptions) (*signedDeltas, error) {
+// exportDeltas opens the version's delta index, if the source has one, and
+// checks it belongs to the manifest whose hash is md: an index a pull would
+// refuse must not go onto a stick.
+func exportDeltas(src *blobstore.Repo, image string, v uint64, md manifest.Digest, o ExportOptions) (*signedDeltas, error) {
 	rel := blobstore.Layout{}.Deltas(image, v)
-	raw, sig, err := signedFile(src, rel, false)
-	if err != nil || raw == nil {
+	df, err := src.OpenDeltas(image, v)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
 		return nil, err
 	}
 	var x *diff.DeltaIndex
 	if o.Trust != nil {
-		x, err = diff.AcceptDeltas(o.Trust, raw, sig, image, v, mb)
+		x, err = diff.AcceptDeltas(o.Trust, df.Signed(), image, v, md)
 	} else {
-		x, err = diff.DeltasFor(raw, image, v, mb)
+		x, err = diff.DeltasFor(df.Signed(), image, v, md)
 	}
 	if err != nil {
+		df.Close()
 		return nil, fmt.Errorf("%s: %w", rel, err)
 	}
-	return &signedDeltas{idx: x, raw: raw, sig: sig}, nil
+	return &signedDeltas{idx: x, file: df}, nil
 }
 
 // versionObjects lists the objects of a version the source holds the
 // manifest of: what a laptop at that version has.
 func versionObjects(src *blobstore.Repo, image string, v uint64, trust *manifest.Keyring) (map[manifest.Digest]bool, error) {
-	mb, _, err := exportManifest(src, image, v, trust)
+	mf, err := exportManifest(src, image, v, trust)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%s holds no manifest of %s v%d, so it cannot tell what a laptop at v%d holds; export without --from-version", src.Dir(), image, v, v)
 	}
 	if err != nil {
 		return nil, err
 	}
+	defer mf.Close()
 	have := map[manifest.Digest]bool{}
-	err = eachFile(mb, func(e *manifest.Entry) error {
-		have[e.SHA256] = true
+	err = eachEntry(mf, func(e *manifest.Entry) error {
+		if e.Type == manifest.TypeFile {
+			have[e.SHA256] = true
+		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s v%d: %w", image, v, err)
 	}
 	return have, nil
-}
-
-// eachFile calls f for each regular file entry of a manifest, streaming.
-func eachFile(mb []byte, f func(e *manifest.Entry) error) error {
-	r, err := manifest.NewReader(bytes.NewReader(mb))
-	if err != nil {
-		return err
-	}
-	return eachFileOf(r, f)
 }
 
 func eachFileOf(r *manifest.Reader, f func(e *manifest.Entry) error) error {

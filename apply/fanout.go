@@ -349,7 +349,7 @@ func (t *target) checkRoom(p *exportPlan) error {
 		need += (ob.size+bs-1)/bs*bs + bs
 	}
 	for _, fl := range p.files {
-		need += (int64(len(fl.data))+bs-1)/bs*bs + bs
+		need += (fl.size+bs-1)/bs*bs + bs
 	}
 	if free := int64(st.Bavail) * bs; need > free {
 		return fmt.Errorf("%w: the export needs about %.1f MiB, %.1f MiB is free", unix.ENOSPC, float64(need)/(1<<20), float64(free)/(1<<20))
@@ -362,15 +362,10 @@ func (t *target) checkRoom(p *exportPlan) error {
 // folder that failed anywhere before never looks like a repo.
 func (t *target) finish(ctx context.Context, p *exportPlan) error {
 	for _, fl := range p.files {
-		path := filepath.Join(t.dir, filepath.FromSlash(fl.rel))
-		err := os.MkdirAll(filepath.Dir(path), 0o755)
-		if err == nil {
-			err = os.WriteFile(path, fl.data, 0o644)
-		}
-		if err != nil {
+		if err := t.writeFile(ctx, fl); err != nil {
 			return fmt.Errorf("write %s: %w", fl.rel, err)
 		}
-		t.progress(int64(len(fl.data)))
+		t.progress(fl.size)
 	}
 	if err := fsutil.Syncfs(t.dir); err != nil {
 		return err
@@ -381,7 +376,7 @@ func (t *target) finish(ctx context.Context, p *exportPlan) error {
 		}
 	}
 	for _, fl := range p.files {
-		if err := t.readBack(ctx, fl.rel, manifest.Digest(sha256sum(fl.data)), int64(len(fl.data))); err != nil {
+		if err := t.readBack(ctx, fl.rel, fl.d, fl.size); err != nil {
 			return err
 		}
 	}
@@ -395,6 +390,33 @@ func (t *target) finish(ctx context.Context, p *exportPlan) error {
 		return err
 	}
 	return fsutil.FsyncDir(t.dir)
+}
+
+// writeFile writes a signed file or its signature into the folder: a
+// manifest is copied from the source repo's file as a stream, never read
+// whole; the sync and read-back in finish make it durable and checked.
+func (t *target) writeFile(ctx context.Context, fl exportFile) error {
+	path := filepath.Join(t.dir, filepath.FromSlash(fl.rel))
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	if fl.from == "" {
+		return os.WriteFile(path, fl.data, 0o644)
+	}
+	in, err := os.Open(fl.from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, blobstore.ContextReader(ctx, in))
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // readBack hashes a written file as the stick returns it. The file's pages

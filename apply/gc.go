@@ -1,7 +1,6 @@
 package apply
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -72,23 +71,15 @@ func (s *Sysroot) GC(encodingBudget int64) (*GCResult, error) {
 	liveObjects := map[manifest.Digest]bool{}
 	liveFiles := map[manifest.Digest]bool{}
 	for v := range keep {
-		mb, _, err := s.repo.ReadVersion(st.Image, v)
-		if err != nil {
-			return nil, err
-		}
-		r, err := manifest.NewReader(bytes.NewReader(mb))
-		if err != nil {
-			return nil, err
-		}
-		for {
-			e, err := r.Next()
-			if err != nil {
-				break
-			}
+		err := eachVersionEntry(s.repo, st.Image, v, func(e *manifest.Entry) error {
 			if e.Type == manifest.TypeFile {
 				liveObjects[e.SHA256] = true
 				liveFiles[blobstore.FileID(e.SHA256, blobstore.MetaOf(e))] = true
 			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
 	}
 	// Encodings of the kept versions stay too, within the budget.
@@ -96,14 +87,10 @@ func (s *Sysroot) GC(encodingBudget int64) (*GCResult, error) {
 		return nil, err
 	}
 	for v := range keep {
-		raw, err := os.ReadFile(s.repo.Layout().Deltas(st.Image, v))
-		if err != nil {
+		// Encodings listed before a bad line of an index stay live too:
+		// keeping too much is the safe side.
+		if _, err := eachStoredEncoding(s.repo, st.Image, v, func(enc *diff.Encoding) { liveObjects[enc.Digest] = true }); err != nil {
 			continue
-		}
-		if x, err := diff.ParseDeltaIndex(raw); err == nil {
-			for _, enc := range x.Encodings {
-				liveObjects[enc.Digest] = true
-			}
 		}
 	}
 	sweep := func(dir string, live map[manifest.Digest]bool, count *int, sized bool) error {

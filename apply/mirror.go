@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"time"
 
@@ -87,14 +88,14 @@ func Mirror(ctx context.Context, local *blobstore.Repo, up Source, trust *manife
 // mirrorVersion copies one version whole, checked by the rules a laptop
 // applies (manifest.Accept, diff.AcceptDeltas), and lists it last.
 func mirrorVersion(ctx context.Context, local *blobstore.Repo, up Source, trust *manifest.Keyring, want manifest.Want, limit int64, res *MirrorResult) error {
-	mb, sig, err := up.Manifest(ctx, want.Image, want.Version, limit)
+	// Received into staging and checked there, as on a laptop: a school
+	// server's mirror holds no manifest whole either.
+	mf, err := local.Receive(func(w io.Writer) ([]byte, error) { return up.Manifest(ctx, want.Image, want.Version, limit, w) })
 	if err != nil {
 		return err
 	}
-	if _, _, err := manifest.Accept(trust, mb, sig, want); err != nil {
-		return err
-	}
-	m, err := manifest.Parse(mb)
+	defer mf.Close()
+	h, _, err := manifest.Accept(trust, mf.Signed(), want)
 	if err != nil {
 		return err
 	}
@@ -114,23 +115,34 @@ func mirrorVersion(ctx context.Context, local *blobstore.Repo, up Source, trust 
 		res.Bytes += size
 		return nil
 	}
-	for i := range m.Entries {
-		if en := &m.Entries[i]; en.Type == manifest.TypeFile {
-			if err := fetch(en.SHA256, en.Size); err != nil {
-				return fmt.Errorf("%s: %w", en.Path, err)
-			}
+	err = eachEntry(mf, func(en *manifest.Entry) error {
+		if en.Type != manifest.TypeFile {
+			return nil
 		}
+		if err := fetch(en.SHA256, en.Size); err != nil {
+			return fmt.Errorf("%s: %w", en.Path, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	// The delta index and its encodings come along, so that laptops get
 	// patches from the school server too. A repo without them is fine.
-	draw, dsig, err := up.Deltas(ctx, want.Image, want.Version, blobstore.DeltasLimit(int64(len(mb))))
+	md, err := mf.Digest(ctx)
+	if err != nil {
+		return err
+	}
+	dlimit := blobstore.DeltasLimit(mf.Size())
+	df, err := local.Receive(func(w io.Writer) ([]byte, error) { return up.Deltas(ctx, want.Image, want.Version, dlimit, w) })
 	switch {
 	case errors.Is(err, transfer.ErrNotFound):
-		draw = nil
+		df = nil
 	case err != nil:
 		return err
 	default:
-		x, err := diff.AcceptDeltas(trust, draw, dsig, want.Image, want.Version, mb)
+		defer df.Close()
+		x, err := diff.AcceptDeltas(trust, df.Signed(), want.Image, want.Version, md)
 		if err != nil {
 			return err
 		}
@@ -143,11 +155,11 @@ func mirrorVersion(ctx context.Context, local *blobstore.Repo, up Source, trust 
 	if err := b.Commit(); err != nil {
 		return err
 	}
-	if draw != nil {
-		if err := local.AddDeltas(want.Image, want.Version, draw, dsig); err != nil {
+	if df != nil {
+		if err := local.AddDeltas(want.Image, want.Version, df); err != nil {
 			return err
 		}
 	}
-	_, err = local.AddVersion(&m.Header, mb, sig)
+	_, err = local.AddVersion(h, mf)
 	return err
 }

@@ -1,7 +1,6 @@
 package apply
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -24,27 +23,42 @@ import (
 	"peerup/transfer"
 )
 
-// signedDeltas is a verified delta index and the bytes it came as.
+// signedDeltas is a verified delta index and the file it came as.
 type signedDeltas struct {
-	idx      *diff.DeltaIndex
-	raw, sig []byte
+	idx  *diff.DeltaIndex
+	file *blobstore.SignedFile
 }
 
-// deltaIndex fetches and verifies the version's delta index. A source with
-// none is fine (whole objects only); one whose index fails the checks is not.
-func (s *Sysroot) deltaIndex(ctx context.Context, src Source, image string, v uint64, mb []byte, trust *manifest.Keyring) (*signedDeltas, error) {
-	raw, sig, err := src.Deltas(ctx, image, v, blobstore.DeltasLimit(int64(len(mb))))
+// close releases the index's file (a no-op for none).
+func (d *signedDeltas) close() {
+	if d != nil {
+		d.file.Close()
+	}
+}
+
+// deltaIndex fetches the version's delta index into staging and verifies
+// it there, bound to the verified manifest mf. A source with none is fine
+// (whole objects only); one whose index fails the checks is not.
+func (s *Sysroot) deltaIndex(ctx context.Context, src Source, image string, v uint64, mf *blobstore.SignedFile, trust *manifest.Keyring) (*signedDeltas, error) {
+	limit := blobstore.DeltasLimit(mf.Size())
+	df, err := s.repo.Receive(func(w io.Writer) ([]byte, error) { return src.Deltas(ctx, image, v, limit, w) })
 	if errors.Is(err, transfer.ErrNotFound) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("delta index: %w", err)
 	}
-	idx, err := diff.AcceptDeltas(trust, raw, sig, image, v, mb)
+	md, err := mf.Digest(ctx)
 	if err != nil {
+		df.Close()
 		return nil, err
 	}
-	return &signedDeltas{idx: idx, raw: raw, sig: sig}, nil
+	idx, err := diff.AcceptDeltas(trust, df.Signed(), image, v, md)
+	if err != nil {
+		df.Close()
+		return nil, err
+	}
+	return &signedDeltas{idx: idx, file: df}, nil
 }
 
 type need struct {
@@ -67,8 +81,8 @@ func (n *need) cost() int64 {
 // so a pull never costs more than sending every object whole.
 // Every entry is checked against the node's policy here, before anything is
 // fetched.
-func (s *Sysroot) plan(b *blobstore.Batch, mb []byte, deltas *signedDeltas, pol EntryPolicy, mem *inFlight, res *PullResult) ([]need, error) {
-	r, err := manifest.NewReader(bytes.NewReader(mb))
+func (s *Sysroot) plan(b *blobstore.Batch, mf *blobstore.SignedFile, deltas *signedDeltas, pol EntryPolicy, mem *inFlight, res *PullResult) ([]need, error) {
+	r, err := manifest.NewReader(mf.Reader())
 	if err != nil {
 		return nil, err
 	}
@@ -112,9 +126,9 @@ func (s *Sysroot) plan(b *blobstore.Batch, mb []byte, deltas *signedDeltas, pol 
 
 // fetchMissing fetches, in parallel, every object the node lacks, each the
 // cheapest way it can, falling back to the next way when one fails.
-func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Batch, mb []byte, deltas *signedDeltas, o PullOptions, res *PullResult) error {
+func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Batch, mf *blobstore.SignedFile, deltas *signedDeltas, o PullOptions, res *PullResult) error {
 	mem := newInFlight(o.Memory)
-	needs, err := s.plan(b, mb, deltas, o.Policy, mem, res)
+	needs, err := s.plan(b, mf, deltas, o.Policy, mem, res)
 	if err != nil {
 		return err
 	}

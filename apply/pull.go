@@ -1,7 +1,6 @@
 package apply
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -22,14 +21,14 @@ import (
 // repo. Every Source is untrusted; Pull checks what it returns.
 type Source interface {
 	Index(ctx context.Context) (*blobstore.Index, error)
-	// Manifest returns a version's manifest, refusing one over limit bytes
-	// before holding more than that (blobstore.ManifestLimit), and its
-	// signature.
-	Manifest(ctx context.Context, image string, v uint64, limit int64) (m, sig []byte, err error)
-	// Deltas returns a version's delta index, refusing one over limit
-	// bytes (blobstore.DeltasLimit), and its signature, or an error
-	// wrapping transfer.ErrNotFound if the source has none.
-	Deltas(ctx context.Context, image string, v uint64, limit int64) (idx, sig []byte, err error)
+	// Manifest writes a version's manifest to w as it arrives, refusing
+	// one over limit bytes before writing more than that
+	// (blobstore.ManifestLimit), and returns its signature.
+	Manifest(ctx context.Context, image string, v uint64, limit int64, w io.Writer) (sig []byte, err error)
+	// Deltas writes a version's delta index to w, refusing one over limit
+	// bytes (blobstore.DeltasLimit), and returns its signature, or an
+	// error wrapping transfer.ErrNotFound if the source has none.
+	Deltas(ctx context.Context, image string, v uint64, limit int64, w io.Writer) (sig []byte, err error)
 	FetchObject(ctx context.Context, b *blobstore.Batch, d manifest.Digest, size int64) error
 	String() string
 }
@@ -139,16 +138,20 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 	}
 	// The running image sizes what the next may be: a laptop holds no
 	// endless manifest much larger than the one it runs.
-	mb, sig, err := src.Manifest(ctx, image, v, s.repo.ManifestLimit(image, st.Current))
+	// The manifest goes to a file in staging as it arrives, and is
+	// verified and parsed from there: it is never whole in memory.
+	limit := s.repo.ManifestLimit(image, st.Current)
+	mf, err := s.repo.Receive(func(w io.Writer) ([]byte, error) { return src.Manifest(ctx, image, v, limit, w) })
 	if err != nil {
 		return nil, fmt.Errorf("pull: %w", err)
 	}
-	h, signer, err := manifest.Accept(o.Trust, mb, sig, manifest.Want{Image: image, Version: v, After: st.Current, Now: o.Now()})
+	defer mf.Close()
+	h, signer, err := manifest.Accept(o.Trust, mf.Signed(), manifest.Want{Image: image, Version: v, After: st.Current, Now: o.Now()})
 	if err != nil {
 		return nil, fmt.Errorf("pull from %s: %w", src, err)
 	}
 	res.Signer = signer
-	if s.haveTree(image, v, mb) {
+	if s.haveTree(ctx, image, v, mf) {
 		// The tree is still on disk (say, previous after a rollback) and was
 		// built from these very bytes: point staged at it again.
 		if err := s.setLink(LinkStaged, v); err != nil {
@@ -156,10 +159,11 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 		}
 		return res, fsutil.FsyncDir(s.dir)
 	}
-	deltas, err := s.deltaIndex(ctx, src, image, v, mb, o.Trust)
+	deltas, err := s.deltaIndex(ctx, src, image, v, mf, o.Trust)
 	if err != nil {
 		return nil, fmt.Errorf("pull %s v%d from %s: %w", image, v, src, err)
 	}
+	defer deltas.close()
 	b, err := s.repo.Begin()
 	if err != nil {
 		return nil, err
@@ -173,10 +177,10 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 	if res.ResumedObjects, res.ResumedBytes, err = b.Salvage(ctx); err != nil {
 		return nil, err
 	}
-	if err := s.fetchMissing(ctx, src, b, mb, deltas, o, res); err != nil {
+	if err := s.fetchMissing(ctx, src, b, mf, deltas, o, res); err != nil {
 		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
 	}
-	if res.EtcKept, err = s.stage(ctx, b, mb, h, sig, deltas, o.Policy, st.Current); err != nil {
+	if res.EtcKept, err = s.stage(ctx, b, mf, h, deltas, o.Policy, st.Current); err != nil {
 		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
 	}
 	for _, p := range res.EtcKept {
@@ -235,13 +239,23 @@ func (s *Sysroot) choose(ctx context.Context, src Source, st Status, o PullOptio
 	return image, e.Version, nil
 }
 
-// haveTree reports whether version v's tree exists, built from manifest mb.
-func (s *Sysroot) haveTree(image string, v uint64, mb []byte) bool {
+// haveTree reports whether version v's tree exists, built from manifest
+// mf: the stored manifest has the same hash.
+func (s *Sysroot) haveTree(ctx context.Context, image string, v uint64, mf *blobstore.SignedFile) bool {
 	if _, err := os.Lstat(s.TreePath(v)); err != nil {
 		return false
 	}
-	old, _, err := s.repo.ReadVersion(image, v)
-	return err == nil && bytes.Equal(old, mb)
+	old, err := s.repo.OpenVersion(image, v)
+	if err != nil {
+		return false
+	}
+	defer old.Close()
+	if old.Size() != mf.Size() {
+		return false
+	}
+	od, err := old.Digest(ctx)
+	md, merr := mf.Digest(ctx)
+	return err == nil && merr == nil && od == md
 }
 
 // stage builds the tree under a temporary name, merging into its etc/ what
@@ -249,7 +263,7 @@ func (s *Sysroot) haveTree(image string, v uint64, mb []byte) bool {
 // durable with the batch's one syncfs, renames it into place, records the
 // version in the node's repo and points the staged link at it. It returns
 // the etc/ paths where the node's version was kept over the image's change.
-func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *manifest.Header, sig []byte, deltas *signedDeltas, pol EntryPolicy, current uint64) ([]string, error) {
+func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mf *blobstore.SignedFile, h *manifest.Header, deltas *signedDeltas, pol EntryPolicy, current uint64) ([]string, error) {
 	// What the node did to its /etc is read first, and only read: the
 	// current tree is never written.
 	merge, err := s.newEtcMerge(ctx, h.Image, current)
@@ -263,7 +277,7 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 		return nil, fmt.Errorf("build tree: %w", err)
 	}
 	defer removeTree(tmp) // no-op once renamed
-	r, err := manifest.NewReader(bytes.NewReader(mb))
+	r, err := manifest.NewReader(mf.Reader())
 	if err != nil {
 		return nil, err
 	}
@@ -318,12 +332,12 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mb []byte, h *m
 		// Kept so neighbours can plan from it too; it names encodings this
 		// node may not hold, and they fall back to others.
 		s.at("write delta index")
-		if err := s.repo.AddDeltas(h.Image, h.Version, deltas.raw, deltas.sig); err != nil {
+		if err := s.repo.AddDeltas(h.Image, h.Version, deltas.file); err != nil {
 			return nil, err
 		}
 	}
 	s.at("add version")
-	if _, err := s.repo.AddVersion(h, mb, sig); err != nil {
+	if _, err := s.repo.AddVersion(h, mf); err != nil {
 		return nil, err
 	}
 	if err := s.setLink(LinkStaged, h.Version); err != nil {

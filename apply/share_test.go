@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"log/slog"
 	"testing"
 
@@ -37,11 +38,11 @@ func (h *listingHaver) Have(_ context.Context, _ string, _ uint64, from int, kee
 }
 
 func (h *listingHaver) Index(context.Context) (*blobstore.Index, error) { return nil, nil }
-func (h *listingHaver) Manifest(context.Context, string, uint64, int64) ([]byte, []byte, error) {
-	return nil, nil, nil
+func (h *listingHaver) Manifest(context.Context, string, uint64, int64, io.Writer) ([]byte, error) {
+	return nil, nil
 }
-func (h *listingHaver) Deltas(context.Context, string, uint64, int64) ([]byte, []byte, error) {
-	return nil, nil, nil
+func (h *listingHaver) Deltas(context.Context, string, uint64, int64, io.Writer) ([]byte, error) {
+	return nil, nil
 }
 func (h *listingHaver) FetchObject(context.Context, *blobstore.Batch, manifest.Digest, int64) error {
 	return nil

@@ -254,7 +254,7 @@ func TestExportFromVersionCarriesOnlyWhatIsMissing(t *testing.T) {
 	full := export(t, f, []string{fullStick}, apply.ExportOptions{})
 	res := export(t, f, []string{stick}, apply.ExportOptions{FromVersion: 1})
 	objectsOf := func(v uint64) map[manifest.Digest]int64 {
-		mb, _, _ := f.repo.ReadVersion("school-laptop", v)
+		mb, _ := os.ReadFile(f.repo.Layout().Manifest("school-laptop", v))
 		m, err := manifest.Parse(mb)
 		if err != nil {
 			t.Fatal(err)
@@ -333,7 +333,7 @@ func TestExportFromVersionCarriesOnlyWhatIsMissing(t *testing.T) {
 // it is refused with an error naming it, and the laptop is unchanged.
 func TestTamperedStickIsRefused(t *testing.T) {
 	f, _ := sneakernetFleet(t)
-	mb, _, _ := f.repo.ReadVersion("school-laptop", 3)
+	mb, _ := os.ReadFile(f.repo.Layout().Manifest("school-laptop", 3))
 	m, _ := manifest.Parse(mb)
 	var target *manifest.Entry
 	for i := range m.Entries {

@@ -1,7 +1,6 @@
 package apply
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -50,11 +49,13 @@ func (s *Sysroot) adoptKeys(st Status) error {
 	if st.Current == 0 {
 		return nil
 	}
-	mb, _, err := s.repo.ReadVersion(st.Image, st.Current)
+	mf, err := s.repo.OpenVersion(st.Image, st.Current)
 	if err != nil {
 		return nil // no manifest kept for it (a hand-made sysroot): nothing to adopt
 	}
-	r, err := manifest.NewReader(bytes.NewReader(mb))
+	defer mf.Close()
+	// Only the header is read.
+	r, err := manifest.NewReader(mf.Reader())
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package apply
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -60,11 +59,12 @@ func (s *Sysroot) verifyLocked(ctx context.Context) ([]Problem, error) {
 			continue
 		}
 		seen[v] = true
-		mb, _, err := s.repo.ReadVersion(st.Image, v)
+		mf, err := s.repo.OpenVersion(st.Image, v)
 		if err != nil {
 			return nil, err
 		}
-		r, err := manifest.NewReader(bytes.NewReader(mb))
+		defer mf.Close() // at most three, one per version
+		r, err := manifest.NewReader(mf.Reader())
 		if err != nil {
 			return nil, err
 		}

@@ -112,7 +112,17 @@ func (r *Repo) Publish(ctx context.Context, dir string, o PublishOptions) (*Publ
 	if err := b.Commit(); err != nil {
 		return nil, fmt.Errorf("publish: %w", err)
 	}
-	ie, err := r.AddVersion(&m.Header, mb, sig.Bytes())
+	// The publisher holds its manifest whole (its tree's entries are in
+	// memory already); a node receiving it never does.
+	mf, err := r.Receive(func(w io.Writer) ([]byte, error) {
+		_, err := w.Write(mb)
+		return sig.Bytes(), err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	defer mf.Close()
+	ie, err := r.AddVersion(&m.Header, mf)
 	if err != nil {
 		return nil, fmt.Errorf("publish: %w", err)
 	}

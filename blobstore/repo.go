@@ -2,12 +2,11 @@ package blobstore
 
 import (
 	"bytes"
-	"crypto/sha256"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -216,19 +215,18 @@ func (r *Repo) WriteIndex(ix *Index) error {
 	return nil
 }
 
-// AddVersion stores a verified manifest and its signature and lists it in the
+// AddVersion stores a verified manifest, received into staging (Receive),
+// by renaming it into place beside its signature, and lists it in the
 // index. The caller must have committed every object the manifest names, so
-// that a peer who reads the index finds everything in place.
-func (r *Repo) AddVersion(h *manifest.Header, manifestBytes, sig []byte) (IndexEntry, error) {
-	e := IndexEntry{Image: h.Image, Version: h.Version, Manifest: digestOf(manifestBytes)}
-	mp := r.Layout().Manifest(h.Image, h.Version)
-	if err := os.MkdirAll(filepath.Dir(mp), 0o755); err != nil {
+// that a peer who reads the index finds everything in place. m is spent:
+// close it, but read it no more.
+func (r *Repo) AddVersion(h *manifest.Header, m *SignedFile) (IndexEntry, error) {
+	e := IndexEntry{Image: h.Image, Version: h.Version}
+	var err error
+	if e.Manifest, err = m.Digest(context.Background()); err != nil {
 		return e, fmt.Errorf("add version: %w", err)
 	}
-	if err := fsutil.WriteAtomic(mp, manifestBytes); err != nil {
-		return e, fmt.Errorf("add version: %w", err)
-	}
-	if err := fsutil.WriteAtomic(r.Layout().Signature(h.Image, h.Version), sig); err != nil {
+	if err := m.commit(r.Layout().Manifest(h.Image, h.Version)); err != nil {
 		return e, fmt.Errorf("add version: %w", err)
 	}
 	ix, err := r.ReadIndex()
@@ -239,34 +237,35 @@ func (r *Repo) AddVersion(h *manifest.Header, manifestBytes, sig []byte) (IndexE
 	return e, r.WriteIndex(ix)
 }
 
-// AddDeltas stores a version's signed delta index beside its manifest. The
-// caller has verified it (diff.AcceptDeltas) and committed the encodings
-// it means to serve; the image's folder is made if this is its first file.
-func (r *Repo) AddDeltas(image string, v uint64, raw, sig []byte) error {
-	lay := r.Layout()
-	if err := os.MkdirAll(lay.ImageDir(image), 0o755); err != nil {
-		return fmt.Errorf("add delta index: %w", err)
-	}
-	if err := fsutil.WriteAtomic(lay.Deltas(image, v), raw); err != nil {
-		return fmt.Errorf("add delta index: %w", err)
-	}
-	if err := fsutil.WriteAtomic(lay.DeltasSignature(image, v), sig); err != nil {
+// AddDeltas stores a version's signed delta index, received into staging,
+// beside its manifest. The caller has verified it (diff.AcceptDeltas) and
+// committed the encodings it means to serve; the image's folder is made if
+// this is its first file. d is spent, as for AddVersion.
+func (r *Repo) AddDeltas(image string, v uint64, d *SignedFile) error {
+	if err := d.commit(r.Layout().Deltas(image, v)); err != nil {
 		return fmt.Errorf("add delta index: %w", err)
 	}
 	return nil
 }
 
-// ReadVersion returns the stored manifest and signature bytes of a version.
-func (r *Repo) ReadVersion(image string, v uint64) (m, sig []byte, err error) {
-	m, err = os.ReadFile(r.Layout().Manifest(image, v))
+// OpenVersion opens the stored manifest of a version, with its signature,
+// to stream it; close it when done.
+func (r *Repo) OpenVersion(image string, v uint64) (*SignedFile, error) {
+	sf, err := openSigned(r.Layout().Manifest(image, v))
 	if err != nil {
-		return nil, nil, fmt.Errorf("read manifest %s v%d: %w", image, v, err)
+		return nil, fmt.Errorf("open manifest %s v%d: %w", image, v, err)
 	}
-	sig, err = os.ReadFile(r.Layout().Signature(image, v))
+	return sf, nil
+}
+
+// OpenDeltas opens the stored delta index of a version, with its
+// signature; an error wrapping fs.ErrNotExist means the version has none.
+func (r *Repo) OpenDeltas(image string, v uint64) (*SignedFile, error) {
+	sf, err := openSigned(r.Layout().Deltas(image, v))
 	if err != nil {
-		return nil, nil, fmt.Errorf("read signature %s v%d: %w", image, v, err)
+		return nil, fmt.Errorf("open delta index %s v%d: %w", image, v, err)
 	}
-	return m, sig, nil
+	return sf, nil
 }
 
 // RemoveVersion unlists a version and deletes its manifest (gc).
@@ -283,8 +282,6 @@ func (r *Repo) RemoveVersion(image string, v uint64) error {
 	os.Remove(r.Layout().Manifest(image, v))
 	return nil
 }
-
-func digestOf(b []byte) Digest { return Digest(sha256.Sum256(b)) }
 
 // WriteAtomic is fsutil.WriteAtomic.
 //

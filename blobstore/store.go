@@ -511,8 +511,8 @@ func (b *Batch) Salvage(ctx context.Context) (n int, size int64, err error) {
 	}
 	for _, e := range ents {
 		old := filepath.Join(dir, e.Name())
-		if old == b.dir {
-			continue
+		if old == b.dir || isReceived(e.Name()) {
+			continue // the live batch, or a signed file its pull holds
 		}
 		files, _ := os.ReadDir(old)
 		for _, f := range files {

@@ -115,13 +115,15 @@ func seedLatest(repo *blobstore.Repo, image string, kr *manifest.Keyring) (strin
 		if e.Image != image {
 			continue
 		}
-		m, sig, err := repo.ReadVersion(image, e.Version)
+		mf, err := repo.OpenVersion(image, e.Version)
 		if err != nil {
 			return image, 0, err
 		}
 		// Expiry is left to the laptops, which check it when they install:
 		// a seed whose newest version has expired still serves it.
-		if _, _, err := manifest.Accept(kr, m, sig, manifest.Want{Image: image, Version: e.Version}); err != nil {
+		_, _, err = manifest.Accept(kr, mf.Signed(), manifest.Want{Image: image, Version: e.Version})
+		mf.Close()
+		if err != nil {
 			return image, 0, err
 		}
 		return image, e.Version, nil

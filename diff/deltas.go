@@ -66,6 +66,7 @@ type DeltaIndex struct {
 const (
 	MaxDeltaIndex = 256 << 20
 	MaxEncodings  = 4 << 20
+	maxDeltaLine  = 4 << 10
 	deltasMagic   = "peerup-deltas 1"
 )
 
@@ -124,26 +125,59 @@ func (e *Encoding) validate() error {
 	return nil
 }
 
-// ParseDeltaIndex reads a delta index strictly.
+// ParseDeltaIndex reads a delta index held in memory strictly.
 func ParseDeltaIndex(data []byte) (*DeltaIndex, error) {
 	if len(data) > MaxDeltaIndex {
 		return nil, fmt.Errorf("%w: larger than %d bytes", ErrDeltaIndex, MaxDeltaIndex)
 	}
-	r := bufio.NewReader(bytes.NewReader(data))
+	return ReadDeltaIndex(bytes.NewReader(data))
+}
+
+// ReadDeltaIndex reads a delta index strictly as it streams, so that only
+// the parsed encodings are held, not the text they came as.
+func ReadDeltaIndex(rd io.Reader) (*DeltaIndex, error) {
+	var encs []Encoding
+	x, err := ScanDeltaIndex(rd, func(e *Encoding) error {
+		encs = append(encs, *e)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	x.Encodings = encs
+	return x, nil
+}
+
+// ScanDeltaIndex reads a delta index strictly as it streams and calls each
+// for every encoding, in order, holding none: for a caller that only
+// collects digests (gc, trimming encodings). It returns the header, with no
+// Encodings. An error from each stops the scan and is returned.
+func ScanDeltaIndex(rd io.Reader, each func(e *Encoding) error) (*DeltaIndex, error) {
+	// One byte past the cap is read, so that a larger index is refused
+	// rather than silently cut.
+	lr := &io.LimitedReader{R: rd, N: MaxDeltaIndex + 1}
+	// Every valid line is a few hundred bytes: a longer one is refused
+	// before it is buffered.
+	r := bufio.NewReaderSize(lr, maxDeltaLine)
 	line := 0
 	next := func() (string, error) {
-		s, err := r.ReadString('\n')
-		if err == io.EOF && s != "" {
+		b, err := r.ReadSlice('\n')
+		switch {
+		case lr.N <= 0:
+			return "", fmt.Errorf("%w: larger than %d bytes", ErrDeltaIndex, MaxDeltaIndex)
+		case errors.Is(err, bufio.ErrBufferFull):
+			return "", fmt.Errorf("%w: line %d: longer than %d bytes", ErrDeltaIndex, line+1, maxDeltaLine)
+		case err == io.EOF && len(b) != 0:
 			return "", fmt.Errorf("%w: line %d: truncated", ErrDeltaIndex, line+1)
-		}
-		if err != nil {
+		case err != nil:
 			return "", err
 		}
 		line++
-		return s[:len(s)-1], nil
+		return string(b[:len(b)-1]), nil
 	}
 	x := &DeltaIndex{}
-	var n uint64
+	var n, count uint64
+	var prev Encoding
 	for i, key := range []string{deltasMagic, "image", "version", "manifest", "encodings"} {
 		s, err := next()
 		if err != nil {
@@ -215,16 +249,20 @@ func ParseDeltaIndex(data []byte) (*DeltaIndex, error) {
 		if err := e.validate(); err != nil {
 			return nil, fmt.Errorf("line %d: %w", line, err)
 		}
-		if k := len(x.Encodings); k > 0 && compareEnc(&x.Encodings[k-1], &e) >= 0 {
+		if count > 0 && compareEnc(&prev, &e) >= 0 {
 			return nil, fmt.Errorf("%w: line %d: not sorted and unique", ErrDeltaIndex, line)
 		}
-		if uint64(len(x.Encodings)) >= n {
+		if count >= n {
 			return nil, fmt.Errorf("%w: more encodings than the header's %d", ErrDeltaIndex, n)
 		}
-		x.Encodings = append(x.Encodings, e)
+		if err := each(&e); err != nil {
+			return nil, err
+		}
+		prev = e
+		count++
 	}
-	if uint64(len(x.Encodings)) != n {
-		return nil, fmt.Errorf("%w: header says %d encodings, found %d", ErrDeltaIndex, n, len(x.Encodings))
+	if count != n {
+		return nil, fmt.Errorf("%w: header says %d encodings, found %d", ErrDeltaIndex, n, count)
 	}
 	return x, nil
 }

@@ -84,7 +84,7 @@ func Generate(ctx context.Context, repo *blobstore.Repo, image string, v uint64,
 	if err != nil {
 		return nil, err
 	}
-	target, mb, err := readManifest(repo, image, v)
+	target, md, err := readManifest(ctx, repo, image, v)
 	if err != nil {
 		return nil, err
 	}
@@ -93,14 +93,14 @@ func Generate(ctx context.Context, repo *blobstore.Repo, image string, v uint64,
 		if _, ok := ix.Find(image, bv); !ok {
 			continue
 		}
-		m, _, err := readManifest(repo, image, bv)
+		m, _, err := readManifest(ctx, repo, image, bv)
 		if err != nil {
 			return nil, err
 		}
 		bases = append(bases, m)
 	}
 	pairs := plan(target, bases)
-	res := &GenerateResult{Index: &DeltaIndex{Image: image, Version: v, Manifest: manifest.Digest(sha256sum(mb))}}
+	res := &GenerateResult{Index: &DeltaIndex{Image: image, Version: v, Manifest: md}}
 	for _, p := range pairs {
 		res.Targets++
 		res.TargetBytes += p.targetSize
@@ -126,22 +126,34 @@ func Generate(ctx context.Context, repo *blobstore.Repo, image string, v uint64,
 	if err := b.Commit(); err != nil {
 		return nil, err
 	}
-	if err := repo.AddDeltas(image, v, data, sig.Bytes()); err != nil {
+	df, err := repo.Receive(func(w io.Writer) ([]byte, error) {
+		_, err := w.Write(data)
+		return sig.Bytes(), err
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer df.Close()
+	if err := repo.AddDeltas(image, v, df); err != nil {
 		return nil, err
 	}
 	return res, nil
 }
 
-func readManifest(repo *blobstore.Repo, image string, v uint64) (*manifest.Manifest, []byte, error) {
-	mb, _, err := repo.ReadVersion(image, v)
+// readManifest parses a stored manifest, streamed from its file, and
+// hashes it: the publisher's planner needs every entry, but not the text.
+func readManifest(ctx context.Context, repo *blobstore.Repo, image string, v uint64) (*manifest.Manifest, manifest.Digest, error) {
+	mf, err := repo.OpenVersion(image, v)
 	if err != nil {
-		return nil, nil, err
+		return nil, manifest.Digest{}, err
 	}
-	m, err := manifest.Parse(mb)
+	defer mf.Close()
+	m, err := manifest.ReadAll(mf.Reader())
 	if err != nil {
-		return nil, nil, fmt.Errorf("manifest %s v%d: %w", image, v, err)
+		return nil, manifest.Digest{}, fmt.Errorf("manifest %s v%d: %w", image, v, err)
 	}
-	return m, mb, nil
+	d, err := mf.Digest(ctx)
+	return m, d, err
 }
 
 // stem is a file name up to its first dot: libfoo.so.1.2 and libfoo.so.1.3

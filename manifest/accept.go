@@ -1,9 +1,9 @@
 package manifest
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -15,6 +15,19 @@ var (
 	// ErrExpired is a manifest past its signed expires time (SPEC.md §17).
 	ErrExpired = errors.New("manifest has expired")
 )
+
+// Signed is a signed file — a manifest or a delta index — and its detached
+// signature. The signed bytes stay where they are (on disk: a manifest may
+// be tens of MiB and a laptop's update has 48 MiB in all) and are read again
+// for each pass: once to verify, once per parse.
+type Signed struct {
+	Data io.ReaderAt
+	Size int64
+	Sig  []byte
+}
+
+// Reader reads the signed bytes from the start; each call is independent.
+func (s Signed) Reader() io.Reader { return io.NewSectionReader(s.Data, 0, s.Size) }
 
 // Want is what the caller asked a source for, and what the signed header
 // must therefore say.
@@ -34,15 +47,15 @@ type Want struct {
 // a trusted, unrevoked key signed exactly these bytes, checked before a
 // byte is parsed; then CheckHeader. It returns the signed header and the
 // signer's fingerprint.
-func Accept(trust *Keyring, mb, sig []byte, want Want) (*Header, string, error) {
+func Accept(trust *Keyring, m Signed, want Want) (*Header, string, error) {
 	if trust == nil {
 		return nil, "", fmt.Errorf("manifest %s v%d: no trusted keys", want.Image, want.Version)
 	}
-	signer, err := trust.Verify(bytes.NewReader(mb), sig)
+	signer, err := trust.Verify(m.Reader(), m.Sig)
 	if err != nil {
 		return nil, "", fmt.Errorf("manifest %s v%d: %w", want.Image, want.Version, err)
 	}
-	h, err := CheckHeader(mb, want)
+	h, err := CheckHeader(m.Reader(), want)
 	if err != nil {
 		return nil, "", err
 	}
@@ -51,15 +64,15 @@ func Accept(trust *Keyring, mb, sig []byte, want Want) (*Header, string, error) 
 
 // CheckHeader applies the rules to what a signature vouches for: the signed
 // image and version are the ones asked for (no mix-and-match), newer than
-// want.After (no rollback or replay), and not expired at want.Now. It does
-// not check the signature: Accept does, and only an export without keys
-// calls this alone.
-func CheckHeader(mb []byte, want Want) (*Header, error) {
-	r, err := NewReader(bytes.NewReader(mb))
+// want.After (no rollback or replay), and not expired at want.Now. It reads
+// only the header of the manifest r streams. It does not check the
+// signature: Accept does, and only an export without keys calls this alone.
+func CheckHeader(r io.Reader, want Want) (*Header, error) {
+	mr, err := NewReader(r)
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s v%d: %w", want.Image, want.Version, err)
 	}
-	h := r.Header()
+	h := mr.Header()
 	if h.Image != want.Image || h.Version != want.Version {
 		return nil, fmt.Errorf("manifest offered as %s v%d is signed as %s v%d", want.Image, want.Version, h.Image, h.Version)
 	}

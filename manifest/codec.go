@@ -558,8 +558,12 @@ func parseEntry(line string) (*Entry, error) {
 }
 
 // Parse reads a whole manifest held in memory.
-func Parse(b []byte) (*Manifest, error) {
-	r, err := NewReader(bytes.NewReader(b))
+func Parse(b []byte) (*Manifest, error) { return ReadAll(bytes.NewReader(b)) }
+
+// ReadAll reads a whole manifest into memory, for the publisher's tools
+// that need every entry at once; a node streams entries with NewReader.
+func ReadAll(rd io.Reader) (*Manifest, error) {
+	r, err := NewReader(rd)
 	if err != nil {
 		return nil, err
 	}

@@ -185,29 +185,35 @@ func (c *Client) Index(ctx context.Context) (*blobstore.Index, error) {
 	return ix, nil
 }
 
-// Manifest fetches a version's manifest, of at most limit bytes (see
-// blobstore.ManifestLimit), and its signature, unverified.
-func (c *Client) Manifest(ctx context.Context, image string, v uint64, limit int64) (m, sig []byte, err error) {
-	if m, err = c.getSmall(ctx, blobstore.Layout{}.Manifest(image, v), limit); err != nil {
-		return nil, nil, err
+// getTo streams a signed file of at most limit bytes to w and fetches its
+// detached signature.
+func (c *Client) getTo(ctx context.Context, rel string, limit int64, w io.Writer) ([]byte, error) {
+	resp, err := c.get(ctx, rel)
+	if err != nil {
+		return nil, err
 	}
-	if sig, err = c.getSmall(ctx, blobstore.Layout{}.Signature(image, v), manifest.MaxSignature); err != nil {
-		return nil, nil, err
+	err = copyLimited(w, resp.Body, resp.ContentLength, limit)
+	resp.Body.Close()
+	if errors.Is(err, errTooLarge) {
+		return nil, fmt.Errorf("%w: %s is larger than the limit of %d bytes", ErrPeer, c.base.JoinPath(rel), limit)
 	}
-	return m, sig, nil
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", c.base.JoinPath(rel), err)
+	}
+	return c.getSmall(ctx, blobstore.SignatureOf(rel), manifest.MaxSignature)
 }
 
-// Deltas fetches a version's delta index, of at most limit bytes (see
-// blobstore.DeltasLimit), and its signature, unverified. A repo without one
-// answers with an error wrapping ErrNotFound.
-func (c *Client) Deltas(ctx context.Context, image string, v uint64, limit int64) (idx, sig []byte, err error) {
-	if idx, err = c.getSmall(ctx, blobstore.Layout{}.Deltas(image, v), limit); err != nil {
-		return nil, nil, err
-	}
-	if sig, err = c.getSmall(ctx, blobstore.Layout{}.DeltasSignature(image, v), manifest.MaxSignature); err != nil {
-		return nil, nil, err
-	}
-	return idx, sig, nil
+// Manifest streams a version's manifest, of at most limit bytes (see
+// blobstore.ManifestLimit), to w and returns its signature, unverified.
+func (c *Client) Manifest(ctx context.Context, image string, v uint64, limit int64, w io.Writer) (sig []byte, err error) {
+	return c.getTo(ctx, blobstore.Layout{}.Manifest(image, v), limit, w)
+}
+
+// Deltas streams a version's delta index, of at most limit bytes (see
+// blobstore.DeltasLimit), to w and returns its signature, unverified. A
+// repo without one answers with an error wrapping ErrNotFound.
+func (c *Client) Deltas(ctx context.Context, image string, v uint64, limit int64, w io.Writer) (sig []byte, err error) {
+	return c.getTo(ctx, blobstore.Layout{}.Deltas(image, v), limit, w)
 }
 
 // FetchObject streams object d of the given size into the batch, which checks

@@ -132,28 +132,40 @@ func (d *Dir) Index(ctx context.Context) (*blobstore.Index, error) {
 	return ix, nil
 }
 
-// Manifest reads a version's manifest, of at most limit bytes, and its
-// signature, unverified.
-func (d *Dir) Manifest(ctx context.Context, image string, v uint64, limit int64) (m, sig []byte, err error) {
-	return d.pair(blobstore.Layout{}.Manifest(image, v), limit)
+// Manifest streams a version's manifest, of at most limit bytes, to w and
+// returns its signature, unverified.
+func (d *Dir) Manifest(ctx context.Context, image string, v uint64, limit int64, w io.Writer) (sig []byte, err error) {
+	return d.pair(ctx, blobstore.Layout{}.Manifest(image, v), limit, w)
 }
 
-// Deltas reads a version's delta index, of at most limit bytes, and its
-// signature, unverified; a folder without one answers with an error
-// wrapping ErrNotFound.
-func (d *Dir) Deltas(ctx context.Context, image string, v uint64, limit int64) (idx, sig []byte, err error) {
-	return d.pair(blobstore.Layout{}.Deltas(image, v), limit)
+// Deltas streams a version's delta index, of at most limit bytes, to w and
+// returns its signature, unverified; a folder without one answers with an
+// error wrapping ErrNotFound.
+func (d *Dir) Deltas(ctx context.Context, image string, v uint64, limit int64, w io.Writer) (sig []byte, err error) {
+	return d.pair(ctx, blobstore.Layout{}.Deltas(image, v), limit, w)
 }
 
-// pair reads a signed file and its detached signature.
-func (d *Dir) pair(rel string, limit int64) (data, sig []byte, err error) {
-	if data, err = d.readSmall(rel, limit); err != nil {
-		return nil, nil, err
+// pair streams a signed file to w and reads its detached signature.
+func (d *Dir) pair(ctx context.Context, rel string, limit int64, w io.Writer) (sig []byte, err error) {
+	f, err := d.open(rel)
+	if err != nil {
+		return nil, err
 	}
-	if sig, err = d.readSmall(blobstore.SignatureOf(rel), manifest.MaxSignature); err != nil {
-		return nil, nil, err
+	defer f.Close()
+	size := int64(-1)
+	if fi, err := f.Stat(); err == nil {
+		size = fi.Size()
 	}
-	return data, sig, nil
+	// The same cap as a peer's body: a file larger than the cap is refused
+	// before a byte of it is read, and one that grows while read is cut.
+	err = copyLimited(w, blobstore.ContextReader(ctx, f), size, limit)
+	if errors.Is(err, errTooLarge) {
+		return nil, fmt.Errorf("%w: %s is larger than the limit of %d bytes", ErrPeer, f.Name(), limit)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", f.Name(), err)
+	}
+	return d.readSmall(blobstore.SignatureOf(rel), manifest.MaxSignature)
 }
 
 // FetchObject streams object dg into the batch, which checks its size and

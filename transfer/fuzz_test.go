@@ -80,11 +80,15 @@ func FuzzClientResponse(f *testing.F) {
 		if ix, err := c.Index(ctx); err == nil && ix == nil {
 			t.Fatal("Index: no error and no index")
 		}
-		if m, sig, err := c.Manifest(ctx, "school-laptop", 2, 4<<10); err == nil && (len(m) > 4<<10 || len(sig) > manifest.MaxSignature) {
-			t.Fatalf("Manifest: %d and %d bytes accepted", len(m), len(sig))
+		var m, ix bytes.Buffer
+		if sig, err := c.Manifest(ctx, "school-laptop", 2, 4<<10, &m); err == nil && (m.Len() > 4<<10 || len(sig) > manifest.MaxSignature) {
+			t.Fatalf("Manifest: %d and %d bytes accepted", m.Len(), len(sig))
 		}
-		if ix, sig, err := c.Deltas(ctx, "school-laptop", 2, 4<<10); err == nil && (len(ix) > 4<<10 || len(sig) > manifest.MaxSignature) {
-			t.Fatalf("Deltas: %d and %d bytes accepted", len(ix), len(sig))
+		if sig, err := c.Deltas(ctx, "school-laptop", 2, 4<<10, &ix); err == nil && (ix.Len() > 4<<10 || len(sig) > manifest.MaxSignature) {
+			t.Fatalf("Deltas: %d and %d bytes accepted", ix.Len(), len(sig))
+		}
+		if m.Len() > 4<<10 || ix.Len() > 4<<10 {
+			t.Fatalf("a refused body wrote %d and %d bytes, more than the cap", m.Len(), ix.Len())
 		}
 		b, err := s.Begin()
 		if err != nil {

@@ -130,6 +130,28 @@ func readLimited(r io.Reader, declared, limit int64) ([]byte, error) {
 
 var errTooLarge = errors.New("too large")
 
+// copyLimited copies a body of at most limit bytes to w as it arrives (a
+// manifest, into a file: it is never whole in memory). It refuses a
+// declared length over the limit before reading, and never writes more
+// than limit bytes however the body is sent.
+func copyLimited(w io.Writer, r io.Reader, declared, limit int64) error {
+	if declared > limit {
+		return errTooLarge
+	}
+	n, err := io.Copy(w, io.LimitReader(r, limit))
+	if err != nil {
+		return err
+	}
+	if n == limit {
+		// At the cap: one byte more means the body is longer.
+		var one [1]byte
+		if k, _ := io.ReadFull(r, one[:]); k > 0 {
+			return errTooLarge
+		}
+	}
+	return nil
+}
+
 // Server-side defaults (SPEC.md §5, §17).
 const (
 	DefaultMaxConnsPerPeer = 16

@@ -64,25 +64,37 @@ func WriteAtomic(path string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	_, err = tmp.Write(data)
-	if err == nil {
-		// A FAT stick cannot represent the mode and refuses the change
-		// (EPERM); its files are readable by the mount's own rules.
-		if err = tmp.Chmod(0o644); errors.Is(err, unix.EPERM) {
-			err = nil
-		}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	return CommitFile(tmp, path)
+}
+
+// CommitFile makes the temporary file f, written in full, durably path:
+// fsync, close, rename, fsync of path's directory. f must be on path's
+// filesystem. On failure f is closed and removed. It is how a file too
+// large to hold in memory (a received manifest) replaces another the way
+// WriteAtomic does.
+func CommitFile(f *os.File, path string) error {
+	// A FAT stick cannot represent the mode and refuses the change
+	// (EPERM); its files are readable by the mount's own rules.
+	err := f.Chmod(0o644)
+	if errors.Is(err, unix.EPERM) {
+		err = nil
 	}
 	if err == nil {
-		err = tmp.Sync()
+		err = f.Sync()
 	}
-	if cerr := tmp.Close(); err == nil {
+	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp.Name(), path)
+		err = os.Rename(f.Name(), path)
 	}
 	if err != nil {
-		os.Remove(tmp.Name())
+		os.Remove(f.Name())
 		return err
 	}
 	return FsyncDir(filepath.Dir(path))
