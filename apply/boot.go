@@ -10,7 +10,7 @@ import (
 	"slices"
 	"strings"
 
-	"peerup/blobstore"
+	"peerup/internal/fsutil"
 )
 
 // ErrNotBooted means mark-good ran on a boot of another version than
@@ -57,7 +57,7 @@ func (s *Sysroot) writeBoot(b bootState) error {
 	if err != nil {
 		return err
 	}
-	return blobstore.WriteAtomic(s.bootPath(), append(data, '\n'))
+	return fsutil.WriteAtomic(s.bootPath(), append(data, '\n'))
 }
 
 // IsBad reports whether version v failed its boot tries.
@@ -113,7 +113,7 @@ func (s *Sysroot) RevertNextBoot() error {
 	if st.Previous == 0 {
 		return ErrNoPrevious
 	}
-	return blobstore.WriteAtomic(s.revertPath(), []byte("1\n"))
+	return fsutil.WriteAtomic(s.revertPath(), []byte("1\n"))
 }
 
 // BootChoice is what the boot step decided.

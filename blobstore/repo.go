@@ -282,9 +282,3 @@ func (r *Repo) RemoveVersion(image string, v uint64) error {
 	os.Remove(r.Layout().Manifest(image, v))
 	return nil
 }
-
-// WriteAtomic is fsutil.WriteAtomic.
-//
-// Deprecated: use fsutil.WriteAtomic; kept while apply/boot.go, under
-// other work, still calls it here.
-func WriteAtomic(path string, data []byte) error { return fsutil.WriteAtomic(path, data) }

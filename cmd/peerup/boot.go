@@ -21,8 +21,10 @@ current, unless a revert was asked for ('peerup rollback --next-boot', or
 peerup.revert=1 on the kernel command line, which a boot menu entry or a held
 key can set), or the current version used up its boot tries without
 'peerup mark-good': then it falls back to previous and marks that version
-bad, so it is never applied again. Ships with an initramfs-tools hook in
-daemon/dist/initramfs-tools.`,
+bad, so it is never applied again. This is the choice alone, for scripts and
+for looking at a sysroot; at boot the initramfs runs peerup-boot, which makes
+the same choice and mounts the tree as the root (README "Installing the boot
+pieces", SPEC.md §12).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := apply.Open(sysroot)

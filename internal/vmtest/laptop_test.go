@@ -61,7 +61,6 @@ type lab struct {
 	kernel, initrd string
 	disk, stick    string
 	cutVersions    []uint64 // versions for the power-cut chain
-	initrdAdds     int64    // bytes the boot pieces add to the initramfs
 }
 
 func long() bool { return os.Getenv("PEERUP_VM_LONG") != "" }
@@ -202,8 +201,7 @@ func newLab(t *testing.T, ctx context.Context) *lab {
 	install(t, kernel, l.kernel, 0o644)
 	install(t, initrd, l.initrd, 0o644)
 	ours, _ := os.Stat(l.initrd)
-	l.initrdAdds = ours.Size() - stock.Size()
-	t.Logf("initramfs: %d KiB, of which the boot pieces add %d KiB", ours.Size()>>10, l.initrdAdds>>10)
+	t.Logf("initramfs: %d KiB, of which the boot pieces add %d KiB", ours.Size()>>10, (ours.Size()-stock.Size())>>10)
 
 	// The versions: 1 as installed; 2 changes an /etc file the laptop
 	// keeps, one it edits too, and /usr; 3 never reaches mark-good; 4... for
@@ -365,7 +363,6 @@ verify
 		b.want(t, "root", "overlay ro")
 		b.want(t, "markgood", "result=success")
 		b.want(t, "markgood", "status=0")
-		b.want(t, "failed", "")
 		if b.markers["failed"] != "" {
 			t.Fatalf("failed units on a peerup boot: %s", b.markers["failed"])
 		}
