@@ -3,6 +3,7 @@ package daemon
 import (
 	"fmt"
 	"reflect"
+	"slices"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -95,8 +96,8 @@ func Defaults() Config {
 	}
 }
 
-// withDefaults fills every unset field from Defaults.
-func (c Config) withDefaults() Config {
+// WithDefaults fills every unset field from Defaults.
+func (c Config) WithDefaults() Config {
 	def := reflect.ValueOf(Defaults())
 	v := reflect.ValueOf(&c).Elem()
 	for i := range v.NumField() {
@@ -156,16 +157,25 @@ func configKeys() []configKey {
 // ConfigFlags are Config's settings as command-line flags.
 type ConfigFlags struct {
 	fs     *pflag.FlagSet
-	parsed Config // what the flags parse into
+	keys   []configKey // the settings given flags
+	parsed Config      // what the flags parse into
 }
 
-// AddConfigFlags registers a flag on fs for every Config setting, with its
-// default from Defaults.
-func AddConfigFlags(fs *pflag.FlagSet) *ConfigFlags {
+// AddConfigFlags registers a flag on fs for every Config setting, or only
+// for the keys named (commands other than the daemon that take a few of its
+// settings), with its default from Defaults.
+func AddConfigFlags(fs *pflag.FlagSet, only ...string) *ConfigFlags {
 	f := &ConfigFlags{fs: fs, parsed: Defaults()}
 	v := reflect.ValueOf(&f.parsed).Elem()
 	for _, k := range configKeys() {
+		if len(only) > 0 && !slices.Contains(only, k.key) {
+			continue
+		}
 		addFlag(fs, k, v.Field(k.field))
+		f.keys = append(f.keys, k)
+	}
+	if len(only) > 0 && len(f.keys) != len(only) {
+		panic(fmt.Sprintf("AddConfigFlags(%q): not all are config keys", only))
 	}
 	return f
 }
@@ -202,7 +212,7 @@ func addFlag(fs *pflag.FlagSet, k configKey, v reflect.Value) {
 func (f *ConfigFlags) Apply(c *Config) {
 	dst := reflect.ValueOf(c).Elem()
 	src := reflect.ValueOf(&f.parsed).Elem()
-	for _, k := range configKeys() {
+	for _, k := range f.keys {
 		if !f.fs.Changed(k.flag) {
 			continue
 		}

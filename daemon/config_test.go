@@ -62,7 +62,7 @@ func TestConfigLayers(t *testing.T) {
 					t.Fatal(err)
 				}
 				flags.Apply(&c)
-				c = c.withDefaults()
+				c = c.WithDefaults()
 				want := tc.def
 				switch {
 				case layer.flag:
@@ -146,5 +146,25 @@ func TestConfigShippedExamplesParse(t *testing.T) {
 	}
 	if _, err := LoadConfig(path); err != nil {
 		t.Errorf("uncommented examples: %v", err)
+	}
+}
+
+// TestConfigFlagsSubset: a command taking a few settings gets only their
+// flags, and a flag of its own with a setting's name is not taken for it.
+func TestConfigFlagsSubset(t *testing.T) {
+	fs := pflag.NewFlagSet("pull", pflag.ContinueOnError)
+	var sysroot string
+	fs.StringVar(&sysroot, "sysroot", "", "the command's own")
+	flags := AddConfigFlags(fs, "memory-mib", "keep-encodings-mib")
+	if fs.Lookup("policy") != nil {
+		t.Error("a subset registered --policy")
+	}
+	if err := fs.Parse([]string{"--sysroot", "/s", "--memory-mib", "64"}); err != nil {
+		t.Fatal(err)
+	}
+	var c Config
+	flags.Apply(&c)
+	if c.Sysroot != "" || c.MemoryMiB != 64 || c.KeepEncodingsMiB != nil {
+		t.Errorf("Apply = %+v; want only memory-mib set", c)
 	}
 }

@@ -53,7 +53,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	if cfg.Sysroot == "" {
 		return nil, errors.New("no sysroot (--sysroot)")
 	}
-	cfg = cfg.withDefaults()
+	cfg = cfg.WithDefaults()
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}

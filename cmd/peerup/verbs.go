@@ -210,9 +210,9 @@ type pullFlags struct {
 	trust                []string
 	version              uint64
 	json                 bool
-	bootTries            int
-	keepMiB              int64
-	memoryMiB            int
+	// settings shares the daemon's boot-tries, keep-encodings-mib and
+	// memory-mib, so that each means the same and has one default.
+	settings *daemon.ConfigFlags
 }
 
 func (p *pullFlags) register(cmd *cobra.Command) {
@@ -223,9 +223,7 @@ func (p *pullFlags) register(cmd *cobra.Command) {
 	f.StringVar(&p.image, "image", "", "image id (default: the sysroot's, or the repo's only one)")
 	f.Uint64Var(&p.version, "version", 0, "version to fetch (default: the newest)")
 	f.BoolVar(&p.json, "json", false, "print the result as JSON")
-	f.IntVar(&p.bootTries, "boot-tries", apply.DefaultBootTries, "boots a newly applied version gets to reach mark-good")
-	f.Int64Var(&p.keepMiB, "keep-encodings-mib", apply.DefaultEncodingBudget>>20, "MiB of fetched patches to keep for neighbours (0: none; -1: no limit)")
-	f.IntVar(&p.memoryMiB, "memory-mib", apply.DefaultMemoryMiB, "memory the update may use, in MiB (SPEC.md §7)")
+	p.settings = daemon.AddConfigFlags(f, "boot-tries", "keep-encodings-mib", "memory-mib")
 	for _, n := range []string{"sysroot", "trust", "from"} {
 		cmd.MarkFlagRequired(n)
 	}
@@ -244,11 +242,14 @@ func (p *pullFlags) open() (s *apply.Sysroot, src apply.Source, o apply.PullOpti
 	if s, err = apply.Open(p.sysroot); err != nil {
 		return nil, nil, o, nil, err
 	}
-	s.BootTries = p.bootTries
-	mem := apply.MemoryMiB(p.memoryMiB)
+	var c daemon.Config
+	p.settings.Apply(&c)
+	c = c.WithDefaults()
+	s.BootTries = c.BootTries
+	mem := apply.MemoryMiB(c.MemoryMiB)
 	debug.SetMemoryLimit(mem.SoftLimit())
 	prog, clear := progress("fetching")
-	o = apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog, EncodingBudget: apply.EncodingBudgetMiB(p.keepMiB), Memory: mem}
+	o = apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog, EncodingBudget: apply.EncodingBudgetMiB(*c.KeepEncodingsMiB), Memory: mem}
 	return s, src, o, clear, nil
 }
 
