@@ -75,10 +75,7 @@ func TestAttackKeyRotationAndRevocation(t *testing.T) {
 		if err := pull(v); err != nil {
 			t.Fatalf("v%d: %v", v, err)
 		}
-		if _, _, err := laptop.Apply(v); err != nil {
-			t.Fatal(err)
-		}
-		if err := laptop.Prune(); err != nil { // as the daemon does after an apply
+		if _, _, err := laptop.Switch(v); err != nil { // as the daemon does
 			t.Fatal(err)
 		}
 	}

@@ -260,8 +260,8 @@ func (s *Sysroot) Recover() error {
 
 // Prune removes the trees that no link names any more (the one an apply
 // pushed out of previous). Their files stay in the store until gc. It is
-// kept out of Apply so that a switch is as quick as renaming two links; Pull
-// and the daemon call it.
+// kept out of Apply so that a switch is as quick as renaming two links;
+// Switch runs it after one.
 func (s *Sysroot) Prune() error {
 	unlock, err := s.Lock()
 	if err != nil {

@@ -650,13 +650,14 @@ func blame(err error) bool {
 }
 
 func (c *Core) apply(ctx context.Context) func() error {
-	from, to, err := c.o.Sysroot.Apply(c.Props().AvailableVersion)
-	if err != nil {
+	from, to, err := c.o.Sysroot.Switch(c.Props().AvailableVersion)
+	if err != nil && !errors.Is(err, apply.ErrPrune) {
 		c.fail(ErrorApply, err)
 		return nil
 	}
 	c.o.Log.Info("update applied", "from", from, "to", to)
-	if err := c.o.Sysroot.Prune(); err != nil {
+	if err != nil {
+		// The switch stands; the next apply prunes again.
 		c.o.Log.Warn("remove old tree", "err", err)
 	}
 	c.update(func(p *Props) {

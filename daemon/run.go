@@ -12,97 +12,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/BurntSushi/toml"
-
 	"golang.org/x/time/rate"
 
 	"peerup/apply"
 	"peerup/manifest"
 	"peerup/transfer"
 )
-
-// Config is everything `peerup daemon` can be told, by flags or by the TOML
-// file (/etc/peerup/peerup.toml); flags override the file.
-type Config struct {
-	Sysroot string `toml:"sysroot"`
-	// Repo, instead of Sysroot, makes the daemon a seed: it serves and
-	// advertises a repo (a school server's), with no sysroot of its own.
-	Repo   string   `toml:"repo"`
-	Image  string   `toml:"image"`
-	Trust  []string `toml:"trust"`
-	Listen string   `toml:"listen"`
-	Iface  string   `toml:"iface"`
-	Bus    string   `toml:"bus"`
-	Policy string   `toml:"policy"`
-	Peers  []string `toml:"peer"`
-	// Volumes are folders where a USB stick holding an exported repo may
-	// be mounted (SPEC.md §16); ScanMounts also looks at every mount under
-	// /media, /run/media and /mnt.
-	Volumes    []string `toml:"volumes"`
-	ScanMounts bool     `toml:"scan-mounts"`
-	// PollInterval, if set, also polls the peers on a timer. Off by default:
-	// discovery events wake the daemon, so it makes no traffic when there is
-	// nothing to do.
-	PollInterval time.Duration `toml:"poll-interval"`
-	// BootTries is how many boots an applied version gets to reach
-	// mark-good (default 3).
-	BootTries int `toml:"boot-tries"`
-	// Iface limits discovery to one interface; NoMDNS and NoMulticast turn
-	// its sources off (SPEC.md §9).
-	NoMDNS      bool `toml:"no-mdns"`
-	NoMulticast bool `toml:"no-multicast"`
-	// KeepEncodingsMiB bounds the patches kept for neighbours, read by
-	// apply.EncodingBudgetMiB (unset: 256; 0: none; -1: no limit).
-	KeepEncodingsMiB *int64 `toml:"keep-encodings-mib"`
-	// Fault is the sysroot's fault-injection hook (crash tests only).
-	Fault func(point string) `toml:"-"`
-	// MaxUploads caps concurrent object uploads to neighbours (default 8);
-	// MaxUploadRate and MaxDownloadRate are bytes per second (0: none).
-	MaxUploads      int   `toml:"max-uploads"`
-	MaxUploadRate   int64 `toml:"max-upload-rate"`
-	MaxDownloadRate int64 `toml:"max-download-rate"`
-	// MaxConnsPerPeer caps the connections open at once from one address
-	// (default transfer.DefaultMaxConnsPerPeer; negative: no cap). Nodes
-	// sharing one address (several on one machine) need it higher.
-	MaxConnsPerPeer int `toml:"max-conns-per-peer"`
-	// NoP2P makes a laptop a plain client of its configured peers (the
-	// school server): it ignores discovered neighbours as sources and lends
-	// nothing from a pull in progress. Discovery still wakes it. This is
-	// the client-server baseline the fleet benchmark compares against.
-	NoP2P bool `toml:"no-p2p"`
-	// MemoryMiB is the memory an update may use (apply.MemoryMiB; unset:
-	// apply.DefaultMemoryMiB). The daemon sets the Go runtime's soft limit
-	// from it.
-	MemoryMiB int `toml:"memory-mib"`
-	// NoDevices and NoSetuid refuse images with device nodes, or with
-	// setuid or setgid files, however validly signed (SPEC.md §17).
-	NoDevices bool `toml:"no-devices"`
-	NoSetuid  bool `toml:"no-setuid"`
-}
-
-func (c Config) limits() transfer.Limits {
-	n := c.MaxUploads
-	if n == 0 {
-		n = 8
-	}
-	// A seed uploads each object once at a time unless its laptops do not
-	// share (then every laptop must get everything from it).
-	return transfer.Limits{MaxUploads: n, UploadRate: c.MaxUploadRate, DownloadRate: c.MaxDownloadRate, OncePerObject: c.Repo != "" && !c.NoP2P, MaxConnsPerPeer: c.MaxConnsPerPeer}
-}
-
-// LoadConfig reads a TOML config file, refusing unknown keys so that a typo
-// does not silently change nothing.
-func LoadConfig(path string) (Config, error) {
-	var c Config
-	md, err := toml.DecodeFile(path, &c)
-	if err != nil {
-		return c, fmt.Errorf("config %s: %w", path, err)
-	}
-	if und := md.Undecoded(); len(und) > 0 {
-		return c, fmt.Errorf("config %s: unknown key %q", path, und[0].String())
-	}
-	return c, nil
-}
 
 // Discovery is what the daemon needs from peer discovery.
 type Discovery interface {
@@ -138,10 +53,11 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	if cfg.Sysroot == "" {
 		return nil, errors.New("no sysroot (--sysroot)")
 	}
+	cfg = cfg.WithDefaults()
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	policy, err := ParsePolicy(orDefault(cfg.Policy, string(PolicyAuto)))
+	policy, err := ParsePolicy(cfg.Policy)
 	if err != nil {
 		return nil, err
 	}
@@ -203,12 +119,8 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	if !cfg.NoP2P {
 		helpers = neighbours(func() []string { return append(peers(), discovered()...) }, downloadLimit)
 	}
-	var budget int64 // the default
-	if cfg.KeepEncodingsMiB != nil {
-		budget = apply.EncodingBudgetMiB(*cfg.KeepEncodingsMiB)
-	}
 	d.Core, err = NewCore(ctx, Options{
-		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Discovered: discovered, Log: log, EncodingBudget: budget, Memory: apply.MemoryMiB(cfg.MemoryMiB), Entries: apply.EntryPolicy{NoDevices: cfg.NoDevices, NoSetuid: cfg.NoSetuid},
+		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Discovered: discovered, Log: log, EncodingBudget: apply.EncodingBudgetMiB(*cfg.KeepEncodingsMiB), Memory: apply.MemoryMiB(cfg.MemoryMiB), Entries: apply.EntryPolicy{NoDevices: cfg.NoDevices, NoSetuid: cfg.NoSetuid},
 		Helpers: helpers,
 		Open: func(loc string) (apply.Source, error) {
 			return apply.OpenSourceWith(loc, apply.SourceOptions{DownloadLimit: downloadLimit})
@@ -222,8 +134,8 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	if err != nil {
 		return nil, err
 	}
-	if bus := orDefault(cfg.Bus, "system"); bus != "none" {
-		conn, err := ConnectBus(bus)
+	if cfg.Bus != "none" {
+		conn, err := ConnectBus(cfg.Bus)
 		if err != nil {
 			return nil, err
 		}
@@ -307,9 +219,9 @@ func (d *Daemon) close() {
 }
 
 // serveRepo serves dir on cfg.Listen, with cfg's limits, until *srv is
-// shut down.
+// shut down. cfg has its defaults filled in.
 func serveRepo(cfg Config, dir string, partial transfer.Partial, srv **http.Server, wg *sync.WaitGroup, log *slog.Logger) (net.Listener, error) {
-	ln, err := transfer.Listen(orDefault(cfg.Listen, transfer.DefaultListen), cfg.limits())
+	ln, err := transfer.Listen(cfg.Listen, cfg.limits())
 	if err != nil {
 		return nil, err
 	}
@@ -327,13 +239,6 @@ func serveRepo(cfg Config, dir string, partial transfer.Partial, srv **http.Serv
 		}
 	}()
 	return ln, nil
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 // neighbours turns the peers discovery knows into clients that can lend

@@ -34,6 +34,7 @@ func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, versi
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	cfg = cfg.WithDefaults()
 	kr, err := manifest.LoadKeyring(cfg.Trust...)
 	if err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"peerup/apply"
+	"peerup/daemon"
 )
 
 func (a *app) newBootCmd() *cobra.Command {
@@ -84,7 +85,7 @@ its tries. peerup-mark-good.service runs this once the system is up.`,
 
 func (a *app) newGCCmd() *cobra.Command {
 	var sysroot string
-	var keepMiB int64
+	var keep *daemon.ConfigFlags
 	cmd := &cobra.Command{
 		Use:   "gc --sysroot DIR",
 		Short: "Remove versions, objects and encodings the node no longer needs",
@@ -99,7 +100,9 @@ busy it says so).`,
 			if err != nil {
 				return err
 			}
-			res, err := s.GC(apply.EncodingBudgetMiB(keepMiB))
+			var c daemon.Config
+			keep.Apply(&c)
+			res, err := s.GC(apply.EncodingBudgetMiB(*c.WithDefaults().KeepEncodingsMiB))
 			if err != nil {
 				return err
 			}
@@ -108,7 +111,7 @@ busy it says so).`,
 		},
 	}
 	cmd.Flags().StringVar(&sysroot, "sysroot", "", "sysroot directory (required)")
-	cmd.Flags().Int64Var(&keepMiB, "keep-encodings-mib", apply.DefaultEncodingBudget>>20, "MiB of patches to keep for neighbours (0: none; -1: no limit)")
+	keep = daemon.AddConfigFlags(cmd.Flags(), "keep-encodings-mib")
 	cmd.MarkFlagRequired("sysroot")
 	return cmd
 }

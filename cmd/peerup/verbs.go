@@ -40,8 +40,10 @@ func progress(desc string) (func(done, total int64), func()) {
 			}
 			bar.Set64(done)
 		}, func() {
+			// Idempotent: a caller may clear early and again on return.
 			if bar != nil {
 				bar.Finish()
+				bar = nil
 			}
 		}
 }
@@ -109,30 +111,31 @@ and can be served by 'peerup serve' or any static web server.`,
 				return err
 			}
 			prog, clear := progress("hashing")
-			o := blobstore.PublishOptions{
+			o := diff.PublishOptions{PublishOptions: blobstore.PublishOptions{
 				Image: image, Version: version, Label: label, Signer: signer, Progress: prog,
 				KeysAdd: addKeys, KeysRevoke: revokeKeys,
-			}
+			}}
 			if expires > 0 {
 				o.Expires = time.Now().Add(expires)
 			}
-			pub, err := repo.Publish(cmd.Context(), args[0], o)
+			if depth != 0 {
+				o.Deltas = &diff.GenerateOptions{Depth: depth, Log: a.log}
+			}
+			o.Published = func(pub *blobstore.Published) {
+				clear()
+				h := pub.Header
+				fmt.Printf("published %s version %d: %d entries, %d files, %s; %d new objects (%s)\n",
+					h.Image, h.Version, h.Entries, h.Files, human(int64(h.Bytes)), pub.NewObjects, human(pub.NewBytes))
+			}
+			pub, err := diff.Publish(cmd.Context(), repo, args[0], o)
 			clear()
 			if err != nil {
 				return err
 			}
-			h := pub.Header
-			fmt.Printf("published %s version %d: %d entries, %d files, %s; %d new objects (%s)\n",
-				h.Image, h.Version, h.Entries, h.Files, human(int64(h.Bytes)), pub.NewObjects, human(pub.NewBytes))
-			if depth == 0 || h.Version == 1 {
-				return nil
+			if gen := pub.Deltas; gen != nil {
+				fmt.Printf("encodings: %d for %d changed objects (%s) against up to %d earlier versions\n",
+					gen.Encodings, gen.Targets, human(gen.TargetBytes), depth)
 			}
-			gen, err := diff.Generate(cmd.Context(), repo, h.Image, h.Version, diff.GenerateOptions{Signer: signer, Depth: depth, Log: a.log})
-			if err != nil {
-				return err
-			}
-			fmt.Printf("encodings: %d for %d changed objects (%s) against up to %d earlier versions\n",
-				gen.Encodings, gen.Targets, human(gen.TargetBytes), depth)
 			return nil
 		},
 	}
@@ -207,9 +210,9 @@ type pullFlags struct {
 	trust                []string
 	version              uint64
 	json                 bool
-	bootTries            int
-	keepMiB              int64
-	memoryMiB            int
+	// settings shares the daemon's boot-tries, keep-encodings-mib and
+	// memory-mib, so that each means the same and has one default.
+	settings *daemon.ConfigFlags
 }
 
 func (p *pullFlags) register(cmd *cobra.Command) {
@@ -220,41 +223,46 @@ func (p *pullFlags) register(cmd *cobra.Command) {
 	f.StringVar(&p.image, "image", "", "image id (default: the sysroot's, or the repo's only one)")
 	f.Uint64Var(&p.version, "version", 0, "version to fetch (default: the newest)")
 	f.BoolVar(&p.json, "json", false, "print the result as JSON")
-	f.IntVar(&p.bootTries, "boot-tries", apply.DefaultBootTries, "boots a newly applied version gets to reach mark-good")
-	f.Int64Var(&p.keepMiB, "keep-encodings-mib", apply.DefaultEncodingBudget>>20, "MiB of fetched patches to keep for neighbours (0: none; -1: no limit)")
-	f.IntVar(&p.memoryMiB, "memory-mib", apply.DefaultMemoryMiB, "memory the update may use, in MiB (SPEC.md §7)")
+	p.settings = daemon.AddConfigFlags(f, "boot-tries", "keep-encodings-mib", "memory-mib")
 	for _, n := range []string{"sysroot", "trust", "from"} {
 		cmd.MarkFlagRequired(n)
 	}
 }
 
-func (p *pullFlags) pull(ctx context.Context) (*apply.Sysroot, *apply.PullResult, error) {
+// open readies a pull or update: the sysroot, the source and the options
+// from the flags. Call clear once the pull is over.
+func (p *pullFlags) open() (s *apply.Sysroot, src apply.Source, o apply.PullOptions, clear func(), err error) {
 	kr, err := manifest.LoadKeyring(p.trust...)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, o, nil, err
 	}
-	src, err := apply.OpenSource(p.from)
-	if err != nil {
-		return nil, nil, err
+	if src, err = apply.OpenSource(p.from); err != nil {
+		return nil, nil, o, nil, err
 	}
-	s, err := apply.Open(p.sysroot)
-	if err != nil {
-		return nil, nil, err
+	if s, err = apply.Open(p.sysroot); err != nil {
+		return nil, nil, o, nil, err
 	}
-	s.BootTries = p.bootTries
-	mem := apply.MemoryMiB(p.memoryMiB)
+	var c daemon.Config
+	p.settings.Apply(&c)
+	c = c.WithDefaults()
+	s.BootTries = c.BootTries
+	mem := apply.MemoryMiB(c.MemoryMiB)
 	debug.SetMemoryLimit(mem.SoftLimit())
 	prog, clear := progress("fetching")
-	res, err := s.Pull(ctx, src, apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog, EncodingBudget: apply.EncodingBudgetMiB(p.keepMiB), Memory: mem})
-	clear()
-	if err == nil {
-		// On stderr, with --json too: the admin should see that an image
-		// change did not reach this node.
-		for _, k := range res.EtcKept {
-			fmt.Fprintf(os.Stderr, "peerup: kept local /%s; the image's new version was not applied\n", k)
-		}
+	o = apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog, EncodingBudget: apply.EncodingBudgetMiB(*c.KeepEncodingsMiB), Memory: mem}
+	return s, src, o, clear, nil
+}
+
+// warnEtcKept says, on stderr and with --json too, which local /etc edits
+// a pull kept: the admin should see that an image change did not reach this
+// node. res may be nil (no pull happened).
+func warnEtcKept(res *apply.PullResult) {
+	if res == nil {
+		return
 	}
-	return s, res, err
+	for _, k := range res.EtcKept {
+		fmt.Fprintf(os.Stderr, "peerup: kept local /%s; the image's new version was not applied\n", k)
+	}
 }
 
 func (a *app) newPullCmd() *cobra.Command {
@@ -273,7 +281,15 @@ it. Nothing changes unless everything checks out.
 		Example: "  peerup pull --sysroot /sysroot --trust /etc/peerup/fleet.pub --from http://school-server:7380/",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, res, err := p.pull(cmd.Context())
+			s, src, o, clear, err := p.open()
+			if err != nil {
+				return err
+			}
+			res, err := s.Pull(cmd.Context(), src, o)
+			clear()
+			if err == nil {
+				warnEtcKept(res)
+			}
 			if errors.Is(err, apply.ErrUpToDate) {
 				fmt.Println(err)
 				return nil
@@ -318,12 +334,12 @@ running daemon (over D-Bus) to apply the update it has staged.`,
 				return err
 			}
 			s.BootTries = tries
-			from, to, err := s.Apply(version)
-			if err != nil {
+			from, to, err := s.Switch(version)
+			if err != nil && !errors.Is(err, apply.ErrPrune) {
 				return err
 			}
 			fmt.Println(switchLine(from, to))
-			return s.Prune()
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&sysroot, "sysroot", "", "work on this sysroot directly (no daemon)")
@@ -350,7 +366,13 @@ func (a *app) newUpdateCmd() *cobra.Command {
 		Example: "  peerup update --sysroot /sysroot --trust /etc/peerup/fleet.pub --from http://school-server:7380/\n  peerup update --sysroot /sysroot --trust /etc/peerup/fleet.pub --from /media/stick",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, res, err := p.pull(cmd.Context())
+			s, src, o, clear, err := p.open()
+			if err != nil {
+				return err
+			}
+			res, from, err := s.Update(cmd.Context(), src, o)
+			clear()
+			warnEtcKept(res)
 			if errors.Is(err, apply.ErrUpToDate) {
 				fmt.Println(err)
 				return nil
@@ -358,13 +380,7 @@ func (a *app) newUpdateCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			from, to, err := s.Apply(res.Version)
-			if err != nil {
-				return err
-			}
-			if err := s.Prune(); err != nil {
-				return err
-			}
+			to := res.Version
 			if p.json {
 				return printJSON(struct {
 					*apply.PullResult
