@@ -42,7 +42,7 @@ type deltaFigures struct {
 	rsync        int64
 }
 
-func benchDeltas(ctx context.Context, w io.Writer, cache, work string) error {
+func benchDeltas(ctx context.Context, w io.Writer, cache, work string, n int) error {
 	fmt.Fprintln(w, "\n== bytes on the wire for a real security update ==")
 	oldTree, newTree, err := debdata.Trees(ctx, debdata.SecurityUpdate(), cache, work, "")
 	if err != nil {
@@ -58,10 +58,11 @@ func benchDeltas(ctx context.Context, w io.Writer, cache, work string) error {
 		fig.changedBytes += c.size
 	}
 	fmt.Fprintf(w, "update: %d packages, %d changed files, %s of changed bytes\n", len(debdata.SecurityUpdate()), fig.changedFiles, mb(fig.changedBytes))
-	if err := oursDeltas(ctx, work, oldTree, newTree, &fig); err != nil {
+	ours, ostree := filepath.Join(work, "peerup"), filepath.Join(work, "ostree")
+	if err := oursDeltas(ctx, ours, oldTree, newTree, &fig); err != nil {
 		return fmt.Errorf("peerup: %w", err)
 	}
-	if err := ostreeDeltas(ctx, work, oldTree, newTree, &fig); err != nil {
+	if err := ostreeDeltas(ctx, ostree, oldTree, newTree, &fig); err != nil {
 		return fmt.Errorf("ostree: %w", err)
 	}
 	if fig.zstd19, err = zstdWhole(ctx, changed); err != nil {
@@ -87,7 +88,11 @@ func benchDeltas(ctx context.Context, w io.Writer, cache, work string) error {
 		fig.generate.Seconds(), fig.ostreeTime.Seconds(), genRatio, verdict(genRatio <= 1.0))
 	fmt.Fprintf(w, "publish time: peerup publish + encodings %.1fs vs ostree commit + static-delta %.1fs = %.2f (target <= 1.0): %s\n",
 		(fig.publish + fig.generate).Seconds(), (fig.ostreeCommit + fig.ostreeTime).Seconds(), allRatio, verdict(allRatio <= 1.0))
-	return nil
+	return benchUpdate(ctx, w, filepath.Join(work, "update"), updateServers{
+		peerupRepo:  filepath.Join(ours, "repo"),
+		peerupTrust: filepath.Join(ours, "bench.pub"),
+		ostreeRepo:  ostree,
+	}, n)
 }
 
 func verdict(ok bool) string {
@@ -98,6 +103,8 @@ func verdict(ok bool) string {
 }
 
 func mb(n int64) string { return fmt.Sprintf("%.2f MB", float64(n)/1e6) }
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 type changedFile struct {
 	path string
@@ -131,13 +138,12 @@ func changedFiles(oldTree, newTree string) ([]changedFile, error) {
 	return out, err
 }
 
-func oursDeltas(ctx context.Context, work, oldTree, newTree string, fig *deltaFigures) error {
+func oursDeltas(ctx context.Context, dir, oldTree, newTree string, fig *deltaFigures) error {
 	key, err := manifest.GenerateKey("bench")
 	if err != nil {
 		return err
 	}
 	signer := manifest.NewSigner(key)
-	dir := filepath.Join(work, "peerup")
 	os.MkdirAll(dir, 0o755)
 	if _, _, err := manifest.WriteKeyPair(key, dir, "bench"); err != nil {
 		return err
@@ -187,8 +193,9 @@ func oursDeltas(ctx context.Context, work, oldTree, newTree string, fig *deltaFi
 	return nil
 }
 
-func ostreeDeltas(ctx context.Context, work, oldTree, newTree string, fig *deltaFigures) error {
-	repo := filepath.Join(work, "ostree")
+// ostreeDeltas commits the trees as refs a and b of an archive-mode repo,
+// the mode a server serves over HTTP, and generates the static delta a→b.
+func ostreeDeltas(ctx context.Context, repo, oldTree, newTree string, fig *deltaFigures) error {
 	run := func(args ...string) error {
 		out, err := exec.CommandContext(ctx, "ostree", append([]string{"--repo=" + repo}, args...)...).CombinedOutput()
 		if err != nil {

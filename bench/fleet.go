@@ -46,8 +46,8 @@ func benchLAN(ctx context.Context, w io.Writer, work string, laptops int) (err e
 		return nil
 	}
 	bin := filepath.Join(work, "fleet-peerup") // not "peerup": the deltas bench owns that folder
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/peerup").CombinedOutput(); err != nil {
-		return fmt.Errorf("build peerup: %v\n%s", err, out)
+	if err := buildPeerup(ctx, bin); err != nil {
+		return err
 	}
 	update := int64(fleetNewFiles * fleetNewSize)
 	var figs [2]fleetFigures

@@ -1,7 +1,8 @@
 // Command bench measures peerup against the tools it stands in for, in the
 // same run on the same data: building and switching a tree against cp -al,
 // publish hashing against sha256sum, and bytes on the wire for a real Debian
-// security update against OSTree static deltas, zstd and rsync; and a
+// security update against OSTree static deltas, zstd and rsync, and the
+// laptop's update of it against ostree pull + checkout; and a
 // load scenario: one seed serving 50 concurrent pullers. The machine
 // is shared and noisy, so each timing is repeated and the median quoted.
 package main
@@ -77,7 +78,7 @@ func run(ctx context.Context, n int, tree, only, cache string, laptops int) erro
 		}
 	}
 	if want["deltas"] {
-		if err := benchDeltas(ctx, os.Stdout, cache, work); err != nil {
+		if err := benchDeltas(ctx, os.Stdout, cache, work, n); err != nil {
 			return fmt.Errorf("deltas: %w", err)
 		}
 	}
@@ -117,4 +118,13 @@ func medianWithReset(n int, f, reset func() error) (time.Duration, error) {
 	}
 	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
 	return ds[len(ds)/2], nil
+}
+
+// buildPeerup builds the peerup command into bin, so that a bench run by
+// itself (go run ./bench) measures this tree's code, not an older bin/peerup.
+func buildPeerup(ctx context.Context, bin string) error {
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/peerup").CombinedOutput(); err != nil {
+		return fmt.Errorf("build peerup: %w\n%s", err, out)
+	}
+	return nil
 }
