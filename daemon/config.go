@@ -74,7 +74,7 @@ type Config struct {
 	NoP2P bool `toml:"no-p2p" usage:"client-server mode: fetch only from --peer (the school server), never from or for neighbours"`
 	// MemoryMiB is the memory an update may use (apply.MemoryMiB). The
 	// daemon sets the Go runtime's soft limit from it.
-	MemoryMiB int `toml:"memory-mib" usage:"memory an update may use, in MiB (SPEC.md §10 "Memory budget")"`
+	MemoryMiB int `toml:"memory-mib" usage:"memory an update may use, in MiB (SPEC.md §10, memory budget)"`
 	// NoDevices and NoSetuid refuse images with device nodes, or with
 	// setuid or setgid files, however validly signed (SPEC.md §17).
 	NoDevices bool `toml:"no-devices" usage:"refuse images holding device nodes, however validly signed"`
