@@ -160,9 +160,9 @@ type Listener struct {
 	group net.IP
 }
 
-// Listen joins the group of (image, v) on iface and reports announcements
-// of newer versions of image to found. It runs until ctx ends.
-func Listen(ctx context.Context, iface *net.Interface, image string, v uint64, found func(Peer), log *slog.Logger) (*Listener, error) {
+// Listen joins the group of (image, v) on iface. Its Find reports the
+// announcements heard there; the socket closes when ctx ends.
+func Listen(ctx context.Context, iface *net.Interface, image string, v uint64, log *slog.Logger) (*Listener, error) {
 	lc := net.ListenConfig{Control: reuseAddr}
 	c, err := lc.ListenPacket(ctx, "udp4", ":"+strconv.Itoa(AnnouncePort))
 	if err != nil {
@@ -180,7 +180,6 @@ func Listen(ctx context.Context, iface *net.Interface, image string, v uint64, f
 		<-ctx.Done()
 		c.Close()
 	}()
-	go l.loop(found)
 	return l, nil
 }
 
@@ -199,7 +198,9 @@ func (l *Listener) Rejoin(v uint64) error {
 	return nil
 }
 
-func (l *Listener) loop(found func(Peer)) {
+// Find reports announcements of image on the node's group until the socket
+// closes.
+func (l *Listener) Find(_ context.Context, found func(Peer)) {
 	buf := make([]byte, maxAnnounce+1)
 	for {
 		n, cm, src, err := l.conn.ReadFrom(buf)

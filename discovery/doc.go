@@ -1,8 +1,9 @@
 // Package discovery finds peers that hold a newer version of the node's
 // image, and tells peers when the node itself has one.
 //
-// Three sources feed one peer table (modelled on syncthing's lib/discover:
-// small finders, one manager):
+// Sources of peers are Finders feeding one peer table, the Manager
+// (modelled on syncthing's lib/discover: small finders, one manager); a
+// Service runs the built-in three and any others it is given:
 //
 //   - DNS-SD over mDNS: every node advertises _peerup._tcp with its image and
 //     version in TXT. github.com/hashicorp/mdns supplies the records and the

@@ -1,7 +1,9 @@
 package discovery
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"sort"
@@ -43,6 +45,33 @@ const (
 	intakeRPS = 50
 	intakeMax = 200
 )
+
+// A Finder is one source of peers: mDNS browsing, the per-version
+// announcements, the administrator's list. Find runs until ctx ends (or its
+// source does), reporting every peer it hears of to found; a Service runs
+// each finder it has against its one peer table, the Manager, which alone
+// decides what to keep.
+type Finder interface {
+	Find(ctx context.Context, found func(Peer))
+}
+
+// Static is the administrator's list of peers as a Finder.
+type Static []string
+
+// Find reports each peer once.
+func (s Static) Find(_ context.Context, found func(Peer)) {
+	for _, u := range s {
+		found(Peer{URL: u, Source: SourceStatic})
+	}
+}
+
+// browser is active mDNS browsing as a Finder.
+type browser struct {
+	iface *net.Interface
+	log   *slog.Logger
+}
+
+func (b browser) Find(ctx context.Context, found func(Peer)) { Browse(ctx, b.iface, found, b.log) }
 
 // Manager merges what the finders report into one bounded table.
 type Manager struct {

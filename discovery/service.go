@@ -27,6 +27,9 @@ type Config struct {
 	ManifestOf func(v uint64) manifest.Digest
 	// Static peers given by the administrator.
 	Static []string
+	// Finders are further sources of peers, run beside the built-in ones
+	// (mDNS, announcements, Static) against the same table.
+	Finders []Finder
 	// NoMDNS and NoMulticast turn a source off (tests, or networks where
 	// one of them misbehaves).
 	NoMDNS, NoMulticast bool
@@ -53,9 +56,7 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 	s := &Service{cfg: cfg}
 	s.version.Store(cfg.Version)
 	s.mgr = NewManager(cfg.Image, s.version.Load)
-	for _, u := range cfg.Static {
-		s.mgr.Found(Peer{URL: u, Source: SourceStatic})
-	}
+	finders := []Finder{Static(cfg.Static)}
 	if cfg.Iface != "" {
 		ifi, err := net.InterfaceByName(cfg.Iface)
 		if err != nil {
@@ -94,18 +95,23 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 				cfg.Log.Warn("mdns announce", "err", err)
 			}
 		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			Browse(ctx, s.iface, s.mgr.Found, cfg.Log)
-		}()
+		finders = append(finders, browser{s.iface, cfg.Log})
 	}
 	if !cfg.NoMulticast && cfg.Image != "" {
 		var err error
-		if s.lis, err = Listen(ctx, s.iface, cfg.Image, cfg.Version, s.mgr.Found, cfg.Log); err != nil {
+		if s.lis, err = Listen(ctx, s.iface, cfg.Image, cfg.Version, cfg.Log); err != nil {
 			s.cancel()
 			return nil, err
 		}
+		finders = append(finders, s.lis)
+	}
+	finders = append(finders, cfg.Finders...)
+	for _, f := range finders {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			f.Find(ctx, s.mgr.Found)
+		}()
 	}
 	return s, nil
 }
