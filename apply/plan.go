@@ -256,7 +256,7 @@ func (s *Sysroot) fromHelpers(ctx context.Context, bd *board, mem *inFlight, b *
 			break
 		}
 		if h, ok := bd.holder(enc.Digest); ok {
-			err := s.fetchWithin(ctx, mem, s.decodeCost(enc, n.size), func() error { return s.fetchEncoded(ctx, h.src, b, n, enc) })
+			err := s.fetchEncoded(ctx, mem, h.src, b, n, enc)
 			bd.release(h, enc.Digest, err)
 			if err == nil {
 				return wireKind(enc.Kind), enc.Size, h.src.String(), true
@@ -290,7 +290,7 @@ func wireKind(k diff.Kind) string {
 // ("patch" or "whole") and the bytes it took on the wire.
 func (s *Sysroot) fetchOne(ctx context.Context, mem *inFlight, src Source, b *blobstore.Batch, n *need, log *slog.Logger) (string, int64, error) {
 	for _, enc := range n.ways {
-		err := s.fetchWithin(ctx, mem, s.decodeCost(enc, n.size), func() error { return s.fetchEncoded(ctx, src, b, n, enc) })
+		err := s.fetchEncoded(ctx, mem, src, b, n, enc)
 		if err == nil {
 			return wireKind(enc.Kind), enc.Size, nil
 		}
@@ -312,11 +312,11 @@ func (s *Sysroot) fetchOne(ctx context.Context, mem *inFlight, src Source, b *bl
 // then decoded straight into the batch. Neither the base nor the output is
 // held in memory; DecodeTo reads the base and the encoding in place and
 // Put hashes the output as it stages it, discarding it unless it matches.
-func (s *Sysroot) fetchEncoded(ctx context.Context, src Source, b *blobstore.Batch, n *need, enc diff.Encoding) error {
+func (s *Sysroot) fetchEncoded(ctx context.Context, mem *inFlight, src Source, b *blobstore.Batch, n *need, enc diff.Encoding) error {
 	// The encoding is itself an object: fetched with its hash checked, and
 	// kept so this node can pass it on.
 	if !b.Has(enc.Digest) {
-		if err := src.FetchObject(ctx, b, enc.Digest, enc.Size); err != nil {
+		if err := s.fetchWithin(ctx, mem, wholeCost, func() error { return src.FetchObject(ctx, b, enc.Digest, enc.Size) }); err != nil {
 			return err
 		}
 	}
@@ -342,7 +342,16 @@ func (s *Sysroot) fetchEncoded(ctx context.Context, src Source, b *blobstore.Bat
 		}
 		base = io.NewSectionReader(bf, 0, fi.Size())
 	}
-	if err := decodeInto(ctx, s.decoder(), b, n, enc.Kind, base, er); err != nil {
+	// The decode's share is taken only now, from the encoding itself (a
+	// patch declares its bzip2 levels), and never while holding the
+	// fetch's: a fetch waiting for a big decode's share must not hold what
+	// that decode waits for.
+	cost := s.decodeCost(enc, n.size)
+	if enc.Kind == diff.KindBsdiff {
+		cost = diff.PatchMemory(er, er.Size()) + wholeCost
+	}
+	err = s.fetchWithin(ctx, mem, cost, func() error { return decodeInto(ctx, s.decoder(), b, n, enc.Kind, base, er) })
+	if err != nil {
 		return fmt.Errorf("%s encoding %s: %w", enc.Kind, enc.Digest, err)
 	}
 	return nil

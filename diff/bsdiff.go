@@ -74,7 +74,7 @@ func Make(ctx context.Context, old, new []byte) ([]byte, error) {
 		if r.err != nil {
 			return nil, fmt.Errorf("diff: make patch: %w", r.err)
 		}
-		return r.patch, nil
+		return fitLevels(r.patch), nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("diff: make patch: %w", ctx.Err())
 	}

@@ -106,6 +106,9 @@ const (
 	// the 900 kB block, its inverse-BWT permutation (4 bytes a byte) and
 	// tables, about 4.6 MB. A patch has three streams open at once.
 	bzip2Memory = 5 << 20
+	// bzip2Tables is the part of bzip2Memory that does not scale with the
+	// stream's level (bzlevel.go): prefix and move-to-front tables.
+	bzip2Tables = 256 << 10
 	// zstdOverhead is a streaming zstd decoder's fixed part: its block
 	// buffers, literal and sequence tables, the copy buffers that feed it
 	// and drain it, and the runtime's rounding of the window's allocation
