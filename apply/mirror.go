@@ -86,7 +86,9 @@ func Mirror(ctx context.Context, local *blobstore.Repo, up Source, trust *manife
 }
 
 // mirrorVersion copies one version whole, checked by the rules a laptop
-// applies (manifest.Accept, diff.AcceptDeltas), and lists it last.
+// applies (manifest.Accept, diff.AcceptDeltas), and lists it last: objects
+// and encodings (one batch), then the delta index, then the manifest with
+// its index entry, so a laptop or seed never sees it without its patches.
 func mirrorVersion(ctx context.Context, local *blobstore.Repo, up Source, trust *manifest.Keyring, want manifest.Want, limit int64, res *MirrorResult) error {
 	// Received into staging and checked there, as on a laptop: a school
 	// server's mirror holds no manifest whole either.
@@ -153,6 +155,11 @@ func mirrorVersion(ctx context.Context, local *blobstore.Repo, up Source, trust 
 		}
 	}
 	if err := b.Commit(); err != nil {
+		return err
+	}
+	// A pass killed before listing this version may have left its delta
+	// index, which must not be listed beside a manifest it was not made for.
+	if err := local.ClearUnlisted(want.Image, want.Version); err != nil {
 		return err
 	}
 	if df != nil {

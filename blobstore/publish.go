@@ -35,6 +35,10 @@ type PublishOptions struct {
 	KeysRevoke []string
 	// Progress, if set, is called with bytes hashed so far and the total.
 	Progress func(done, total int64)
+	// Fault, if set, is called at each step of a publish with its name
+	// ("stored": objects and manifest in place, not listed; "list": about
+	// to write the index), so tests can stop or crash it there.
+	Fault func(point string)
 }
 
 // Published describes a new version.
@@ -45,10 +49,39 @@ type Published struct {
 	NewBytes   int64 // their size
 }
 
-// Publish makes a signed version of the tree at dir: it stores every file's
-// bytes as objects, writes and signs the manifest, and lists it in the index
-// last, so that peers never see a version whose objects are missing.
+// Publish makes a signed version of the tree at dir and lists it at once:
+// Stage, then List. A publisher that makes encodings (diff.Publish) lists
+// only after them.
 func (r *Repo) Publish(ctx context.Context, dir string, o PublishOptions) (*Published, error) {
+	p, err := r.Stage(ctx, dir, o)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	if err := p.List(); err != nil {
+		return nil, err
+	}
+	return p.Published, nil
+}
+
+// Pending is a version stored but not yet listed: its objects are
+// committed and its manifest and signature are in place, but no reader
+// sees it until List writes the index. It holds the repo's lock from Stage
+// to Close, so the publisher can add the version's encodings in between
+// and no other writer can list, or remove, anything meanwhile.
+type Pending struct {
+	*Published
+	repo   *Repo
+	entry  IndexEntry
+	fault  func(string)
+	unlock func()
+	listed bool
+}
+
+// Stage makes a signed version of the tree at dir without listing it: it
+// stores every file's bytes as objects and writes and signs the manifest.
+// Close the result; List makes the version visible.
+func (r *Repo) Stage(ctx context.Context, dir string, o PublishOptions) (*Pending, error) {
 	if err := manifest.ValidImage(o.Image); err != nil {
 		return nil, err
 	}
@@ -59,7 +92,17 @@ func (r *Repo) Publish(ctx context.Context, dir string, o PublishOptions) (*Publ
 	if err != nil {
 		return nil, fmt.Errorf("publish: repo %w", err)
 	}
-	defer unlock()
+	p := &Pending{repo: r, fault: o.Fault, unlock: unlock}
+	pub, err := r.stage(ctx, dir, o, p)
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
+	p.Published = pub
+	return p, nil
+}
+
+func (r *Repo) stage(ctx context.Context, dir string, o PublishOptions, p *Pending) (*Published, error) {
 	if err := r.CleanStaging(); err != nil {
 		return nil, err
 	}
@@ -74,6 +117,13 @@ func (r *Repo) Publish(ctx context.Context, dir string, o PublishOptions) (*Publ
 		v = latest.Version + 1
 	case have && v <= latest.Version:
 		return nil, fmt.Errorf("publish: version %d is not newer than %s's newest, %d (versions must rise)", v, o.Image, latest.Version)
+	}
+	// From here on Close has v's files to clear if it is never listed. An
+	// earlier publish of v that was killed left them too: a delta index of
+	// that attempt must not survive beside this manifest.
+	p.entry = IndexEntry{Image: o.Image, Version: v}
+	if err := r.ClearUnlisted(o.Image, v); err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
 	}
 	entries, err := manifest.Scan(ctx, dir)
 	if err != nil {
@@ -122,13 +172,52 @@ func (r *Repo) Publish(ctx context.Context, dir string, o PublishOptions) (*Publ
 		return nil, fmt.Errorf("publish: %w", err)
 	}
 	defer mf.Close()
-	ie, err := r.AddVersion(&m.Header, mf)
+	ie, err := r.storeManifest(&m.Header, mf)
 	if err != nil {
 		return nil, fmt.Errorf("publish: %w", err)
 	}
+	p.entry = ie
+	p.at("stored")
 	manifest.Totals(&m.Header, entries)
 	pub.Header, pub.Manifest = m.Header, ie.Manifest
 	return pub, nil
+}
+
+func (p *Pending) at(point string) {
+	if p.fault != nil {
+		p.fault(point)
+	}
+}
+
+// List names the version in the index, the commit point of a publish:
+// whatever the publisher stored for it before (encodings, a delta index)
+// is in place and durable, and becomes visible with it.
+func (p *Pending) List() error {
+	if p.listed {
+		return errors.New("publish: version already listed")
+	}
+	p.at("list")
+	if err := p.repo.list(p.entry); err != nil {
+		return fmt.Errorf("publish %s v%d: %w", p.entry.Image, p.entry.Version, err)
+	}
+	p.listed = true
+	return nil
+}
+
+// Close releases the repo's lock. A version never listed is removed, so a
+// failed or cancelled publish leaves the repo as it was; one killed before
+// it could do so leaves files that the next publish of that version clears.
+func (p *Pending) Close() error {
+	if p.unlock == nil {
+		return nil
+	}
+	var err error
+	if !p.listed && p.entry.Image != "" {
+		err = p.repo.ClearUnlisted(p.entry.Image, p.entry.Version)
+	}
+	p.unlock()
+	p.unlock = nil
+	return err
 }
 
 // storeFiles hashes every file on all cores and stores the ones the repo

@@ -217,10 +217,22 @@ func (r *Repo) WriteIndex(ix *Index) error {
 
 // AddVersion stores a verified manifest, received into staging (Receive),
 // by renaming it into place beside its signature, and lists it in the
-// index. The caller must have committed every object the manifest names, so
-// that a peer who reads the index finds everything in place. m is spent:
-// close it, but read it no more.
+// index. The caller must have committed every object the manifest names,
+// and the delta index and encodings it means to serve (AddDeltas), so that
+// a peer who reads the index finds everything in place. m is spent: close
+// it, but read it no more.
 func (r *Repo) AddVersion(h *manifest.Header, m *SignedFile) (IndexEntry, error) {
+	e, err := r.storeManifest(h, m)
+	if err != nil {
+		return e, err
+	}
+	return e, r.list(e)
+}
+
+// storeManifest renames a received manifest into place beside its
+// signature without listing it: a version whose manifest is stored but not
+// listed is not there for any reader (SPEC.md §5).
+func (r *Repo) storeManifest(h *manifest.Header, m *SignedFile) (IndexEntry, error) {
 	e := IndexEntry{Image: h.Image, Version: h.Version}
 	var err error
 	if e.Manifest, err = m.Digest(context.Background()); err != nil {
@@ -229,12 +241,41 @@ func (r *Repo) AddVersion(h *manifest.Header, m *SignedFile) (IndexEntry, error)
 	if err := m.commit(r.Layout().Manifest(h.Image, h.Version)); err != nil {
 		return e, fmt.Errorf("add version: %w", err)
 	}
+	return e, nil
+}
+
+// list names a version in the index: the commit point of every way a
+// version arrives (publish, mirror, pull). Everything the version needs is
+// durable by then (a batch's syncfs, a signed file's fsync), so the index's
+// atomic replacement is the one switch.
+func (r *Repo) list(e IndexEntry) error {
 	ix, err := r.ReadIndex()
 	if err != nil {
-		return e, err
+		return err
 	}
 	ix.Set(e)
-	return e, r.WriteIndex(ix)
+	return r.WriteIndex(ix)
+}
+
+// ClearUnlisted removes what an interrupted publish or mirror left of a
+// version it never listed (manifest, delta index and their signatures), so
+// that a stale delta index cannot be listed beside a new manifest. A listed
+// version is left alone. Only the holder of the repo's lock may call it.
+func (r *Repo) ClearUnlisted(image string, v uint64) error {
+	ix, err := r.ReadIndex()
+	if err != nil {
+		return err
+	}
+	if _, listed := ix.Find(image, v); listed {
+		return nil
+	}
+	lay := r.Layout()
+	for _, p := range []string{lay.Manifest(image, v), lay.Signature(image, v), lay.Deltas(image, v), lay.DeltasSignature(image, v)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("clear unlisted %s v%d: %w", image, v, err)
+		}
+	}
+	return nil
 }
 
 // AddDeltas stores a version's signed delta index, received into staging,

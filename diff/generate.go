@@ -60,7 +60,8 @@ type baseRef struct {
 
 // Generate makes the encodings of version v's changed objects against the
 // Depth versions before it, stores them in the repo as objects, and writes a
-// signed delta index beside the manifest.
+// signed delta index beside the manifest. Version v need not be listed yet
+// (Publish lists it after); its bases must be.
 func Generate(ctx context.Context, repo *blobstore.Repo, image string, v uint64, o GenerateOptions) (*GenerateResult, error) {
 	if o.Signer == nil {
 		return nil, errors.New("generate deltas: no signing key")

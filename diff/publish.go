@@ -2,6 +2,7 @@ package diff
 
 import (
 	"context"
+	"fmt"
 
 	"peerup/blobstore"
 )
@@ -14,10 +15,11 @@ type PublishOptions struct {
 	// against the earlier ones (Signer defaults to the version's); nil
 	// makes none.
 	Deltas *GenerateOptions
-	// Published, if set, is called once the version is listed and before
-	// its encodings are made, which can take minutes: a publisher can say
-	// so at once.
-	Published func(*blobstore.Published)
+	// Stored, if set, is called once the version's objects and manifest
+	// are stored and before its encodings are made, which can take
+	// minutes: a publisher can say so at once. The version is not listed
+	// yet.
+	Stored func(*blobstore.Published)
 }
 
 // PublishResult is what Publish did: the version, and its encodings if it
@@ -27,30 +29,35 @@ type PublishResult struct {
 	Deltas *GenerateResult // nil if none were made
 }
 
-// Publish publishes the tree at dir as a new version of repo, then makes
-// its encodings: `peerup publish`. Here rather than in blobstore because
-// blobstore cannot import diff. If making the encodings fails, the version
-// is published all the same (laptops fetch it whole), and the result says
-// so beside the error.
+// Publish publishes the tree at dir as a new version of repo with its
+// encodings: `peerup publish`. Here rather than in blobstore because
+// blobstore cannot import diff. The version is listed last, once its
+// delta index and encodings are in place, so that no laptop or seed sees
+// it before it can be fetched as patches (SPEC.md §5). If making the
+// encodings fails, nothing is listed and the version's files are removed.
 func Publish(ctx context.Context, repo *blobstore.Repo, dir string, o PublishOptions) (*PublishResult, error) {
-	pub, err := repo.Publish(ctx, dir, o.PublishOptions)
+	p, err := repo.Stage(ctx, dir, o.PublishOptions)
 	if err != nil {
 		return nil, err
 	}
-	res := &PublishResult{Published: pub}
-	if o.Published != nil {
-		o.Published(pub)
+	defer p.Close()
+	res := &PublishResult{Published: p.Published}
+	if o.Stored != nil {
+		o.Stored(p.Published)
 	}
-	h := pub.Header
-	if o.Deltas == nil || h.Version == 1 {
-		return res, nil // no earlier version to encode against
+	h := p.Header
+	// Version 1 has nothing earlier to be encoded against.
+	if o.Deltas != nil && h.Version > 1 {
+		g := *o.Deltas
+		if g.Signer == nil {
+			g.Signer = o.Signer
+		}
+		if res.Deltas, err = Generate(ctx, repo, h.Image, h.Version, g); err != nil {
+			return nil, fmt.Errorf("publish %s v%d (not listed): %w", h.Image, h.Version, err)
+		}
 	}
-	g := *o.Deltas
-	if g.Signer == nil {
-		g.Signer = o.Signer
-	}
-	if res.Deltas, err = Generate(ctx, repo, h.Image, h.Version, g); err != nil {
-		return res, err
+	if err := p.List(); err != nil {
+		return nil, err
 	}
 	return res, nil
 }

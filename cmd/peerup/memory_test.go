@@ -71,9 +71,16 @@ func newUpdateLab(t *testing.T, work, oldTree, newTree string) *updateLab {
 // /etc is the node's own copy, so it is copied.
 func (l *updateLab) laptop(t *testing.T) string {
 	t.Helper()
+	return copySysroot(t, l.snapshot)
+}
+
+// copySysroot returns a fresh copy of the sysroot at snapshot, sharing its
+// store and trees by hard link (see updateLab.laptop).
+func copySysroot(t *testing.T, snapshot string) string {
+	t.Helper()
 	dir := filepath.Join(t.TempDir(), "sysroot")
 	script := `cp -al "$0" "$1" && for e in "$0"/trees/*/etc; do t="$1/${e#"$0"/}"; rm -rf "$t" && cp -a "$e" "$t" || exit 1; done`
-	if out, err := exec.Command("/bin/sh", "-c", script, l.snapshot, dir).CombinedOutput(); err != nil {
+	if out, err := exec.Command("/bin/sh", "-c", script, snapshot, dir).CombinedOutput(); err != nil {
 		t.Fatalf("copy the laptop: %v\n%s", err, out)
 	}
 	return dir

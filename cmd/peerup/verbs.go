@@ -91,7 +91,9 @@ func (a *app) newPublishCmd() *cobra.Command {
 		Short: "Publish a tree as a new signed image version",
 		Long: `Stores every file of TREE in REPO by its SHA-256, writes a manifest listing
 every path with its type, mode, owner, size and hash, signs it with KEYFILE,
-and lists the version in REPO's index. The version is one above the newest in
+makes patches against earlier versions (--delta-depth), and only then lists
+the version in REPO's index: until that last step no laptop or seed sees it,
+and an interrupted publish leaves REPO as it was. The version is one above the newest in
 REPO unless --version gives a higher one. REPO is created if it does not exist
 and can be served by 'peerup serve' or any static web server.`,
 		Example: `  peerup publish --repo /srv/peerup --image school-laptop --key fleet.key --label 'Spring term' /build/rootfs
@@ -121,10 +123,10 @@ and can be served by 'peerup serve' or any static web server.`,
 			if depth != 0 {
 				o.Deltas = &diff.GenerateOptions{Depth: depth, Log: a.log}
 			}
-			o.Published = func(pub *blobstore.Published) {
+			o.Stored = func(pub *blobstore.Published) {
 				clear()
 				h := pub.Header
-				fmt.Printf("published %s version %d: %d entries, %d files, %s; %d new objects (%s)\n",
+				fmt.Printf("stored %s version %d: %d entries, %d files, %s; %d new objects (%s)\n",
 					h.Image, h.Version, h.Entries, h.Files, human(int64(h.Bytes)), pub.NewObjects, human(pub.NewBytes))
 			}
 			pub, err := diff.Publish(cmd.Context(), repo, args[0], o)
@@ -136,6 +138,7 @@ and can be served by 'peerup serve' or any static web server.`,
 				fmt.Printf("encodings: %d for %d changed objects (%s) against up to %d earlier versions\n",
 					gen.Encodings, gen.Targets, human(gen.TargetBytes), depth)
 			}
+			fmt.Printf("published %s version %d\n", pub.Header.Image, pub.Header.Version)
 			return nil
 		},
 	}
