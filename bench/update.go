@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"peerup/apply"
@@ -50,7 +51,7 @@ type updateFigures struct {
 // both sync what they write by default (peerup one syncfs, ostree fsyncs).
 // Caches are warm for both: the server repos were just written by the
 // publish benches and each laptop's starting state was just copied by
-// cp -a; nothing is dropped.
+// cp -a and flushed; nothing is dropped.
 func benchUpdate(ctx context.Context, w io.Writer, dir string, srv updateServers, n int) error {
 	if _, err := os.Stat("/usr/bin/time"); err != nil {
 		fmt.Fprintln(w, "update: skipped: needs GNU time (Debian package time) for a peak RSS")
@@ -126,6 +127,10 @@ func repeated(ctx context.Context, n int, start, run string, f func() error) (ti
 		if out, err := exec.CommandContext(ctx, "cp", "-a", start, run).CombinedOutput(); err != nil {
 			return fmt.Errorf("cp -a %s: %w\n%s", start, err, out)
 		}
+		// Flushed outside the timing: peerup's one syncfs would otherwise
+		// write out the whole copy (ostree's per-file fsyncs would not), and
+		// a laptop about to update has no such backlog.
+		syscall.Sync()
 		return nil
 	}
 	if err := restore(); err != nil {
