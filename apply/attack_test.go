@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/dsnet/compress/bzip2"
+	"golang.org/x/sys/unix"
 
 	"peerup/apply"
 	"peerup/blobstore"
@@ -57,8 +58,16 @@ func newScene(t *testing.T) *scene {
 // honest is the fleet's repo as an HTTP handler.
 func (sc *scene) honest() http.Handler { return transfer.NewHandler(sc.f.repo.Dir(), nil) }
 
-// peer is a hostile peer that serves the fleet's repo except where told.
-func (sc *scene) peer() *hostile.Peer { return hostile.New(sc.t, sc.honest()) }
+// peer serves the fleet's repo but none of its derived metadata (manifest
+// deltas, packed delta indexes), so that an attack on a manifest or a delta
+// index reaches the pull as sent; peerWithDerived serves those too.
+func (sc *scene) peer() *hostile.Peer {
+	p := sc.peerWithDerived()
+	p.On("/images/", ".zst", hostile.Status(http.StatusNotFound))
+	return p
+}
+
+func (sc *scene) peerWithDerived() *hostile.Peer { return hostile.New(sc.t, sc.honest()) }
 
 func (sc *scene) client(p *hostile.Peer) *transfer.Client {
 	c, err := transfer.NewClient(p.URL(), nil)
@@ -84,6 +93,14 @@ func objectPath(data string) string {
 func manifestURL(v uint64) string { return "/" + blobstore.Layout{}.Manifest("school-laptop", v) }
 
 func deltasURL(v uint64) string { return "/" + blobstore.Layout{}.Deltas("school-laptop", v) }
+
+func manifestDeltaURL(v, from uint64) string {
+	return "/" + blobstore.Layout{}.ManifestDelta("school-laptop", v, from)
+}
+
+func packedDeltasURL(v uint64) string {
+	return "/" + blobstore.Layout{}.PackedDeltas("school-laptop", v)
+}
 
 // pull runs a pull of v3 (unless o says otherwise) within the attack
 // deadline and reports its result, error and allocations.
@@ -357,6 +374,9 @@ func TestAttackHostilePaths(t *testing.T) {
 		{"device node", forge(0, 0, "d . 0755 0 0", "b sda 0666 0 0 8:0"), apply.EntryPolicy{NoDevices: true}, apply.ErrForbidden, "block device"},
 		{"setuid file", forge(1, len(passwd), "d . 0755 0 0", "f su 4755 0 0 "+fmt.Sprint(len(passwd))+" "+hash), apply.EntryPolicy{NoSetuid: true}, apply.ErrForbidden, "setuid"},
 		{"setgid file", forge(1, len(passwd), "d . 0755 0 0", "f wall 2755 0 0 "+fmt.Sprint(len(passwd))+" "+hash), apply.EntryPolicy{NoSetuid: true}, apply.ErrForbidden, "mode 2755"},
+		// cap_setuid=ep, as setcap writes it (VFS_CAP_REVISION_2).
+		{"file capabilities", forge(1, len(passwd), "d . 0755 0 0", "f sh 0755 0 0 "+fmt.Sprint(len(passwd))+" "+hash+" x=security.capability=%01%00%00%02%80%00%00%00%80%00%00%00%00%00%00%00%00%00%00%00"), apply.EntryPolicy{NoSetuid: true}, apply.ErrForbidden, "file capabilities"},
+		{"POSIX ACL", forge(1, len(passwd), "d . 0755 0 0", "f notes 0600 0 0 "+fmt.Sprint(len(passwd))+" "+hash+" x=system.posix_acl_access=%02%00%00%00"), apply.EntryPolicy{}, manifest.ErrFormat, "POSIX ACL"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sc.t = t
@@ -477,5 +497,118 @@ func TestAttackMaliciousPatch(t *testing.T) {
 			res := sc.completes(sc.client(sc.peer()), apply.PullOptions{})
 			t.Logf("completed with %d patches and %d whole objects; the malicious patch refused", res.PatchObjects, res.WholeObjects)
 		})
+	}
+}
+
+// TestSecondUpdateFetchesAManifestDelta: a laptop that runs v2 rebuilds v3's
+// manifest from its own with the server's manifest delta and fetches the
+// packed delta index; the whole manifest and the plain index are never
+// asked for, and what it received is counted.
+func TestSecondUpdateFetchesAManifestDelta(t *testing.T) {
+	sc := newScene(t)
+	p := sc.peerWithDerived()
+	res := sc.completes(sc.client(p), apply.PullOptions{})
+	if res.ManifestFrom != 2 {
+		t.Fatalf("manifest rebuilt from v%d, want from v2 (the running version)", res.ManifestFrom)
+	}
+	for _, path := range []string{manifestURL(3), deltasURL(3)} {
+		if n := p.HitsPath(path); n != 0 {
+			t.Errorf("%s fetched %d times", path, n)
+		}
+	}
+	whole := int64(len(sc.file(blobstore.Layout{}.Manifest("school-laptop", 3))))
+	if res.MetadataBytes <= 0 || res.MetadataBytes >= whole {
+		t.Errorf("metadata of %d bytes, the whole manifest alone is %d", res.MetadataBytes, whole)
+	}
+	if res.FetchedBytes != res.MetadataBytes+res.PatchBytes+res.WholeBytes {
+		t.Errorf("fetched bytes do not add up: %+v", res)
+	}
+}
+
+// TestAttackTamperedManifestDelta: a manifest delta that rebuilds anything
+// but the signed manifest is refused with a clear error, before any object
+// is fetched, and nothing changes.
+func TestAttackTamperedManifestDelta(t *testing.T) {
+	sc := newScene(t)
+	lay := blobstore.Layout{}
+	v2, v3 := sc.file(lay.Manifest("school-laptop", 2)), sc.file(lay.Manifest("school-laptop", 3))
+	packed := func(t *testing.T, base, target []byte, edit func(string) string) []byte {
+		var d bytes.Buffer
+		if err := manifest.MakeDelta(&d, base, target); err != nil {
+			t.Fatal(err)
+		}
+		z, err := diff.EncodeZstd([]byte(edit(d.String())))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return z
+	}
+	same := func(s string) string { return s }
+	// v3's manifest with one file's hash changed: a delta to it is
+	// self-consistent, and only the signature can refuse it.
+	forged := bytes.Replace(v3, []byte(manifest.Digest(sha256.Sum256([]byte(library(3)))).String()), []byte(strings.Repeat("ab", 32)), 1)
+	if bytes.Equal(forged, v3) {
+		t.Fatal("the forged manifest is the real one")
+	}
+	for _, tc := range []struct {
+		name  string
+		delta func(t *testing.T) []byte
+		want  error
+		text  string
+	}{
+		{"rebuilds a manifest the fleet key never signed", func(t *testing.T) []byte { return packed(t, v2, forged, same) }, manifest.ErrBadSignature, "rebuilt from its delta from v2"},
+		{"an op edited", func(t *testing.T) []byte {
+			return packed(t, v2, v3, func(s string) string { return strings.Replace(s, "\n=", "\n=9", 1) })
+		}, manifest.ErrDelta, "bad manifest delta"},
+		{"made from another base", func(t *testing.T) []byte { return packed(t, v3, v3, same) }, manifest.ErrDelta, "another base manifest"},
+		{"not zstd", func(t *testing.T) []byte { return []byte("peerup-manifest-delta 1\n") }, nil, "manifest delta from v2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sc.t = t
+			p := sc.peerWithDerived()
+			p.OnPath(manifestDeltaURL(3, 2), hostile.Bytes(tc.delta(t)))
+			err := sc.refused(sc.client(p), apply.PullOptions{}, tc.want, tc.text)
+			if !strings.Contains(err.Error(), p.Addr()) {
+				t.Errorf("error %q does not name the peer", err)
+			}
+			if n := p.Hits("/objects/", ""); n != 0 {
+				t.Errorf("%d objects fetched before the manifest was refused", n)
+			}
+		})
+	}
+}
+
+// TestAttackWorldWritableFileSharesNoInode: an image ships a file anyone
+// may write (mode 0666). A local user rewrites it on the laptop; a later
+// version carries the same bytes as a root-owned program. The shared
+// inode would hand the user's bytes to root: instead the writable file is
+// the tree's own copy, the store's object is untouched, and the program
+// comes out as signed. (The write is made as root here: it stands for any
+// writer mode 0666 lets in.)
+func TestAttackWorldWritableFileSharesNoInode(t *testing.T) {
+	f := newFleet(t)
+	tree := t.TempDir()
+	const body = "#!/bin/sh\necho the image's own script\n"
+	write(t, tree+"/usr/share/scratch", body, 0o666)
+	f.publish(tree, 1)
+	s := newSysroot(t)
+	f.update(s, 1)
+	shared := filepath.Join(s.TreePath(1), "usr/share/scratch")
+	var st unix.Stat_t
+	if err := unix.Lstat(shared, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Nlink != 1 || st.Mode&0o777 != 0o666 {
+		t.Fatalf("the 0666 file: mode %o with %d links, want its own inode", st.Mode&0o777, st.Nlink)
+	}
+	if err := os.WriteFile(shared, []byte("#!/bin/sh\necho the user's code, run as root\n"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	write(t, tree+"/usr/sbin/maintain", body, 0o755)
+	f.publish(tree, 2)
+	f.update(s, 2)
+	got, err := os.ReadFile(filepath.Join(s.TreePath(2), "usr/sbin/maintain"))
+	if err != nil || string(got) != body {
+		t.Fatalf("the root-owned program in v2: %q, %v; want the signed bytes", got, err)
 	}
 }

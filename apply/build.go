@@ -3,6 +3,7 @@ package apply
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -51,7 +52,37 @@ func (b *builder) finishDir(e *manifest.Entry) error {
 	if err := b.setMeta(b.path(e.Path), e); err != nil {
 		return fmt.Errorf("build %s: %w", e.Path, err)
 	}
+	return b.check(e)
+}
+
+// check refuses an entry that did not come out as the signed manifest says
+// (an owner chown ignored, a device number the kernel changed, an xattr
+// the filesystem dropped): a node never switches to a tree that differs
+// from what was signed. The node's own /etc entries are checked as its
+// own.
+func (b *builder) check(e *manifest.Entry) error {
+	p := b.path(e.Path)
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		return fmt.Errorf("build %s: %w", e.Path, err)
+	}
+	if _, ok := override(b.local, e); ok {
+		own := *e // the node's own bytes: its size, the image's metadata
+		own.Size = st.Size
+		e = &own
+	}
+	if d := checkMeta(p, e, &st); d != "" {
+		return fmt.Errorf("build %s: %w: it came out %s", short(e.Path), ErrBuiltDiffers, d)
+	}
 	return nil
+}
+
+// short keeps a path in an error message to a line.
+func short(p string) string {
+	if len(p) <= 120 {
+		return p
+	}
+	return p[:60] + "…" + p[len(p)-59:]
 }
 
 // setMeta gives a fresh entry its metadata; it already belongs to us, so
@@ -130,9 +161,26 @@ func (b *builder) add(e *manifest.Entry, from string) error {
 		err = fmt.Errorf("unknown type %v", e.Type)
 	}
 	if err != nil {
-		return fmt.Errorf("build %s (%s): %w", e.Path, e.Type, err)
+		return fmt.Errorf("build %s (%s): %w", short(e.Path), e.Type, shortErr(err))
 	}
-	return nil
+	if e.Type == manifest.TypeDir {
+		return nil // checked once finished
+	}
+	return b.check(e)
+}
+
+// shortErr drops the path a *fs.PathError repeats: for a 4 KB path the
+// message would be 8 KB.
+func shortErr(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	var le *os.LinkError
+	if errors.As(err, &le) {
+		return le.Err
+	}
+	return err
 }
 
 // linkFile hard-links the store's inode for the entry into the tree, or
@@ -145,17 +193,18 @@ func (b *builder) linkFile(p string, e *manifest.Entry) error {
 		// setting) replaces the image's, in every tree built here.
 		return copyFile(lp, p, e)
 	}
-	if isEtc(e.Path) {
-		// The running system writes to its /etc: a link would let it write
-		// into the store's object, the trees sharing it and what the node
-		// serves its neighbours.
+	meta := blobstore.MetaOf(e)
+	if isEtc(e.Path) || !meta.Shareable() {
+		// The running system writes to its /etc, and local users to a file
+		// others may write: a link would let them write into the store's
+		// object, the trees sharing it and what the node serves its
+		// neighbours.
 		src, err := b.batch.ObjectPath(e.SHA256)
 		if err != nil {
 			return err
 		}
 		return copyFile(src, p, e)
 	}
-	meta := blobstore.MetaOf(e)
 	// Most files of a new version are already in the store: link first,
 	// and look further only if that fails.
 	err := os.Link(b.store.FilePath(blobstore.FileID(e.SHA256, meta)), p)

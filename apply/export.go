@@ -46,6 +46,11 @@ type ExportOptions struct {
 	// the bytes written and read back so far and the total of both.
 	Progress func(target int, done, total int64)
 	Log      *slog.Logger
+	// AnyOwner lets an export write to a folder owned by a user other than
+	// root, the exporting user or the one who ran sudo. Such a user can
+	// change the folder while it is written; the writes stay beneath it
+	// either way.
+	AnyOwner bool
 }
 
 // ExportResult says what an export wrote.

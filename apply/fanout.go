@@ -10,6 +10,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -176,11 +178,14 @@ type target struct {
 	done  int64
 	total int64
 
+	// root is the folder, opened once it exists: every write resolves
+	// beneath it, since whoever owns a stick may plant symlinks in it.
+	root     *os.Root
 	prepared bool // the folder is ours to clear on failure
 	mkdirs   map[string]bool
 	cur      *exportObject
 	f        *os.File
-	tmp      string
+	tmp      string // relative to root
 	written  []exportObject
 }
 
@@ -196,6 +201,9 @@ func (t *target) run(ctx context.Context, p *exportPlan) {
 	}
 	if t.err == nil {
 		t.err = t.finish(ctx, p)
+	}
+	if t.root != nil {
+		defer t.root.Close()
 	}
 	if t.err != nil {
 		t.cleanup()
@@ -254,15 +262,16 @@ func (t *target) writeErr(err error) error {
 func (t *target) begin(ob *exportObject) error {
 	t.cur = ob
 	rel := blobstore.Layout{}.Object(ob.d)
-	dir := filepath.Join(t.dir, filepath.Dir(rel))
+	dir := filepath.Dir(rel)
 	if !t.mkdirs[dir] {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+		if err := t.root.MkdirAll(dir, 0o755); err != nil {
 			return t.writeErr(err)
 		}
 		t.mkdirs[dir] = true
 	}
 	t.tmp = filepath.Join(dir, ".tmp-"+ob.d.String())
-	f, err := os.OpenFile(t.tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	t.root.Remove(t.tmp) // a failed export's, or a planted link
+	f, err := t.root.OpenFile(t.tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o644)
 	if err != nil {
 		return t.writeErr(err)
 	}
@@ -274,10 +283,10 @@ func (t *target) end() error {
 	err := t.f.Close()
 	t.f = nil
 	if err == nil {
-		err = os.Rename(t.tmp, blobstore.LayoutOf(t.dir).Object(t.cur.d))
+		err = t.root.Rename(t.tmp, blobstore.Layout{}.Object(t.cur.d))
 	}
 	if err != nil {
-		os.Remove(t.tmp)
+		t.root.Remove(t.tmp)
 		return t.writeErr(err)
 	}
 	t.written = append(t.written, *t.cur)
@@ -292,8 +301,16 @@ func (t *target) prepare(p *exportPlan) error {
 	if err := os.MkdirAll(t.dir, 0o755); err != nil {
 		return err
 	}
+	if err := checkOwner(t.dir, t.o.AnyOwner); err != nil {
+		return err
+	}
+	root, err := os.OpenRoot(t.dir)
+	if err != nil {
+		return err
+	}
+	t.root = root
 	has := func(name string) bool {
-		_, err := os.Lstat(filepath.Join(t.dir, name))
+		_, err := t.root.Lstat(name)
 		return err == nil
 	}
 	for _, n := range (blobstore.Layout{}).Working() {
@@ -308,7 +325,7 @@ func (t *target) prepare(p *exportPlan) error {
 			}
 		}
 	}
-	if err := fsutil.WriteAtomic(filepath.Join(t.dir, stampFile), []byte("peerup export in progress or failed\n")); err != nil {
+	if err := fsutil.WriteAtomicIn(t.root, stampFile, []byte("peerup export in progress or failed\n")); err != nil {
 		return err
 	}
 	t.prepared = true
@@ -324,13 +341,18 @@ func (t *target) prepare(p *exportPlan) error {
 // clear removes what an export writes, marker and index first.
 func (t *target) clear() error {
 	for _, n := range (blobstore.Layout{}).Published() {
-		if err := os.RemoveAll(filepath.Join(t.dir, n)); err != nil {
+		if err := t.root.RemoveAll(n); err != nil {
 			return err
 		}
 	}
-	tmps, _ := filepath.Glob(filepath.Join(t.dir, ".*.tmp-*")) // WriteAtomic's
-	for _, p := range tmps {
-		os.Remove(p)
+	if d, err := t.root.Open("."); err == nil {
+		names, _ := d.Readdirnames(-1)
+		d.Close()
+		for _, n := range names {
+			if strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp-") { // WriteAtomicIn's
+				t.root.Remove(n)
+			}
+		}
 	}
 	return nil
 }
@@ -380,50 +402,46 @@ func (t *target) finish(ctx context.Context, p *exportPlan) error {
 			return err
 		}
 	}
-	if err := fsutil.WriteAtomic(blobstore.LayoutOf(t.dir).Index(), p.index); err != nil {
+	if err := fsutil.WriteAtomicIn(t.root, blobstore.Layout{}.Index(), p.index); err != nil {
 		return fmt.Errorf("write index: %w", err)
 	}
-	if err := fsutil.WriteAtomic(blobstore.LayoutOf(t.dir).Marker(), []byte(blobstore.MarkerMagic)); err != nil {
+	if err := fsutil.WriteAtomicIn(t.root, blobstore.Layout{}.Marker(), []byte(blobstore.MarkerMagic)); err != nil {
 		return fmt.Errorf("write marker: %w", err)
 	}
-	if err := os.Remove(filepath.Join(t.dir, stampFile)); err != nil {
+	if err := t.root.Remove(stampFile); err != nil {
 		return err
 	}
 	return fsutil.FsyncDir(t.dir)
 }
 
-// writeFile writes a signed file or its signature into the folder: a
-// manifest is copied from the source repo's file as a stream, never read
-// whole; the sync and read-back in finish make it durable and checked.
+// writeFile writes a signed file or its signature into the folder, under a
+// temporary name renamed into place (replacing, never following, whatever
+// is there): a manifest is copied from the source repo's file as a stream,
+// never read whole; the read-back in finish checks it.
 func (t *target) writeFile(ctx context.Context, fl exportFile) error {
-	path := filepath.Join(t.dir, filepath.FromSlash(fl.rel))
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	rel := filepath.FromSlash(fl.rel)
+	if err := t.root.MkdirAll(filepath.Dir(rel), 0o755); err != nil {
 		return err
 	}
 	if fl.from == "" {
-		return os.WriteFile(path, fl.data, 0o644)
+		return fsutil.WriteAtomicIn(t.root, rel, fl.data)
 	}
 	in, err := os.Open(fl.from)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
+	return fsutil.CreateAtomicIn(t.root, rel, func(w io.Writer) error {
+		_, err := io.Copy(w, blobstore.ContextReader(ctx, in))
 		return err
-	}
-	_, err = io.Copy(out, blobstore.ContextReader(ctx, in))
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	})
 }
 
 // readBack hashes a written file as the stick returns it. The file's pages
 // are dropped from the cache first (they are clean after the sync), so the
 // bytes come from the device rather than from memory.
 func (t *target) readBack(ctx context.Context, rel string, want manifest.Digest, size int64) error {
-	f, err := os.Open(filepath.Join(t.dir, filepath.FromSlash(rel)))
+	f, err := t.root.OpenFile(filepath.FromSlash(rel), os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return fmt.Errorf("read back %s: %w", rel, err)
 	}
@@ -457,10 +475,32 @@ func (w progressWriter) Write(p []byte) (int, error) {
 func (t *target) cleanup() {
 	if t.f != nil {
 		t.f.Close()
-		os.Remove(t.tmp)
+		t.root.Remove(t.tmp)
 	}
 	if t.prepared {
 		t.clear()
 		fsutil.FsyncDir(t.dir)
 	}
+}
+
+// checkOwner refuses a target folder another user owns, unless told: that
+// user could swap its contents while root writes there. Root, the
+// exporting user and the user who ran sudo are not others (a stick that
+// udisks mounted for the logged-in user belongs to them).
+func checkOwner(dir string, anyOwner bool) error {
+	if anyOwner {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return err
+	}
+	ok := st.Uid == 0 || int(st.Uid) == os.Geteuid()
+	if sudo, err := strconv.Atoi(os.Getenv("SUDO_UID")); err == nil && int(st.Uid) == sudo {
+		ok = true
+	}
+	if !ok {
+		return fmt.Errorf("%s is owned by uid %d, who could plant links in it while it is written; export there with --any-owner if that user is trusted", dir, st.Uid)
+	}
+	return nil
 }

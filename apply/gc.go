@@ -62,8 +62,6 @@ func (s *Sysroot) GC(encodingBudget int64) (*GCResult, error) {
 			if err := s.repo.RemoveVersion(e.Image, e.Version); err != nil {
 				return nil, err
 			}
-			os.Remove(s.repo.Layout().Deltas(e.Image, e.Version))
-			os.Remove(s.repo.Layout().DeltasSignature(e.Image, e.Version))
 			res.Versions = append(res.Versions, e.Version)
 		}
 	}

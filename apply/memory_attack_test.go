@@ -1,6 +1,7 @@
 package apply_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"peerup/apply"
+	"peerup/diff"
 	"peerup/internal/hostile"
 	"peerup/manifest"
 	"peerup/transfer"
@@ -58,29 +60,48 @@ func TestAttackBoundedMemory(t *testing.T) {
 	endless := func(prefix string) http.Handler { return hostile.Endless([]byte(prefix)) }
 	bomb := func(prefix string) http.Handler { return hostile.GzipBomb([]byte(prefix), inflated) }
 	const have = "/have/"
+	// zstd bombs: a few hundred KiB that inflate to 256 MiB, as a manifest
+	// delta that names a small target and as a packed delta index.
+	zbomb := func(prefix string, line string) http.Handler {
+		data := append([]byte(prefix), bytes.Repeat([]byte(line), inflated/len(line))...)
+		z, err := diff.EncodeZstd(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return hostile.Bytes(z)
+	}
+	deltaHeader := "peerup-manifest-delta 1\nbase " + manifest.Digest{}.String() + "\ntarget " + manifest.Digest{}.String() + " 4096\n"
 	for _, tc := range []struct {
-		name string
-		path string // the primary source's file that is hostile, or
-		have bool   // the neighbour's /have that is hostile
-		body http.Handler
-		text string // the refusal says it (with the peer), or "" if the update completes
+		name    string
+		path    string // the primary source's file that is hostile, or
+		have    bool   // the neighbour's /have that is hostile
+		derived bool   // the primary serves manifest deltas and packed indexes
+		body    http.Handler
+		text    string // the refusal says it (with the peer), or "" if the update completes
 	}{
-		{"endless manifest", manifestURL(3), false, endless("peerup-manifest 1\n"), "larger than the limit of"},
-		{"gzip-bombed manifest", manifestURL(3), false, bomb("peerup-manifest 1\n"), `Content-Encoding "gzip"`},
-		{"endless delta index", deltasURL(3), false, endless("peerup-deltas 1\n"), "larger than the limit of"},
-		{"gzip-bombed delta index", deltasURL(3), false, bomb("peerup-deltas 1\n"), `Content-Encoding "gzip"`},
-		{"endless signature", manifestURL(3) + ".sig", false, endless(""), "larger than the limit of"},
-		{"gzip-bombed signature", manifestURL(3) + ".sig", false, bomb(""), `Content-Encoding "gzip"`},
-		{"endless index", "/index", false, endless("peerup-index 1\n"), "larger than the limit of"},
-		{"gzip-bombed index", "/index", false, bomb("peerup-index 1\n"), `Content-Encoding "gzip"`},
-		{"endless have", have, true, endless("peerup-have 1\ntotal 4096\n"), ""},
-		{"gzip-bombed have", have, true, bomb("peerup-have 1\ntotal 4096\n"), ""},
-		{"have of 65,536 fresh digests", have, true, hostile.HaveFlood(1 << 16), ""},
-		{"have flood, 4096 fresh digests a poll", have, true, hostile.HaveFlood(transfer.MaxHave), ""},
+		{"endless manifest delta", manifestDeltaURL(3, 2), false, true, endless("\x28\xb5\x2f\xfd"), "manifest delta from v2"},
+		{"gzip-bombed manifest delta", manifestDeltaURL(3, 2), false, true, bomb("\x28\xb5\x2f\xfd"), `Content-Encoding "gzip"`},
+		{"zstd-bombed manifest delta", manifestDeltaURL(3, 2), false, true, zbomb(deltaHeader, "+"+strings.Repeat("x", 60)+"\n"), "rebuilds more than the 4096 bytes"},
+		{"zstd-bombed delta index", packedDeltasURL(3), false, true, zbomb("peerup-deltas 1\n", strings.Repeat("0", 63)+"\n"), "over the declared"},
+		{"endless manifest", manifestURL(3), false, false, endless("peerup-manifest 1\n"), "larger than the limit of"},
+		{"gzip-bombed manifest", manifestURL(3), false, false, bomb("peerup-manifest 1\n"), `Content-Encoding "gzip"`},
+		{"endless delta index", deltasURL(3), false, false, endless("peerup-deltas 1\n"), "larger than the limit of"},
+		{"gzip-bombed delta index", deltasURL(3), false, false, bomb("peerup-deltas 1\n"), `Content-Encoding "gzip"`},
+		{"endless signature", manifestURL(3) + ".sig", false, false, endless(""), "larger than the limit of"},
+		{"gzip-bombed signature", manifestURL(3) + ".sig", false, false, bomb(""), `Content-Encoding "gzip"`},
+		{"endless index", "/index", false, false, endless("peerup-index 1\n"), "larger than the limit of"},
+		{"gzip-bombed index", "/index", false, false, bomb("peerup-index 1\n"), `Content-Encoding "gzip"`},
+		{"endless have", have, true, false, endless("peerup-have 1\ntotal 4096\n"), ""},
+		{"gzip-bombed have", have, true, false, bomb("peerup-have 1\ntotal 4096\n"), ""},
+		{"have of 65,536 fresh digests", have, true, false, hostile.HaveFlood(1 << 16), ""},
+		{"have flood, 4096 fresh digests a poll", have, true, false, hostile.HaveFlood(transfer.MaxHave), ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sc := newScene(t)
 			primary := sc.peer()
+			if tc.derived {
+				primary = sc.peerWithDerived()
+			}
 			req := childPull{Sysroot: sc.s.Dir(), Source: primary.URL(), Trust: sc.f.pub}
 			var attacker *hostile.Peer
 			if tc.have {

@@ -36,31 +36,6 @@ func (d *signedDeltas) close() {
 	}
 }
 
-// deltaIndex fetches the version's delta index into staging and verifies
-// it there, bound to the verified manifest mf. A source with none is fine
-// (whole objects only); one whose index fails the checks is not.
-func (s *Sysroot) deltaIndex(ctx context.Context, src Source, image string, v uint64, mf *blobstore.SignedFile, trust *manifest.Keyring) (*signedDeltas, error) {
-	limit := blobstore.DeltasLimit(mf.Size())
-	df, err := s.repo.Receive(func(w io.Writer) ([]byte, error) { return src.Deltas(ctx, image, v, limit, w) })
-	if errors.Is(err, transfer.ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("delta index: %w", err)
-	}
-	md, err := mf.Digest(ctx)
-	if err != nil {
-		df.Close()
-		return nil, err
-	}
-	idx, err := diff.AcceptDeltas(trust, df.Signed(), image, v, md)
-	if err != nil {
-		df.Close()
-		return nil, err
-	}
-	return &signedDeltas{idx: idx, file: df}, nil
-}
-
 type need struct {
 	path string
 	d    manifest.Digest

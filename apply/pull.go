@@ -29,6 +29,13 @@ type Source interface {
 	// bytes (blobstore.DeltasLimit), and returns its signature, or an
 	// error wrapping transfer.ErrNotFound if the source has none.
 	Deltas(ctx context.Context, image string, v uint64, limit int64, w io.Writer) (sig []byte, err error)
+	// ManifestDelta writes the packed manifest delta that rebuilds v's
+	// manifest from version from's (SPEC.md §10), refusing more than limit
+	// bytes, and returns v's manifest signature; an error wrapping
+	// transfer.ErrNotFound if the source has none.
+	ManifestDelta(ctx context.Context, image string, v, from uint64, limit int64, w io.Writer) (sig []byte, err error)
+	// PackedDeltas is Deltas, packed: the signature is the delta index's.
+	PackedDeltas(ctx context.Context, image string, v uint64, limit int64, w io.Writer) (sig []byte, err error)
 	FetchObject(ctx context.Context, b *blobstore.Batch, d manifest.Digest, size int64) error
 	String() string
 }
@@ -71,11 +78,19 @@ type PullResult struct {
 	AlreadyStaged  bool   `json:"already_staged"`
 	Signer         string `json:"signer"`
 	FetchedObjects int    `json:"fetched_objects"`
-	FetchedBytes   int64  `json:"fetched_bytes"`
-	ReusedObjects  int    `json:"reused_objects"` // already held locally
-	ReusedBytes    int64  `json:"reused_bytes"`
+	// FetchedBytes is every byte the pull received: metadata and objects.
+	FetchedBytes int64 `json:"fetched_bytes"`
+	// MetadataBytes are the index, the manifest or its delta, the delta
+	// index (packed or not) and their signatures, as received.
+	MetadataBytes int64 `json:"metadata_bytes"`
+	// ManifestFrom is the version whose manifest the new one was rebuilt
+	// from with a manifest delta (0: it was fetched whole).
+	ManifestFrom  uint64 `json:"manifest_from,omitempty"`
+	ReusedObjects int    `json:"reused_objects"` // already held locally
+	ReusedBytes   int64  `json:"reused_bytes"`
 	// Bytes on the wire by kind: patches (bsdiff, zstd-dict) and whole
-	// objects (raw or zstd). They add up to FetchedBytes.
+	// objects (raw or zstd). With MetadataBytes they add up to
+	// FetchedBytes.
 	PatchObjects int   `json:"patch_objects"`
 	PatchBytes   int64 `json:"patch_bytes"`
 	WholeObjects int   `json:"whole_objects"`
@@ -127,30 +142,30 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	image, v, err := s.choose(ctx, src, st, o)
+	image, v, ixSize, err := s.choose(ctx, src, st, o)
 	if err != nil {
 		return nil, err
 	}
-	res := &PullResult{Image: image, Version: v}
+	res := &PullResult{Image: image, Version: v, MetadataBytes: ixSize}
 	if st.Staged == v {
 		res.AlreadyStaged = true
+		res.FetchedBytes = res.MetadataBytes
 		return res, nil
 	}
-	// The running image sizes what the next may be: a laptop holds no
-	// endless manifest much larger than the one it runs.
-	// The manifest goes to a file in staging as it arrives, and is
-	// verified and parsed from there: it is never whole in memory.
-	limit := s.repo.ManifestLimit(image, st.Current)
-	mf, err := s.repo.Receive(func(w io.Writer) ([]byte, error) { return src.Manifest(ctx, image, v, limit, w) })
+	mf, err := s.receiveManifest(ctx, src, image, v, st.Current, res)
 	if err != nil {
-		return nil, fmt.Errorf("pull: %w", err)
+		return nil, fmt.Errorf("pull %s v%d from %s: %w", image, v, src, err)
 	}
 	defer mf.Close()
 	h, signer, err := manifest.Accept(o.Trust, mf.Signed(), manifest.Want{Image: image, Version: v, After: st.Current, Now: o.Now()})
+	if err != nil && res.ManifestFrom != 0 {
+		return nil, fmt.Errorf("pull from %s: the manifest rebuilt from its delta from v%d: %w", src, res.ManifestFrom, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("pull from %s: %w", src, err)
 	}
 	res.Signer = signer
+	res.FetchedBytes = res.MetadataBytes
 	if s.haveTree(ctx, image, v, mf) {
 		// The tree is still on disk (say, previous after a rollback) and was
 		// built from these very bytes: point staged at it again.
@@ -159,11 +174,12 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 		}
 		return res, fsutil.FsyncDir(s.dir)
 	}
-	deltas, err := s.deltaIndex(ctx, src, image, v, mf, o.Trust)
+	deltas, err := s.deltaIndex(ctx, src, image, v, mf, o.Trust, res)
 	if err != nil {
 		return nil, fmt.Errorf("pull %s v%d from %s: %w", image, v, src, err)
 	}
 	defer deltas.close()
+	res.FetchedBytes = res.MetadataBytes
 	b, err := s.repo.Begin()
 	if err != nil {
 		return nil, err
@@ -198,11 +214,17 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 
 // choose picks the image and version to pull and applies the version rule
 // to what the source's index claims (the signed manifest is checked again).
-func (s *Sysroot) choose(ctx context.Context, src Source, st Status, o PullOptions) (string, uint64, error) {
+// It returns the size of the index it read.
+func (s *Sysroot) choose(ctx context.Context, src Source, st Status, o PullOptions) (string, uint64, int64, error) {
 	ix, err := src.Index(ctx)
 	if err != nil {
-		return "", 0, fmt.Errorf("pull: %w", err)
+		return "", 0, 0, fmt.Errorf("pull: %w", err)
 	}
+	image, v, err := s.chooseFrom(src, ix, st, o)
+	return image, v, ix.Size(), err
+}
+
+func (s *Sysroot) chooseFrom(src Source, ix *blobstore.Index, st Status, o PullOptions) (string, uint64, error) {
 	image := o.Image
 	if image == "" {
 		image = st.Image

@@ -10,6 +10,7 @@ import (
 
 	"peerup/blobstore"
 	"peerup/manifest"
+	"peerup/transfer"
 )
 
 // listingHaver is a neighbour that lists n fresh digests a poll, plus
@@ -43,6 +44,12 @@ func (h *listingHaver) Manifest(context.Context, string, uint64, int64, io.Write
 }
 func (h *listingHaver) Deltas(context.Context, string, uint64, int64, io.Writer) ([]byte, error) {
 	return nil, nil
+}
+func (h *listingHaver) ManifestDelta(context.Context, string, uint64, uint64, int64, io.Writer) ([]byte, error) {
+	return nil, transfer.ErrNotFound
+}
+func (h *listingHaver) PackedDeltas(context.Context, string, uint64, int64, io.Writer) ([]byte, error) {
+	return nil, transfer.ErrNotFound
 }
 func (h *listingHaver) FetchObject(context.Context, *blobstore.Batch, manifest.Digest, int64) error {
 	return nil

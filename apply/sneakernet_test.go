@@ -412,6 +412,10 @@ func TestExportRefusesUnsuitableFolders(t *testing.T) {
 	write(t, photos+"/objects/holiday.jpg", "a photo", 0o644)
 	good, other := t.TempDir(), t.TempDir()
 	write(t, other+"/notes.txt", "a teacher's notes", 0o644)
+	pupils := t.TempDir() // owned by another user, who could plant links
+	if os.Geteuid() == 0 {
+		os.Chown(pupils, 65534, 65534)
+	}
 	tests := []struct {
 		name    string
 		targets []string
@@ -423,9 +427,13 @@ func TestExportRefusesUnsuitableFolders(t *testing.T) {
 		{"the source itself", []string{good, f.repo.Dir()}, -1, "overlap"},
 		{"inside the source", []string{filepath.Join(f.repo.Dir(), "objects", "stick")}, -1, "overlap"},
 		{"the same folder twice", []string{good, good + "/."}, -1, "given twice"},
+		{"a folder another user owns", []string{good, pupils}, 1, "owned by uid 65534"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			if strings.Contains(tc.text, "owned by") && os.Geteuid() != 0 {
+				t.Skip("needs root to give a folder to another user")
+			}
 			before := snapshot(t, photos) + snapshot(t, f.repo.Dir())
 			res, err := apply.Export(context.Background(), f.repo, tc.targets, apply.ExportOptions{})
 			if err == nil || !strings.Contains(err.Error(), tc.text) {
@@ -443,6 +451,10 @@ func TestExportRefusesUnsuitableFolders(t *testing.T) {
 				t.Error("a refused folder or the source was changed")
 			}
 		})
+	}
+	// Told that the other user is trusted, the export writes there.
+	if os.Geteuid() == 0 {
+		export(t, f, []string{pupils}, apply.ExportOptions{AnyOwner: true})
 	}
 	// A folder with other files is fine; they are left alone, and an
 	// earlier export there is replaced.
@@ -520,5 +532,64 @@ func TestExportFromALaptop(t *testing.T) {
 				t.Errorf("a refused export wrote %v", files)
 			}
 		})
+	}
+}
+
+// TestExportWritesNothingOutsideTheStick: whoever owns the stick plants
+// symlinks into it while the export runs (once the first object is being
+// read, after the folder was cleared): the version's manifest, signature
+// and index as links to a file outside, and an object folder as a link to
+// a folder outside. Root's export must write through none of them: the
+// canary folder is unchanged, and the stick, if the export says it
+// succeeded, updates a laptop.
+func TestExportWritesNothingOutsideTheStick(t *testing.T) {
+	f, _ := sneakernetFleet(t)
+	canary := t.TempDir()
+	victim := filepath.Join(canary, "shadow")
+	write(t, victim, "root:x:0:0\n", 0o600)
+	stick := t.TempDir()
+	lay := blobstore.Layout{}
+	var planted []string
+	src := &countingObjects{inner: apply.StoreObjects{Store: f.repo.Store}, opens: map[manifest.Digest]int{}}
+	src.afterFirstOpen = func() {
+		for _, rel := range []string{lay.Manifest("school-laptop", 3), lay.Signature("school-laptop", 3), lay.Index(), lay.Marker()} {
+			p := filepath.Join(stick, rel)
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			os.Remove(p)
+			if err := os.Symlink(victim, p); err != nil {
+				t.Fatal(err)
+			}
+			planted = append(planted, rel)
+		}
+		// An object folder the export has not made yet, as a link out.
+		for i := 0; i < 256; i++ {
+			d := filepath.Join(stick, "objects", fmt.Sprintf("%02x", i))
+			if _, err := os.Lstat(d); err != nil {
+				os.MkdirAll(filepath.Dir(d), 0o755)
+				os.Symlink(canary, d)
+			}
+		}
+	}
+	before := snapshot(t, canary)
+	_, err := apply.Export(context.Background(), f.repo, []string{stick}, apply.ExportOptions{Objects: src})
+	if after := snapshot(t, canary); after != before {
+		t.Fatalf("the export wrote outside the stick (err %v):\nbefore:\n%s\nafter:\n%s", err, before, after)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "root:x:0:0\n" {
+		t.Fatalf("the file outside was overwritten: %q", b)
+	}
+	if len(planted) == 0 {
+		t.Fatal("nothing was planted: the test proves nothing")
+	}
+	if err != nil {
+		t.Logf("export refused the planted stick: %v", err)
+		if !strings.Contains(err.Error(), stick) {
+			t.Errorf("error %q does not name the stick", err)
+		}
+		return
+	}
+	s := newSysroot(t)
+	if _, err := updateFrom(s, stick, f.trust); err != nil {
+		t.Fatalf("the exported stick does not update a laptop: %v", err)
 	}
 }

@@ -69,7 +69,15 @@ func Open(dir string) (*Sysroot, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Join(abs, treesDir), 0o755); err != nil {
+	// Only root reaches the trees: a setuid program in previous or staged,
+	// or a file a later version fixed, must not be runnable by a local user
+	// through the sysroot's path. (The booted tree is the root overlay's
+	// lower layer and needs no path.) An older sysroot's 0755 is tightened.
+	trees := filepath.Join(abs, treesDir)
+	if err := os.MkdirAll(trees, 0o700); err != nil {
+		return nil, fmt.Errorf("open sysroot: %w", err)
+	}
+	if err := os.Chmod(trees, 0o700); err != nil {
 		return nil, fmt.Errorf("open sysroot: %w", err)
 	}
 	repo, err := blobstore.OpenRepo(RepoDir(abs))

@@ -22,6 +22,9 @@ var (
 	ErrForbidden = errors.New("forbidden by this node's policy")
 	// ErrUnsafePath is an entry that would be written outside its tree.
 	ErrUnsafePath = errors.New("unsafe path")
+	// ErrBuiltDiffers is an entry that came out of the build other than its
+	// signed manifest says.
+	ErrBuiltDiffers = errors.New("the built tree differs from the signed manifest")
 )
 
 // TrustDir holds what signed manifests taught the node about keys: the
@@ -116,8 +119,12 @@ func (s *Sysroot) adoptKeys(st Status) error {
 // programs can say so, and a compromised publishing key cannot add them.
 type EntryPolicy struct {
 	NoDevices bool // refuse character and block devices
-	NoSetuid  bool // refuse setuid and setgid files
+	NoSetuid  bool // refuse setuid and setgid files, and file capabilities
 }
+
+// capabilityXattr holds file capabilities, which raise privilege on exec as
+// setuid root does (cap_setuid=ep is setuid root by another name).
+const capabilityXattr = "security.capability"
 
 func (p EntryPolicy) check(e *manifest.Entry) error {
 	if p.NoDevices && (e.Type == manifest.TypeChar || e.Type == manifest.TypeBlock) {
@@ -125,6 +132,13 @@ func (p EntryPolicy) check(e *manifest.Entry) error {
 	}
 	if p.NoSetuid && e.Type == manifest.TypeFile && e.Mode&0o6000 != 0 {
 		return fmt.Errorf("entry %q: %w: mode %04o (no setuid or setgid files)", e.Path, ErrForbidden, e.Mode)
+	}
+	if p.NoSetuid {
+		for _, x := range e.Xattrs {
+			if x.Name == capabilityXattr {
+				return fmt.Errorf("entry %q: %w: file capabilities (%s; no-setuid refuses them as it refuses setuid)", e.Path, ErrForbidden, capabilityXattr)
+			}
+		}
 	}
 	return nil
 }

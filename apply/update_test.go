@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"peerup/apply"
+	"peerup/manifest"
 )
 
 // TestUpdatePullsSwitchesAndPrunes: each Update leaves the new version
@@ -68,5 +71,31 @@ func TestUpdatePullsSwitchesAndPrunes(t *testing.T) {
 	// ErrPrune and names no versions.
 	if from, to, err := s.Switch(0); !errors.Is(err, apply.ErrNothingStaged) || errors.Is(err, apply.ErrPrune) || from != 0 || to != 0 {
 		t.Errorf("Switch with nothing staged = %d, %d, %v", from, to, err)
+	}
+}
+
+// TestBuildsAPathAtTheFormatLimit: a path of manifest.MaxPath bytes, as
+// SPEC §1 allows, is published, built into a tree and verified.
+func TestBuildsAPathAtTheFormatLimit(t *testing.T) {
+	f := newFleet(t)
+	tree := t.TempDir()
+	var parts []string
+	for n := 0; n+251 < manifest.MaxPath-10; n += 251 {
+		parts = append(parts, strings.Repeat(string(rune('a'+len(parts))), 250))
+	}
+	rel := strings.Join(parts, "/")
+	rel += "/" + strings.Repeat("z", manifest.MaxPath-len(rel)-1)
+	if len(rel) != manifest.MaxPath {
+		t.Fatalf("test broken: path of %d bytes", len(rel))
+	}
+	write(t, filepath.Join(tree, rel), "deep\n", 0o644)
+	f.publish(tree, 1)
+	s := newSysroot(t)
+	f.update(s, 1)
+	if b, err := os.ReadFile(filepath.Join(s.TreePath(1), rel)); err != nil || string(b) != "deep\n" {
+		t.Fatalf("the deep file: %q, %v", b, err)
+	}
+	if probs, err := s.Verify(context.Background()); err != nil || len(probs) != 0 {
+		t.Fatalf("verify: %v %v", probs, err)
 	}
 }

@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -110,30 +112,10 @@ func checkEntry(p string, e *manifest.Entry, hashed map[[2]uint64]manifest.Diges
 	if err := unix.Lstat(p, &st); err != nil {
 		return "missing", true
 	}
-	kind := map[manifest.Type]uint32{manifest.TypeDir: unix.S_IFDIR, manifest.TypeFile: unix.S_IFREG, manifest.TypeSymlink: unix.S_IFLNK,
-		manifest.TypeFifo: unix.S_IFIFO, manifest.TypeChar: unix.S_IFCHR, manifest.TypeBlock: unix.S_IFBLK}[e.Type]
-	if st.Mode&unix.S_IFMT != kind {
-		return "type changed", true
+	if d := checkMeta(p, e, &st); d != "" {
+		return d, true
 	}
-	if e.Type != manifest.TypeSymlink && st.Mode&07777 != e.Mode {
-		return fmt.Sprintf("mode %04o, want %04o", st.Mode&07777, e.Mode), true
-	}
-	if st.Uid != e.UID || st.Gid != e.GID {
-		return fmt.Sprintf("owner %d:%d, want %d:%d", st.Uid, st.Gid, e.UID, e.GID), true
-	}
-	switch e.Type {
-	case manifest.TypeSymlink:
-		if t, _ := os.Readlink(p); t != e.Target {
-			return fmt.Sprintf("symlink to %q, want %q", t, e.Target), true
-		}
-	case manifest.TypeChar, manifest.TypeBlock:
-		if unix.Major(st.Rdev) != e.Major || unix.Minor(st.Rdev) != e.Minor {
-			return "device number changed", true
-		}
-	case manifest.TypeFile:
-		if st.Size != e.Size {
-			return fmt.Sprintf("content changed (size %d, want %d)", st.Size, e.Size), true
-		}
+	if e.Type == manifest.TypeFile {
 		key := [2]uint64{st.Dev, st.Ino}
 		d, ok := hashed[key]
 		if !ok {
@@ -152,6 +134,51 @@ func checkEntry(p string, e *manifest.Entry, hashed map[[2]uint64]manifest.Diges
 		}
 	}
 	return "", false
+}
+
+// checkMeta compares what st (lstat of p) says with entry e: type, mode,
+// owner, symlink target, device number, a file's size and the xattrs e
+// declares. It returns the difference, or "". The builder checks every
+// entry with it as built, verify before hashing.
+func checkMeta(p string, e *manifest.Entry, st *unix.Stat_t) string {
+	kind := map[manifest.Type]uint32{manifest.TypeDir: unix.S_IFDIR, manifest.TypeFile: unix.S_IFREG, manifest.TypeSymlink: unix.S_IFLNK,
+		manifest.TypeFifo: unix.S_IFIFO, manifest.TypeChar: unix.S_IFCHR, manifest.TypeBlock: unix.S_IFBLK}[e.Type]
+	if st.Mode&unix.S_IFMT != kind {
+		return "type changed"
+	}
+	if e.Type != manifest.TypeSymlink && st.Mode&07777 != e.Mode {
+		return fmt.Sprintf("mode %04o, want %04o", st.Mode&07777, e.Mode)
+	}
+	if st.Uid != e.UID || st.Gid != e.GID {
+		return fmt.Sprintf("owner %d:%d, want %d:%d", st.Uid, st.Gid, e.UID, e.GID)
+	}
+	switch e.Type {
+	case manifest.TypeSymlink:
+		if t, _ := os.Readlink(p); t != e.Target {
+			return fmt.Sprintf("symlink to %q, want %q", t, e.Target)
+		}
+	case manifest.TypeChar, manifest.TypeBlock:
+		if unix.Major(st.Rdev) != e.Major || unix.Minor(st.Rdev) != e.Minor {
+			return fmt.Sprintf("device %d:%d, want %d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev), e.Major, e.Minor)
+		}
+	case manifest.TypeFile:
+		if st.Size != e.Size {
+			return fmt.Sprintf("content changed (size %d, want %d)", st.Size, e.Size)
+		}
+	}
+	if len(e.Xattrs) > 0 {
+		have, err := manifest.ReadXattrs(p)
+		if err != nil {
+			return "xattrs unreadable"
+		}
+		for _, x := range e.Xattrs {
+			i := slices.IndexFunc(have, func(h manifest.Xattr) bool { return h.Name == x.Name })
+			if i < 0 || !bytes.Equal(have[i].Value, x.Value) {
+				return fmt.Sprintf("xattr %s missing or different", x.Name)
+			}
+		}
+	}
+	return ""
 }
 
 // etcLinks reports the files of a tree's etc/ that share their inode with

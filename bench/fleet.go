@@ -66,7 +66,9 @@ func benchLAN(ctx context.Context, w io.Writer, work string, laptops int) (err e
 	}
 	up := float64(figs[0].seedSent) / float64(update)
 	conv := figs[0].converge.Seconds() / figs[1].converge.Seconds()
-	fmt.Fprintf(w, "seed upload / update size (P2P): %.2f (target <= 1.5): %s\n", up, verdict(up <= 1.5))
+	// The seed's upload is its interface's byte counter: every byte it sent,
+	// metadata, HTTP and TCP/IP headers, mDNS and announcements included.
+	fmt.Fprintf(w, "seed upload, every byte on its link / update size (P2P): %.2f (target <= 1.2): %s\n", up, verdict(up <= 1.2))
 	fmt.Fprintf(w, "convergence P2P / client-server: %.2f (target <= 0.3): %s\n", conv, verdict(conv <= 0.3))
 	fmt.Fprintf(w, "peak RSS of one laptop daemon during the update (VmHWM): %s (target <= 64 MiB): %s\n",
 		figs[0].laptopHWM, verdict(figs[0].laptopRSSk <= 64<<10))

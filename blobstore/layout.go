@@ -32,6 +32,8 @@ const (
 	sigSuffix   = ".sig"
 	manifestExt = ".manifest"
 	deltasExt   = ".deltas"
+	fromInfix   = "-from-"
+	packedExt   = ".zst"
 )
 
 // MarkerMagic is what the marker file holds: its presence is what makes a
@@ -86,6 +88,27 @@ func (l Layout) DeltasSignature(image string, v uint64) string {
 	return l.at(versionFile(image, v, deltasExt+sigSuffix))
 }
 
+// ManifestDelta is the zstd-compressed manifest delta (SPEC.md §10) that
+// rebuilds version v's manifest from version from's. It is unsigned: the
+// rebuilt manifest is checked against Signature(image, v).
+func (l Layout) ManifestDelta(image string, v, from uint64) string {
+	return l.at(versionFile(image, v, manifestExt+fromInfix+strconv.FormatUint(from, 10)+packedExt))
+}
+
+// PackedDeltas is Deltas compressed with zstd, the form a node fetches;
+// DeltasSignature covers the uncompressed bytes.
+func (l Layout) PackedDeltas(image string, v uint64) string {
+	return l.at(versionFile(image, v, deltasExt+packedExt))
+}
+
+// Derived are the unsigned files a repo may hold beside version v's
+// manifest, each made from signed ones: its packed delta index and its
+// manifest deltas. They go with the version.
+func (l Layout) Derived(image string, v uint64) ([]string, error) {
+	deltas, err := filepath.Glob(l.at(versionFile(image, v, manifestExt+fromInfix+"*"+packedExt)))
+	return append(deltas, l.PackedDeltas(image, v)), err
+}
+
 // SignatureOf is the detached signature beside the signed file p, a path
 // this layout returned.
 func SignatureOf(p string) string { return p + sigSuffix }
@@ -129,13 +152,15 @@ const (
 	PathMarker
 	PathIndex
 	PathObject
-	PathSigned // a manifest, a delta index, or a signature of either
+	PathSigned  // a manifest, a delta index, or a signature of either
+	PathDerived // a manifest delta or a packed delta index
 )
 
 // served matches the only paths a repo serves: anything else, including
 // every traversal attempt, is refused before the file system is touched.
 var served = regexp.MustCompile(`^(?:(` + markerName + `)|(` + indexName + `)|(` + objectsName + `/[0-9a-f]{2}/[0-9a-f]{64})|(` +
-	imagesName + `/[a-z0-9][a-z0-9._-]{0,62}/[1-9][0-9]{0,19}\.(?:manifest|deltas)(?:\.sig)?))$`)
+	imagesName + `/[a-z0-9][a-z0-9._-]{0,62}/[1-9][0-9]{0,19}\.(?:manifest|deltas)(?:\.sig)?)|(` +
+	imagesName + `/[a-z0-9][a-z0-9._-]{0,62}/[1-9][0-9]{0,19}\.(?:manifest-from-[1-9][0-9]{0,19}|deltas)\.zst))$`)
 
 // Kind says what the slash-separated, repo-relative path rel names, if it
 // is one a repo serves (SPEC.md §5).

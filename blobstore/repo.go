@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -75,7 +76,12 @@ type IndexEntry struct {
 // fetch; only the signed manifests are trusted.
 type Index struct {
 	Entries []IndexEntry // sorted by image, then version
+	size    int64        // bytes it was parsed from
 }
+
+// Size is the length of the file the index was parsed from (0 for one
+// built in memory): what fetching it cost.
+func (ix *Index) Size() int64 { return ix.size }
 
 // Latest returns the newest version of image.
 func (ix *Index) Latest(image string) (IndexEntry, bool) {
@@ -164,7 +170,7 @@ func ParseIndex(b []byte) (*Index, error) {
 	if lines[0] != indexMagic {
 		return nil, fmt.Errorf("%w: first line is not %q", ErrIndex, indexMagic)
 	}
-	ix := &Index{}
+	ix := &Index{size: int64(len(b))}
 	for n, text := range lines[1:] {
 		line := n + 2
 		f := strings.Split(text, " ")
@@ -229,6 +235,16 @@ func (r *Repo) AddVersion(h *manifest.Header, m *SignedFile) (IndexEntry, error)
 	return e, r.list(e)
 }
 
+// StoreVersion is AddVersion without the listing: the manifest is in place
+// for files to be derived from it (a mirror's manifest deltas), and
+// ListVersion makes the version visible after.
+func (r *Repo) StoreVersion(h *manifest.Header, m *SignedFile) (IndexEntry, error) {
+	return r.storeManifest(h, m)
+}
+
+// ListVersion lists a version StoreVersion stored.
+func (r *Repo) ListVersion(e IndexEntry) error { return r.list(e) }
+
 // storeManifest renames a received manifest into place beside its
 // signature without listing it: a version whose manifest is stored but not
 // listed is not there for any reader (SPEC.md §5).
@@ -269,11 +285,39 @@ func (r *Repo) ClearUnlisted(image string, v uint64) error {
 	if _, listed := ix.Find(image, v); listed {
 		return nil
 	}
+	if err := r.removeVersionFiles(image, v); err != nil {
+		return fmt.Errorf("clear unlisted %s v%d: %w", image, v, err)
+	}
+	return nil
+}
+
+// removeVersionFiles removes every file of version v: manifest, delta
+// index, their signatures and what was derived from them.
+func (r *Repo) removeVersionFiles(image string, v uint64) error {
 	lay := r.Layout()
-	for _, p := range []string{lay.Manifest(image, v), lay.Signature(image, v), lay.Deltas(image, v), lay.DeltasSignature(image, v)} {
+	derived, err := lay.Derived(image, v)
+	if err != nil {
+		return err
+	}
+	// The manifest goes last: until then the version's files are found by it.
+	for _, p := range append(derived, lay.Deltas(image, v), lay.DeltasSignature(image, v), lay.Signature(image, v), lay.Manifest(image, v)) {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("clear unlisted %s v%d: %w", image, v, err)
+			return err
 		}
+	}
+	return nil
+}
+
+// AddDerived durably stores data as a version's unsigned derived file at
+// p, a path of Layout().ManifestDelta or PackedDeltas: written under a
+// temporary name, fsynced and renamed. A reader checks what it rebuilds
+// from it against a signature, so it needs no signature of its own.
+func (r *Repo) AddDerived(p string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return fmt.Errorf("add %s: %w", filepath.Base(p), err)
+	}
+	if err := fsutil.WriteAtomic(p, data); err != nil {
+		return fmt.Errorf("add %s: %w", filepath.Base(p), err)
 	}
 	return nil
 }
@@ -319,7 +363,5 @@ func (r *Repo) RemoveVersion(image string, v uint64) error {
 	if err := r.WriteIndex(ix); err != nil {
 		return err
 	}
-	os.Remove(r.Layout().Signature(image, v))
-	os.Remove(r.Layout().Manifest(image, v))
-	return nil
+	return r.removeVersionFiles(image, v)
 }

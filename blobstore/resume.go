@@ -40,20 +40,38 @@ func (b *Batch) PutFrom(ctx context.Context, want Digest, size int64, open Opene
 		return b.Put(ctx, want, size, body)
 	}
 	part := b.partPath(want)
+	resumed, err := b.resume(ctx, want, size, part, open)
+	if err != nil && resumed && errors.Is(err, ErrMismatch) {
+		// The kept prefix may have come from another peer, one that sent
+		// garbage and hung up: this source is not proven at fault until it
+		// fails for bytes that are all its own. Start over from it once.
+		os.Remove(part)
+		_, err = b.resume(ctx, want, size, part, open)
+	}
+	if err != nil {
+		return err
+	}
+	return b.adopt(part, want)
+}
+
+// resume is one attempt of PutFrom: it appends to the partial download at
+// part what open sends and checks the whole. It reports whether the
+// attempt built on bytes an earlier attempt kept.
+func (b *Batch) resume(ctx context.Context, want Digest, size int64, part string, open Opener) (resumed bool, err error) {
 	f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return fmt.Errorf("object %s: %w", want, err)
+		return false, fmt.Errorf("object %s: %w", want, err)
 	}
 	have, err := f.Seek(0, io.SeekEnd)
 	if err != nil || have > size {
 		f.Close()
 		os.Remove(part)
-		return fmt.Errorf("object %s: bad partial download", want)
+		return false, fmt.Errorf("object %s: bad partial download", want)
 	}
 	body, start, err := open(ctx, have)
 	if err != nil {
 		f.Close()
-		return err
+		return false, err
 	}
 	defer body.Close()
 	if start != have {
@@ -63,7 +81,7 @@ func (b *Batch) PutFrom(ctx context.Context, want Digest, size int64, open Opene
 		}
 		if err != nil {
 			f.Close()
-			return err
+			return false, err
 		}
 		have = 0
 	}
@@ -75,19 +93,19 @@ func (b *Batch) PutFrom(ctx context.Context, want Digest, size int64, open Opene
 	}
 	if cerr != nil {
 		// Keep what arrived for the next attempt.
-		return fmt.Errorf("object %s: %w", want, cerr)
+		return have > 0, fmt.Errorf("object %s: %w", want, cerr)
 	}
 	got, n, err := hashFile(ctx, part)
 	if err != nil {
-		return err
+		return have > 0, err
 	}
 	if err := verify(want, size, got, n); err != nil {
 		if !errors.Is(err, ErrTooShort) {
 			os.Remove(part) // still short means the source hung up: keep it
 		}
-		return err
+		return have > 0, err
 	}
-	return b.adopt(part, want)
+	return have > 0, nil
 }
 
 func hashFile(ctx context.Context, path string) (Digest, int64, error) {

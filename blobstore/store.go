@@ -98,6 +98,14 @@ type Meta struct {
 	Xattrs []manifest.Xattr
 }
 
+// Shareable reports whether a file with this metadata may share its inode
+// with the store and with other trees: only if no one but its owner can
+// write it. A world- or group-writable file (mode 0666, say) is written
+// by local users, and through a shared inode they would write the store's
+// object and every tree holding those bytes, including a later version's
+// root-owned program with the same contents.
+func (m Meta) Shareable() bool { return m.Mode&0o022 == 0 }
+
 // MetaOf returns the metadata of a manifest entry.
 func MetaOf(e *manifest.Entry) Meta {
 	return Meta{Mode: e.Mode, UID: e.UID, GID: e.GID, Xattrs: e.Xattrs}
@@ -174,8 +182,21 @@ func (b *Batch) ObjectPath(d Digest) (string, error) {
 		return b.stagedObject(d), nil
 	}
 	p := b.s.Path(d)
-	if _, err := os.Lstat(p); err != nil {
+	fi, err := os.Lstat(p)
+	if err != nil {
 		return "", fmt.Errorf("object %s: %w", d, ErrNotFound)
+	}
+	// An object whose inode someone else may have written (a store from
+	// before files like that were copied, or one chmodded since) is read
+	// again before anything is built from it.
+	if fi.Mode().Perm()&0o022 != 0 || !fi.Mode().IsRegular() {
+		ok, _, err := hashMatches(context.Background(), p, d)
+		if err != nil {
+			return "", err
+		}
+		if !ok {
+			return "", fmt.Errorf("object %s: %w: its bytes were changed in the store (its inode is writable by others); run peerup verify --repair", d, ErrMismatch)
+		}
 	}
 	return p, nil
 }
@@ -350,7 +371,7 @@ func (b *Batch) LinkFile(d Digest, m Meta) (string, error) {
 		return "", fmt.Errorf("object %s: %w", d, err)
 	}
 	dst := b.stagedFile(id)
-	if st.Nlink == 1 {
+	if st.Nlink == 1 && m.Shareable() {
 		// Nothing else links the object yet: give it this metadata and let
 		// the tree share the object's inode, so the bytes are stored once.
 		if err := SetMeta(src, m); err != nil {

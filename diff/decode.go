@@ -6,6 +6,8 @@ import (
 	"io"
 	"sync"
 
+	"peerup/blobstore"
+
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -181,7 +183,7 @@ func (d *Decoder) zstdTo(ctx context.Context, enc io.Reader, dict []byte, window
 	if dict != nil {
 		dictOpt = zstd.WithDecoderDictRaw(zstdDictID, dict)
 	}
-	if err := z.ResetWithOptions(ctxReader{ctx, enc}, zstd.WithDecoderMaxWindow(uint64(max(window, zstd.MinWindowSize))), dictOpt); err != nil {
+	if err := z.ResetWithOptions(blobstore.ContextReader(ctx, enc), zstd.WithDecoderMaxWindow(uint64(max(window, zstd.MinWindowSize))), dictOpt); err != nil {
 		return fmt.Errorf("%w: zstd: %w", ErrCorruptEncoding, err)
 	}
 	if _, err := z.WriteTo(w); err != nil {
@@ -241,17 +243,4 @@ func (l *limitWriter) Write(p []byte) (int, error) {
 	k, err := l.w.Write(p)
 	l.n += int64(k)
 	return k, err
-}
-
-// ctxReader stops a decode when its context ends, between reads.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

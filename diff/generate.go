@@ -67,7 +67,7 @@ func Generate(ctx context.Context, repo *blobstore.Repo, image string, v uint64,
 		return nil, errors.New("generate deltas: no signing key")
 	}
 	if o.Depth <= 0 {
-		o.Depth = 3
+		o.Depth = DefaultDepth
 	}
 	if o.MemoryBudget <= 0 {
 		o.MemoryBudget = 2 << 30
@@ -136,6 +136,9 @@ func Generate(ctx context.Context, repo *blobstore.Repo, image string, v uint64,
 	}
 	defer df.Close()
 	if err := repo.AddDeltas(image, v, df); err != nil {
+		return nil, err
+	}
+	if err := Derive(ctx, repo, image, v, o.Depth); err != nil {
 		return nil, err
 	}
 	return res, nil

@@ -55,6 +55,10 @@ func Publish(ctx context.Context, repo *blobstore.Repo, dir string, o PublishOpt
 		if res.Deltas, err = Generate(ctx, repo, h.Image, h.Version, g); err != nil {
 			return nil, fmt.Errorf("publish %s v%d (not listed): %w", h.Image, h.Version, err)
 		}
+	} else if h.Version > 1 {
+		if err := Derive(ctx, repo, h.Image, h.Version, 0); err != nil {
+			return nil, fmt.Errorf("publish %s v%d (not listed): %w", h.Image, h.Version, err)
+		}
 	}
 	if err := p.List(); err != nil {
 		return nil, err

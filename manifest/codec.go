@@ -178,6 +178,9 @@ func (h *Header) validate() error {
 	if h.Version == 0 {
 		return fmt.Errorf("%w: version 0 (versions start at 1)", ErrFormat)
 	}
+	if h.Version > MaxVersion {
+		return fmt.Errorf("%w: version %d is above the ceiling of %d (2^53): a version that high would leave no room for the next", ErrFormat, h.Version, uint64(MaxVersion))
+	}
 	if len(h.Label) > MaxLabel {
 		return fmt.Errorf("%w: label longer than %d bytes", ErrFormat, MaxLabel)
 	}

@@ -13,14 +13,31 @@ import (
 // FormatVersion is the manifest format this package reads and writes.
 const FormatVersion = 1
 
+// MaxVersion is the highest version a manifest may carry. Versions only
+// rise (§3), so one signed at 2^64−1, by mistake or by a stolen key before
+// its revocation, would block every later update for good; 2^53 leaves a
+// daily release room for longer than anyone needs and stays exact as a
+// JSON number (D-Bus clients, status --json).
+const MaxVersion = 1 << 53
+
 // Limits that bound the work and memory a hostile manifest can cause. They are
 // far above any real image (a full desktop OS has about 300k paths).
 const (
-	MaxSize      = 256 << 20 // bytes in a manifest file
-	MaxLine      = 64 << 10  // bytes in one line
-	MaxEntries   = 4 << 20
-	MaxPath      = 4096 // bytes in a decoded path or symlink target
-	MaxName      = 255  // bytes in one path component
+	MaxSize    = 256 << 20 // bytes in a manifest file
+	MaxLine    = 64 << 10  // bytes in one line
+	MaxEntries = 4 << 20
+	// MaxPath bounds a decoded path or symlink target: "/" and the path
+	// must fit Linux's PATH_MAX (4096 with its NUL) on the booted system,
+	// with room for the sysroot's "trees/.tmp-<v>-<random>/" while building.
+	MaxPath = 3968
+	// MaxMajor and MaxMinor are what a Linux dev_t holds (12 and 20 bits);
+	// mknod would silently truncate larger numbers.
+	MaxMajor = 1<<12 - 1
+	MaxMinor = 1<<20 - 1
+	// NoID is (uid_t)-1, which chown takes as "leave unchanged": no entry
+	// may be owned by it.
+	NoID         = 1<<32 - 1
+	MaxName      = 255 // bytes in one path component
 	MaxLabel     = 1024
 	MaxXattrs    = 64 // per entry
 	MaxXattrSize = 16 << 10
@@ -83,6 +100,15 @@ func ParseDigest(s string) (Digest, error) {
 	}
 	hex.Decode(d[:], []byte(s))
 	return d, nil
+}
+
+// XattrCarried reports whether a manifest may carry the attribute name:
+// user.* and security.* (SELinux labels, file capabilities, IMA). The
+// system.* namespace holds POSIX ACLs, which grant access the mode does
+// not show, and trusted.* belongs to the filesystem that holds the tree
+// (overlayfs): neither describes the image.
+func XattrCarried(name string) bool {
+	return strings.HasPrefix(name, "user.") || strings.HasPrefix(name, "security.")
 }
 
 // Xattr is one extended attribute.
@@ -270,6 +296,12 @@ func (e *Entry) Validate() error {
 	if e.Mode&^07777 != 0 {
 		return fmt.Errorf("mode %o has bits beyond 07777", e.Mode)
 	}
+	if e.UID == NoID || e.GID == NoID {
+		return fmt.Errorf("owner %d:%d: 4294967295 is (uid_t)-1, which chown takes as \"unchanged\"", e.UID, e.GID)
+	}
+	if (e.Type == TypeChar || e.Type == TypeBlock) && (e.Major > MaxMajor || e.Minor > MaxMinor) {
+		return fmt.Errorf("device %d:%d: Linux device numbers are at most %d:%d", e.Major, e.Minor, MaxMajor, MaxMinor)
+	}
 	switch e.Type {
 	case TypeDir, TypeFifo:
 	case TypeFile:
@@ -296,6 +328,9 @@ func (e *Entry) Validate() error {
 	for i, x := range e.Xattrs {
 		if x.Name == "" || strings.IndexByte(x.Name, 0) >= 0 || len(x.Name) > 255 {
 			return fmt.Errorf("bad xattr name %q", x.Name)
+		}
+		if !XattrCarried(x.Name) {
+			return fmt.Errorf("xattr %q: only user.* and security.* attributes are carried (a POSIX ACL in system.* would widen the entry past its mode)", x.Name)
 		}
 		if len(x.Value) > MaxXattrSize {
 			return fmt.Errorf("xattr %s larger than %d bytes", x.Name, MaxXattrSize)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -103,7 +104,11 @@ func statEntry(full, rel string) (*Entry, error) {
 		if err != nil {
 			return nil, fmt.Errorf("scan %s: %w", full, err)
 		}
-		e.Xattrs = x
+		// A publisher's tree may hold attributes a manifest does not carry:
+		// Debian's systemd sets a POSIX ACL on /var/log/journal, which its
+		// tmpfiles.d sets again at every boot. They are left out, as
+		// timestamps are, rather than refusing the tree.
+		e.Xattrs = slices.DeleteFunc(x, func(a Xattr) bool { return !XattrCarried(a.Name) })
 	}
 	if err := e.Validate(); err != nil {
 		return nil, fmt.Errorf("scan %s: %w", full, err)

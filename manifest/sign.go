@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
@@ -37,6 +38,30 @@ const maxRevoked = 64 << 10
 // acceptedHashes are the digests a fleet signature may use; weaker ones
 // (SHA-1, RIPEMD) are refused even if a trusted key made them.
 var acceptedHashes = []crypto.Hash{crypto.SHA256, crypto.SHA384, crypto.SHA512}
+
+// checkSignaturePacket refuses, with a plain reason, bytes that are not one
+// OpenPGP signature packet or that sign with a hash peerup does not accept.
+func checkSignaturePacket(sig []byte) error {
+	p, err := packet.Read(bytes.NewReader(sig))
+	if err != nil {
+		return fmt.Errorf("%w: not an OpenPGP signature (%v)", ErrBadSignature, err)
+	}
+	s, ok := p.(*packet.Signature)
+	if !ok {
+		return fmt.Errorf("%w: not an OpenPGP signature (an OpenPGP %T)", ErrBadSignature, p)
+	}
+	if !slices.Contains(acceptedHashes, s.Hash) {
+		return fmt.Errorf("%w: made with %s, which peerup refuses (sign with SHA-256 or stronger: gpg --digest-algo SHA256)", ErrBadSignature, hashName(s.Hash))
+	}
+	return nil
+}
+
+func hashName(h crypto.Hash) string {
+	if h.Available() || h == crypto.SHA1 || h == crypto.MD5 || h == crypto.RIPEMD160 {
+		return h.String()
+	}
+	return fmt.Sprintf("hash algorithm %d", h)
+}
 
 // keyConfig makes fleet keys as ed25519 in the legacy EdDSA encoding
 // (algorithm 22, v4 keys): GnuPG 2.2, still the norm on fleets, rejects the
@@ -329,6 +354,12 @@ func (k *Keyring) Verify(signed io.Reader, sig []byte) (string, error) {
 			return "", fmt.Errorf("%w: %w", ErrBadSignature, err)
 		}
 		sig = raw
+	}
+	// The library's own messages mislead here: a SHA-1 signature comes back
+	// as a "hash algorithm or salt mismatch", random bytes as an unknown
+	// signer. Say what the bytes are first.
+	if err := checkSignaturePacket(sig); err != nil {
+		return "", err
 	}
 	signer, err := openpgp.CheckDetachedSignatureAndHash(k.keys, signed, bytes.NewReader(sig), acceptedHashes, nil)
 	if err != nil {

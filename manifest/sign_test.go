@@ -171,6 +171,20 @@ func TestPeerupVerifiesGnuPGSignature(t *testing.T) {
 			t.Errorf("armored=%v: gpg's signature over other bytes: err = %v", armored, err)
 		}
 	}
+	// Weak hashes and bytes that are no signature are refused by name.
+	for _, c := range []struct{ name, digest, want string }{
+		{"SHA-1", "SHA1", "made with SHA-1, which peerup refuses"},
+	} {
+		os.Remove(mpath + ".sig")
+		gpg("--digest-algo", c.digest, "--detach-sign", "-o", mpath+".sig", mpath)
+		sig, _ := os.ReadFile(mpath + ".sig")
+		if _, err := kr.Verify(bytes.NewReader(msg), sig); !errors.Is(err, ErrBadSignature) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s signature: err = %v, want it to say %q", c.name, err, c.want)
+		}
+	}
+	if _, err := kr.Verify(bytes.NewReader(msg), bytes.Repeat([]byte{0x9a, 0x17}, 50)); !errors.Is(err, ErrBadSignature) || !strings.Contains(err.Error(), "not an OpenPGP signature") {
+		t.Errorf("random bytes as a signature: err = %v, want it to say they are not one", err)
+	}
 	// A secret key exported by gpg can sign for peerup too.
 	sec := filepath.Join(dir, "fleet.key")
 	os.WriteFile(sec, []byte(gpg("--export-secret-keys", "-a")), 0o600)

@@ -2,6 +2,7 @@ package transfer_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -61,6 +62,37 @@ func TestAttackSlowRetrievalClient(t *testing.T) {
 	}
 	if _, err := c.Index(ctx); !errors.Is(err, transfer.ErrStalled) {
 		t.Fatalf("silent index: err = %v, want ErrStalled", err)
+	}
+}
+
+// TestAttackTrickleAboveTheMinimumRate: a peer that sends a byte every
+// 10 ms keeps above the per-window minimum for ever (as 20,000 bytes every
+// 25 s does against the default), so the object's own deadline (grace plus
+// its size at the floor rate) cuts it off and blames it, and nothing is
+// kept.
+func TestAttackTrickleAboveTheMinimumRate(t *testing.T) {
+	data := []byte(strings.Repeat("object ", 1000))
+	d := manifest.Digest(sha256.Sum256(data))
+	p := hostile.New(t, nil)
+	p.On("/objects/", "", hostile.Trickle(data, 10*time.Millisecond))
+	// Window check: 10 bytes in 200 ms passes (the trickle sends 20).
+	// Deadline: 300 ms + 7000 bytes at 10 kB/s = 1 s, where the trickle
+	// needs 70 s.
+	stall := transfer.Stall{Window: 200 * time.Millisecond, MinBytes: 10, FloorRate: 10000, Grace: 300 * time.Millisecond}
+	c := client(t, p.URL()).WithStall(stall)
+	s, _ := blobstore.Open(t.TempDir())
+	b, _ := s.Begin()
+	defer b.Abort()
+	ctx := hostile.Context(t, attackDeadline)
+	err := c.FetchObject(ctx, b, d, int64(len(data)))
+	if !errors.Is(err, transfer.ErrStalled) || !errors.Is(err, transfer.ErrPeer) || !strings.Contains(err.Error(), "not delivered within") {
+		t.Fatalf("trickled object: err = %v, want ErrStalled and ErrPeer for a missed deadline", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("the test's deadline, not the transfer's, ended the fetch")
+	}
+	if b.Has(d) {
+		t.Fatal("a trickled object was kept")
 	}
 }
 
@@ -325,4 +357,87 @@ type countingWriter int64
 func (w *countingWriter) Write(p []byte) (int, error) {
 	*w += countingWriter(len(p))
 	return len(p), nil
+}
+
+// TestAttackPoisonedPartial: a peer declares the whole object, sends
+// garbage and resets the connection; the partial is kept for resuming. The
+// resume from an honest server then fails the hash through no fault of
+// that server, so the client starts over from it once, and the object
+// arrives: the honest server is never blamed for the poisoned prefix.
+func TestAttackPoisonedPartial(t *testing.T) {
+	data := bytes.Repeat([]byte("honest object bytes\n"), (blobstore.ResumeMin*2)/20)
+	d := manifest.Digest(sha256.Sum256(data))
+	rel := "/" + blobstore.Layout{}.Object(d)
+	poison := hostile.New(t, nil)
+	poison.OnPath(rel, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(len(data)))
+		w.WriteHeader(http.StatusOK)
+		w.Write(bytes.Repeat([]byte{0x5a}, len(data)/2))
+		http.NewResponseController(w).Flush()
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			conn.(*net.TCPConn).SetLinger(0) // a reset, not a clean end
+			conn.Close()
+		}
+	}))
+	honest := hostile.New(t, nil)
+	honest.OnPath(rel, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
+	}))
+	s, _ := blobstore.Open(t.TempDir())
+	b, _ := s.Begin()
+	defer b.Abort()
+	ctx := hostile.Context(t, attackDeadline)
+	if err := client(t, poison.URL()).FetchObject(ctx, b, d, int64(len(data))); err == nil {
+		t.Fatal("the poisoned transfer was accepted")
+	}
+	if err := client(t, honest.URL()).FetchObject(ctx, b, d, int64(len(data))); err != nil {
+		t.Fatalf("the honest server was refused after a poisoned partial: %v", err)
+	}
+	if !b.Has(d) {
+		t.Fatal("the object is not in the batch")
+	}
+	if n := honest.HitsPath(rel); n != 2 {
+		t.Errorf("the honest server was asked %d times, want 2 (the resume, then from the start)", n)
+	}
+}
+
+// TestAttackSlowConnectionsFromManyAddresses: slow connections from many
+// addresses, each under the per-address cap, fill the server's total;
+// an honest client from a new address still gets its object, within 10 s,
+// because the heaviest address gives up its oldest connection for it.
+func TestAttackSlowConnectionsFromManyAddresses(t *testing.T) {
+	const addrs, each = 12, 3 // 36 slow connections, 3 below the per-address cap
+	url, d, _ := servedRepo(t, transfer.Limits{MaxConns: 30, MaxConnsPerPeer: 6}, 100, nil)
+	host := strings.TrimSuffix(strings.TrimPrefix(url, "http://"), "/")
+	var flood []net.Conn
+	t.Cleanup(func() {
+		for _, c := range flood {
+			c.Close()
+		}
+	})
+	for a := range addrs {
+		dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(10+a))}}
+		for range each {
+			c, err := dialer.Dial("tcp", host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Write([]byte("GET /index HTTP/1.1\r\n")) // and never the rest
+			flood = append(flood, c)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // let the server accept them all
+	ctx := hostile.Context(t, 10*time.Second)
+	hc := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 200)}}).DialContext}}
+	c, err := transfer.NewClient(url, hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := blobstore.Open(t.TempDir())
+	b, _ := s.Begin()
+	defer b.Abort()
+	if err := c.FetchObject(ctx, b, d, 100); err != nil {
+		t.Fatalf("the honest client was kept out by the flood: %v", err)
+	}
 }

@@ -94,18 +94,19 @@ func DefaultHTTPClient() *http.Client {
 func (c *Client) String() string { return c.base.String() }
 
 func (c *Client) get(ctx context.Context, rel string) (*http.Response, error) {
-	return c.getRange(ctx, rel, 0)
+	return c.getRange(ctx, rel, 0, 0)
 }
 
 // getRange GETs rel from offset on; the answer is 200 (whole) or 206.
-// The response body is watched for stalls (see Stall) until it is closed.
-func (c *Client) getRange(ctx context.Context, rel string, offset int64) (*http.Response, error) {
+// The response body is watched for stalls (see Stall) until it is closed,
+// and must bring expect bytes (0: unknown) within the Stall's deadline.
+func (c *Client) getRange(ctx context.Context, rel string, offset, expect int64) (*http.Response, error) {
 	rel, query, _ := strings.Cut(rel, "?")
 	u := c.base.JoinPath(rel)
 	u.RawQuery = query
 	if c.stall.Window > 0 {
 		var w *watchdog
-		ctx, w = watch(ctx, c.stall, "GET "+u.String())
+		ctx, w = watch(ctx, c.stall, "GET "+u.String(), expect)
 		resp, err := c.do(ctx, u, offset)
 		if err != nil {
 			w.stop()
@@ -185,9 +186,10 @@ func (c *Client) Index(ctx context.Context) (*blobstore.Index, error) {
 	return ix, nil
 }
 
-// getTo streams a signed file of at most limit bytes to w and fetches its
-// detached signature.
-func (c *Client) getTo(ctx context.Context, rel string, limit int64, w io.Writer) ([]byte, error) {
+// getTo streams a file of at most limit bytes to w and fetches the
+// detached signature at sigRel: the file's own, or that of the file it
+// rebuilds.
+func (c *Client) getTo(ctx context.Context, rel, sigRel string, limit int64, w io.Writer) ([]byte, error) {
 	resp, err := c.get(ctx, rel)
 	if err != nil {
 		return nil, err
@@ -200,20 +202,39 @@ func (c *Client) getTo(ctx context.Context, rel string, limit int64, w io.Writer
 	if err != nil {
 		return nil, fmt.Errorf("GET %s: %w", c.base.JoinPath(rel), err)
 	}
-	return c.getSmall(ctx, blobstore.SignatureOf(rel), manifest.MaxSignature)
+	return c.getSmall(ctx, sigRel, manifest.MaxSignature)
 }
 
 // Manifest streams a version's manifest, of at most limit bytes (see
 // blobstore.ManifestLimit), to w and returns its signature, unverified.
 func (c *Client) Manifest(ctx context.Context, image string, v uint64, limit int64, w io.Writer) (sig []byte, err error) {
-	return c.getTo(ctx, blobstore.Layout{}.Manifest(image, v), limit, w)
+	m := blobstore.Layout{}.Manifest(image, v)
+	return c.getTo(ctx, m, blobstore.SignatureOf(m), limit, w)
+}
+
+// ManifestDelta streams the compressed delta that rebuilds version v's
+// manifest from version from's, of at most limit bytes, to w, and returns
+// the signature of v's manifest, unverified. A repo without one answers
+// with an error wrapping ErrNotFound.
+func (c *Client) ManifestDelta(ctx context.Context, image string, v, from uint64, limit int64, w io.Writer) (sig []byte, err error) {
+	l := blobstore.Layout{}
+	return c.getTo(ctx, l.ManifestDelta(image, v, from), l.Signature(image, v), limit, w)
+}
+
+// PackedDeltas streams a version's compressed delta index, of at most
+// limit bytes, to w and returns the signature of the uncompressed one,
+// unverified; ErrNotFound as for Deltas.
+func (c *Client) PackedDeltas(ctx context.Context, image string, v uint64, limit int64, w io.Writer) (sig []byte, err error) {
+	l := blobstore.Layout{}
+	return c.getTo(ctx, l.PackedDeltas(image, v), l.DeltasSignature(image, v), limit, w)
 }
 
 // Deltas streams a version's delta index, of at most limit bytes (see
 // blobstore.DeltasLimit), to w and returns its signature, unverified. A
 // repo without one answers with an error wrapping ErrNotFound.
 func (c *Client) Deltas(ctx context.Context, image string, v uint64, limit int64, w io.Writer) (sig []byte, err error) {
-	return c.getTo(ctx, blobstore.Layout{}.Deltas(image, v), limit, w)
+	d := blobstore.Layout{}.Deltas(image, v)
+	return c.getTo(ctx, d, blobstore.SignatureOf(d), limit, w)
 }
 
 // FetchObject streams object d of the given size into the batch, which checks
@@ -222,7 +243,7 @@ func (c *Client) Deltas(ctx context.Context, image string, v uint64, limit int64
 // this peer or another, the next time it is fetched.
 func (c *Client) FetchObject(ctx context.Context, b *blobstore.Batch, d manifest.Digest, size int64) error {
 	open := func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
-		resp, err := c.getRange(ctx, blobstore.Layout{}.Object(d), offset)
+		resp, err := c.getRange(ctx, blobstore.Layout{}.Object(d), offset, size-offset)
 		if err != nil {
 			return nil, 0, err
 		}

@@ -135,18 +135,32 @@ func (d *Dir) Index(ctx context.Context) (*blobstore.Index, error) {
 // Manifest streams a version's manifest, of at most limit bytes, to w and
 // returns its signature, unverified.
 func (d *Dir) Manifest(ctx context.Context, image string, v uint64, limit int64, w io.Writer) (sig []byte, err error) {
-	return d.pair(ctx, blobstore.Layout{}.Manifest(image, v), limit, w)
+	m := blobstore.Layout{}.Manifest(image, v)
+	return d.pair(ctx, m, blobstore.SignatureOf(m), limit, w)
+}
+
+// ManifestDelta is Client.ManifestDelta from a folder.
+func (d *Dir) ManifestDelta(ctx context.Context, image string, v, from uint64, limit int64, w io.Writer) (sig []byte, err error) {
+	l := blobstore.Layout{}
+	return d.pair(ctx, l.ManifestDelta(image, v, from), l.Signature(image, v), limit, w)
+}
+
+// PackedDeltas is Client.PackedDeltas from a folder.
+func (d *Dir) PackedDeltas(ctx context.Context, image string, v uint64, limit int64, w io.Writer) (sig []byte, err error) {
+	l := blobstore.Layout{}
+	return d.pair(ctx, l.PackedDeltas(image, v), l.DeltasSignature(image, v), limit, w)
 }
 
 // Deltas streams a version's delta index, of at most limit bytes, to w and
 // returns its signature, unverified; a folder without one answers with an
 // error wrapping ErrNotFound.
 func (d *Dir) Deltas(ctx context.Context, image string, v uint64, limit int64, w io.Writer) (sig []byte, err error) {
-	return d.pair(ctx, blobstore.Layout{}.Deltas(image, v), limit, w)
+	dl := blobstore.Layout{}.Deltas(image, v)
+	return d.pair(ctx, dl, blobstore.SignatureOf(dl), limit, w)
 }
 
-// pair streams a signed file to w and reads its detached signature.
-func (d *Dir) pair(ctx context.Context, rel string, limit int64, w io.Writer) (sig []byte, err error) {
+// pair streams a file to w and reads the detached signature at sigRel.
+func (d *Dir) pair(ctx context.Context, rel, sigRel string, limit int64, w io.Writer) (sig []byte, err error) {
 	f, err := d.open(rel)
 	if err != nil {
 		return nil, err
@@ -165,7 +179,7 @@ func (d *Dir) pair(ctx context.Context, rel string, limit int64, w io.Writer) (s
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", f.Name(), err)
 	}
-	return d.readSmall(blobstore.SignatureOf(rel), manifest.MaxSignature)
+	return d.readSmall(sigRel, manifest.MaxSignature)
 }
 
 // FetchObject streams object dg into the batch, which checks its size and

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,14 +23,33 @@ var ErrStalled = errors.New("peer too slow")
 // the pull moves to another: at least MinBytes in every Window, counted
 // from the request (so a peer slow to answer at all is cut off too). It is
 // a rate, not a deadline, so a large object on a fair link is never cut.
+//
+// A rate checked per window still lets a peer trickle just above it for
+// hours, so an object's transfer also has a deadline: Grace plus its size
+// at FloorRate bytes a second (FloorRate 0: none).
 type Stall struct {
-	Window   time.Duration
-	MinBytes int64
+	Window    time.Duration
+	MinBytes  int64
+	FloorRate int64
+	Grace     time.Duration
 }
 
 // DefaultStall cuts off a peer that sends under 16 KiB in 30 s (about
-// 550 B/s): far below a congested school Wi-Fi, far above a trickle.
-func DefaultStall() Stall { return Stall{Window: 30 * time.Second, MinBytes: 16 << 10} }
+// 550 B/s): far below a congested school Wi-Fi, far above a trickle. An
+// object must arrive within 60 s plus its size at 8 KiB/s: a school server
+// uploading to 30 laptops at four fetches each over 8 Mbit/s still gives
+// each fetch that, and a cut-off fetch resumes where it stopped.
+func DefaultStall() Stall {
+	return Stall{Window: 30 * time.Second, MinBytes: 16 << 10, FloorRate: 8 << 10, Grace: 60 * time.Second}
+}
+
+// deadline is how long a transfer of n bytes may take (0: no deadline).
+func (s Stall) deadline(n int64) time.Duration {
+	if s.FloorRate <= 0 || n <= 0 {
+		return 0
+	}
+	return s.Grace + time.Duration(float64(n)/float64(s.FloorRate)*float64(time.Second))
+}
 
 // watchdog cancels a request whose body arrives below the minimum rate.
 type watchdog struct {
@@ -38,15 +58,21 @@ type watchdog struct {
 	last   int64
 	cancel context.CancelCauseFunc
 	timer  *time.Timer
+	late   *time.Timer // the whole transfer's deadline, if any
 	err    error
 }
 
-// watch starts a watchdog over a request made with the returned context.
-func watch(ctx context.Context, s Stall, what string) (context.Context, *watchdog) {
+// watch starts a watchdog over a request made with the returned context,
+// for a body of expect bytes (0: unknown, no deadline).
+func watch(ctx context.Context, s Stall, what string, expect int64) (context.Context, *watchdog) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	w := &watchdog{s: s, cancel: cancel}
 	w.err = fmt.Errorf("%w: %w: %s: under %d bytes in %s", ErrPeer, ErrStalled, what, s.MinBytes, s.Window)
 	w.timer = time.AfterFunc(s.Window, w.tick)
+	if d := s.deadline(expect); d > 0 {
+		late := fmt.Errorf("%w: %w: %s: %d bytes not delivered within %s (at least %d B/s after %s)", ErrPeer, ErrStalled, what, expect, d.Round(time.Second), s.FloorRate, s.Grace)
+		w.late = time.AfterFunc(d, func() { w.cancel(late) })
+	}
 	return ctx, w
 }
 
@@ -63,14 +89,17 @@ func (w *watchdog) tick() {
 // stop ends the watch; the request's context is cancelled too.
 func (w *watchdog) stop() {
 	w.timer.Stop()
+	if w.late != nil {
+		w.late.Stop()
+	}
 	w.cancel(nil)
 }
 
 // blame turns the error of a request cut off by the watchdog into the
 // watchdog's own, so callers see ErrStalled rather than a cancellation.
 func (w *watchdog) blame(ctx context.Context, err error) error {
-	if err != nil && errors.Is(context.Cause(ctx), ErrStalled) {
-		return w.err
+	if cause := context.Cause(ctx); err != nil && errors.Is(cause, ErrStalled) {
+		return cause
 	}
 	return err
 }
@@ -214,17 +243,23 @@ func (w stallWriter) Write(p []byte) (int, error) {
 }
 
 // LimitListener caps the connections open at once from one address
-// (perPeer) and in all (total); a connection beyond either is closed at
-// once, so one host cannot use up the server's descriptors or goroutines.
+// (perPeer) and in all (total), so one host cannot use up the server's
+// descriptors or goroutines. A connection over its address's cap is closed
+// at once. When the total is reached, the cap is shared fairly: a newcomer
+// from an address holding fewer connections than the heaviest one is let
+// in, and the heaviest address's oldest connection is closed for it. So
+// many addresses each under their own cap (60 holding 12 slow connections
+// each) cannot keep a new honest client out; only an address already
+// holding as many as the heaviest is refused.
 func LimitListener(l net.Listener, perPeer, total int) net.Listener {
-	return &limitListener{Listener: l, perPeer: perPeer, total: total, open: map[string]int{}}
+	return &limitListener{Listener: l, perPeer: perPeer, total: total, open: map[string][]*limitConn{}}
 }
 
 type limitListener struct {
 	net.Listener
 	perPeer, total int
 	mu             sync.Mutex
-	open           map[string]int
+	open           map[string][]*limitConn // by address, oldest first
 	n              int
 }
 
@@ -235,37 +270,78 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		host := hostOf(c.RemoteAddr().String())
+		lc := &limitConn{Conn: c, l: l, host: host}
 		l.mu.Lock()
-		ok := (l.perPeer <= 0 || l.open[host] < l.perPeer) && (l.total <= 0 || l.n < l.total)
+		mine := len(l.open[host])
+		ok := l.perPeer <= 0 || mine < l.perPeer
+		var shed *limitConn
+		if ok && l.total > 0 && l.n >= l.total {
+			shed = l.heaviest()
+			if shed == nil || len(l.open[shed.host]) <= mine+1 {
+				ok, shed = false, nil // no one holds more than a newcomer would
+			} else {
+				l.forget(shed)
+			}
+		}
 		if ok {
-			l.open[host]++
+			l.open[host] = append(l.open[host], lc)
 			l.n++
 		}
 		l.mu.Unlock()
+		if shed != nil {
+			shed.Conn.Close()
+		}
 		if !ok {
 			c.Close()
 			continue
 		}
-		return &limitConn{Conn: c, l: l, host: host}, nil
+		return lc, nil
 	}
+}
+
+// heaviest is the oldest connection of the address holding the most.
+func (l *limitListener) heaviest() *limitConn {
+	var top []*limitConn
+	for _, cs := range l.open {
+		if len(cs) > len(top) {
+			top = cs
+		}
+	}
+	if len(top) == 0 {
+		return nil
+	}
+	return top[0]
+}
+
+// forget drops c from the counts, once.
+func (l *limitListener) forget(c *limitConn) {
+	if c.gone {
+		return
+	}
+	c.gone = true
+	cs := l.open[c.host]
+	if i := slices.Index(cs, c); i >= 0 {
+		cs = slices.Delete(cs, i, i+1)
+	}
+	if len(cs) == 0 {
+		delete(l.open, c.host)
+	} else {
+		l.open[c.host] = cs
+	}
+	l.n--
 }
 
 type limitConn struct {
 	net.Conn
 	l    *limitListener
 	host string
-	once sync.Once
+	gone bool // counted out; under l.mu
 }
 
 func (c *limitConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() {
-		c.l.mu.Lock()
-		if c.l.open[c.host]--; c.l.open[c.host] <= 0 {
-			delete(c.l.open, c.host)
-		}
-		c.l.n--
-		c.l.mu.Unlock()
-	})
+	c.l.mu.Lock()
+	c.l.forget(c)
+	c.l.mu.Unlock()
 	return err
 }

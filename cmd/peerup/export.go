@@ -21,7 +21,7 @@ func (a *app) newExportCmd() *cobra.Command {
 	var repoDir, sysroot, image string
 	var targets, trust []string
 	var version, from uint64
-	var asJSON bool
+	var asJSON, anyOwner bool
 	cmd := &cobra.Command{
 		Use:   "export (--repo REPO | --sysroot DIR) --to DIR [--to DIR]... [--from-version N] [--version M]",
 		Short: "Write a version onto USB sticks, for schools without a network link",
@@ -67,7 +67,7 @@ signatures checked before anything is written.`,
 			}
 			bars := newMultiBar(targets)
 			res, err := apply.Export(cmd.Context(), src, targets, apply.ExportOptions{
-				Image: image, Version: version, FromVersion: from, Trust: kr, Progress: bars.set, Log: a.log,
+				Image: image, Version: version, FromVersion: from, Trust: kr, Progress: bars.set, Log: a.log, AnyOwner: anyOwner,
 			})
 			bars.finish()
 			if res == nil {
@@ -121,6 +121,7 @@ signatures checked before anything is written.`,
 	f.Uint64Var(&from, "from-version", 0, "export only what a laptop at this version lacks (default: every object)")
 	f.StringSliceVar(&trust, "trust", nil, "check the signatures against this public key file first; repeat for several")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	f.BoolVar(&anyOwner, "any-owner", false, "write to a folder owned by another user (who could plant links in it while the export runs)")
 	cmd.MarkFlagRequired("to")
 	return cmd
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"runtime/debug"
@@ -234,7 +235,7 @@ func (p *pullFlags) register(cmd *cobra.Command) {
 
 // open readies a pull or update: the sysroot, the source and the options
 // from the flags. Call clear once the pull is over.
-func (p *pullFlags) open() (s *apply.Sysroot, src apply.Source, o apply.PullOptions, clear func(), err error) {
+func (p *pullFlags) open(log *slog.Logger) (s *apply.Sysroot, src apply.Source, o apply.PullOptions, clear func(), err error) {
 	kr, err := manifest.LoadKeyring(p.trust...)
 	if err != nil {
 		return nil, nil, o, nil, err
@@ -252,7 +253,7 @@ func (p *pullFlags) open() (s *apply.Sysroot, src apply.Source, o apply.PullOpti
 	mem := apply.MemoryMiB(c.MemoryMiB)
 	debug.SetMemoryLimit(mem.SoftLimit())
 	prog, clear := progress("fetching")
-	o = apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog, EncodingBudget: apply.EncodingBudgetMiB(*c.KeepEncodingsMiB), Memory: mem}
+	o = apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog, EncodingBudget: apply.EncodingBudgetMiB(*c.KeepEncodingsMiB), Memory: mem, Log: log}
 	return s, src, o, clear, nil
 }
 
@@ -284,7 +285,7 @@ it. Nothing changes unless everything checks out.
 		Example: "  peerup pull --sysroot /sysroot --trust /etc/peerup/fleet.pub --from http://school-server:7380/",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, src, o, clear, err := p.open()
+			s, src, o, clear, err := p.open(a.log)
 			if err != nil {
 				return err
 			}
@@ -369,7 +370,7 @@ func (a *app) newUpdateCmd() *cobra.Command {
 		Example: "  peerup update --sysroot /sysroot --trust /etc/peerup/fleet.pub --from http://school-server:7380/\n  peerup update --sysroot /sysroot --trust /etc/peerup/fleet.pub --from /media/stick",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, src, o, clear, err := p.open()
+			s, src, o, clear, err := p.open(a.log)
 			if err != nil {
 				return err
 			}

@@ -3,8 +3,11 @@ package fsutil
 import (
 	"errors"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -44,14 +47,17 @@ func Syncfs(path string) error {
 }
 
 // FsyncDir makes renames and links inside dir durable.
-func FsyncDir(dir string) error {
-	f, err := os.Open(dir)
+func FsyncDir(dir string) error { return syncOpened(dir, os.Open) }
+
+// syncOpened fsyncs what open returns for name.
+func syncOpened(name string, open func(string) (*os.File, error)) error {
+	f, err := open(name)
 	if err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
+		return fmt.Errorf("fsync %s: %w", name, err)
 	}
 	defer f.Close()
 	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
+		return fmt.Errorf("fsync %s: %w", name, err)
 	}
 	return nil
 }
@@ -99,3 +105,41 @@ func CommitFile(f *os.File, path string) error {
 	}
 	return FsyncDir(filepath.Dir(path))
 }
+
+// WriteAtomicIn is WriteAtomic for name inside root: every step resolves
+// beneath root (os.Root), so a symlink another user planted in a folder we
+// write into (a stick) leads nowhere outside it, and the rename replaces a
+// planted link at name rather than writing through it.
+func WriteAtomicIn(root *os.Root, name string, data []byte) error {
+	return CreateAtomicIn(root, name, func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	})
+}
+
+// CreateAtomicIn is WriteAtomicIn with the content streamed by fill.
+func CreateAtomicIn(root *os.Root, name string, fill func(w io.Writer) error) error {
+	tmp := filepath.Join(filepath.Dir(name), "."+filepath.Base(name)+".tmp-"+strconv.FormatInt(rand.Int64(), 36))
+	f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o644)
+	if err != nil {
+		return err
+	}
+	err = fill(f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = root.Rename(tmp, name)
+	}
+	if err != nil {
+		root.Remove(tmp)
+		return err
+	}
+	return FsyncDirIn(root, filepath.Dir(name))
+}
+
+// FsyncDirIn is FsyncDir for dir inside root.
+func FsyncDirIn(root *os.Root, dir string) error { return syncOpened(dir, root.Open) }
