@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -610,5 +611,37 @@ func TestAttackWorldWritableFileSharesNoInode(t *testing.T) {
 	got, err := os.ReadFile(filepath.Join(s.TreePath(2), "usr/sbin/maintain"))
 	if err != nil || string(got) != body {
 		t.Fatalf("the root-owned program in v2: %q, %v; want the signed bytes", got, err)
+	}
+}
+
+// TestBusyPeerIsAskedAgainAsItSays: the only source answers an object with
+// 503 and Retry-After: 3, then serves it; the server's own request log
+// shows the client came back no sooner than it was asked to.
+func TestBusyPeerIsAskedAgainAsItSays(t *testing.T) {
+	sc := newScene(t)
+	var mu sync.Mutex
+	var asked []time.Time
+	honest := sc.honest()
+	p := sc.peer()
+	p.On("/objects/", "", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		asked = append(asked, time.Now())
+		first := len(asked) == 1
+		mu.Unlock()
+		if first {
+			w.Header().Set("Retry-After", "3")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		honest.ServeHTTP(w, r)
+	}))
+	sc.completes(sc.client(p), apply.PullOptions{Parallel: 1})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(asked) < 2 {
+		t.Fatalf("the server was asked %d times", len(asked))
+	}
+	if gap := asked[1].Sub(asked[0]); gap < 2900*time.Millisecond {
+		t.Fatalf("the client came back after %v, was asked to wait 3 s", gap)
 	}
 }

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"peerup/apply"
@@ -241,4 +243,50 @@ func TestDeltasDiffGzipFilesAsText(t *testing.T) {
 		t.Fatal(err)
 	}
 	compareTrees(t, tree, filepath.Join(b.Dir(), "current")+"/")
+}
+
+// TestPullCountsEveryByteTheServerSends: what a pull reports received is
+// what the server sent, body byte for body byte (index, manifest delta,
+// signatures, packed delta index, encodings and objects).
+func TestPullCountsEveryByteTheServerSends(t *testing.T) {
+	f, _ := libraryReleases(t, 3, nil)
+	s := newSysroot(t)
+	f.update(s, 1)
+	var mu sync.Mutex
+	sent := map[string]int64{}
+	h := transfer.NewHandler(f.repo.Dir(), nil)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cw := &countingResponse{ResponseWriter: w}
+		h.ServeHTTP(cw, r)
+		mu.Lock()
+		sent[r.URL.Path] += cw.n
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	src, err := transfer.NewClient(srv.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Pull(context.Background(), src, apply.PullOptions{Version: 3, Trust: f.trust})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	for _, n := range sent {
+		total += n
+	}
+	if res.FetchedBytes != total || res.ManifestFrom != 1 {
+		t.Fatalf("the pull counted %d bytes (metadata %d, from v%d), the server sent %d: %v", res.FetchedBytes, res.MetadataBytes, res.ManifestFrom, total, sent)
+	}
+}
+
+type countingResponse struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingResponse) Write(b []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(b)
+	c.n += int64(n)
+	return n, err
 }

@@ -177,7 +177,8 @@ func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Bat
 }
 
 // busyRounds bounds how long a fetch waits while every source that has an
-// object is at its upload cap (about two seconds a round).
+// object is at its upload cap (each round waits as the peer asks, 2 s by
+// default, at most transfer.MaxRetryAfter).
 const busyRounds = 60
 
 // fetchNeed gets one object: from a neighbour whose pull already holds it
@@ -208,16 +209,17 @@ func (s *Sysroot) fetchNeed(ctx context.Context, peers *swarm, bd *board, mem *i
 		if !errors.Is(err, transfer.ErrBusy) || round >= busyRounds {
 			return "", 0, "", false, err
 		}
-		// Every source is at its upload cap: wait as they ask, or until a
-		// neighbour gains objects it could lend.
+		// Every source is at its upload cap: wait as the last one asked
+		// (Retry-After), or until a neighbour gains objects it could lend.
+		wait := transfer.RetryAfter(err)
 		if bd != nil {
-			bd.wait(ctx, 2*time.Second)
+			bd.wait(ctx, wait)
 			continue
 		}
 		select {
 		case <-ctx.Done():
 			return "", 0, "", false, context.Cause(ctx)
-		case <-time.After(2 * time.Second):
+		case <-time.After(wait):
 		}
 	}
 }
@@ -231,10 +233,10 @@ func (s *Sysroot) fromHelpers(ctx context.Context, bd *board, mem *inFlight, b *
 			break
 		}
 		if h, ok := bd.holder(enc.Digest); ok {
-			err := s.fetchEncoded(ctx, mem, h.src, b, n, enc)
+			wire, err := s.fetchEncoded(ctx, mem, h.src, b, n, enc)
 			bd.release(h, enc.Digest, err)
 			if err == nil {
-				return wireKind(enc.Kind), enc.Size, h.src.String(), true
+				return wireKind(enc.Kind), wire, h.src.String(), true
 			}
 			log.Debug("neighbour could not lend an encoding", "path", n.path, "peer", h.src, "err", err)
 		}
@@ -265,9 +267,9 @@ func wireKind(k diff.Kind) string {
 // ("patch" or "whole") and the bytes it took on the wire.
 func (s *Sysroot) fetchOne(ctx context.Context, mem *inFlight, src Source, b *blobstore.Batch, n *need, log *slog.Logger) (string, int64, error) {
 	for _, enc := range n.ways {
-		err := s.fetchEncoded(ctx, mem, src, b, n, enc)
+		wire, err := s.fetchEncoded(ctx, mem, src, b, n, enc)
 		if err == nil {
-			return wireKind(enc.Kind), enc.Size, nil
+			return wireKind(enc.Kind), wire, nil
 		}
 		if ctx.Err() != nil {
 			return "", 0, context.Cause(ctx)
@@ -287,33 +289,36 @@ func (s *Sysroot) fetchOne(ctx context.Context, mem *inFlight, src Source, b *bl
 // then decoded straight into the batch. Neither the base nor the output is
 // held in memory; DecodeTo reads the base and the encoding in place and
 // Put hashes the output as it stages it, discarding it unless it matches.
-func (s *Sysroot) fetchEncoded(ctx context.Context, mem *inFlight, src Source, b *blobstore.Batch, n *need, enc diff.Encoding) error {
+// It returns the bytes it fetched: none when the batch already held the
+// encoding (two small targets can share one).
+func (s *Sysroot) fetchEncoded(ctx context.Context, mem *inFlight, src Source, b *blobstore.Batch, n *need, enc diff.Encoding) (wire int64, err error) {
 	// The encoding is itself an object: fetched with its hash checked, and
 	// kept so this node can pass it on.
 	if !b.Has(enc.Digest) {
 		if err := s.fetchWithin(ctx, mem, wholeCost, func() error { return src.FetchObject(ctx, b, enc.Digest, enc.Size) }); err != nil {
-			return err
+			return 0, err
 		}
+		wire = enc.Size
 	}
 	ep, err := b.ObjectPath(enc.Digest)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	ef, er, err := openSection(ep)
 	if err != nil {
-		return fmt.Errorf("%s encoding %s: %w", enc.Kind, enc.Digest, err)
+		return 0, fmt.Errorf("%s encoding %s: %w", enc.Kind, enc.Digest, err)
 	}
 	defer ef.Close()
 	var base *io.SectionReader
 	if !enc.Base.IsZero() {
 		bf, err := s.repo.Open(enc.Base)
 		if err != nil {
-			return fmt.Errorf("%s encoding %s: base %s: %w", enc.Kind, enc.Digest, enc.Base, err)
+			return 0, fmt.Errorf("%s encoding %s: base %s: %w", enc.Kind, enc.Digest, enc.Base, err)
 		}
 		defer bf.Close()
 		fi, err := bf.Stat()
 		if err != nil {
-			return fmt.Errorf("%s encoding %s: base %s: %w", enc.Kind, enc.Digest, enc.Base, err)
+			return 0, fmt.Errorf("%s encoding %s: base %s: %w", enc.Kind, enc.Digest, enc.Base, err)
 		}
 		base = io.NewSectionReader(bf, 0, fi.Size())
 	}
@@ -327,9 +332,9 @@ func (s *Sysroot) fetchEncoded(ctx context.Context, mem *inFlight, src Source, b
 	}
 	err = s.fetchWithin(ctx, mem, cost, func() error { return decodeInto(ctx, s.decoder(), b, n, enc.Kind, base, er) })
 	if err != nil {
-		return fmt.Errorf("%s encoding %s: %w", enc.Kind, enc.Digest, err)
+		return 0, fmt.Errorf("%s encoding %s: %w", enc.Kind, enc.Digest, err)
 	}
-	return nil
+	return wire, nil
 }
 
 // decoder is the running pull's Decoder; a fetch outside Pull (a test

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,6 +28,47 @@ var (
 	// ErrBusy is a peer at its upload cap (503): no fault, ask another.
 	ErrBusy = errors.New("peer busy")
 )
+
+// BusyError is a peer at its upload cap or request rate (503, 429): no
+// fault. Wait is how long it asked the client to stay away (Retry-After,
+// capped), DefaultRetryAfter when it did not say.
+type BusyError struct {
+	URL, Status string
+	Wait        time.Duration
+}
+
+func (e *BusyError) Error() string {
+	return fmt.Sprintf("GET %s: %v (%s; retry after %s)", e.URL, ErrBusy, e.Status, e.Wait)
+}
+
+func (e *BusyError) Unwrap() error { return ErrBusy }
+
+// Retry-After bounds: what a peer may ask of a client that honours it.
+const (
+	DefaultRetryAfter = 2 * time.Second
+	MaxRetryAfter     = 30 * time.Second
+)
+
+// retryAfter reads a Retry-After header in seconds (an HTTP date is not
+// worth trusting a peer's clock for), capped.
+func retryAfter(h string) time.Duration {
+	n, err := strconv.Atoi(strings.TrimSpace(h))
+	if err != nil || n < 0 {
+		return DefaultRetryAfter
+	}
+	return min(time.Duration(n)*time.Second, MaxRetryAfter)
+}
+
+// RetryAfter is how long err, a failed fetch, says to wait before asking
+// again: the longest Retry-After among the busy peers it reports, or
+// DefaultRetryAfter.
+func RetryAfter(err error) time.Duration {
+	var b *BusyError
+	if errors.As(err, &b) {
+		return b.Wait
+	}
+	return DefaultRetryAfter
+}
 
 // Client fetches from one repo URL.
 type Client struct {
@@ -90,6 +132,16 @@ func DefaultHTTPClient() *http.Client {
 	}
 }
 
+// UpstreamHTTPClient is DefaultHTTPClient going through the proxy that
+// http_proxy, https_proxy and no_proxy name: for a repo URL an admin gave
+// (a mirror's upstream, `update --from`), which may be beyond a school's
+// proxy. Never for a peer found on the LAN: its traffic stays on the LAN.
+func UpstreamHTTPClient() *http.Client {
+	c := DefaultHTTPClient()
+	c.Transport.(*http.Transport).Proxy = http.ProxyFromEnvironment
+	return c
+}
+
 // String is the repo URL.
 func (c *Client) String() string { return c.base.String() }
 
@@ -140,7 +192,7 @@ func (c *Client) do(ctx context.Context, u *url.URL, offset int64) (*http.Respon
 		return nil, fmt.Errorf("GET %s: %w", u, ErrNotFound)
 	case http.StatusServiceUnavailable, http.StatusTooManyRequests:
 		resp.Body.Close()
-		return nil, fmt.Errorf("GET %s: %w (%s)", u, ErrBusy, resp.Status)
+		return nil, &BusyError{URL: u.String(), Status: resp.Status, Wait: retryAfter(resp.Header.Get("Retry-After"))}
 	}
 	if ce := resp.Header.Get("Content-Encoding"); (ce != "" && ce != "identity") || resp.Uncompressed {
 		resp.Body.Close()

@@ -255,3 +255,16 @@ func TestOneUploadPerObject(t *testing.T) {
 		})
 	}
 }
+
+// TestOnlyUpstreamClientsTakeTheProxy: the client for an admin-given
+// upstream follows http_proxy; the one every LAN peer is fetched with
+// (DefaultHTTPClient, the daemon's) has no proxy at all, so the school's
+// proxy never sees LAN traffic.
+func TestOnlyUpstreamClientsTakeTheProxy(t *testing.T) {
+	if DefaultHTTPClient().Transport.(*http.Transport).Proxy != nil {
+		t.Error("the LAN client has a proxy")
+	}
+	if UpstreamHTTPClient().Transport.(*http.Transport).Proxy == nil {
+		t.Error("the upstream client ignores http_proxy")
+	}
+}

@@ -25,7 +25,8 @@ laptop does: the signature by a trusted key, the version rules, expiry, and
 every object's hash. An expired version is passed over, and reported unless
 a newer one is mirrored after it. A version is listed in REPO only once all of it is in place,
 so a tampered or broken upstream leaves REPO at its last good state. With
---interval it repeats until stopped; otherwise it runs once.`,
+--interval it repeats until stopped; otherwise it runs once. The upstream is
+reached through the proxy http_proxy/https_proxy name (no_proxy excepted).`,
 		Example: "  peerup mirror --repo /srv/peerup --from https://updates.example.org/fleet/ --trust fleet.pub --interval 15m",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -37,7 +38,7 @@ so a tampered or broken upstream leaves REPO at its last good state. With
 			if err != nil {
 				return err
 			}
-			up, err := transfer.NewClient(from, nil)
+			up, err := transfer.NewClient(from, transfer.UpstreamHTTPClient())
 			if err != nil {
 				return err
 			}
