@@ -434,3 +434,20 @@ func TestSecondWriterIsRefused(t *testing.T) {
 		t.Fatalf("err = %v, want ErrBusy", err)
 	}
 }
+
+// TestTreesAreRootOnly: trees/ is 0700, and an older sysroot's 0755 is
+// tightened when it is opened, so a setuid program in previous or staged
+// is not runnable by a local user through the sysroot's path.
+func TestTreesAreRootOnly(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "trees"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := apply.Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, "trees"))
+	if err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("trees/: %v %v, want 0700", fi.Mode(), err)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -584,8 +585,7 @@ func TestAttackTamperedManifestDelta(t *testing.T) {
 // version carries the same bytes as a root-owned program. The shared
 // inode would hand the user's bytes to root: instead the writable file is
 // the tree's own copy, the store's object is untouched, and the program
-// comes out as signed. (The write is made as root here: it stands for any
-// writer mode 0666 lets in.)
+// comes out as signed. The user's write runs as nobody.
 func TestAttackWorldWritableFileSharesNoInode(t *testing.T) {
 	f := newFleet(t)
 	tree := t.TempDir()
@@ -602,8 +602,26 @@ func TestAttackWorldWritableFileSharesNoInode(t *testing.T) {
 	if st.Nlink != 1 || st.Mode&0o777 != 0o666 {
 		t.Fatalf("the 0666 file: mode %o with %d links, want its own inode", st.Mode&0o777, st.Nlink)
 	}
-	if err := os.WriteFile(shared, []byte("#!/bin/sh\necho the user's code, run as root\n"), 0o666); err != nil {
+	// The user writes it as nobody. On a booted laptop the file is at its
+	// own path under /; here trees/ (0700) is opened to others for the
+	// write, which then goes through the file's own mode.
+	evil := "#!/bin/sh\necho the user's code, run as root\n"
+	if setpriv, err := exec.LookPath("setpriv"); err == nil && os.Geteuid() == 0 {
+		trees := filepath.Dir(s.TreePath(1))
+		for d := filepath.Dir(trees); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+			os.Chmod(d, 0o755) // the test's own temporary folders
+		}
+		os.Chmod(trees, 0o711)
+		out, err := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", "printf '%s' \"$1\" > \"$2\"", "sh", evil, shared).CombinedOutput()
+		os.Chmod(trees, 0o700)
+		if err != nil {
+			t.Fatalf("the write as nobody: %v\n%s", err, out)
+		}
+	} else if err := os.WriteFile(shared, []byte(evil), 0o666); err != nil {
 		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(shared); string(b) != evil {
+		t.Fatalf("the user's write did not land: %q", b)
 	}
 	write(t, tree+"/usr/sbin/maintain", body, 0o755)
 	f.publish(tree, 2)
