@@ -78,7 +78,7 @@ type Config struct {
 	// NoDevices and NoSetuid refuse images with device nodes, or with
 	// setuid or setgid files, however validly signed (SPEC.md §17).
 	NoDevices bool `toml:"no-devices" usage:"refuse images holding device nodes, however validly signed"`
-	NoSetuid  bool `toml:"no-setuid" usage:"refuse images holding setuid or setgid files, however validly signed"`
+	NoSetuid  bool `toml:"no-setuid" usage:"refuse images holding setuid or setgid files or file capabilities, however validly signed"`
 }
 
 // Defaults is the value of every setting a config leaves unset.

@@ -283,10 +283,32 @@ func peersFromMsg(m *dns.Msg, from net.IP) []Peer {
 	return out
 }
 
+// CanBrowse reports why this node cannot listen for mDNS answers on iface
+// (nil: every multicast interface), as hashicorp/mdns's client would fail
+// to, or nil. A LAN with no route for 224.0.0.0/4 (an offline school) is
+// the usual cause.
+func CanBrowse(iface *net.Interface) error {
+	c, err := net.ListenMulticastUDP("udp4", iface, mdnsGroup)
+	if err != nil {
+		return fmt.Errorf("cannot listen for mDNS (%s) on %s: %w", mdnsGroup, ifaceName(iface), err)
+	}
+	c.Close()
+	return nil
+}
+
+func ifaceName(iface *net.Interface) string {
+	if iface == nil {
+		return "the default multicast interface"
+	}
+	return iface.Name
+}
+
 // Browse asks the link for peerup services with hashicorp/mdns, at start
-// and then at a widening interval, reporting each to found.
+// and then at a widening interval, reporting each to found. A failure to
+// listen is a warning, said again only when it changes.
 func Browse(ctx context.Context, iface *net.Interface, found func(Peer), log *slog.Logger) {
 	interval := 5 * time.Second
+	var said string
 	for {
 		entries := make(chan *mdns.ServiceEntry, 64) // the library drops results when the channel is full
 		done := make(chan struct{})
@@ -308,7 +330,13 @@ func Browse(ctx context.Context, iface *net.Interface, found func(Peer), log *sl
 		close(entries)
 		<-done
 		if err != nil && ctx.Err() == nil {
-			log.Debug("mdns browse", "err", err)
+			if err.Error() != said {
+				log.Warn("mdns browse: no peers will be found this way until it can listen", "iface", ifaceName(iface), "err", err)
+				said = err.Error()
+			}
+		} else if said != "" {
+			log.Info("mdns browse listening again", "iface", ifaceName(iface))
+			said = ""
 		}
 		select {
 		case <-ctx.Done():

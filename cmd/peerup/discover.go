@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -45,6 +46,18 @@ advertises nothing.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
+			var ifi *net.Interface
+			if iface != "" {
+				var err error
+				if ifi, err = net.InterfaceByName(iface); err != nil {
+					return fmt.Errorf("interface %q: %w", iface, err)
+				}
+			}
+			// Finding nothing because nothing could be heard is an error,
+			// not an empty LAN.
+			if err := discovery.CanBrowse(ifi); err != nil {
+				return err
+			}
 			s, err := discovery.Start(ctx, discovery.Config{Iface: iface, Image: image, NoMulticast: true, Log: a.log, Port: 0, Instance: ""})
 			if err != nil {
 				return err
