@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	"peerup/blobstore"
 	"peerup/diff"
 	"peerup/internal/fsutil"
@@ -77,8 +79,13 @@ func Open(dir string) (*Sysroot, error) {
 	if err := os.MkdirAll(trees, 0o700); err != nil {
 		return nil, fmt.Errorf("open sysroot: %w", err)
 	}
-	if err := os.Chmod(trees, 0o700); err != nil {
-		return nil, fmt.Errorf("open sysroot: %w", err)
+	// Only if needed, and not where trees/ is read-only to this process
+	// (peerup-mark-good.service may write /sysroot/peerup alone): the next
+	// writer tightens it.
+	if fi, err := os.Stat(trees); err == nil && fi.Mode().Perm() != 0o700 {
+		if err := os.Chmod(trees, 0o700); err != nil && !errors.Is(err, unix.EROFS) && !errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("open sysroot: %w", err)
+		}
 	}
 	repo, err := blobstore.OpenRepo(RepoDir(abs))
 	if err != nil {
