@@ -1,6 +1,7 @@
 package apply
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -17,14 +18,23 @@ import (
 // own mode, owner and mtime are set when the walk leaves it, so that a
 // read-only directory can still be filled and its mtime is not disturbed by
 // its children.
+//
+// The tree is built while the objects are still being fetched: a file
+// whose object is among those the pull fetches (later) is set aside, and
+// so is finishing every directory above it, until complete runs once the
+// objects are all there.
 type builder struct {
 	root     string
 	store    *blobstore.Store
 	batch    *blobstore.Batch
 	open     []*manifest.Entry // directories being filled, outermost first
+	waiting  []bool            // per open directory: a file below it is set aside
 	uid, gid uint32            // who we are: new entries already have this owner
 	local    string            // SYSROOT/local: the node's own versions of image files
 	policy   EntryPolicy
+	later    map[manifest.Digest]bool // objects still being fetched
+	files    []*manifest.Entry        // set aside, in manifest order
+	dirs     []*manifest.Entry        // left unfinished, innermost first
 }
 
 func (b *builder) path(rel string) string {
@@ -40,10 +50,13 @@ func (b *builder) closeDirsUntil(parent string) error {
 		if top.Path == parent {
 			return nil
 		}
-		if err := b.finishDir(top); err != nil {
+		if b.waiting[len(b.open)-1] {
+			b.dirs = append(b.dirs, top)
+		} else if err := b.finishDir(top); err != nil {
 			return err
 		}
 		b.open = b.open[:len(b.open)-1]
+		b.waiting = b.waiting[:len(b.open)]
 	}
 	return nil
 }
@@ -131,10 +144,17 @@ func (b *builder) add(e *manifest.Entry, from string) error {
 		}
 		if err == nil {
 			b.open = append(b.open, e)
+			b.waiting = append(b.waiting, false)
 		}
 	case manifest.TypeFile:
 		if from != "" {
 			err = copyFile(from, p, e)
+		} else if b.later[e.SHA256] {
+			b.files = append(b.files, e)
+			for i := range b.waiting {
+				b.waiting[i] = true
+			}
+			return nil
 		} else {
 			err = b.linkFile(p, e)
 		}
@@ -229,6 +249,32 @@ func copyFile(src, dst string, e *manifest.Entry) error {
 	return blobstore.CopyWithMeta(src, dst, blobstore.MetaOf(e))
 }
 
+// finish ends the walk: every directory is closed, or left for complete.
 func (b *builder) finish() error {
 	return b.closeDirsUntil("\x00") // a path no directory has: close them all
+}
+
+// complete builds what was set aside, once the pull holds every object:
+// the files, then their directories, innermost first. at is called before
+// each entry (the crash tests' points).
+func (b *builder) complete(ctx context.Context, at func(string)) error {
+	for _, e := range b.files {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		at(e.Path)
+		if err := b.linkFile(b.path(e.Path), e); err != nil {
+			return fmt.Errorf("build %s (%s): %w", short(e.Path), e.Type, shortErr(err))
+		}
+		if err := b.check(e); err != nil {
+			return err
+		}
+	}
+	for _, e := range b.dirs {
+		if err := b.finishDir(e); err != nil {
+			return err
+		}
+	}
+	b.files, b.dirs = nil, nil
+	return nil
 }

@@ -101,12 +101,7 @@ func (s *Sysroot) plan(b *blobstore.Batch, mf *blobstore.SignedFile, deltas *sig
 
 // fetchMissing fetches, in parallel, every object the node lacks, each the
 // cheapest way it can, falling back to the next way when one fails.
-func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Batch, mf *blobstore.SignedFile, deltas *signedDeltas, o PullOptions, res *PullResult) error {
-	mem := newInFlight(o.Memory)
-	needs, err := s.plan(b, mf, deltas, o.Policy, mem, res)
-	if err != nil {
-		return err
-	}
+func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Batch, needs []need, mem *inFlight, o PullOptions, res *PullResult) error {
 	var total, raw int64
 	for i := range needs {
 		total += needs[i].cost()
@@ -169,7 +164,7 @@ func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Bat
 			return nil
 		})
 	}
-	err = g.Wait()
+	err := g.Wait()
 	if cause := context.Cause(ctx); cause != nil {
 		return cause // the caller's own reason, not a worker's report of it
 	}

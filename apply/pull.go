@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"peerup/blobstore"
 	"peerup/diff"
 	"peerup/internal/fsutil"
@@ -193,12 +195,40 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 	if res.ResumedObjects, res.ResumedBytes, err = b.Salvage(ctx); err != nil {
 		return nil, err
 	}
-	if err := s.fetchMissing(ctx, src, b, mf, deltas, o, res); err != nil {
+	mem := newInFlight(o.Memory)
+	needs, err := s.plan(b, mf, deltas, o.Policy, mem, res)
+	if err != nil {
 		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
 	}
-	if res.EtcKept, err = s.stage(ctx, b, mf, h, deltas, o.Policy, st.Current); err != nil {
+	later := make(map[manifest.Digest]bool, len(needs))
+	for i := range needs {
+		later[needs[i].d] = true
+	}
+	// The tree is built while the objects are fetched: most of its files
+	// are already in the store, and linking them (with a mkdir per
+	// directory) costs as long as fetching the changed ones.
+	var t *newTree
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		var err error
+		t, err = s.buildTree(gctx, b, mf, h, o.Policy, st.Current, later)
+		return err
+	})
+	g.Go(func() error { return s.fetchMissing(gctx, src, b, needs, mem, o, res) })
+	err = g.Wait()
+	if t != nil {
+		defer removeTree(t.tmp) // no-op once renamed
+	}
+	if cause := context.Cause(ctx); cause != nil {
+		err = cause
+	}
+	if err != nil {
 		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
 	}
+	if err := s.stage(ctx, b, t, h, deltas, mf); err != nil {
+		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
+	}
+	res.EtcKept = t.kept
 	for _, p := range res.EtcKept {
 		o.logger().Info("kept the node's own /etc entry; the image's new version was not applied", "path", "/"+p, "version", v)
 	}
@@ -280,12 +310,20 @@ func (s *Sysroot) haveTree(ctx context.Context, image string, v uint64, mf *blob
 	return err == nil && merr == nil && od == md
 }
 
-// stage builds the tree under a temporary name, merging into its etc/ what
-// the node changed in the current tree's, makes it and the new objects
-// durable with the batch's one syncfs, renames it into place, records the
-// version in the node's repo and points the staged link at it. It returns
-// the etc/ paths where the node's version was kept over the image's change.
-func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mf *blobstore.SignedFile, h *manifest.Header, deltas *signedDeltas, pol EntryPolicy, current uint64) ([]string, error) {
+// newTree is a version's tree being built under a temporary name.
+type newTree struct {
+	tmp string
+	bld *builder
+	// kept lists the etc/ paths where the node's version was kept over the
+	// image's change.
+	kept []string
+}
+
+// buildTree builds the tree under a temporary name, merging into its etc/
+// what the node changed in the current tree's, except the files whose
+// objects are still being fetched (later) and their directories: stage
+// completes those. On error nothing of it is left.
+func (s *Sysroot) buildTree(ctx context.Context, b *blobstore.Batch, mf *blobstore.SignedFile, h *manifest.Header, pol EntryPolicy, current uint64, later map[manifest.Digest]bool) (t *newTree, err error) {
 	// What the node did to its /etc is read first, and only read: the
 	// current tree is never written.
 	merge, err := s.newEtcMerge(ctx, h.Image, current)
@@ -298,12 +336,16 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mf *blobstore.S
 	if err != nil {
 		return nil, fmt.Errorf("build tree: %w", err)
 	}
-	defer removeTree(tmp) // no-op once renamed
+	defer func() {
+		if err != nil {
+			removeTree(tmp)
+		}
+	}()
 	r, err := manifest.NewReader(mf.Reader())
 	if err != nil {
 		return nil, err
 	}
-	bld := &builder{root: tmp, store: s.repo.Store, batch: b, uid: uint32(os.Geteuid()), gid: uint32(os.Getegid()), local: s.LocalDir(), policy: pol}
+	bld := &builder{root: tmp, store: s.repo.Store, batch: b, uid: uint32(os.Geteuid()), gid: uint32(os.Getegid()), local: s.LocalDir(), policy: pol, later: later}
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -331,41 +373,53 @@ func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, mf *blobstore.S
 	if err := bld.finish(); err != nil {
 		return nil, err
 	}
+	return &newTree{tmp: tmp, bld: bld, kept: merge.kept}, nil
+}
+
+// stage completes the tree once every object is there, makes it and the
+// new objects durable with the batch's one syncfs, renames it into place,
+// records the version in the node's repo and points the staged link at it.
+func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, t *newTree, h *manifest.Header, deltas *signedDeltas, mf *blobstore.SignedFile) error {
+	if err := t.bld.complete(ctx, func(p string) { s.at("build " + p) }); err != nil {
+		return err
+	}
+	tmp := t.tmp
+	trees := filepath.Join(s.dir, treesDir)
 	s.at("add mount points")
 	if err := addMountPoints(tmp); err != nil {
-		return nil, fmt.Errorf("build tree: %w", err)
+		return fmt.Errorf("build tree: %w", err)
 	}
 	if err := b.Commit(); err != nil {
-		return nil, err
+		return err
 	}
 	final := s.TreePath(h.Version)
 	s.at("remove orphan tree")
 	if err := removeTree(final); err != nil { // an orphan from an interrupted pull
-		return nil, err
+		return err
 	}
 	s.at("rename tree")
 	if err := os.Rename(tmp, final); err != nil {
-		return nil, fmt.Errorf("build tree: %w", err)
+		return fmt.Errorf("build tree: %w", err)
 	}
 	if err := fsutil.FsyncDir(trees); err != nil {
-		return nil, err
+		return err
 	}
 	if deltas != nil {
 		// Kept so neighbours can plan from it too; it names encodings this
 		// node may not hold, and they fall back to others.
 		s.at("write delta index")
 		if err := s.repo.AddDeltas(h.Image, h.Version, deltas.file); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	s.at("add version")
 	if _, err := s.repo.AddVersion(h, mf); err != nil {
-		return nil, err
+		return err
 	}
 	if err := s.setLink(LinkStaged, h.Version); err != nil {
-		return nil, err
+		return err
 	}
-	return merge.kept, fsutil.FsyncDir(s.dir)
+	return fsutil.FsyncDir(s.dir)
 }
 
 // logger is the pull's log, or one that discards.

@@ -22,16 +22,29 @@ import (
 type sharing struct {
 	image string
 	v     uint64
-	b     *blobstore.Batch
+	b     *blobstore.Batch // nil once the pull is done
+	// fetched are the objects a finished pull fetched, now in the repo: a
+	// node that has the version goes on telling neighbours still pulling
+	// it, so they take the objects from it rather than wait for a seed
+	// that lends each object once.
+	fetched []manifest.Digest
 }
 
+// startSharing lends what the pull into b verifies; the function it
+// returns ends the pull's sharing, keeping the list of what it fetched if
+// it committed.
 func (s *Sysroot) startSharing(image string, v uint64, b *blobstore.Batch) func() {
 	s.shareMu.Lock()
-	s.share = &sharing{image, v, b}
+	s.share = &sharing{image: image, v: v, b: b}
 	s.shareMu.Unlock()
 	return func() {
+		var done *sharing
+		if b.Committed() {
+			ds, _ := b.Staged(0)
+			done = &sharing{image: image, v: v, fetched: ds}
+		}
 		s.shareMu.Lock()
-		s.share = nil
+		s.share = done
 		s.shareMu.Unlock()
 	}
 }
@@ -45,7 +58,7 @@ func (s *Sysroot) sharing() *sharing {
 // StagedObject returns the path of an object a running pull has verified
 // but not yet committed (transfer.Partial).
 func (s *Sysroot) StagedObject(d manifest.Digest) (string, bool) {
-	if sh := s.sharing(); sh != nil {
+	if sh := s.sharing(); sh != nil && sh.b != nil {
 		return sh.b.StagedPath(d)
 	}
 	return "", false
@@ -57,6 +70,10 @@ func (s *Sysroot) Have(image string, v uint64, from int) ([]manifest.Digest, int
 	sh := s.sharing()
 	if sh == nil || sh.image != image || sh.v != v {
 		return nil, 0, false
+	}
+	if sh.b == nil {
+		from = min(max(from, 0), len(sh.fetched))
+		return append([]manifest.Digest(nil), sh.fetched[from:]...), len(sh.fetched), true
 	}
 	ds, total := sh.b.Staged(from)
 	return ds, total, true

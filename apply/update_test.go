@@ -99,3 +99,56 @@ func TestBuildsAPathAtTheFormatLimit(t *testing.T) {
 		t.Fatalf("verify: %v %v", probs, err)
 	}
 }
+
+// TestTreeBuiltWhileFetchingComesOutAsSigned: the tree is built while the
+// changed files are still being fetched, and those files (and every
+// directory above them) are finished afterwards. Wherever a changed file
+// sits — a read-only directory, a deep one, beside unchanged files, under
+// etc/ — the new tree is what was signed, and verify finds it clean.
+func TestTreeBuiltWhileFetchingComesOutAsSigned(t *testing.T) {
+	f := newFleet(t)
+	tree := makeTree(t, "VERSION=1\n")
+	changed := []struct {
+		path string
+		dir  os.FileMode // the mode of the file's directory
+	}{
+		{"usr/lib/ro/libro.so", 0o555},
+		{"usr/share/doc/a/b/c/deep.txt", 0o755},
+		{"usr/share/private/key", 0o700},
+		{"etc/app/app.conf", 0o750},
+		{"top-level-file", 0o755},
+	}
+	publish := func(v int) {
+		for _, c := range changed {
+			p := filepath.Join(tree, c.path)
+			os.Chmod(filepath.Dir(p), 0o755)
+			write(t, p, fmt.Sprintf("%s at version %d\n%s", c.path, v, strings.Repeat("x", 100*v)), 0o644)
+			write(t, p+".same", "unchanged beside it\n", 0o644)
+		}
+		for _, c := range changed {
+			if c.path != "top-level-file" {
+				os.Chmod(filepath.Dir(filepath.Join(tree, c.path)), c.dir)
+			}
+		}
+		f.publish(tree, uint64(v))
+	}
+	s := newSysroot(t)
+	for v := 1; v <= 3; v++ {
+		publish(v)
+		f.update(s, uint64(v))
+		cur := filepath.Join(s.Dir(), "current") + "/"
+		compareTrees(t, tree, cur)
+		// A directory finished before its last file went in would carry
+		// that moment as its mtime.
+		filepath.Walk(cur, func(p string, fi os.FileInfo, err error) error {
+			if err == nil && fi.IsDir() && fi.ModTime().Unix() != 0 {
+				t.Errorf("v%d: %s has mtime %v, want the fixed epoch", v, p, fi.ModTime())
+			}
+			return nil
+		})
+		probs, err := s.Verify(context.Background())
+		if err != nil || len(probs) != 0 {
+			t.Fatalf("v%d: verify = %v, %v", v, probs, err)
+		}
+	}
+}

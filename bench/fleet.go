@@ -15,6 +15,7 @@ import (
 
 	"peerup/apply"
 	"peerup/blobstore"
+	"peerup/diff"
 	"peerup/internal/testlan"
 	"peerup/transfer"
 )
@@ -193,7 +194,12 @@ func fleetScenario(ctx context.Context, r *testlan.Runner, bin, dir string, lapt
 		recv0[i] = lan.Received(i + 2)
 	}
 	t0 := time.Now()
-	if _, err := f.repo.Publish(ctx, tree, blobstore.PublishOptions{Image: "fleet", Version: 2, Signer: f.signer}); err != nil {
+	// As `peerup publish` does it: encodings against v1 and the manifest
+	// delta are made before v2 is listed.
+	if _, err := diff.Publish(ctx, f.repo, tree, diff.PublishOptions{
+		PublishOptions: blobstore.PublishOptions{Image: "fleet", Version: 2, Signer: f.signer},
+		Deltas:         &diff.GenerateOptions{},
+	}); err != nil {
 		return fig, err
 	}
 	// The laptops update by themselves; a benchmark may poll their

@@ -148,9 +148,10 @@ type Batch struct {
 	objects map[Digest]bool // staged objects
 	order   []Digest        // staged objects in the order they arrived
 	// Fault, if set, is called before each rename of Commit (crash tests).
-	Fault func(point string)
-	files map[Digest]bool // staged files
-	done  bool
+	Fault     func(point string)
+	files     map[Digest]bool // staged files
+	done      bool
+	committed bool
 }
 
 // Begin starts a batch.
@@ -503,9 +504,16 @@ func (b *Batch) Commit() error {
 			return err
 		}
 	}
-	b.done = true
+	b.done, b.committed = true, true
 	os.RemoveAll(b.dir)
 	return nil
+}
+
+// Committed reports whether Commit succeeded.
+func (b *Batch) Committed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.committed
 }
 
 // Abort drops everything staged. It is safe to call after Commit.

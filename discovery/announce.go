@@ -108,27 +108,39 @@ func announceSchedule() []time.Duration {
 	return []time.Duration{0, time.Second, 3 * time.Second, 10 * time.Second}
 }
 
-// Announce sends a on the group of (image, from) from iface, on the
-// schedule, until done or ctx ends. It returns once the first datagram is
+// Announce sends a on the group of (image, from) on every link, on the
+// schedule, until done or ctx ends. It returns once the first datagrams are
 // sent; the repeats go on in the background.
-func Announce(ctx context.Context, iface *net.Interface, from uint64, a Announcement, log *slog.Logger) error {
+func Announce(ctx context.Context, links []link, from uint64, a Announcement, log *slog.Logger) error {
+	if len(links) == 0 {
+		return errors.New("announce: no interface to announce on")
+	}
 	c, err := net.ListenPacket("udp4", ":0")
 	if err != nil {
 		return fmt.Errorf("announce: %w", err)
 	}
 	p := ipv4.NewPacketConn(c)
-	if iface != nil {
-		if err := p.SetMulticastInterface(iface); err != nil {
-			c.Close()
-			return fmt.Errorf("announce on %s: %w", iface.Name, err)
-		}
-	}
 	p.SetMulticastTTL(1) // link-local reach: a school LAN, not the district
 	dst := &net.UDPAddr{IP: Group(a.Image, from), Port: AnnouncePort}
 	msg := a.Marshal()
-	if _, err := c.WriteTo(msg, dst); err != nil {
+	send := func() error {
+		var sent int
+		var err error
+		for _, l := range links {
+			if _, e := p.WriteTo(msg, &ipv4.ControlMessage{IfIndex: l.ifi.Index}, dst); e != nil {
+				err = fmt.Errorf("announce to %s on %s: %w", dst, l.ifi.Name, e)
+				continue
+			}
+			sent++
+		}
+		if sent > 0 {
+			return nil
+		}
+		return err
+	}
+	if err := send(); err != nil {
 		c.Close()
-		return fmt.Errorf("announce to %s: %w", dst, err)
+		return err
 	}
 	go func() {
 		defer c.Close()
@@ -140,7 +152,7 @@ func Announce(ctx context.Context, iface *net.Interface, from uint64, a Announce
 			case <-time.After(at - prev):
 			}
 			prev = at
-			if _, err := c.WriteTo(msg, dst); err != nil {
+			if err := send(); err != nil {
 				log.Debug("announce repeat", "err", err)
 			}
 		}
@@ -148,33 +160,33 @@ func Announce(ctx context.Context, iface *net.Interface, from uint64, a Announce
 	return nil
 }
 
-// Listener receives announcements on the group of the node's own version.
+// Listener receives announcements on the group of the node's own version,
+// on every link.
 type Listener struct {
-	iface *net.Interface
-	conn  *ipv4.PacketConn
-	raw   net.PacketConn
-	log   *slog.Logger
+	conn *ipv4.PacketConn
+	raw  net.PacketConn
+	log  *slog.Logger
 
-	mu    sync.Mutex
-	image string
-	group net.IP
+	mu     sync.Mutex
+	image  string
+	group  net.IP
+	links  map[int]link
+	failed map[string]string
 }
 
-// Listen joins the group of (image, v) on iface. Its Find reports the
-// announcements heard there; the socket closes when ctx ends.
-func Listen(ctx context.Context, iface *net.Interface, image string, v uint64, log *slog.Logger) (*Listener, error) {
+// Listen binds the announcement port for the group of (image, v); Sync
+// joins it on the links. Its Find reports the announcements heard; the
+// socket closes when ctx ends.
+func Listen(ctx context.Context, image string, v uint64, log *slog.Logger) (*Listener, error) {
 	lc := net.ListenConfig{Control: reuseAddr}
 	c, err := lc.ListenPacket(ctx, "udp4", ":"+strconv.Itoa(AnnouncePort))
 	if err != nil {
 		return nil, fmt.Errorf("listen for announcements: %w", err)
 	}
-	l := &Listener{iface: iface, raw: c, conn: ipv4.NewPacketConn(c), log: log, image: image}
+	l := &Listener{raw: c, conn: ipv4.NewPacketConn(c), log: log, image: image, group: Group(image, v),
+		links: map[int]link{}, failed: map[string]string{}}
 	if err := l.conn.SetControlMessage(ipv4.FlagDst, true); err != nil {
 		log.Debug("no destination control messages", "err", err)
-	}
-	if err := l.Rejoin(v); err != nil {
-		c.Close()
-		return nil, err
 	}
 	go func() {
 		<-ctx.Done()
@@ -183,19 +195,29 @@ func Listen(ctx context.Context, iface *net.Interface, image string, v uint64, l
 	return l, nil
 }
 
-// Rejoin moves the listener to the group of the node's new version.
+// Sync joins the group on new or changed links and leaves those gone.
+func (l *Listener) Sync(links []link) []link {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return syncGroups(l.conn, []net.IP{l.group}, l.links, l.failed, links, "multicast announcements", l.log)
+}
+
+// Rejoin moves the listener to the group of the node's new version on
+// every link.
 func (l *Listener) Rejoin(v uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	g := Group(l.image, v)
-	if l.group != nil {
-		l.conn.LeaveGroup(l.iface, &net.UDPAddr{IP: l.group})
-	}
-	if err := l.conn.JoinGroup(l.iface, &net.UDPAddr{IP: g}); err != nil {
-		return fmt.Errorf("join %s: %w", g, err)
+	var err error
+	for _, k := range l.links {
+		ifi := k.ifi
+		l.conn.LeaveGroup(&ifi, &net.UDPAddr{IP: l.group})
+		if e := l.conn.JoinGroup(&ifi, &net.UDPAddr{IP: g}); e != nil && err == nil {
+			err = fmt.Errorf("join %s on %s: %w", g, ifi.Name, e)
+		}
 	}
 	l.group = g
-	return nil
+	return err
 }
 
 // Find reports announcements of image on the node's group until the socket

@@ -67,29 +67,6 @@ func buildPeerup(t *testing.T) string {
 	return bin
 }
 
-// avahiScript runs a private dbus-daemon and avahi-daemon in a mount
-// namespace of node's network namespace, then cmd.
-func avahiScript(dir, iface, services, cmd string) string {
-	conf := filepath.Join(dir, "avahi.conf")
-	os.WriteFile(conf, []byte(`[server]
-use-ipv6=no
-allow-interfaces=`+iface+`
-host-name=avahi-`+iface+`
-enable-dbus=yes
-[wide-area]
-enable-wide-area=no
-[publish]
-publish-hinfo=no
-publish-workstation=no
-`), 0o644)
-	bind := ""
-	if services != "" {
-		bind = "mount --bind " + services + " /etc/avahi/services; "
-	}
-	return "mount -t tmpfs none /run; mkdir -p /run/dbus /run/avahi-daemon; " + bind +
-		"dbus-daemon --system --fork; avahi-daemon -f " + conf + " --no-drop-root --no-chroot -D; " + cmd
-}
-
 // TestAvahiSeesOurAdvert: avahi-browse, in another node, lists the daemon's
 // service with the right TXT.
 func TestAvahiSeesOurAdvert(t *testing.T) {
@@ -107,7 +84,7 @@ func TestAvahiSeesOurAdvert(t *testing.T) {
 	// avahi-browse resolves what it finds; our responder answers its
 	// queries by multicast from port 5353, as Avahi requires. Browse until
 	// our service shows up, within avahi-browse's own -t rounds.
-	script := avahiScript(t.TempDir(), "e2", "", `for i in 1 2 3 4 5 6 7 8 9 10; do avahi-browse -rtp _peerup._tcp | grep '^=' && exit 0; done; exit 1`)
+	script := testlan.AvahiScript(t.TempDir(), "e2", "", `for i in 1 2 3 4 5 6 7 8 9 10; do avahi-browse -rtp _peerup._tcp | grep '^=' && exit 0; done; exit 1`)
 	out, err := lan.Command(2, "unshare", "-m", "sh", "-c", script).CombinedOutput()
 	if err != nil {
 		t.Fatalf("avahi-browse did not list our service: %v\n%s", err, out)
@@ -140,7 +117,7 @@ func TestWeFindAvahiPublishedPeer(t *testing.T) {
   </service>
 </service-group>
 `), 0o644)
-	script := avahiScript(t.TempDir(), "e2", services, "echo ready; exec sleep 600")
+	script := testlan.AvahiScript(t.TempDir(), "e2", services, "echo ready; exec sleep 600")
 	av := lan.Command(2, "unshare", "-m", "sh", "-c", script)
 	out, _ := av.StdoutPipe()
 	av.Stderr = os.Stderr

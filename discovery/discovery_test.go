@@ -102,12 +102,10 @@ func FuzzParseTXT(f *testing.F) {
 // TestPeersFromResponses reads a response as another responder (or Avahi)
 // would send it, and ignores goodbyes and foreign services.
 func TestPeersFromResponses(t *testing.T) {
-	r := &Responder{instance: "laptop-7", host: "laptop-7", port: 7380, ips: []net.IP{net.IPv4(10, 99, 1, 7)}}
-	if err := r.setAdvert(Advert{Image: "school-laptop", Version: 5}); err != nil {
-		t.Fatal(err)
-	}
+	r := &Responder{instance: "laptop-7", host: "laptop-7", port: 7380, txt: Advert{Image: "school-laptop", Version: 5}.TXT(),
+		links: map[int]link{1: {ifi: net.Interface{Index: 1, Name: "e1"}, addrs: []net.IP{net.IPv4(10, 99, 1, 7)}}}}
 	m := &dns.Msg{MsgHdr: dns.MsgHdr{Response: true}}
-	m.Answer = r.records(r.serviceQuestion(), 120, true)
+	m.Answer = r.records(1, serviceQuestion(), 120, true)
 	b, _ := m.Pack()
 	var back dns.Msg
 	back.Unpack(b)

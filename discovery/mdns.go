@@ -3,8 +3,6 @@ package discovery
 import (
 	"context"
 	"fmt"
-	"io"
-	stdlog "log"
 	"log/slog"
 	"net"
 	"strings"
@@ -21,83 +19,156 @@ var mdnsGroup = &net.UDPAddr{IP: net.IPv4(224, 0, 0, 251), Port: 5353}
 // Responder answers mDNS queries for the node's service by multicast, sends
 // unsolicited announcements when it starts or its version changes, and a
 // goodbye when it stops. It also hands every mDNS response it hears on the
-// link to the browser, so a peer's announcement is seen at once.
+// link to the browser, so a peer's announcement is seen at once, and asks
+// for peers itself (Query).
+//
+// One socket on port 5353 joins the mDNS group on each link (Sync) and
+// sends on each by index: no route is needed, and each link is told the
+// addresses the node has there, so a seed on two LANs is reachable from
+// both.
 type Responder struct {
-	iface    *net.Interface
-	raw      net.PacketConn
-	conn     *ipv4.PacketConn
-	instance string
-	host     string
-	port     int
-	ips      []net.IP
-	log      *slog.Logger
-	heard    func(*dns.Msg, net.IP)
+	raw  net.PacketConn
+	conn *ipv4.PacketConn
+	base string // the instance name before any conflict suffix
+	host string // the host label, unique per node
+	port int
+	log  *slog.Logger
+	// heard, if set, gets every mDNS response heard on a link.
+	heard func(*dns.Msg, net.IP)
 
-	mu   sync.Mutex
-	zone *mdns.MDNSService
+	mu       sync.Mutex
+	instance string
+	renames  int
+	txt      []string // nil: nothing advertised yet
+	links    map[int]link
+	failed   map[string]string // interface name: the join error last warned about
+	probing  bool
 }
 
 // ResponderConfig describes the advert.
 type ResponderConfig struct {
-	Iface    *net.Interface // nil: every multicast interface
-	Instance string         // unique per node, e.g. the host name
-	Host     string         // host name, without .local
-	Port     int
-	IPs      []net.IP // addresses to advertise (IPv4)
+	Instance string // DNS-SD instance name; made unique on conflict
+	Host     string // host label, without .local; unique per node
+	Port     int    // 0: advertise nothing (peerup discover)
 	Advert   Advert
 	Log      *slog.Logger
 	// Heard, if set, gets every mDNS response heard on the link.
 	Heard func(m *dns.Msg, from net.IP)
 }
 
-// NewResponder binds port 5353 (shared with other responders) and starts
-// answering. Call Announce to announce, Close to say goodbye.
+// NewResponder binds port 5353 (shared with other responders). Sync then
+// joins the links; Announce announces, Close says goodbye.
 func NewResponder(ctx context.Context, c ResponderConfig) (*Responder, error) {
 	lc := net.ListenConfig{Control: reuseAddr}
 	raw, err := lc.ListenPacket(ctx, "udp4", ":5353")
 	if err != nil {
 		return nil, fmt.Errorf("mdns: %w", err)
 	}
-	r := &Responder{iface: c.Iface, raw: raw, conn: ipv4.NewPacketConn(raw), instance: c.Instance,
-		host: c.Host, port: c.Port, ips: c.IPs, log: c.Log, heard: c.Heard}
-	if err := r.conn.JoinGroup(c.Iface, mdnsGroup); err != nil {
-		raw.Close()
-		return nil, fmt.Errorf("mdns: join %s: %w", mdnsGroup.IP, err)
+	log := c.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	if c.Iface != nil {
-		if err := r.conn.SetMulticastInterface(c.Iface); err != nil {
-			raw.Close()
-			return nil, fmt.Errorf("mdns: %w", err)
-		}
+	r := &Responder{raw: raw, conn: ipv4.NewPacketConn(raw), base: c.Instance, instance: c.Instance,
+		host: c.Host, port: c.Port, log: log, heard: c.Heard, links: map[int]link{}, failed: map[string]string{}}
+	if err := r.conn.SetControlMessage(ipv4.FlagInterface, true); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("mdns: %w", err)
 	}
 	r.conn.SetMulticastTTL(255) // RFC 6762 §11
-	if c.Port != 0 {            // port 0: listen only (peerup discover)
-		if err := r.setAdvert(c.Advert); err != nil {
-			raw.Close()
-			return nil, err
-		}
+	r.conn.SetMulticastLoopback(true)
+	if c.Port != 0 {
+		r.txt = c.Advert.TXT()
 	}
 	go r.serve()
 	return r, nil
 }
 
-func (r *Responder) setAdvert(a Advert) error {
-	zone, err := mdns.NewMDNSService(r.instance, ServiceType, "local.", r.host+".local.", r.port, r.ips, a.TXT())
-	if err != nil {
-		return fmt.Errorf("mdns: %w", err)
-	}
+// Sync joins the mDNS group on links the responder is not on yet, or whose
+// addresses changed, and leaves those gone. It returns the links joined
+// now, where the caller announces and asks again; a link it cannot join is
+// a warning, said once until it changes.
+func (r *Responder) Sync(links []link) []link {
 	r.mu.Lock()
-	r.zone = zone
-	r.mu.Unlock()
-	return nil
+	defer r.mu.Unlock()
+	return syncGroups(r.conn, []net.IP{mdnsGroup.IP}, r.links, r.failed, links, "mdns", r.log)
 }
 
-// records returns the zone's answer to q, with the cache-flush bit on the
-// records only this node owns (RFC 6762 §10.2).
-func (r *Responder) records(q dns.Question, ttl uint32, flush bool) []dns.RR {
+// syncGroups is Sync for any socket and its groups.
+func syncGroups(conn *ipv4.PacketConn, groups []net.IP, joined map[int]link, failed map[string]string, links []link, what string, log *slog.Logger) []link {
+	now := map[int]bool{}
+	var fresh []link
+	for _, l := range links {
+		now[l.ifi.Index] = true
+		old, ok := joined[l.ifi.Index]
+		if ok && old.state() == l.state() {
+			continue
+		}
+		ifi := l.ifi
+		var err error
+		for _, g := range groups {
+			// After the interface went down and up the kernel may hold the
+			// old membership or none: leave, then join afresh.
+			conn.LeaveGroup(&ifi, &net.UDPAddr{IP: g})
+			if e := conn.JoinGroup(&ifi, &net.UDPAddr{IP: g}); e != nil && err == nil {
+				err = fmt.Errorf("join %s: %w", g, e)
+			}
+		}
+		if err != nil {
+			if failed[ifi.Name] != err.Error() {
+				log.Warn(what+": cannot listen on this interface; no peers will be heard there until it can", "iface", ifi.Name, "err", err)
+				failed[ifi.Name] = err.Error()
+			}
+			delete(joined, ifi.Index)
+			continue
+		}
+		if failed[ifi.Name] != "" {
+			log.Info(what+": listening again", "iface", ifi.Name)
+			delete(failed, ifi.Name)
+		}
+		joined[ifi.Index] = l
+		fresh = append(fresh, l)
+	}
+	for idx, l := range joined {
+		if !now[idx] {
+			ifi := l.ifi
+			for _, g := range groups {
+				conn.LeaveGroup(&ifi, &net.UDPAddr{IP: g})
+			}
+			delete(joined, idx)
+		}
+	}
+	return fresh
+}
+
+// Links is how many links the responder listens on.
+func (r *Responder) Links() int {
 	r.mu.Lock()
-	zone := r.zone
+	defer r.mu.Unlock()
+	return len(r.links)
+}
+
+// zone is the advert as it is on the link with index ifindex: the
+// addresses the node has there. Nil when nothing is advertised.
+func (r *Responder) zone(ifindex int) *mdns.MDNSService {
+	r.mu.Lock()
+	l, ok := r.links[ifindex]
+	txt, inst := r.txt, r.instance
 	r.mu.Unlock()
+	if !ok || txt == nil {
+		return nil
+	}
+	zone, err := mdns.NewMDNSService(inst, ServiceType, "local.", r.host+".local.", r.port, l.addrs, txt)
+	if err != nil {
+		r.log.Debug("mdns zone", "err", err)
+		return nil
+	}
+	return zone
+}
+
+// records returns the zone's answer to q on a link, with the cache-flush
+// bit on the records only this node owns (RFC 6762 §10.2).
+func (r *Responder) records(ifindex int, q dns.Question, ttl uint32, flush bool) []dns.RR {
+	zone := r.zone(ifindex)
 	if zone == nil {
 		return nil
 	}
@@ -115,29 +186,61 @@ func (r *Responder) records(q dns.Question, ttl uint32, flush bool) []dns.RR {
 	return out
 }
 
-func (r *Responder) serviceQuestion() dns.Question {
+func serviceQuestion() dns.Question {
 	return dns.Question{Name: ServiceType + ".local.", Qtype: dns.TypePTR, Qclass: dns.ClassINET}
 }
 
+// indexes lists the links joined, or only ifindex when it is not 0.
+func (r *Responder) indexes(ifindex int) []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []int
+	for idx := range r.links {
+		if ifindex == 0 || idx == ifindex {
+			out = append(out, idx)
+		}
+	}
+	return out
+}
+
 // Announce multicasts the full advert, unasked, a few times (RFC 6762
-// §8.3), so that browsers and caches such as Avahi's learn of it, or of its
-// new version, at once.
+// §8.3) on every link, so that browsers and caches such as Avahi's learn of
+// it, or of its new version, at once.
 func (r *Responder) Announce(ctx context.Context, a Advert) error {
 	if r.port == 0 {
 		return nil
 	}
-	if err := r.setAdvert(a); err != nil {
-		return err
+	r.mu.Lock()
+	r.txt = a.TXT()
+	r.mu.Unlock()
+	return r.AnnounceOn(ctx, 0)
+}
+
+// AnnounceOn announces on the link with index ifindex (0: every link),
+// first probing for the instance name (RFC 6762 §8.1): a node that hears
+// its name claimed by another takes the next one, "name (2)".
+func (r *Responder) AnnounceOn(ctx context.Context, ifindex int) error {
+	if r.port == 0 {
+		return nil
 	}
 	send := func() error {
-		m := &dns.Msg{MsgHdr: dns.MsgHdr{Response: true, Authoritative: true}}
-		m.Answer = r.records(r.serviceQuestion(), 120, true)
-		return r.send(m, mdnsGroup)
-	}
-	if err := send(); err != nil {
+		var err error
+		for _, idx := range r.indexes(ifindex) {
+			m := &dns.Msg{MsgHdr: dns.MsgHdr{Response: true, Authoritative: true}}
+			m.Answer = r.records(idx, serviceQuestion(), 120, true)
+			if e := r.send(m, mdnsGroup, idx); e != nil && err == nil {
+				err = e
+			}
+		}
 		return err
 	}
 	go func() {
+		if !r.probe(ctx, ifindex) {
+			return
+		}
+		if err := send(); err != nil {
+			r.log.Debug("mdns announce", "err", err)
+		}
 		for _, d := range []time.Duration{time.Second, 2 * time.Second} {
 			select {
 			case <-ctx.Done():
@@ -152,40 +255,83 @@ func (r *Responder) Announce(ctx context.Context, a Advert) error {
 	return nil
 }
 
-func (r *Responder) send(m *dns.Msg, to *net.UDPAddr) error {
+// probe asks three times, 250 ms apart, whether another node answers for
+// the instance name; a conflict heard meanwhile (serve) renames this node.
+// It reports false when ctx ended.
+func (r *Responder) probe(ctx context.Context, ifindex int) bool {
+	r.mu.Lock()
+	r.probing = true
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.probing = false
+		r.mu.Unlock()
+	}()
+	for range 3 {
+		r.mu.Lock()
+		name := r.instance + "." + ServiceType + ".local."
+		r.mu.Unlock()
+		q := &dns.Msg{}
+		q.Question = []dns.Question{{Name: name, Qtype: dns.TypeANY, Qclass: dns.ClassINET}}
+		for _, idx := range r.indexes(ifindex) {
+			r.send(q, mdnsGroup, idx)
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+	return true
+}
+
+// Query asks for every peerup service on the link with index ifindex (0:
+// every link). Answers come by multicast, to serve.
+func (r *Responder) Query(ifindex int) {
+	q := &dns.Msg{}
+	q.Question = []dns.Question{serviceQuestion()}
+	for _, idx := range r.indexes(ifindex) {
+		if err := r.send(q, mdnsGroup, idx); err != nil {
+			r.log.Debug("mdns query", "err", err)
+		}
+	}
+}
+
+func (r *Responder) send(m *dns.Msg, to *net.UDPAddr, ifindex int) error {
 	b, err := m.Pack()
 	if err != nil {
 		return fmt.Errorf("mdns: pack: %w", err)
 	}
-	if _, err := r.conn.WriteTo(b, nil, to); err != nil {
+	if _, err := r.conn.WriteTo(b, &ipv4.ControlMessage{IfIndex: ifindex}, to); err != nil {
 		return fmt.Errorf("mdns: send to %s: %w", to, err)
 	}
 	return nil
 }
 
-// Close sends a goodbye (TTL 0) and stops answering.
+// Close sends a goodbye (TTL 0) on every link and stops answering.
 func (r *Responder) Close() error {
-	if r.port == 0 {
-		return r.raw.Close()
+	if r.port != 0 {
+		for _, idx := range r.indexes(0) {
+			m := &dns.Msg{MsgHdr: dns.MsgHdr{Response: true, Authoritative: true}}
+			m.Answer = r.records(idx, serviceQuestion(), 0, false)
+			for _, rr := range m.Answer {
+				rr.Header().Ttl = 0
+			}
+			r.send(m, mdnsGroup, idx)
+		}
 	}
-	m := &dns.Msg{MsgHdr: dns.MsgHdr{Response: true, Authoritative: true}}
-	m.Answer = r.records(r.serviceQuestion(), 0, false)
-	for _, rr := range m.Answer {
-		rr.Header().Ttl = 0
-	}
-	r.send(m, mdnsGroup)
 	return r.raw.Close()
 }
 
 func (r *Responder) serve() {
 	buf := make([]byte, 9000)
 	for {
-		n, _, src, err := r.conn.ReadFrom(buf)
+		n, cm, src, err := r.conn.ReadFrom(buf)
 		if err != nil {
 			return
 		}
 		udp, ok := src.(*net.UDPAddr)
-		if !ok {
+		if !ok || cm == nil {
 			continue
 		}
 		var m dns.Msg
@@ -193,20 +339,60 @@ func (r *Responder) serve() {
 			continue
 		}
 		if m.Response {
+			r.checkConflict(&m, cm.IfIndex)
 			if r.heard != nil {
 				r.heard(&m, udp.IP)
 			}
 			continue
 		}
-		r.answer(&m, udp)
+		r.answer(&m, udp, cm.IfIndex)
 	}
 }
 
-// answer replies to a query: by multicast from port 5353 to a querier on
-// port 5353 (other responders' caches learn too), and by unicast with the
-// query's id and question to a one-shot querier on another port, such as
-// hashicorp/mdns's own client (RFC 6762 §6.7).
-func (r *Responder) answer(q *dns.Msg, from *net.UDPAddr) {
+// checkConflict renames the node when another one answers for its
+// instance name with other data (RFC 6762 §9): "name (2)", "name (3)", …,
+// then announces the new name.
+func (r *Responder) checkConflict(m *dns.Msg, ifindex int) {
+	if r.port == 0 {
+		return
+	}
+	r.mu.Lock()
+	name := strings.ToLower(r.instance + "." + ServiceType + ".local.")
+	conflict := false
+	for _, rr := range append(append([]dns.RR{}, m.Answer...), m.Extra...) {
+		srv, ok := rr.(*dns.SRV)
+		if !ok || strings.ToLower(srv.Hdr.Name) != name || srv.Hdr.Ttl == 0 {
+			continue
+		}
+		// Of two nodes claiming one name, the one whose host and port sort
+		// later yields (as RFC 6762 §8.2 breaks ties), so that they do not
+		// both rename forever.
+		ours := fmt.Sprintf("%s:%05d", strings.ToLower(r.host+".local."), r.port)
+		theirs := fmt.Sprintf("%s:%05d", strings.ToLower(srv.Target), srv.Port)
+		if theirs < ours {
+			conflict = true
+		}
+	}
+	if !conflict {
+		r.mu.Unlock()
+		return
+	}
+	r.renames++
+	old := r.instance
+	r.instance = fmt.Sprintf("%s (%d)", r.base, r.renames+1)
+	probing := r.probing
+	r.mu.Unlock()
+	r.log.Warn("mdns: another node answers for this node's name; renamed", "was", old, "now", r.instance)
+	if !probing {
+		r.AnnounceOn(context.Background(), 0)
+	}
+}
+
+// answer replies to a query on the link it came from: by multicast from
+// port 5353 to a querier on port 5353 (other responders' caches learn too),
+// and by unicast with the query's id and question to a one-shot querier on
+// another port, such as hashicorp/mdns's own client (RFC 6762 §6.7).
+func (r *Responder) answer(q *dns.Msg, from *net.UDPAddr, ifindex int) {
 	legacy := from.Port != 5353
 	resp := &dns.Msg{MsgHdr: dns.MsgHdr{Response: true, Authoritative: true}}
 	ttl := uint32(120)
@@ -217,7 +403,7 @@ func (r *Responder) answer(q *dns.Msg, from *net.UDPAddr) {
 	}
 	for _, question := range q.Question {
 		question.Qclass &^= 1 << 15 // the unicast-response bit
-		resp.Answer = append(resp.Answer, r.records(question, ttl, !legacy)...)
+		resp.Answer = append(resp.Answer, r.records(ifindex, question, ttl, !legacy)...)
 	}
 	if len(resp.Answer) == 0 {
 		return
@@ -226,7 +412,7 @@ func (r *Responder) answer(q *dns.Msg, from *net.UDPAddr) {
 	if legacy {
 		to = from
 	}
-	if err := r.send(resp, to); err != nil {
+	if err := r.send(resp, to, ifindex); err != nil {
 		r.log.Debug("mdns answer", "err", err)
 	}
 }
@@ -281,68 +467,4 @@ func peersFromMsg(m *dns.Msg, from net.IP) []Peer {
 		out = append(out, Peer{URL: PeerURL(ip, int(s.Port)), Image: a.Image, Version: a.Version, Source: SourceMDNS})
 	}
 	return out
-}
-
-// CanBrowse reports why this node cannot listen for mDNS answers on iface
-// (nil: every multicast interface), as hashicorp/mdns's client would fail
-// to, or nil. A LAN with no route for 224.0.0.0/4 (an offline school) is
-// the usual cause.
-func CanBrowse(iface *net.Interface) error {
-	c, err := net.ListenMulticastUDP("udp4", iface, mdnsGroup)
-	if err != nil {
-		return fmt.Errorf("cannot listen for mDNS (%s) on %s: %w", mdnsGroup, ifaceName(iface), err)
-	}
-	c.Close()
-	return nil
-}
-
-func ifaceName(iface *net.Interface) string {
-	if iface == nil {
-		return "the default multicast interface"
-	}
-	return iface.Name
-}
-
-// Browse asks the link for peerup services with hashicorp/mdns, at start
-// and then at a widening interval, reporting each to found. A failure to
-// listen is a warning, said again only when it changes.
-func Browse(ctx context.Context, iface *net.Interface, found func(Peer), log *slog.Logger) {
-	interval := 5 * time.Second
-	var said string
-	for {
-		entries := make(chan *mdns.ServiceEntry, 64) // the library drops results when the channel is full
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			for e := range entries {
-				a, err := ParseTXT(e.InfoFields)
-				if err != nil || e.AddrV4 == nil {
-					continue
-				}
-				found(Peer{URL: PeerURL(e.AddrV4, e.Port), Image: a.Image, Version: a.Version, Source: SourceMDNS})
-			}
-		}()
-		err := mdns.QueryContext(ctx, &mdns.QueryParam{
-			Service: ServiceType, Domain: "local", Timeout: 2 * time.Second,
-			Interface: iface, Entries: entries, DisableIPv6: true,
-			Logger: stdlog.New(io.Discard, "", 0), // its chatter is not ours to print
-		})
-		close(entries)
-		<-done
-		if err != nil && ctx.Err() == nil {
-			if err.Error() != said {
-				log.Warn("mdns browse: no peers will be found this way until it can listen", "iface", ifaceName(iface), "err", err)
-				said = err.Error()
-			}
-		} else if said != "" {
-			log.Info("mdns browse listening again", "iface", ifaceName(iface))
-			said = ""
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(interval):
-		}
-		interval = min(interval*2, 10*time.Minute)
-	}
 }

@@ -3,7 +3,6 @@ package discovery
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/url"
 	"sort"
@@ -64,14 +63,6 @@ func (s Static) Find(_ context.Context, found func(Peer)) {
 		found(Peer{URL: u, Source: SourceStatic})
 	}
 }
-
-// browser is active mDNS browsing as a Finder.
-type browser struct {
-	iface *net.Interface
-	log   *slog.Logger
-}
-
-func (b browser) Find(ctx context.Context, found func(Peer)) { Browse(ctx, b.iface, found, b.log) }
 
 // Manager merges what the finders report into one bounded table.
 type Manager struct {

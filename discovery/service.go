@@ -6,9 +6,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -41,14 +41,22 @@ type Service struct {
 	cfg     Config
 	mgr     *Manager
 	version atomic.Uint64
-	iface   *net.Interface
 	resp    *Responder
 	lis     *Listener
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
+
+	mu    sync.Mutex
+	links []link // as last scanned
+	said  bool   // "no interface" warned
 }
 
-// Start advertises the node and starts looking for newer peers.
+// rescanEvery is how often the interfaces are looked at again: a laptop
+// that reconnects its Wi-Fi is heard, and hears, within this.
+const rescanEvery = 2 * time.Second
+
+// Start advertises the node and starts looking for newer peers, on every
+// link (or cfg.Iface's alone), following links as they come and go.
 func Start(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -58,27 +66,21 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 	s.mgr = NewManager(cfg.Image, s.version.Load)
 	finders := []Finder{Static(cfg.Static)}
 	if cfg.Iface != "" {
-		ifi, err := net.InterfaceByName(cfg.Iface)
-		if err != nil {
+		if _, err := net.InterfaceByName(cfg.Iface); err != nil {
 			return nil, fmt.Errorf("discovery: interface %q: %w", cfg.Iface, err)
 		}
-		s.iface = ifi
 	}
 	ctx, s.cancel = context.WithCancel(ctx)
 	if !cfg.NoMDNS {
-		host, _ := os.Hostname()
-		host = strings.Split(host, ".")[0]
+		name, _ := os.Hostname()
+		id := nodeID()
 		inst := cfg.Instance
 		if inst == "" {
-			inst = "peerup on " + host
+			inst = fmt.Sprintf("peerup on %s (%s)", hostLabel(name), id)
 		}
-		ips, err := s.addrs()
-		if err != nil {
-			s.cancel()
-			return nil, err
-		}
+		var err error
 		s.resp, err = NewResponder(ctx, ResponderConfig{
-			Iface: s.iface, Instance: inst, Host: host, Port: cfg.Port, IPs: ips,
+			Instance: inst, Host: hostLabel(name) + "-" + id, Port: cfg.Port,
 			Advert: Advert{Image: cfg.Image, Version: cfg.Version}, Log: cfg.Log,
 			Heard: func(m *dns.Msg, from net.IP) {
 				for _, p := range peersFromMsg(m, from) {
@@ -90,21 +92,21 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 			s.cancel()
 			return nil, err
 		}
-		if cfg.Image != "" && cfg.Version > 0 {
-			if err := s.resp.Announce(ctx, Advert{Image: cfg.Image, Version: cfg.Version}); err != nil {
-				cfg.Log.Warn("mdns announce", "err", err)
-			}
-		}
-		finders = append(finders, browser{s.iface, cfg.Log})
 	}
 	if !cfg.NoMulticast && cfg.Image != "" {
 		var err error
-		if s.lis, err = Listen(ctx, s.iface, cfg.Image, cfg.Version, cfg.Log); err != nil {
-			s.cancel()
+		if s.lis, err = Listen(ctx, cfg.Image, cfg.Version, cfg.Log); err != nil {
+			s.close()
 			return nil, err
 		}
 		finders = append(finders, s.lis)
 	}
+	s.rescan(ctx)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.follow(ctx)
+	}()
 	finders = append(finders, cfg.Finders...)
 	for _, f := range finders {
 		s.wg.Add(1)
@@ -116,35 +118,77 @@ func Start(ctx context.Context, cfg Config) (*Service, error) {
 	return s, nil
 }
 
-// addrs lists the IPv4 addresses to advertise.
-func (s *Service) addrs() ([]net.IP, error) {
-	var ifs []net.Interface
-	if s.iface != nil {
-		ifs = []net.Interface{*s.iface}
-	} else {
-		all, err := net.Interfaces()
-		if err != nil {
-			return nil, err
+// rescan looks at the links again and joins, announces and asks on those
+// new or changed.
+func (s *Service) rescan(ctx context.Context) {
+	links, err := scanLinks(s.cfg.Iface)
+	if err != nil {
+		s.cfg.Log.Warn("discovery", "err", err)
+		return
+	}
+	s.mu.Lock()
+	s.links = links
+	warn := len(links) == 0 && !s.said
+	s.said = len(links) == 0
+	s.mu.Unlock()
+	if warn {
+		where := "no interface is up, multicast-capable and has an IPv4 address"
+		if s.cfg.Iface != "" {
+			where = "interface " + s.cfg.Iface + " is down or has no IPv4 address"
 		}
-		for _, i := range all {
-			if i.Flags&net.FlagUp != 0 && i.Flags&net.FlagLoopback == 0 {
-				ifs = append(ifs, i)
+		s.cfg.Log.Warn("discovery: cannot listen for peers yet; will look again", "why", where)
+	}
+	if s.lis != nil {
+		s.lis.Sync(links)
+	}
+	if s.resp == nil {
+		return
+	}
+	for _, l := range s.resp.Sync(links) {
+		s.cfg.Log.Debug("discovery: listening", "iface", l.ifi.Name, "addrs", l.addrs)
+		if s.cfg.Image != "" && s.version.Load() > 0 {
+			if err := s.resp.AnnounceOn(ctx, l.ifi.Index); err != nil {
+				s.cfg.Log.Warn("mdns announce", "iface", l.ifi.Name, "err", err)
 			}
 		}
+		s.resp.Query(l.ifi.Index)
 	}
-	var out []net.IP
-	for _, i := range ifs {
-		addrs, _ := i.Addrs()
-		for _, a := range addrs {
-			if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
-				out = append(out, n.IP.To4())
-			}
+}
+
+// follow rescans the links until ctx ends, and asks the links for peers at
+// a widening interval (answers and announcements are heard in between).
+func (s *Service) follow(ctx context.Context) {
+	tick := time.NewTicker(rescanEvery)
+	defer tick.Stop()
+	ask := 5 * time.Second
+	next := time.Now().Add(time.Second)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		s.rescan(ctx)
+		if s.resp != nil && time.Now().After(next) {
+			s.resp.Query(0)
+			next = time.Now().Add(ask)
+			ask = min(ask*2, 10*time.Minute)
 		}
 	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("discovery: no IPv4 address to advertise")
+}
+
+// Listening is how many links the node hears mDNS on.
+func (s *Service) Listening() int {
+	if s.resp == nil {
+		return 0
 	}
-	return out, nil
+	return s.resp.Links()
+}
+
+func (s *Service) currentLinks() []link {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.links
 }
 
 // Peers lists the URLs of known peers, newest version first.
@@ -186,7 +230,7 @@ func (s *Service) VersionChanged(ctx context.Context, image string, from, to uin
 			d = s.cfg.ManifestOf(to)
 		}
 		a := Announcement{Image: image, Version: to, Manifest: d, Port: s.cfg.Port}
-		if err := Announce(ctx, s.iface, from, a, log); err != nil {
+		if err := Announce(ctx, s.currentLinks(), from, a, log); err != nil {
 			log.Warn("multicast announce", "err", err)
 		}
 	}
@@ -194,10 +238,14 @@ func (s *Service) VersionChanged(ctx context.Context, image string, from, to uin
 
 // Close says goodbye and stops every finder.
 func (s *Service) Close() error {
+	s.close()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Service) close() {
 	if s.resp != nil {
 		s.resp.Close()
 	}
 	s.cancel()
-	s.wg.Wait()
-	return nil
 }

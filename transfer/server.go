@@ -38,8 +38,24 @@ type Handler struct {
 
 // lendCooldown is how long after uploading an object a seed keeps sending
 // other askers to its neighbours: well over the second in which
-// neighbours learn what each other's pulls hold, even over saturated links.
-const lendCooldown = 8 * time.Second
+// neighbours learn what each other's pulls hold, and over the time a class
+// of laptops on one saturated Wi-Fi takes to pass an object on, their own
+// uploads busy (at 8 s, a fleet bench of 20 had the seed send one object
+// in eight twice). An object whose only holder went away waits this long.
+const lendCooldown = 30 * time.Second
+
+// lendKey names an upload for the super-seeding rule: the object and the
+// seed's address the request came to. Lent once per LAN: a seed on two
+// LANs (an address on each) sends each side its copy, since laptops on one
+// cannot reach the other.
+func lendKey(r *http.Request, p string) string {
+	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		if host, _, err := net.SplitHostPort(la.String()); err == nil {
+			return host + " " + p
+		}
+	}
+	return p
+}
 
 // lend reports whether object path p may be uploaded now, and if so marks
 // it in flight.
@@ -153,6 +169,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if h.once && kind == blobstore.PathObject && r.Method == http.MethodGet {
+		p := lendKey(r, p)
 		if !h.lend(p) {
 			w.Header().Set("Retry-After", "1")
 			http.Error(w, "busy: this object is on its way to a neighbour; ask the neighbours", http.StatusServiceUnavailable)
@@ -176,6 +193,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/octet-stream")
 	// ServeContent answers Range requests, so a cut transfer resumes.
 	http.ServeContent(w, r, "", time.Time{}, f)
+	h.log.Debug("served", "path", p, "peer", r.RemoteAddr, "size", fi.Size(), "range", r.Header.Get("Range"))
 }
 
 // NewServer wraps a handler with timeouts that keep slow or idle clients from

@@ -205,9 +205,10 @@ func TestOneUploadPerObject(t *testing.T) {
 		before       func(h *Handler) // sets the in-flight state, if any
 		want         int
 	}
-	inFlight := func(p string) func(h *Handler) { return func(h *Handler) { h.inFlight[p] = time.Time{} } }
+	// The test server is on 127.0.0.1: lendKey's LAN.
+	inFlight := func(p string) func(h *Handler) { return func(h *Handler) { h.inFlight["127.0.0.1 "+p] = time.Time{} } }
 	cooled := func(p string) func(h *Handler) {
-		return func(h *Handler) { h.inFlight[p] = time.Now().Add(-lendCooldown - time.Second) }
+		return func(h *Handler) { h.inFlight["127.0.0.1 "+p] = time.Now().Add(-lendCooldown - time.Second) }
 	}
 	tests := []struct {
 		name  string

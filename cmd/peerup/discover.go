@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -46,23 +45,16 @@ advertises nothing.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			var ifi *net.Interface
-			if iface != "" {
-				var err error
-				if ifi, err = net.InterfaceByName(iface); err != nil {
-					return fmt.Errorf("interface %q: %w", iface, err)
-				}
-			}
-			// Finding nothing because nothing could be heard is an error,
-			// not an empty LAN.
-			if err := discovery.CanBrowse(ifi); err != nil {
-				return err
-			}
 			s, err := discovery.Start(ctx, discovery.Config{Iface: iface, Image: image, NoMulticast: true, Log: a.log, Port: 0, Instance: ""})
 			if err != nil {
 				return err
 			}
 			defer s.Close()
+			// Finding nothing because nothing could be heard is an error,
+			// not an empty LAN.
+			if s.Listening() == 0 {
+				return fmt.Errorf("discover: cannot listen for mDNS on any interface: none is up, multicast-capable and has an IPv4 address, or joining 224.0.0.251 failed on each (see the warnings above)")
+			}
 			seen := map[string]bool{}
 			for {
 				for _, p := range s.List() {

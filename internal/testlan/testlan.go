@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 )
 
@@ -27,6 +28,7 @@ type LAN struct {
 	t      T
 	Bridge string
 	Nodes  []*Node
+	subnet int // 10.99.<subnet>.0/24
 }
 
 // Node is one network namespace on the LAN.
@@ -62,7 +64,7 @@ func NewShaped(t T, n int, rate string) *LAN {
 	rand.Read(r[:])
 	id := hex.EncodeToString(r[:])
 	subnet := int(r[0])%200 + 20 // 10.99.<subnet>.0/24, random to let packages run in parallel
-	l := &LAN{t: t, Bridge: "pub" + id}
+	l := &LAN{t: t, Bridge: "pub" + id, subnet: subnet}
 	t.Cleanup(l.Close)
 	l.run("link", "add", l.Bridge, "type", "bridge")
 	// A bridge forwards multicast without snooping: every node hears every
@@ -96,6 +98,47 @@ func NewShaped(t T, n int, rate string) *LAN {
 	return l
 }
 
+// DropMulticastRoutes removes every node's route for 224.0.0.0/4: each is
+// left with its address alone, as on an offline school LAN with no
+// default route.
+func (l *LAN) DropMulticastRoutes() {
+	l.t.Helper()
+	for _, n := range l.Nodes {
+		l.run("-n", n.NS, "route", "del", "224.0.0.0/4", "dev", n.Iface)
+	}
+}
+
+// Attach gives node i (1-based) of l a second interface, named iface, on
+// other's bridge, with address 10.99.<other's subnet>.<host>, and returns
+// that address: a seed on two LANs.
+func (l *LAN) Attach(i int, other *LAN, iface string, host int) string {
+	l.t.Helper()
+	n := l.Nodes[i-1]
+	peer := fmt.Sprintf("%sx%d", n.host, host)
+	ip := fmt.Sprintf("10.99.%d.%d", other.subnet, host)
+	l.run("link", "add", peer, "type", "veth", "peer", "name", iface)
+	l.run("link", "set", iface, "netns", n.NS)
+	l.run("link", "set", peer, "master", other.Bridge)
+	l.run("link", "set", peer, "up")
+	l.run("-n", n.NS, "addr", "add", ip+"/24", "dev", iface)
+	l.run("-n", n.NS, "link", "set", iface, "up")
+	return ip
+}
+
+// Readdress takes node i's interface down, gives it address 10.99.<subnet>.
+// <host> in place of its own, and brings it up again: a laptop that
+// sleeps and rejoins the Wi-Fi under a new lease.
+func (l *LAN) Readdress(i, host int) string {
+	l.t.Helper()
+	n := l.Nodes[i-1]
+	l.run("-n", n.NS, "link", "set", n.Iface, "down")
+	l.run("-n", n.NS, "addr", "flush", "dev", n.Iface)
+	n.IP = fmt.Sprintf("10.99.%d.%d", l.subnet, host)
+	l.run("-n", n.NS, "addr", "add", n.IP+"/24", "dev", n.Iface)
+	l.run("-n", n.NS, "link", "set", n.Iface, "up")
+	return n.IP
+}
+
 // Received is how many bytes the LAN has delivered to node i (1-based).
 func (l *LAN) Received(i int) int64 { return l.counter(i, "tx_bytes") }
 
@@ -125,6 +168,31 @@ func (l *LAN) run(args ...string) {
 // Command prepares name args to run inside node i's namespace (1-based).
 func (l *LAN) Command(i int, name string, args ...string) *exec.Cmd {
 	return exec.Command("ip", append([]string{"netns", "exec", l.Nodes[i-1].NS, name}, args...)...)
+}
+
+// AvahiScript is a shell script that runs a private dbus-daemon and
+// avahi-daemon (on iface alone, its own host name, services from the
+// folder services if not "") in a mount namespace of a node, then cmd. Run
+// it with `unshare -m sh -c SCRIPT` through Command.
+func AvahiScript(dir, iface, services, cmd string) string {
+	conf := filepath.Join(dir, "avahi.conf")
+	os.WriteFile(conf, []byte(`[server]
+use-ipv6=no
+allow-interfaces=`+iface+`
+host-name=avahi-`+iface+`
+enable-dbus=yes
+[wide-area]
+enable-wide-area=no
+[publish]
+publish-hinfo=no
+publish-workstation=no
+`), 0o644)
+	bind := ""
+	if services != "" {
+		bind = "mount --bind " + services + " /etc/avahi/services; "
+	}
+	return "mount -t tmpfs none /run; mkdir -p /run/dbus /run/avahi-daemon; " + bind +
+		"dbus-daemon --system --fork; avahi-daemon -f " + conf + " --no-drop-root --no-chroot -D; " + cmd
 }
 
 // Close removes the nodes and the bridge. It is registered with t.Cleanup.
