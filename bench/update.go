@@ -23,7 +23,7 @@ import (
 // update is measured from the very repos whose publish was timed.
 type updateServers struct {
 	peerupRepo, peerupTrust string
-	ostreeRepo              string // archive mode, refs a and b, the static delta a→b
+	ostreeRepo              string // archive mode, refs a and b, the static delta old→new
 }
 
 // laptopMemory is what the measured commands may hold, page cache
@@ -45,7 +45,7 @@ type updateFigures struct {
 }
 
 // benchUpdate times a laptop at v1 updating to v2 over loopback HTTP:
-// `peerup update` against `ostree pull` (which takes the static delta a→b)
+// `peerup update` against `ostree pull` (which takes the static delta old→new)
 // followed by `ostree checkout -H` of b, the tree peerup's update builds.
 // Both pull into a store that already holds v1 and has it checked out, and
 // both sync what they write by default (peerup one syncfs, ostree fsyncs).
@@ -205,8 +205,8 @@ func ostreeUpdate(ctx context.Context, dir, serverRepo string, m *meter, n int, 
 	for _, args := range [][]string{
 		{"init", "--mode=bare"},
 		{"remote", "add", "--no-gpg-verify", "origin", hs.URL},
-		{"pull", "origin", "a"},
-		{"checkout", "-H", "origin:a", filepath.Join(start, "a")},
+		{"pull", "origin", "old"},
+		{"checkout", "-H", "origin:old", filepath.Join(start, "a")},
 	} {
 		if err := ostree(repo, args...); err != nil {
 			return err
@@ -220,18 +220,18 @@ func ostreeUpdate(ctx context.Context, dir, serverRepo string, m *meter, n int, 
 			s.reqs.Store(0)
 			s.bytes.Store(0)
 		}
-		out, pullRSS, err := m.run(ctx, "ostree", runRepo, "pull", "origin", "b")
+		out, pullRSS, err := m.run(ctx, "ostree", runRepo, "pull", "origin", "new")
 		if err != nil {
 			return err
 		}
 		// Pulling b object by object would be a slower baseline than
 		// OSTree's own best, so a pull without the delta stops the bench.
 		if fig.ostreeDelta.reqs.Load() == 0 || !strings.Contains(string(out), "delta part") {
-			return fmt.Errorf("ostree pull did not use the static delta a→b (%d requests under deltas/):\n%s", fig.ostreeDelta.reqs.Load(), out)
+			return fmt.Errorf("ostree pull did not use the static delta old→new (%d requests under deltas/):\n%s", fig.ostreeDelta.reqs.Load(), out)
 		}
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 		fig.ostreePullLine = strings.TrimSpace(lines[len(lines)-1])
-		_, coRSS, err := m.run(ctx, "ostree", runRepo, "checkout", "-H", "origin:b", filepath.Join(run, "b"))
+		_, coRSS, err := m.run(ctx, "ostree", runRepo, "checkout", "-H", "origin:new", filepath.Join(run, "b"))
 		if err != nil {
 			return err
 		}
