@@ -37,12 +37,14 @@ type Handler struct {
 }
 
 // lendCooldown is how long after uploading an object a seed keeps sending
-// other askers to its neighbours: well over the second in which
-// neighbours learn what each other's pulls hold, and over the time a class
-// of laptops on one saturated Wi-Fi takes to pass an object on, their own
-// uploads busy (at 8 s, a fleet bench of 20 had the seed send one object
-// in eight twice). An object whose only holder went away waits this long.
-const lendCooldown = 30 * time.Second
+// other askers on that LAN to their neighbours: well over the second in
+// which neighbours learn what each other's pulls hold, and over the time a
+// class of laptops on one saturated Wi-Fi takes to pass an object on, their
+// own uploads busy (at 8 s, a fleet bench of 20 had the seed send one
+// object in eight twice, each about 12 s after the first copy). An object
+// whose only holder went away (switched off mid-pull) waits this long, so
+// it is not longer.
+const lendCooldown = 15 * time.Second
 
 // lendKey names an upload for the super-seeding rule: the object and the
 // seed's address the request came to. Lent once per LAN: a seed on two
