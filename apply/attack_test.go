@@ -4,7 +4,10 @@ package apply_test
 // fleet key may decide what a laptop installs. Each TestAttack* says what
 // it asserts; each refusal is checked for its error, for a sysroot and
 // store left exactly as they were, and for bounded time (a context
-// deadline) and memory (bytes allocated during the attack).
+// deadline) and memory (bytes allocated during the attack). Every scene
+// then checks, as it ends, that nothing outside the sysroot changed (a
+// canary folder beside it and the fleet's repo), that the sysroot
+// verifies, and that an honest update to v3 still completes.
 
 import (
 	"bytes"
@@ -14,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,6 +51,9 @@ type scene struct {
 	f    *fleet
 	tree string
 	s    *apply.Sysroot
+	// before is outside() as the first pull began: a test may still
+	// change the fleet's repo (publish a crafted file) before that.
+	before string
 }
 
 func newScene(t *testing.T) *scene {
@@ -54,7 +61,48 @@ func newScene(t *testing.T) *scene {
 	f, tree := libraryReleases(t, 3, nil)
 	s := newSysroot(t)
 	f.update(s, 2)
-	return &scene{t: t, f: f, tree: tree, s: s}
+	sc := &scene{t: t, f: f, tree: tree, s: s}
+	// Canaries: a folder beside the sysroot, and the fleet's repo, which
+	// the peers serve; no attack may write to either.
+	write(t, filepath.Join(filepath.Dir(s.Dir()), "canary", "keep"), "the machine's own\n", 0o644)
+	t.Cleanup(func() {
+		if t.Failed() {
+			return
+		}
+		if after := sc.outside(); sc.before != "" && after != sc.before {
+			t.Errorf("the attack wrote outside the sysroot:\nbefore:\n%s\nafter:\n%s", sc.before, after)
+		}
+		// (t.Context has ended by the time cleanups run.)
+		if probs, err := s.Verify(hostile.Context(t, attackDeadline)); err != nil || len(probs) > 0 {
+			t.Errorf("the sysroot does not verify after the attack: %v %v", probs, err)
+		}
+		// A later honest update still works, from whatever the attack
+		// left (current v2, perhaps v3 staged by an update that
+		// completed despite it).
+		if st, _ := s.Status(); st.Current != 3 {
+			srv := httptest.NewServer(sc.honest())
+			defer srv.Close()
+			c, err := transfer.NewClient(srv.URL+"/", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sc.completes(c, apply.PullOptions{})
+			t.Log("after the attack, an honest update to v3 completed and verifies")
+		}
+	})
+	return sc
+}
+
+// outside describes what the attacks must leave alone: the folder around
+// the sysroot, the sysroot aside, and the fleet's repo.
+func (sc *scene) outside() string {
+	around := filepath.Dir(sc.s.Dir())
+	ents, _ := os.ReadDir(around)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return strings.Join(names, " ") + "\n" + snapshot(sc.t, filepath.Join(around, "canary")) + snapshot(sc.t, sc.f.repo.Dir())
 }
 
 // honest is the fleet's repo as an HTTP handler.
@@ -113,6 +161,9 @@ func (sc *scene) pull(src apply.Source, o apply.PullOptions) (*apply.PullResult,
 	}
 	if o.Version == 0 {
 		o.Version = 3
+	}
+	if sc.before == "" {
+		sc.before = sc.outside()
 	}
 	ctx := hostile.Context(sc.t, attackDeadline)
 	var res *apply.PullResult
@@ -661,5 +712,62 @@ func TestBusyPeerIsAskedAgainAsItSays(t *testing.T) {
 	}
 	if gap := asked[1].Sub(asked[0]); gap < 2900*time.Millisecond {
 		t.Fatalf("the client came back after %v, was asked to wait 3 s", gap)
+	}
+}
+
+// TestAttackLinksPlantedInTheSysrootPath: a sysroot or repo placed where
+// another user can write (a world-writable shared folder), into which
+// that user, as nobody, has planted a link named like the sysroot that
+// points at a folder of root's. Root's peerup must refuse the path with
+// one line saying why, before it writes anything: the linked folder stays
+// as it was.
+func TestAttackLinksPlantedInTheSysrootPath(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the check protects root's writes")
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("needs setpriv (util-linux) to plant the link as nobody")
+	}
+	base := t.TempDir()
+	for d := base; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		os.Chmod(d, 0o755) // the test's own temporary folders, for nobody to reach
+	}
+	shared := filepath.Join(base, "shared")
+	if err := os.Mkdir(shared, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(shared, 0o777)
+	canary := filepath.Join(base, "root-only")
+	write(t, canary+"/keep", "root's\n", 0o600)
+	before := snapshot(t, canary)
+	for _, name := range []string{"sysroot", "repo"} {
+		if out, err := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "ln", "-s", canary, filepath.Join(shared, name)).CombinedOutput(); err != nil {
+			t.Fatalf("plant the link as nobody: %v\n%s", err, out)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		open func() error
+	}{
+		{"sysroot", func() error { _, err := apply.Open(filepath.Join(shared, "sysroot")); return err }},
+		{"repo", func() error { _, err := blobstore.OpenRepo(filepath.Join(shared, "repo")); return err }},
+		{"a sysroot not yet made", func() error { _, err := apply.Open(filepath.Join(shared, "new", "sysroot")); return err }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.open()
+			if err == nil {
+				t.Fatal("opened a sysroot or repo whose path another user can change")
+			}
+			if msg := err.Error(); !strings.Contains(msg, "writable by group or others") || strings.Contains(msg, "\n") {
+				t.Errorf("error %q: want one line saying the path is writable by others", msg)
+			}
+		})
+	}
+	if after := snapshot(t, canary); after != before {
+		t.Errorf("root's folder changed through the planted link:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if _, err := os.Lstat(filepath.Join(shared, "new")); err == nil {
+		t.Error("a refused sysroot was created")
 	}
 }

@@ -247,8 +247,15 @@ func seedShared(src, dst string) error {
 			return err
 		}
 		out := filepath.Join(dst, rel)
-		if _, err := os.Lstat(out); err == nil {
-			return nil // the machine's own: kept (and a directory is still walked)
+		if fi, err := os.Lstat(out); err == nil {
+			// The machine's own: kept. A directory is still walked, but
+			// never a link or file the machine has where the image has a
+			// directory: a user who replaced ~/.config/app with a link to
+			// /etc must not have root seed the image's files through it.
+			if d.IsDir() && !fi.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
 		}
 		fi, err := d.Info()
 		if err != nil {
@@ -299,7 +306,7 @@ func seedFile(src, dst string, st *syscall.Stat_t) error {
 	defer in.Close()
 	tmp := dst + ".peerup-seed"
 	os.Remove(tmp) // a cut seed's leftover
-	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return err
 	}

@@ -33,7 +33,11 @@ func TestBootMounts(t *testing.T) {
 	f.publish(tree, 1)
 	write(t, tree+"/usr/bin/tool", "#!/bin/sh\necho tool v2\n", 0o755)
 	write(t, tree+"/var/lib/new-in-v2", "new\n", 0o644)
+	write(t, tree+"/var/lib/app/conf", "the image's\n", 0o644)
 	f.publish(tree, 2)
+	// The booted system replaces var/lib/app with a link to here; the
+	// next boot's seed must not write through it.
+	canary := t.TempDir()
 	disk := t.TempDir()
 	s, err := apply.Open(filepath.Join(disk, apply.SysrootDir))
 	if err != nil {
@@ -46,7 +50,7 @@ func TestBootMounts(t *testing.T) {
 	// keep what the machine wrote there.
 	for round := range 2 {
 		cmd := exec.Command("unshare", "-m", "--propagation", "private", os.Args[0], "-test.run=^TestBootMountsChild$", "-test.v")
-		cmd.Env = append(os.Environ(), "PEERUP_BOOTMOUNT_DISK="+disk, "PEERUP_BOOTMOUNT_ROUND="+strconv.Itoa(round))
+		cmd.Env = append(os.Environ(), "PEERUP_BOOTMOUNT_DISK="+disk, "PEERUP_BOOTMOUNT_ROUND="+strconv.Itoa(round), "PEERUP_BOOTMOUNT_CANARY="+canary)
 		out, err := cmd.CombinedOutput()
 		t.Logf("boot %d:\n%s", round+1, out)
 		if err != nil {
@@ -62,6 +66,9 @@ func TestBootMounts(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(filepath.Join(s.Dir(), "state/var/lib/new-in-v2")); string(got) != "new\n" {
 		t.Fatalf("v2's new /var file not seeded: %q", got)
+	}
+	if ents, _ := os.ReadDir(canary); len(ents) > 0 {
+		t.Fatalf("the seed wrote through a link the booted system planted: %s holds %s", canary, ents[0].Name())
 	}
 	if got, _ := os.ReadFile(filepath.Join(s.Dir(), "state/var/written-by-booted")); string(got) != "x" {
 		t.Fatalf("the booted system's /var write is not in SYSROOT/state/var: %q", got)
@@ -123,6 +130,8 @@ func TestBootMountsChild(t *testing.T) {
 	if os.Getenv("PEERUP_BOOTMOUNT_ROUND") == "0" {
 		// The machine's own state, which the next boot's seed must keep.
 		must(os.WriteFile(rootmnt+"/var/lib/image-state", []byte("the machine's\n"), 0o644))
+		must(os.RemoveAll(rootmnt + "/var/lib/app"))
+		must(os.Symlink(os.Getenv("PEERUP_BOOTMOUNT_CANARY"), rootmnt+"/var/lib/app"))
 	}
 	var st unix.Stat_t
 	must(unix.Stat(rootmnt+"/tmp", &st))

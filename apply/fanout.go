@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -484,9 +483,7 @@ func (t *target) cleanup() {
 }
 
 // checkOwner refuses a target folder another user owns, unless told: that
-// user could swap its contents while root writes there. Root, the
-// exporting user and the user who ran sudo are not others (a stick that
-// udisks mounted for the logged-in user belongs to them).
+// user could swap its contents while root writes there.
 func checkOwner(dir string, anyOwner bool) error {
 	if anyOwner {
 		return nil
@@ -495,11 +492,7 @@ func checkOwner(dir string, anyOwner bool) error {
 	if err := unix.Stat(dir, &st); err != nil {
 		return err
 	}
-	ok := st.Uid == 0 || int(st.Uid) == os.Geteuid()
-	if sudo, err := strconv.Atoi(os.Getenv("SUDO_UID")); err == nil && int(st.Uid) == sudo {
-		ok = true
-	}
-	if !ok {
+	if !fsutil.TrustedOwner(st.Uid) {
 		return fmt.Errorf("%s is owned by uid %d, who could plant links in it while it is written; export there with --any-owner if that user is trusted", dir, st.Uid)
 	}
 	return nil

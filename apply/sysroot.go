@@ -71,6 +71,9 @@ func Open(dir string) (*Sysroot, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := fsutil.CheckPrivatePath(abs); err != nil {
+		return nil, fmt.Errorf("open sysroot: %w", err)
+	}
 	// Only root reaches the trees: a setuid program in previous or staged,
 	// or a file a later version fixed, must not be runnable by a local user
 	// through the sysroot's path. (The booted tree is the root overlay's

@@ -27,6 +27,9 @@ type Repo struct {
 
 // OpenRepo opens the repo at dir, creating an empty one if dir is new.
 func OpenRepo(dir string) (*Repo, error) {
+	if err := fsutil.CheckPrivatePath(dir); err != nil {
+		return nil, fmt.Errorf("open repo: %w", err)
+	}
 	lay := LayoutOf(dir)
 	marker := lay.Marker()
 	b, err := os.ReadFile(marker)

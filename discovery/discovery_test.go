@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -156,5 +157,47 @@ func TestPeerTableFiltersAndExpires(t *testing.T) {
 	now = now.Add(peerTTL + time.Minute)
 	if l := m.List(); len(l) != 0 {
 		t.Fatalf("stale peers kept: %v", l)
+	}
+}
+
+// Two laptops imaged alike claim one instance name; the one whose host and
+// port sort later takes the next name, and only a live claim to this very
+// name counts.
+func TestConflictRenamesTheLaterNode(t *testing.T) {
+	srv := func(name, target string, port uint16, ttl uint32) *dns.Msg {
+		return &dns.Msg{Answer: []dns.RR{&dns.SRV{
+			Hdr:    dns.RR_Header{Name: name, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: ttl},
+			Target: target, Port: port,
+		}}}
+	}
+	ours := "school-laptop." + ServiceType + ".local."
+	for _, tc := range []struct {
+		name   string
+		claims []*dns.Msg
+		want   string
+	}{
+		{"earlier host wins the name", []*dns.Msg{srv(ours, "laptop-a.local.", 7380, 120)}, "school-laptop (2)"},
+		{"names compare without case", []*dns.Msg{srv(strings.ToUpper(ours), "LAPTOP-A.local.", 7380, 120)}, "school-laptop (2)"},
+		{"same host, lower port wins", []*dns.Msg{srv(ours, "laptop-b.local.", 7379, 120)}, "school-laptop (2)"},
+		{"later host yields to us", []*dns.Msg{srv(ours, "laptop-c.local.", 7380, 120)}, "school-laptop"},
+		{"our own answer echoed", []*dns.Msg{srv(ours, "laptop-b.local.", 7380, 120)}, "school-laptop"},
+		{"a goodbye is no claim", []*dns.Msg{srv(ours, "laptop-a.local.", 7380, 0)}, "school-laptop"},
+		{"another name is no claim", []*dns.Msg{srv("other."+ServiceType+".local.", "laptop-a.local.", 7380, 120)}, "school-laptop"},
+		{"claimed again after the rename", []*dns.Msg{
+			srv(ours, "laptop-a.local.", 7380, 120),
+			srv("school-laptop (2)."+ServiceType+".local.", "laptop-a.local.", 7380, 120),
+		}, "school-laptop (3)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &Responder{base: "school-laptop", instance: "school-laptop", host: "laptop-b", port: 7380,
+				log: slog.New(slog.DiscardHandler), links: map[int]link{}, failed: map[string]string{}}
+			r.probing = 1 // no links here; the finished probe would announce
+			for _, m := range tc.claims {
+				r.checkConflict(m, 1)
+			}
+			if r.instance != tc.want {
+				t.Errorf("instance %q, want %q", r.instance, tc.want)
+			}
+		})
 	}
 }

@@ -42,7 +42,10 @@ type Responder struct {
 	txt      []string // nil: nothing advertised yet
 	links    map[int]link
 	failed   map[string]string // interface name: the join error last warned about
-	probing  bool
+	// probing counts probes under way: links probe concurrently, and a
+	// rename heard meanwhile is announced by the probe that finishes, not
+	// at once.
+	probing int
 }
 
 // ResponderConfig describes the advert.
@@ -260,11 +263,11 @@ func (r *Responder) AnnounceOn(ctx context.Context, ifindex int) error {
 // It reports false when ctx ended.
 func (r *Responder) probe(ctx context.Context, ifindex int) bool {
 	r.mu.Lock()
-	r.probing = true
+	r.probing++
 	r.mu.Unlock()
 	defer func() {
 		r.mu.Lock()
-		r.probing = false
+		r.probing--
 		r.mu.Unlock()
 	}()
 	for range 3 {
@@ -380,9 +383,9 @@ func (r *Responder) checkConflict(m *dns.Msg, ifindex int) {
 	r.renames++
 	old := r.instance
 	r.instance = fmt.Sprintf("%s (%d)", r.base, r.renames+1)
-	probing := r.probing
+	now, probing := r.instance, r.probing > 0
 	r.mu.Unlock()
-	r.log.Warn("mdns: another node answers for this node's name; renamed", "was", old, "now", r.instance)
+	r.log.Warn("mdns: another node answers for this node's name; renamed", "was", old, "now", now)
 	if !probing {
 		r.AnnounceOn(context.Background(), 0)
 	}

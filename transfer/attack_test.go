@@ -368,22 +368,13 @@ func TestAttackPoisonedPartial(t *testing.T) {
 	data := bytes.Repeat([]byte("honest object bytes\n"), (blobstore.ResumeMin*2)/20)
 	d := manifest.Digest(sha256.Sum256(data))
 	rel := "/" + blobstore.Layout{}.Object(d)
-	poison := hostile.New(t, nil)
-	poison.OnPath(rel, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", fmt.Sprint(len(data)))
-		w.WriteHeader(http.StatusOK)
-		w.Write(bytes.Repeat([]byte{0x5a}, len(data)/2))
-		http.NewResponseController(w).Flush()
-		conn, _, err := http.NewResponseController(w).Hijack()
-		if err == nil {
-			conn.(*net.TCPConn).SetLinger(0) // a reset, not a clean end
-			conn.Close()
-		}
-	}))
-	honest := hostile.New(t, nil)
-	honest.OnPath(rel, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	serve := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
-	}))
+	})
+	poison := hostile.New(t, nil)
+	poison.OnPath(rel, hostile.Poisoned(serve))
+	honest := hostile.New(t, nil)
+	honest.OnPath(rel, serve)
 	s, _ := blobstore.Open(t.TempDir())
 	b, _ := s.Begin()
 	defer b.Abort()

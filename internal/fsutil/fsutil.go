@@ -143,3 +143,59 @@ func CreateAtomicIn(root *os.Root, name string, fill func(w io.Writer) error) er
 
 // FsyncDirIn is FsyncDir for dir inside root.
 func FsyncDirIn(root *os.Root, dir string) error { return syncOpened(dir, root.Open) }
+
+// TrustedOwner reports whether a file owned by uid is one only a user this
+// process already trusts could change: root, this process's user, or the
+// user who ran sudo (a stick udisks mounted for the logged-in user is
+// theirs).
+func TrustedOwner(uid uint32) bool {
+	if uid == 0 || int(uid) == os.Geteuid() {
+		return true
+	}
+	sudo, err := strconv.Atoi(os.Getenv("SUDO_UID"))
+	return err == nil && int(uid) == sudo
+}
+
+// CheckPrivatePath refuses, for a process running as root, a folder whose
+// path another user could change: dir, or a folder above it, owned by an
+// untrusted user or writable by group or others without the sticky bit
+// (as /tmp has). Such a user could plant a link there while root writes,
+// and send the write anywhere; a path no one else can change needs no
+// beneath-only resolution for each of the store's many writes. dir need
+// not exist yet: its nearest existing folder and those above are checked.
+// Processes not running as root write only as their own user and are not
+// checked.
+func CheckPrivatePath(dir string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	for p := abs; ; p = filepath.Dir(p) {
+		var st unix.Stat_t
+		err := unix.Lstat(p, &st)
+		switch {
+		case errors.Is(err, unix.ENOENT):
+		case err != nil:
+			return fmt.Errorf("check %s: %w", p, err)
+		case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+			// A link's target is checked, from the link's own folder up.
+			t, err := filepath.EvalSymlinks(p)
+			if err != nil {
+				return fmt.Errorf("check %s: %w", p, err)
+			}
+			if err := CheckPrivatePath(t); err != nil {
+				return err
+			}
+		case !TrustedOwner(st.Uid):
+			return fmt.Errorf("%s is owned by uid %d, who could plant links in it while peerup writes there as root", p, st.Uid)
+		case st.Mode&0o022 != 0 && st.Mode&unix.S_ISVTX == 0:
+			return fmt.Errorf("%s is writable by group or others (mode %04o), who could plant links in it while peerup writes there as root; chmod go-w %s", p, st.Mode&0o7777, p)
+		}
+		if p == "/" {
+			return nil
+		}
+	}
+}

@@ -157,6 +157,42 @@ func Trickle(body []byte, every time.Duration) http.Handler {
 	})
 }
 
+// Poisoned answers as honest would, but declares the whole body, sends
+// half its length in garbage and resets the connection: the poisoned
+// partial download (SPEC.md §17). Answers other than 200 pass as they are.
+func Poisoned(honest http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := httptest.NewRecorder()
+		honest.ServeHTTP(rec, r)
+		if rec.Code != http.StatusOK {
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.Code)
+			w.Write(rec.Body.Bytes())
+			return
+		}
+		n := rec.Body.Len()
+		w.Header().Set("Content-Length", fmt.Sprint(n))
+		w.WriteHeader(http.StatusOK)
+		w.Write(bytes.Repeat([]byte{0x5a}, n/2))
+		rc := http.NewResponseController(w)
+		rc.Flush()
+		// A reset drops what the client has not read yet: give it time
+		// to take the garbage in, so that a partial is always kept.
+		select {
+		case <-r.Context().Done():
+		case <-time.After(300 * time.Millisecond):
+		}
+		if conn, _, err := rc.Hijack(); err == nil {
+			if tc, ok := conn.(*net.TCPConn); ok {
+				tc.SetLinger(0) // a reset, not a clean end
+			}
+			conn.Close()
+		}
+	})
+}
+
 // Silent sends headers, then nothing, until the client hangs up.
 func Silent() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
