@@ -657,17 +657,11 @@ func TestAttackWorldWritableFileSharesNoInode(t *testing.T) {
 	// own path under /; here trees/ (0700) is opened to others for the
 	// write, which then goes through the file's own mode.
 	evil := "#!/bin/sh\necho the user's code, run as root\n"
-	if setpriv, err := exec.LookPath("setpriv"); err == nil && os.Geteuid() == 0 {
+	if _, ok := canActAsNobody(); ok {
 		trees := filepath.Dir(s.TreePath(1))
-		for d := filepath.Dir(trees); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
-			os.Chmod(d, 0o755) // the test's own temporary folders
-		}
 		os.Chmod(trees, 0o711)
-		out, err := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", "printf '%s' \"$1\" > \"$2\"", "sh", evil, shared).CombinedOutput()
+		asNobody(t, trees, `printf '%s' "$1" > "$2"`, evil, shared)
 		os.Chmod(trees, 0o700)
-		if err != nil {
-			t.Fatalf("the write as nobody: %v\n%s", err, out)
-		}
 	} else if err := os.WriteFile(shared, []byte(evil), 0o666); err != nil {
 		t.Fatal(err)
 	}
@@ -722,17 +716,10 @@ func TestBusyPeerIsAskedAgainAsItSays(t *testing.T) {
 // one line saying why, before it writes anything: the linked folder stays
 // as it was.
 func TestAttackLinksPlantedInTheSysrootPath(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the check protects root's writes")
-	}
-	setpriv, err := exec.LookPath("setpriv")
-	if err != nil {
-		t.Skip("needs setpriv (util-linux) to plant the link as nobody")
+	if why, ok := canActAsNobody(); !ok {
+		t.Skip(why)
 	}
 	base := t.TempDir()
-	for d := base; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
-		os.Chmod(d, 0o755) // the test's own temporary folders, for nobody to reach
-	}
 	shared := filepath.Join(base, "shared")
 	if err := os.Mkdir(shared, 0o755); err != nil {
 		t.Fatal(err)
@@ -741,11 +728,7 @@ func TestAttackLinksPlantedInTheSysrootPath(t *testing.T) {
 	canary := filepath.Join(base, "root-only")
 	write(t, canary+"/keep", "root's\n", 0o600)
 	before := snapshot(t, canary)
-	for _, name := range []string{"sysroot", "repo"} {
-		if out, err := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "ln", "-s", canary, filepath.Join(shared, name)).CombinedOutput(); err != nil {
-			t.Fatalf("plant the link as nobody: %v\n%s", err, out)
-		}
-	}
+	asNobody(t, shared, `ln -s "$1" "$2/sysroot" && ln -s "$1" "$2/repo"`, canary, shared)
 	for _, tc := range []struct {
 		name string
 		open func() error
@@ -769,5 +752,31 @@ func TestAttackLinksPlantedInTheSysrootPath(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(shared, "new")); err == nil {
 		t.Error("a refused sysroot was created")
+	}
+}
+
+// canActAsNobody reports whether the test can run commands as the
+// unprivileged user nobody (root, with util-linux's setpriv), and why not.
+func canActAsNobody() (string, bool) {
+	if os.Geteuid() != 0 {
+		return "needs root to act as nobody", false
+	}
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		return "needs setpriv (util-linux) to act as nobody", false
+	}
+	return "", true
+}
+
+// asNobody runs the shell script with args as nobody, the local user of
+// the attacks, with every folder above dir opened for it to reach (the
+// test's own temporary folders are 0700).
+func asNobody(t *testing.T, dir, script string, args ...string) {
+	t.Helper()
+	for d := filepath.Dir(dir); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	cmd := exec.Command("setpriv", append([]string{"--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", script, "sh"}, args...)...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("as nobody: %v\n%s", err, out)
 	}
 }

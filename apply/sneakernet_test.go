@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -541,37 +542,47 @@ func TestExportFromALaptop(t *testing.T) {
 // and index as links to a file outside, and an object folder as a link to
 // a folder outside. Root's export must write through none of them: the
 // canary folder is unchanged, and the stick, if the export says it
-// succeeded, updates a laptop.
+// succeeded, updates a laptop. Where the test can, the stick belongs to
+// nobody, who plants the links, and the export is told to trust that
+// owner (--any-owner).
 func TestExportWritesNothingOutsideTheStick(t *testing.T) {
 	f, _ := sneakernetFleet(t)
 	canary := t.TempDir()
 	victim := filepath.Join(canary, "shadow")
 	write(t, victim, "root:x:0:0\n", 0o600)
 	stick := t.TempDir()
+	_, byNobody := canActAsNobody()
+	if byNobody {
+		os.Chown(stick, 65534, 65534)
+	}
 	lay := blobstore.Layout{}
 	var planted []string
 	src := &countingObjects{inner: apply.StoreObjects{Store: f.repo.Store}, opens: map[manifest.Digest]int{}}
 	src.afterFirstOpen = func() {
+		// Pairs of a link's target and its path on the stick: the
+		// files, and every object folder not made yet.
+		var links []string
 		for _, rel := range []string{lay.Manifest("school-laptop", 3), lay.Signature("school-laptop", 3), lay.Index(), lay.Marker()} {
-			p := filepath.Join(stick, rel)
-			os.MkdirAll(filepath.Dir(p), 0o755)
-			os.Remove(p)
-			if err := os.Symlink(victim, p); err != nil {
-				t.Fatal(err)
-			}
+			links = append(links, victim, filepath.Join(stick, rel))
 			planted = append(planted, rel)
 		}
-		// An object folder the export has not made yet, as a link out.
 		for i := 0; i < 256; i++ {
 			d := filepath.Join(stick, "objects", fmt.Sprintf("%02x", i))
 			if _, err := os.Lstat(d); err != nil {
-				os.MkdirAll(filepath.Dir(d), 0o755)
-				os.Symlink(canary, d)
+				links = append(links, canary, d)
 			}
+		}
+		const plant = `while [ $# -gt 0 ]; do mkdir -p "$(dirname "$2")" && rm -f "$2" && ln -s "$1" "$2" || exit 1; shift 2; done`
+		if byNobody {
+			asNobody(t, stick, plant, links...)
+			return
+		}
+		if out, err := exec.Command("sh", append([]string{"-c", plant, "sh"}, links...)...).CombinedOutput(); err != nil {
+			t.Fatalf("plant the links: %v\n%s", err, out)
 		}
 	}
 	before := snapshot(t, canary)
-	_, err := apply.Export(context.Background(), f.repo, []string{stick}, apply.ExportOptions{Objects: src})
+	_, err := apply.Export(context.Background(), f.repo, []string{stick}, apply.ExportOptions{Objects: src, AnyOwner: byNobody})
 	if after := snapshot(t, canary); after != before {
 		t.Fatalf("the export wrote outside the stick (err %v):\nbefore:\n%s\nafter:\n%s", err, before, after)
 	}

@@ -44,7 +44,7 @@ type deltaFigures struct {
 	rsync        int64
 }
 
-func benchDeltas(ctx context.Context, w io.Writer, cache, work string, n int) error {
+func benchDeltas(ctx context.Context, w io.Writer, cache, work, profile string, n int) error {
 	fmt.Fprintln(w, "\n== bytes on the wire for a real security update ==")
 	oldTree, newTree, err := debdata.Trees(ctx, debdata.SecurityUpdate(), cache, work, "")
 	if err != nil {
@@ -94,6 +94,7 @@ func benchDeltas(ctx context.Context, w io.Writer, cache, work string, n int) er
 		peerupRepo:  filepath.Join(ours, "repo"),
 		peerupTrust: filepath.Join(ours, "bench.pub"),
 		ostreeRepo:  ostree,
+		profile:     profile,
 	}, n)
 }
 

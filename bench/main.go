@@ -35,16 +35,17 @@ func main() {
 	only := flag.String("only", "apply,hash,deltas,load,fleet", "which comparisons to run")
 	laptops := flag.Int("laptops", 20, "laptops in the fleet scenario")
 	cache := flag.String("cache", debdata.DefaultCache, "where downloaded .deb files are kept between runs")
+	profile := flag.String("profile", "", "write a CPU profile of each timed peerup update into this folder (deltas)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *n, *tree, *only, *cache, *laptops); err != nil {
+	if err := run(ctx, *n, *tree, *only, *cache, *profile, *laptops); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, n int, tree, only, cache string, laptops int) error {
+func run(ctx context.Context, n int, tree, only, cache, profile string, laptops int) error {
 	work, err := os.MkdirTemp("", "peerup-bench-")
 	if err != nil {
 		return err
@@ -78,7 +79,7 @@ func run(ctx context.Context, n int, tree, only, cache string, laptops int) erro
 		}
 	}
 	if want["deltas"] {
-		if err := benchDeltas(ctx, os.Stdout, cache, work, n); err != nil {
+		if err := benchDeltas(ctx, os.Stdout, cache, work, profile, n); err != nil {
 			return fmt.Errorf("deltas: %w", err)
 		}
 	}

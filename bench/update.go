@@ -23,7 +23,8 @@ import (
 // update is measured from the very repos whose publish was timed.
 type updateServers struct {
 	peerupRepo, peerupTrust string
-	ostreeRepo              string // archive mode, refs a and b, the static delta old→new
+	ostreeRepo              string // archive mode, refs old and new, the static delta old→new
+	profile                 string // if set, a folder for CPU profiles of peerup's timed updates
 }
 
 // laptopMemory is what the measured commands may hold, page cache
@@ -99,6 +100,7 @@ type meter struct {
 	dir   string
 	group *memcg.Group
 	runs  int
+	env   []string // added to the command's environment
 }
 
 func (m *meter) run(ctx context.Context, name string, args ...string) (out []byte, rss int64, err error) {
@@ -109,6 +111,9 @@ func (m *meter) run(ctx context.Context, name string, args ...string) (out []byt
 		cmd = m.group.Command(ctx, file, name, args...)
 	} else {
 		cmd = exec.CommandContext(ctx, "/usr/bin/time", append([]string{"-q", "-f", "%M", "-o", file, name}, args...)...)
+	}
+	if len(m.env) > 0 {
+		cmd.Env = append(os.Environ(), m.env...)
 	}
 	if out, err = cmd.CombinedOutput(); err != nil {
 		return out, 0, fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
@@ -158,7 +163,13 @@ func oursUpdate(ctx context.Context, dir string, srv updateServers, m *meter, n 
 	}
 	run := filepath.Join(dir, "peerup-run")
 	var err error
+	runs := 0
 	fig.ours, err = repeated(ctx, n, start, run, func() error {
+		if srv.profile != "" {
+			runs++
+			m.env = []string{"PEERUP_CPUPROFILE=" + filepath.Join(srv.profile, fmt.Sprintf("update-%d.pprof", runs))}
+			defer func() { m.env = nil }()
+		}
 		out, rss, err := update(run, 2)
 		if err != nil {
 			return err

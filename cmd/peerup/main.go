@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -16,7 +17,9 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	endProfile := cpuProfile(os.Getenv("PEERUP_CPUPROFILE"))
 	err := newRoot().ExecuteContext(ctx)
+	endProfile()
 	stop()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "peerup: %v\n", err)
@@ -24,6 +27,27 @@ func main() {
 			os.Exit(130)
 		}
 		os.Exit(1)
+	}
+}
+
+// cpuProfile writes a CPU profile of the whole command to path, if set:
+// for `go run ./bench -profile`, which profiles the laptop update where it
+// is timed. A profile that cannot start is reported and skipped.
+func cpuProfile(path string) (end func()) {
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "peerup: cpu profile: %v\n", err)
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
 	}
 }
 
