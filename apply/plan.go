@@ -45,10 +45,19 @@ type need struct {
 
 // cost is what fetching n the cheapest way would put on the wire.
 func (n *need) cost() int64 {
+	if e := n.encoded(); e > 0 {
+		return e
+	}
+	return n.size
+}
+
+// encoded is the size of the encoding n is fetched through, kept beside
+// the object until the pull ends, or 0 if it comes whole and raw.
+func (n *need) encoded() int64 {
 	if len(n.ways) > 0 && n.ways[0].Size < n.size {
 		return n.ways[0].Size
 	}
-	return n.size
+	return 0
 }
 
 // plan lists the objects to fetch and, for each, the encodings whose base
@@ -56,12 +65,16 @@ func (n *need) cost() int64 {
 // so a pull never costs more than sending every object whole.
 // Every entry is checked against the node's policy here, before anything is
 // fetched.
-func (s *Sysroot) plan(b *blobstore.Batch, mf *blobstore.SignedFile, deltas *signedDeltas, pol EntryPolicy, mem *inFlight, res *PullResult) ([]need, error) {
+//
+// It also returns the bytes the new tree copies rather than links (its
+// etc/ and files others may write), for the free-space check.
+func (s *Sysroot) plan(b *blobstore.Batch, mf *blobstore.SignedFile, deltas *signedDeltas, pol EntryPolicy, mem *inFlight, res *PullResult) ([]need, int64, error) {
 	r, err := manifest.NewReader(mf.Reader())
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	var needs []need
+	var copies int64
 	seen := map[manifest.Digest]bool{}
 	for {
 		e, err := r.Next()
@@ -69,10 +82,13 @@ func (s *Sysroot) plan(b *blobstore.Batch, mf *blobstore.SignedFile, deltas *sig
 			break
 		}
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if err := pol.check(e); err != nil {
-			return nil, err
+			return nil, 0, err
+		}
+		if e.Type == manifest.TypeFile && (isEtc(e.Path) || !blobstore.MetaOf(e).Shareable()) {
+			copies += e.Size
 		}
 		if e.Type != manifest.TypeFile || seen[e.SHA256] {
 			continue
@@ -96,19 +112,15 @@ func (s *Sysroot) plan(b *blobstore.Batch, mf *blobstore.SignedFile, deltas *sig
 		}
 		needs = append(needs, n)
 	}
-	return needs, nil
+	return needs, copies, nil
 }
 
 // fetchMissing fetches, in parallel, every object the node lacks, each the
 // cheapest way it can, falling back to the next way when one fails.
 func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Batch, needs []need, mem *inFlight, o PullOptions, res *PullResult) error {
-	var total, raw int64
+	var total int64
 	for i := range needs {
 		total += needs[i].cost()
-		raw += needs[i].size
-	}
-	if err := checkSpace(s.repo.Dir(), raw+total, len(needs)); err != nil {
-		return err
 	}
 	// Neighbours pulling the same version take the objects in different
 	// orders, so they have different ones to lend each other.
@@ -385,10 +397,16 @@ func sha256sum(b []byte) [32]byte { return sha256.Sum256(b) }
 // filesystem cannot hold the update.
 var ErrNoSpace = errors.New("not enough free space")
 
-// checkSpace refuses an update that cannot fit: the new objects, the
-// encodings that bring them, and a margin for directories and metadata.
-// Failing here, before any byte is fetched, is kinder than ENOSPC halfway.
-func checkSpace(dir string, bytes int64, objects int) error {
+// checkSpace refuses an update that cannot fit: each new object once, the
+// encodings that bring them (kept until the pull ends), the files the tree
+// copies, and a margin for directories and metadata. Failing before any
+// byte is fetched is kinder than ENOSPC halfway.
+func checkSpace(dir string, needs []need, copies int64) error {
+	bytes := copies
+	for i := range needs {
+		bytes += needs[i].size + needs[i].encoded()
+	}
+	objects := len(needs)
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
 		return nil // cannot tell: let the writes themselves fail

@@ -196,8 +196,11 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 		return nil, err
 	}
 	mem := newInFlight(o.Memory)
-	needs, err := s.plan(b, mf, deltas, o.Policy, mem, res)
+	needs, copies, err := s.plan(b, mf, deltas, o.Policy, mem, res)
 	if err != nil {
+		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
+	}
+	if err := checkSpace(s.repo.Dir(), needs, copies); err != nil {
 		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
 	}
 	later := make(map[manifest.Digest]bool, len(needs))

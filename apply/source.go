@@ -3,6 +3,8 @@ package apply
 import (
 	"fmt"
 	"net/http"
+	"os"
+	"regexp"
 	"strings"
 
 	"golang.org/x/time/rate"
@@ -45,5 +47,12 @@ func OpenSourceWith(loc string, o SourceOptions) (Source, error) {
 	if strings.Contains(loc, "://") || loc == "" {
 		return nil, fmt.Errorf("source %q: want an http:// or https:// repo URL, or a folder holding a repo", loc)
 	}
+	if _, err := os.Stat(loc); err != nil && hostPort.MatchString(loc) {
+		return nil, fmt.Errorf("source %q: no such folder; for a server, give its URL: http://%s", loc, strings.TrimSuffix(loc, "/")+"/")
+	}
 	return transfer.NewDir(loc)
 }
+
+// hostPort matches what an admin types for a server without its scheme:
+// school-server:7380, 10.0.0.2:7380/, [fe80::1]:7380.
+var hostPort = regexp.MustCompile(`^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}/?$`)

@@ -59,3 +59,23 @@ func TestSwarmSpreadsAndSurvivesABadPeer(t *testing.T) {
 	}
 	compareTrees(t, tree, filepath.Join(s.Dir(), "current")+"/")
 }
+
+// TestOpenSourceSuggestsAURL: a server given without its scheme is not
+// taken for a folder that does not exist.
+func TestOpenSourceSuggestsAURL(t *testing.T) {
+	for _, tc := range []struct{ loc, want string }{
+		{"127.0.0.1:7380", "give its URL: http://127.0.0.1:7380/"},
+		{"school-server:7380/", "give its URL: http://school-server:7380/"},
+		{"[fe80::1]:7380", "give its URL: http://[fe80::1]:7380/"},
+		{"/media/stick", ""},
+		{"http://school-server:7380/", ""},
+	} {
+		_, err := apply.OpenSource(tc.loc)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v", tc.loc, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: err = %v, want one saying %q", tc.loc, err, tc.want)
+		}
+	}
+}

@@ -65,6 +65,25 @@ func (s *Sysroot) at(point string) {
 // that must not create a sysroot where there is none.
 func RepoDir(dir string) string { return filepath.Join(dir, stateDir, "repo") }
 
+// CheckSysroot reports whether dir holds a sysroot (its node's repo), for
+// the verbs that only look at or tend one: they must not make a sysroot
+// where an admin mistyped its path, nor report a mistyped path as fine.
+func CheckSysroot(dir string) error {
+	if blobstore.CheckRepo(RepoDir(dir)) != nil {
+		return fmt.Errorf("%s is not a peerup sysroot (it has no %s/repo; update or pull makes one)", dir, stateDir)
+	}
+	return nil
+}
+
+// OpenExisting opens the sysroot at dir, refusing a dir that holds none
+// (CheckSysroot).
+func OpenExisting(dir string) (*Sysroot, error) {
+	if err := CheckSysroot(dir); err != nil {
+		return nil, err
+	}
+	return Open(dir)
+}
+
 // Open opens (creating if needed) the sysroot at dir.
 func Open(dir string) (*Sysroot, error) {
 	abs, err := filepath.Abs(dir)

@@ -25,6 +25,16 @@ type Repo struct {
 	dir string
 }
 
+// CheckRepo reports whether dir holds a repo, for the readers and servers
+// that must not make one in a folder that is not (an OS tree given as
+// --repo, a mistyped path).
+func CheckRepo(dir string) error {
+	if _, err := os.Stat(LayoutOf(dir).Marker()); err != nil {
+		return fmt.Errorf("%s holds no peerup repo (no %s file; peerup publish or mirror makes one)", dir, markerName)
+	}
+	return nil
+}
+
 // OpenRepo opens the repo at dir, creating an empty one if dir is new.
 func OpenRepo(dir string) (*Repo, error) {
 	if err := fsutil.CheckPrivatePath(dir); err != nil {

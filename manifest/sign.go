@@ -135,10 +135,30 @@ func readKeys(path string) (openpgp.EntityList, error) {
 		list, err = openpgp.ReadKeyRing(bytes.NewReader(data))
 	}
 	if err != nil {
+		var se pgperrors.StructuralError
+		if errors.As(err, &se) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("read key %s: not an OpenPGP key file (%w)", path, err)
+		}
 		return nil, fmt.Errorf("read key %s: %w", path, err)
 	}
 	if len(list) == 0 {
 		return nil, fmt.Errorf("read key %s: no keys in file", path)
+	}
+	return list, nil
+}
+
+// readPublicKeys is readKeys for trust: a file holding a secret key is
+// refused. An admin who copies the secret key to laptops hands whoever
+// takes one laptop the fleet's signing key.
+func readPublicKeys(path string) (openpgp.EntityList, error) {
+	list, err := readKeys(path)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range list {
+		if e.PrivateKey != nil {
+			return nil, fmt.Errorf("%s holds a secret key: laptops trust the public key only; give the .pub file peerup keygen wrote beside it, and keep this one on the publisher", path)
+		}
 	}
 	return list, nil
 }
@@ -216,7 +236,7 @@ func (k *Keyring) load(path string, required bool) error {
 		return fmt.Errorf("read key: %w", err)
 	}
 	if !fi.IsDir() {
-		list, err := readKeys(path)
+		list, err := readPublicKeys(path)
 		if err != nil {
 			return err
 		}
@@ -230,7 +250,7 @@ func (k *Keyring) load(path string, required bool) error {
 	for _, n := range names {
 		switch filepath.Ext(n.Name()) {
 		case ".pub", ".asc", ".gpg":
-			list, err := readKeys(filepath.Join(path, n.Name()))
+			list, err := readPublicKeys(filepath.Join(path, n.Name()))
 			if err != nil {
 				return err
 			}

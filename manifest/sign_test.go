@@ -68,6 +68,38 @@ func TestSignVerify(t *testing.T) {
 	}
 }
 
+// TestTrustTakesPublicKeysOnly: --trust given the secret key (an admin who
+// copied fleet.key to the laptops), directly or in a trust directory, or a
+// file that is no key at all, is refused with a message that says what to
+// give instead.
+func TestTrustTakesPublicKeysOnly(t *testing.T) {
+	dir := t.TempDir()
+	newKey(t, dir, "fleet")
+	trustDir := filepath.Join(dir, "trust.d")
+	os.Mkdir(trustDir, 0o755)
+	sec, _ := os.ReadFile(filepath.Join(dir, "fleet.key"))
+	os.WriteFile(filepath.Join(trustDir, "fleet.asc"), sec, 0o600)
+	os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("the fleet key is on the USB stick\n"), 0o644)
+	for _, tc := range []struct {
+		name, path, want string
+	}{
+		{"the public key", filepath.Join(dir, "fleet.pub"), ""},
+		{"the secret key", filepath.Join(dir, "fleet.key"), "holds a secret key: laptops trust the public key only; give the .pub file"},
+		{"a secret key in a trust directory", trustDir, "holds a secret key"},
+		{"not a key", filepath.Join(dir, "notes.txt"), "not an OpenPGP key file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := LoadKeyring(tc.path)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("err = %v, want one saying %q", err, tc.want)
+			}
+		})
+	}
+}
+
 func TestWriteKeyPairRefusesOverwrite(t *testing.T) {
 	dir := t.TempDir()
 	newKey(t, dir, "fleet")

@@ -28,7 +28,7 @@ the same choice and mounts the tree as the root (README "Installing the boot
 pieces", SPEC.md §12).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := apply.Open(sysroot)
+			s, err := apply.OpenExisting(sysroot)
 			if err != nil {
 				return err
 			}
@@ -60,7 +60,7 @@ func (a *app) newMarkGoodCmd() *cobra.Command {
 its tries. peerup-mark-good.service runs this once the system is up.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := apply.Open(sysroot)
+			s, err := apply.OpenExisting(sysroot)
 			if err != nil {
 				return err
 			}
@@ -96,7 +96,7 @@ so it is safe while the daemon runs (it waits for nothing: if the daemon is
 busy it says so).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := apply.Open(sysroot)
+			s, err := apply.OpenExisting(sysroot)
 			if err != nil {
 				return err
 			}
@@ -130,7 +130,7 @@ folder holding a repo, such as a USB stick), checked against the manifest
 and put back; exits non-zero if problems remain.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := apply.Open(sysroot)
+			s, err := apply.OpenExisting(sysroot)
 			if err != nil {
 				return err
 			}

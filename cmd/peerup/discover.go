@@ -87,7 +87,7 @@ advertises nothing.`,
 // nodeManifest is the hash of a version's manifest in a node's repo, for
 // announcements; zero if unknown.
 func nodeManifest(sysroot, image string, v uint64) manifest.Digest {
-	s, err := apply.Open(sysroot)
+	s, err := apply.OpenExisting(sysroot)
 	if err != nil {
 		return manifest.Digest{}
 	}

@@ -48,12 +48,13 @@ signatures checked before anything is written.`,
 			if (repoDir == "") == (sysroot == "") {
 				return errors.New("give --repo or --sysroot (one of them)")
 			}
+			check := blobstore.CheckRepo
 			if sysroot != "" {
 				// Not apply.Open: that would create a sysroot where there is none.
-				dir = apply.RepoDir(sysroot)
+				dir, check = apply.RepoDir(sysroot), func(string) error { return apply.CheckSysroot(sysroot) }
 			}
-			if _, err := os.Stat(blobstore.LayoutOf(dir).Marker()); err != nil {
-				return fmt.Errorf("%s holds no peerup repo: %w", dir, err)
+			if err := check(dir); err != nil {
+				return err
 			}
 			src, err := blobstore.OpenRepo(dir)
 			if err != nil {

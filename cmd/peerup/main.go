@@ -69,6 +69,13 @@ running one and switching to it atomically. The previous tree is kept for
 rollback.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
+		// Without a verb: the help, and a failure, so that a script that
+		// lost its verb does not carry on as if it had worked.
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cmd.Help()
+			return errors.New("no verb given (see the list above)")
+		},
 		PersistentPreRun: func(cmd *cobra.Command, args []string) {
 			// A daemon reports what it does (found, fetched, applied) by
 			// default, for the journal; a command only its warnings.

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"peerup/apply"
 )
 
 func buildPeerup(t *testing.T) string {
@@ -42,6 +44,7 @@ func TestErrorsAreOneLineWithNonZeroExit(t *testing.T) {
 		{"pull", "--sysroot", dir, "--trust", dir + "/missing.pub", "--from", "http://127.0.0.1:1/"},
 		{"publish", "--repo", dir + "/r", "--image", "Bad Image", "--key", dir + "/k", dir},
 		{"nosuchverb"},
+		{},
 	} {
 		cmd := exec.Command(bin, args...)
 		var stderr strings.Builder
@@ -60,7 +63,11 @@ func TestErrorsAreOneLineWithNonZeroExit(t *testing.T) {
 
 func TestStatusJSONOnEmptySysroot(t *testing.T) {
 	bin := buildPeerup(t)
-	out, err := exec.Command(bin, "status", "--sysroot", t.TempDir(), "--json").Output()
+	dir := t.TempDir()
+	if _, err := apply.Open(dir); err != nil { // as a first pull leaves it
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "status", "--sysroot", dir, "--json").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,6 +80,58 @@ func TestStatusJSONOnEmptySysroot(t *testing.T) {
 		if !ok || v != nil {
 			t.Errorf("%s = %v (present %v), want null", k, v, ok)
 		}
+	}
+}
+
+// TestMistypedPathsAreRefusedAndNothingIsMade: the verbs that look at or
+// tend a sysroot refuse a path that holds none, with one line, and create
+// nothing there; serve refuses a folder that is no repo (an OS tree).
+func TestMistypedPathsAreRefusedAndNothingIsMade(t *testing.T) {
+	bin := buildPeerup(t)
+	for _, tc := range []struct {
+		args []string // SYSROOT is replaced by the missing path
+		want string
+	}{
+		{[]string{"verify", "--sysroot", "SYSROOT"}, "is not a peerup sysroot"},
+		{[]string{"status", "--sysroot", "SYSROOT"}, "is not a peerup sysroot"},
+		{[]string{"gc", "--sysroot", "SYSROOT"}, "is not a peerup sysroot"},
+		{[]string{"rollback", "--sysroot", "SYSROOT"}, "is not a peerup sysroot"},
+		{[]string{"mark-good", "--sysroot", "SYSROOT"}, "is not a peerup sysroot"},
+		{[]string{"apply", "--sysroot", "SYSROOT"}, "is not a peerup sysroot"},
+		{[]string{"boot", "--sysroot", "SYSROOT"}, "is not a peerup sysroot"},
+		{[]string{"serve", "--sysroot", "SYSROOT", "--listen", "127.0.0.1:0"}, "is not a peerup sysroot"},
+		{[]string{"serve", "--repo", "SYSROOT", "--listen", "127.0.0.1:0"}, "holds no peerup repo"},
+		{[]string{"export", "--sysroot", "SYSROOT", "--to", "TARGET"}, "is not a peerup sysroot"},
+	} {
+		t.Run(strings.Join(tc.args[:2], " "), func(t *testing.T) {
+			base := t.TempDir()
+			// An OS tree, as an admin might give by mistake.
+			if err := os.MkdirAll(filepath.Join(base, "tree", "etc"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			missing := filepath.Join(base, "nosuch")
+			if tc.args[1] == "--repo" {
+				missing = filepath.Join(base, "tree")
+			}
+			args := make([]string, len(tc.args))
+			for i, a := range tc.args {
+				args[i] = strings.NewReplacer("SYSROOT", missing, "TARGET", filepath.Join(base, "stick")).Replace(a)
+			}
+			before, _ := exec.Command("find", base).Output()
+			cmd := exec.Command(bin, args...)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			if err := cmd.Run(); err == nil {
+				t.Fatalf("peerup %v succeeded", args)
+			}
+			msg := strings.TrimSuffix(stderr.String(), "\n")
+			if strings.Contains(msg, "\n") || !strings.Contains(msg, tc.want) {
+				t.Errorf("stderr %q: want one line saying %q", msg, tc.want)
+			}
+			if after, _ := exec.Command("find", base).Output(); !bytes.Equal(after, before) {
+				t.Errorf("the refused command made:\n%s\nwhere there was:\n%s", after, before)
+			}
+		})
 	}
 }
 

@@ -172,7 +172,7 @@ so laptops can fetch from each other. Only the repo's own paths are served.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir := repoDir
 			if sysroot != "" {
-				s, err := apply.Open(sysroot)
+				s, err := apply.OpenExisting(sysroot)
 				if err != nil {
 					return err
 				}
@@ -181,7 +181,7 @@ so laptops can fetch from each other. Only the repo's own paths are served.`,
 			if dir == "" {
 				return errors.New("give --repo or --sysroot")
 			}
-			if _, err := blobstore.OpenRepo(dir); err != nil {
+			if err := blobstore.CheckRepo(dir); err != nil {
 				return err
 			}
 			ln, err := transfer.Listen(listen, transfer.Limits{})
@@ -333,7 +333,7 @@ running daemon (over D-Bus) to apply the update it has staged.`,
 			if sysroot == "" {
 				return viaDaemon(cmd, bus, daemon.MethodApply)
 			}
-			s, err := apply.Open(sysroot)
+			s, err := apply.OpenExisting(sysroot)
 			if err != nil {
 				return err
 			}
@@ -425,7 +425,7 @@ running daemon over D-Bus for its state and progress.`,
 				}
 				return describeProps(p)
 			}
-			s, err := apply.Open(sysroot)
+			s, err := apply.OpenExisting(sysroot)
 			if err != nil {
 				return err
 			}
@@ -484,7 +484,7 @@ second rollback undoes the first. Without --sysroot it asks the running daemon.`
 			if sysroot == "" {
 				return viaDaemon(cmd, bus, daemon.MethodRollback)
 			}
-			s, err := apply.Open(sysroot)
+			s, err := apply.OpenExisting(sysroot)
 			if err != nil {
 				return err
 			}
