@@ -30,6 +30,10 @@ type bootState struct {
 	// Bad lists versions that failed their tries; they are never applied
 	// again (a newer version still is).
 	Bad []uint64 `json:"bad,omitempty"`
+	// Held: no version up to this one is pulled or applied. A rollback
+	// holds the version it left, so that an auto daemon does not install
+	// it again at once; a newer version still is, and unhold lifts it.
+	Held uint64 `json:"held,omitempty"`
 }
 
 func (s *Sysroot) bootPath() string   { return filepath.Join(s.StateDir(), "boot.json") }
@@ -64,6 +68,59 @@ func (s *Sysroot) writeBoot(b bootState) error {
 func (s *Sysroot) IsBad(v uint64) bool {
 	b, _ := s.readBoot()
 	return slices.Contains(b.Bad, v)
+}
+
+// Refusal says why version v is not to be installed, wrapping
+// ErrMarkedBad or ErrHeld, or is nil if it may be.
+func (s *Sysroot) Refusal(v uint64) error {
+	b, _ := s.readBoot()
+	switch {
+	case slices.Contains(b.Bad, v):
+		return fmt.Errorf("%w (peerup unmark-bad %d to try it again)", ErrMarkedBad, v)
+	case v <= b.Held:
+		return fmt.Errorf("%w: versions up to %d are held (peerup unhold to release them)", ErrHeld, b.Held)
+	}
+	return nil
+}
+
+// Hold keeps every version up to v from being pulled or applied, until
+// Unhold or a newer version.
+func (s *Sysroot) Hold(v uint64) error {
+	if v == 0 {
+		return errors.New("hold: give a version")
+	}
+	return s.editBoot(func(b *bootState) { b.Held = v })
+}
+
+// Unhold lifts the hold.
+func (s *Sysroot) Unhold() error { return s.editBoot(func(b *bootState) { b.Held = 0 }) }
+
+// UnmarkBad lets version v, which failed its boot tries, be installed
+// again (an admin who fixed what broke its boot, say).
+func (s *Sysroot) UnmarkBad(v uint64) error {
+	if !s.IsBad(v) {
+		return fmt.Errorf("unmark-bad: version %d is not marked bad", v)
+	}
+	return s.editBoot(func(b *bootState) { b.Bad = slices.DeleteFunc(b.Bad, func(x uint64) bool { return x == v }) })
+}
+
+// editBoot changes boot.json under the sysroot's lock.
+func (s *Sysroot) editBoot(f func(*bootState)) error {
+	unlock, err := s.Lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return s.editBootLocked(f)
+}
+
+func (s *Sysroot) editBootLocked(f func(*bootState)) error {
+	b, err := s.readBoot()
+	if err != nil {
+		return err
+	}
+	f(&b)
+	return s.writeBoot(b)
 }
 
 // startProbation puts a just-applied version on probation for tries boots.
@@ -172,6 +229,9 @@ func (s *Sysroot) Boot(cmdline string) (BootChoice, error) {
 			if _, _, err := s.rollbackLocked(st); err != nil {
 				return BootChoice{}, err
 			}
+			// Bookkeeping never stops a boot: without the hold, the
+			// version left may come back, as before holds existed.
+			_ = s.holdLeft(st.Current)
 		}
 		if err := os.Remove(s.revertPath()); err != nil {
 			return BootChoice{}, fmt.Errorf("boot: %w", err)

@@ -1,6 +1,7 @@
 package apply_test
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -169,4 +170,50 @@ func TestBootSelection(t *testing.T) {
 			t.Fatalf("err = %v", err)
 		}
 	})
+}
+
+// TestRollbackHoldsTheVersionLeft: after a rollback from v2 the newest
+// version on offer is v2, which is held: neither the newest nor v2 by
+// number is pulled, until v3 is published or the hold is lifted. An
+// admin's hold and unmark-bad work the same way.
+func TestRollbackHoldsTheVersionLeft(t *testing.T) {
+	f, s, tree := bootFleet(t)
+	if _, _, err := s.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := s.Status(); st.Current != 1 || st.Held != 2 {
+		t.Fatalf("after the rollback: %+v, want current 1 and v2 held", st)
+	}
+	newest := func() error {
+		_, err := s.Pull(context.Background(), f.client(), apply.PullOptions{Trust: f.trust})
+		return err
+	}
+	for _, pull := range []func() error{newest, func() error { _, err := f.pull(s, 2); return err }} {
+		if err := pull(); !errors.Is(err, apply.ErrHeld) || !strings.Contains(err.Error(), "peerup unhold") {
+			t.Fatalf("pull of the held version: %v, want ErrHeld saying how to lift it", err)
+		}
+	}
+	if st, _ := s.Status(); st.Current != 1 || st.Staged != 0 {
+		t.Fatalf("a held version was staged: %+v", st)
+	}
+	write(t, tree+"/etc/os-release", "VERSION=3\n", 0o644)
+	f.publish(tree, 3)
+	if err := newest(); err != nil {
+		t.Fatalf("a version newer than the hold: %v", err)
+	}
+	if err := s.Hold(5); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.pull(s, 3); !errors.Is(err, apply.ErrHeld) {
+		t.Fatalf("pull of v3 under an admin's hold of 5: %v, want ErrHeld", err)
+	}
+	if err := s.Unhold(); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := s.Status(); st.Held != 0 {
+		t.Fatalf("after unhold: %+v", st)
+	}
+	if err := s.UnmarkBad(2); err == nil || !strings.Contains(err.Error(), "not marked bad") {
+		t.Fatalf("unmark-bad of a version that is not: %v", err)
+	}
 }

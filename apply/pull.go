@@ -282,14 +282,14 @@ func (s *Sysroot) chooseFrom(src Source, ix *blobstore.Index, st Status, o PullO
 	} else if e, ok = ix.Latest(image); !ok {
 		return "", 0, fmt.Errorf("pull: %s offers no version of %s", src, image)
 	}
-	if s.IsBad(e.Version) {
-		return "", 0, fmt.Errorf("pull: %s version %d is %w; waiting for a newer one", image, e.Version, ErrMarkedBad)
-	}
 	if e.Version <= st.Current {
 		if o.Version == 0 {
 			return "", 0, fmt.Errorf("%s offers %s version %d at most: %w", src, image, e.Version, ErrUpToDate)
 		}
 		return "", 0, fmt.Errorf("pull: %s version %d is %w (%d)", image, e.Version, ErrNotNewer, st.Current)
+	}
+	if err := s.Refusal(e.Version); err != nil {
+		return "", 0, fmt.Errorf("pull: %s version %d is %w; waiting for a newer one", image, e.Version, err)
 	}
 	return image, e.Version, nil
 }

@@ -33,6 +33,7 @@ var (
 	ErrNoPrevious    = errors.New("no previous version to roll back to")
 	ErrUpToDate      = errors.New("already up to date")
 	ErrMarkedBad     = errors.New("marked bad: it failed to boot")
+	ErrHeld          = errors.New("held back by an admin or a rollback")
 )
 
 // Sysroot is a directory holding image trees and the links between them.
@@ -151,6 +152,10 @@ type Status struct {
 	Current  uint64
 	Previous uint64
 	Staged   uint64
+	// Held: versions up to it are not installed (0: none); Bad: versions
+	// that failed their boot tries (SPEC.md §12).
+	Held uint64
+	Bad  []uint64
 }
 
 // readLink returns the version a link names, or 0 if there is no link.
@@ -187,6 +192,8 @@ func (s *Sysroot) Status() (Status, error) {
 		// A crash after a switch but before the staged link was removed.
 		st.Staged = 0
 	}
+	b, _ := s.readBoot()
+	st.Held, st.Bad = b.Held, b.Bad
 	st.Image, err = s.image()
 	return st, err
 }
@@ -394,7 +401,10 @@ func (s *Sysroot) Rollback() (from, to uint64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	return s.rollbackLocked(st)
+	if from, to, err = s.rollbackLocked(st); err != nil {
+		return 0, 0, err
+	}
+	return from, to, s.holdLeft(from)
 }
 
 func (s *Sysroot) rollbackLocked(st Status) (from, to uint64, err error) {
@@ -408,6 +418,16 @@ func (s *Sysroot) rollbackLocked(st Status) (from, to uint64, err error) {
 		return 0, 0, err
 	}
 	return st.Current, st.Previous, nil
+}
+
+// holdLeft holds the version an admin's rollback left, or a daemon with
+// the auto policy would install it again at once; a newer one still comes.
+// (A boot's fallback needs no hold: it marks the version bad.)
+func (s *Sysroot) holdLeft(from uint64) error {
+	if err := s.editBootLocked(func(b *bootState) { b.Held = max(b.Held, from) }); err != nil {
+		return fmt.Errorf("rollback: done, but holding version %d: %w", from, err)
+	}
+	return nil
 }
 
 func (s *Sysroot) journalPath() string { return filepath.Join(s.StateDir(), "switch") }

@@ -49,6 +49,11 @@ type Props struct {
 	ErrorName        string
 	ErrorMessage     string
 	PeerCount        uint32
+	// HeldVersion: no version up to it is installed (a rollback or
+	// peerup hold; 0: none). BadVersion: the newest version that failed
+	// its boot tries (0: none).
+	HeldVersion uint64
+	BadVersion  uint64
 }
 
 // Observer hears of changes: the D-Bus service, tests.
@@ -146,6 +151,10 @@ func (c *Core) readSysroot(p *Props) error {
 		return err
 	}
 	p.Image, p.CurrentVersion, p.PreviousVersion = st.Image, st.Current, st.Previous
+	p.HeldVersion, p.BadVersion = st.Held, 0
+	for _, v := range st.Bad {
+		p.BadVersion = max(p.BadVersion, v)
+	}
 	return nil
 }
 
@@ -436,7 +445,7 @@ func (c *Core) poll(ctx context.Context) func() error {
 	c.update(func(p *Props) { p.PeerCount = uint32(len(peers)) })
 	cur := c.Props()
 	indexes, errs := askAll(ctx, c.o.Open, peers)
-	sel := selectOffers(peers, indexes, errs, cur.Image, cur.CurrentVersion, c.o.Sysroot.IsBad, time.Now())
+	sel := selectOffers(peers, indexes, errs, cur.Image, cur.CurrentVersion, func(v uint64) bool { return c.o.Sysroot.Refusal(v) != nil }, time.Now())
 	records := sel.records
 	if len(records) > 0 {
 		if err := c.o.DB.SavePeers(records); err != nil {
@@ -483,8 +492,8 @@ type selection struct {
 }
 
 // selectOffers reads the peers' indexes (or errors, in the peers' order):
-// every version of image newer than current and not marked bad is an
-// offer. A node that has no image yet takes a peer's only one. The highest
+// every version of image newer than current and not refused (marked bad,
+// or held) is an offer. A node that has no image yet takes a peer's only one. The highest
 // version wins; among its peers, discovery's order is kept. Lower ones are
 // kept as fallbacks: a peer can list a version it does not have (the index
 // is unsigned), and a liar must not freeze the laptop below what honest

@@ -141,20 +141,29 @@ func stateIs(state State) func(*dbus.Signal) bool {
 	}
 }
 
-func TestDBusAPIDuringARealUpdate(t *testing.T) {
-	addr := privateBus(t)
-	f := newTestFleet(t)
+// daemonOnV1 starts a daemon with policy on a private bus, on a sysroot
+// running v1 of a fleet that has published v2, with the fleet's server as
+// its peer, and a watcher of its signals started before it.
+func daemonOnV1(t *testing.T, policy string) (f *testFleet, sysroot, addr string, w *watcher) {
+	t.Helper()
+	addr = privateBus(t)
+	f = newTestFleet(t)
 	f.publish(t, 1)
-	sysroot := f.sysrootAt(t, 1)
+	sysroot = f.sysrootAt(t, 1)
 	f.publish(t, 2)
-
-	w := watch(t, addr)
+	w = watch(t, addr)
 	ctx, cancel := context.WithCancel(context.Background())
-	d, err := Start(ctx, Config{Sysroot: sysroot, Trust: []string{f.pub}, Listen: "127.0.0.1:0", Bus: addr, Policy: "download", Peers: []string{f.url}}, nil, nil)
+	d, err := Start(ctx, Config{Sysroot: sysroot, Trust: []string{f.pub}, Listen: "127.0.0.1:0", Bus: addr, Policy: policy, Peers: []string{f.url}}, nil, nil)
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	defer func() { cancel(); d.Wait(ctx) }()
+	t.Cleanup(func() { cancel(); d.Wait(ctx) })
+	return f, sysroot, addr, w
+}
+
+func TestDBusAPIDuringARealUpdate(t *testing.T) {
+	f, sysroot, addr, w := daemonOnV1(t, "download")
 
 	// The daemon polls its static peer on start, finds v2 and, by the
 	// download policy, fetches and stages it.
@@ -216,17 +225,62 @@ func TestDBusAPIDuringARealUpdate(t *testing.T) {
 	if err := cl.Call(MethodRollback); err != nil {
 		t.Fatal(err)
 	}
-	if p, _ := cl.Props(); p.CurrentVersion != 1 || p.PreviousVersion != 2 || p.State != StateIdle {
+	if p, _ := cl.Props(); p.CurrentVersion != 1 || p.PreviousVersion != 2 || p.State != StateIdle || p.HeldVersion != 2 {
 		t.Errorf("after Rollback: %+v", p)
 	}
 
-	// Poll finds v2 again (rolled back from, still newest); Cancel then
-	// works or the poll has already finished: both are fine, an error is not
-	// the named one.
+	// The version rolled back from is held: a poll offers nothing, until
+	// a newer version is published.
+	if err := cl.Call(MethodPoll); err != nil {
+		t.Fatal(err)
+	}
+	w.until(t, "the poll", stateIs(StatePolling))
+	w.until(t, "idle after a Poll that finds only the held version", stateIs(StateIdle))
+	f.publish(t, 3)
 	if err := cl.Call(MethodPoll); err != nil {
 		t.Fatal(err)
 	}
 	w.until(t, "update-available after Poll", stateIs(StateUpdateAvailable))
+	if p, _ := cl.Props(); p.AvailableVersion != 3 {
+		t.Errorf("after v3 was published: %+v", p)
+	}
+}
+
+// TestRollbackSticksUnderTheAutoPolicy: a daemon that installs updates by
+// itself applies v2; a rollback over D-Bus brings back v1, and the daemon
+// keeps it, on disk and over D-Bus, however often it polls, until v3 is
+// published, which it then installs.
+func TestRollbackSticksUnderTheAutoPolicy(t *testing.T) {
+	f, sysroot, addr, w := daemonOnV1(t, "auto")
+	w.until(t, "v2 applied by the auto policy", stateIs(StateUpdateApplied))
+	cl, err := Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if err := cl.Call(MethodRollback); err != nil {
+		t.Fatal(err)
+	}
+	current := func() string { target, _ := os.Readlink(sysroot + "/current"); return target }
+	for i := range 3 {
+		if err := cl.Call(MethodPoll); err != nil {
+			t.Fatal(err)
+		}
+		w.until(t, "the poll", stateIs(StatePolling))
+		w.until(t, "idle after the poll", stateIs(StateIdle))
+		p, _ := cl.Props()
+		if p.CurrentVersion != 1 || p.HeldVersion != 2 || current() != "trees/1" {
+			t.Fatalf("poll %d after the rollback: %+v, current -> %s; want v1 kept, v2 held", i+1, p, current())
+		}
+	}
+	f.publish(t, 3)
+	if err := cl.Call(MethodPoll); err != nil {
+		t.Fatal(err)
+	}
+	w.until(t, "v3 applied", stateIs(StateUpdateApplied))
+	if p, _ := cl.Props(); p.CurrentVersion != 3 || current() != "trees/3" {
+		t.Errorf("after v3 was published: %+v, current -> %s", p, current())
+	}
 }
 
 func TestIntrospection(t *testing.T) {

@@ -87,6 +87,8 @@ func propValues(p Props) map[string]any {
 		"ErrorName":        p.ErrorName,
 		"ErrorMessage":     p.ErrorMessage,
 		"PeerCount":        p.PeerCount,
+		"HeldVersion":      p.HeldVersion,
+		"BadVersion":       p.BadVersion,
 	}
 }
 
@@ -231,6 +233,8 @@ func (c *Client) Props() (Props, error) {
 	get("ErrorName", &p.ErrorName)
 	get("ErrorMessage", &p.ErrorMessage)
 	get("PeerCount", &p.PeerCount)
+	get("HeldVersion", &p.HeldVersion)
+	get("BadVersion", &p.BadVersion)
 	return p, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"strconv"
 
 	"github.com/spf13/cobra"
 
@@ -170,4 +171,54 @@ and put back; exits non-zero if problems remain.`,
 	cmd.Flags().StringVar(&from, "from", "", "with --repair: repo URL, or a folder holding a repo, to fetch from")
 	cmd.MarkFlagRequired("sysroot")
 	return cmd
+}
+
+// newHoldCmds are hold, unhold and unmark-bad: what an admin uses to keep
+// a version off the laptop, or let one back on.
+func (a *app) newHoldCmds() []*cobra.Command {
+	verb := func(use, short, long string, args cobra.PositionalArgs, run func(s *apply.Sysroot, v uint64) (string, error)) *cobra.Command {
+		var sysroot string
+		cmd := &cobra.Command{
+			Use: use, Short: short, Long: long, Args: args,
+			RunE: func(cmd *cobra.Command, args []string) error {
+				var v uint64
+				if len(args) == 1 {
+					var err error
+					if v, err = strconv.ParseUint(args[0], 10, 64); err != nil || v == 0 {
+						return fmt.Errorf("%q is not a version", args[0])
+					}
+				}
+				s, err := apply.OpenExisting(sysroot)
+				if err != nil {
+					return err
+				}
+				msg, err := run(s, v)
+				if err != nil {
+					return err
+				}
+				fmt.Println(msg)
+				return nil
+			},
+		}
+		cmd.Flags().StringVar(&sysroot, "sysroot", "", "sysroot directory (required)")
+		cmd.MarkFlagRequired("sysroot")
+		return cmd
+	}
+	return []*cobra.Command{
+		verb("hold --sysroot DIR VERSION", "Keep every version up to VERSION off this laptop",
+			`No version up to VERSION is pulled or applied, by the daemon or by update,
+until peerup unhold; a newer version still is. A rollback holds the version it
+left by itself.`, cobra.ExactArgs(1),
+			func(s *apply.Sysroot, v uint64) (string, error) {
+				return fmt.Sprintf("versions up to %d held", v), s.Hold(v)
+			}),
+		verb("unhold --sysroot DIR", "Lift the hold", `Versions a hold kept off may be installed again.`, cobra.NoArgs,
+			func(s *apply.Sysroot, _ uint64) (string, error) { return "hold lifted", s.Unhold() }),
+		verb("unmark-bad --sysroot DIR VERSION", "Let a version that failed to boot be installed again",
+			`A version that used up its boot tries is marked bad and never installed again;
+this clears the mark (once what broke its boot is fixed).`, cobra.ExactArgs(1),
+			func(s *apply.Sysroot, v uint64) (string, error) {
+				return fmt.Sprintf("version %d is no longer marked bad", v), s.UnmarkBad(v)
+			}),
+	}
 }

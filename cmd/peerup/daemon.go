@@ -162,6 +162,12 @@ func describeProps(p daemon.Props) error {
 		fmt.Printf("download: %s of %s\n", human(int64(p.DownloadedBytes)), human(int64(p.DownloadSize)))
 	}
 	fmt.Printf("peers:    %d\n", p.PeerCount)
+	if p.HeldVersion != 0 {
+		fmt.Printf("held:     versions up to %d (peerup unhold)\n", p.HeldVersion)
+	}
+	if p.BadVersion != 0 {
+		fmt.Printf("bad:      version %d failed to boot (peerup unmark-bad)\n", p.BadVersion)
+	}
 	if p.State == daemon.StateError {
 		return errors.New(p.ErrorMessage)
 	}

@@ -118,5 +118,6 @@ rollback.`,
 		a.newVerifyCmd(),
 		a.newExportCmd(),
 	)
+	root.AddCommand(a.newHoldCmds()...)
 	return root
 }

@@ -75,10 +75,28 @@ func TestStatusJSONOnEmptySysroot(t *testing.T) {
 	if err := json.Unmarshal(out, &got); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	for _, k := range []string{"image", "current", "previous", "staged"} {
+	for _, k := range []string{"image", "current", "previous", "staged", "held"} {
 		v, ok := got[k]
 		if !ok || v != nil {
 			t.Errorf("%s = %v (present %v), want null", k, v, ok)
+		}
+	}
+	if bad, ok := got["bad"].([]any); !ok || len(bad) != 0 {
+		t.Errorf("bad = %v, want []", got["bad"])
+	}
+	// An admin's hold shows, and unhold lifts it.
+	for _, step := range []struct {
+		args []string
+		held any
+	}{{[]string{"hold", "--sysroot", dir, "4"}, 4.0}, {[]string{"unhold", "--sysroot", dir}, nil}} {
+		if out, err := exec.Command(bin, step.args...).CombinedOutput(); err != nil {
+			t.Fatalf("peerup %v: %v\n%s", step.args, err, out)
+		}
+		out, _ := exec.Command(bin, "status", "--sysroot", dir, "--json").Output()
+		got = nil
+		json.Unmarshal(out, &got)
+		if got["held"] != step.held {
+			t.Errorf("after peerup %s: held = %v, want %v", step.args[0], got["held"], step.held)
 		}
 	}
 }

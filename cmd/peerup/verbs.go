@@ -219,6 +219,13 @@ type pullFlags struct {
 	settings *daemon.ConfigFlags
 }
 
+// nothingToDo reports whether a pull's error means there is nothing to
+// install, which is no failure: up to date, or the newest version held
+// back (asked for by number, a held version is an error).
+func (p *pullFlags) nothingToDo(err error) bool {
+	return errors.Is(err, apply.ErrUpToDate) || p.version == 0 && errors.Is(err, apply.ErrHeld)
+}
+
 func (p *pullFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&p.sysroot, "sysroot", "", "sysroot directory (required)")
@@ -294,7 +301,7 @@ it. Nothing changes unless everything checks out.
 			if err == nil {
 				warnEtcKept(res)
 			}
-			if errors.Is(err, apply.ErrUpToDate) {
+			if p.nothingToDo(err) {
 				fmt.Println(err)
 				return nil
 			}
@@ -377,7 +384,7 @@ func (a *app) newUpdateCmd() *cobra.Command {
 			res, from, err := s.Update(cmd.Context(), src, o)
 			clear()
 			warnEtcKept(res)
-			if errors.Is(err, apply.ErrUpToDate) {
+			if p.nothingToDo(err) {
 				fmt.Println(err)
 				return nil
 			}
@@ -447,6 +454,12 @@ running daemon over D-Bus for its state and progress.`,
 				img = "none yet"
 			}
 			fmt.Printf("image:    %s\ncurrent:  %s\nprevious: %s\nstaged:   %s\n", img, show(st.Current), show(st.Previous), show(st.Staged))
+			if st.Held != 0 {
+				fmt.Printf("held:     versions up to %d (peerup unhold)\n", st.Held)
+			}
+			if len(st.Bad) > 0 {
+				fmt.Printf("bad:      %v (failed to boot; peerup unmark-bad)\n", st.Bad)
+			}
 			return nil
 		},
 	}
@@ -468,7 +481,11 @@ func statusJSON(st apply.Status) map[string]any {
 	if st.Image != "" {
 		img = st.Image
 	}
-	return map[string]any{"image": img, "current": v(st.Current), "previous": v(st.Previous), "staged": v(st.Staged)}
+	bad := st.Bad
+	if bad == nil {
+		bad = []uint64{}
+	}
+	return map[string]any{"image": img, "current": v(st.Current), "previous": v(st.Previous), "staged": v(st.Staged), "held": v(st.Held), "bad": bad}
 }
 
 func (a *app) newRollbackCmd() *cobra.Command {
@@ -499,7 +516,7 @@ second rollback undoes the first. Without --sysroot it asks the running daemon.`
 			if err != nil {
 				return err
 			}
-			fmt.Printf("rolled back: current is now version %d (previous: %d)\n", to, from)
+			fmt.Printf("rolled back: current is now version %d (previous: %d); versions up to %d are held until peerup unhold or a newer version\n", to, from, from)
 			return nil
 		},
 	}
