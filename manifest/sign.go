@@ -41,19 +41,31 @@ var acceptedHashes = []crypto.Hash{crypto.SHA256, crypto.SHA384, crypto.SHA512}
 
 // checkSignaturePacket refuses, with a plain reason, bytes that are not one
 // OpenPGP signature packet or that sign with a hash peerup does not accept.
-func checkSignaturePacket(sig []byte) error {
+func checkSignaturePacket(sig []byte) (*packet.Signature, error) {
 	p, err := packet.Read(bytes.NewReader(sig))
 	if err != nil {
-		return fmt.Errorf("%w: not an OpenPGP signature (%v)", ErrBadSignature, err)
+		return nil, fmt.Errorf("%w: not an OpenPGP signature (%v)", ErrBadSignature, err)
 	}
 	s, ok := p.(*packet.Signature)
 	if !ok {
-		return fmt.Errorf("%w: not an OpenPGP signature (an OpenPGP %T)", ErrBadSignature, p)
+		return nil, fmt.Errorf("%w: not an OpenPGP signature (an OpenPGP %T)", ErrBadSignature, p)
 	}
 	if !slices.Contains(acceptedHashes, s.Hash) {
-		return fmt.Errorf("%w: made with %s, which peerup refuses (sign with SHA-256 or stronger: gpg --digest-algo SHA256)", ErrBadSignature, hashName(s.Hash))
+		return nil, fmt.Errorf("%w: made with %s, which peerup refuses (sign with SHA-256 or stronger: gpg --digest-algo SHA256)", ErrBadSignature, hashName(s.Hash))
 	}
-	return nil
+	return s, nil
+}
+
+// issuer names the key a signature says made it: its fingerprint, or its
+// key ID where the signature carries only that.
+func issuer(s *packet.Signature) string {
+	switch {
+	case len(s.IssuerFingerprint) > 0:
+		return fmt.Sprintf("%X", s.IssuerFingerprint)
+	case s.IssuerKeyId != nil:
+		return fmt.Sprintf("key ID %016X", *s.IssuerKeyId)
+	}
+	return "an unnamed key"
 }
 
 func hashName(h crypto.Hash) string {
@@ -378,13 +390,16 @@ func (k *Keyring) Verify(signed io.Reader, sig []byte) (string, error) {
 	// The library's own messages mislead here: a SHA-1 signature comes back
 	// as a "hash algorithm or salt mismatch", random bytes as an unknown
 	// signer. Say what the bytes are first.
-	if err := checkSignaturePacket(sig); err != nil {
+	pkt, err := checkSignaturePacket(sig)
+	if err != nil {
 		return "", err
 	}
 	signer, err := openpgp.CheckDetachedSignatureAndHash(k.keys, signed, bytes.NewReader(sig), acceptedHashes, nil)
 	if err != nil {
 		if errors.Is(err, pgperrors.ErrUnknownIssuer) {
-			return "", fmt.Errorf("%w (%v)", ErrUntrustedKey, err)
+			// Which key signed says whether the publisher used a wrong
+			// key or the laptop lacks a rotation's new one.
+			return "", fmt.Errorf("%w: made by %s", ErrUntrustedKey, issuer(pkt))
 		}
 		return "", fmt.Errorf("%w: %w", ErrBadSignature, err)
 	}

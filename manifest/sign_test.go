@@ -52,8 +52,8 @@ func TestSignVerify(t *testing.T) {
 	}
 	var osig bytes.Buffer
 	other.Sign(&osig, bytes.NewReader(msg))
-	if _, err := kr.Verify(bytes.NewReader(msg), osig.Bytes()); !errors.Is(err, ErrUntrustedKey) {
-		t.Errorf("untrusted key: err = %v, want ErrUntrustedKey", err)
+	if _, err := kr.Verify(bytes.NewReader(msg), osig.Bytes()); !errors.Is(err, ErrUntrustedKey) || !strings.Contains(err.Error(), other.Fingerprint()) {
+		t.Errorf("untrusted key: err = %v, want ErrUntrustedKey naming the signer %s", err, other.Fingerprint())
 	}
 	if _, err := kr.Verify(bytes.NewReader(msg), []byte("garbage")); !errors.Is(err, ErrBadSignature) {
 		t.Errorf("garbage signature: err = %v, want ErrBadSignature", err)

@@ -184,6 +184,11 @@ func (c *Client) do(ctx context.Context, u *url.URL, offset int64) (*http.Respon
 	req.Header.Set("Accept-Encoding", "identity")
 	resp, err := c.http.Do(req)
 	if err != nil {
+		// net/http's own error repeats the method and URL ("Get \"…\":").
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return nil, fmt.Errorf("GET %s: %w", u, err)
 	}
 	switch resp.StatusCode {

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -267,5 +268,29 @@ func TestOnlyUpstreamClientsTakeTheProxy(t *testing.T) {
 	}
 	if UpstreamHTTPClient().Transport.(*http.Transport).Proxy == nil {
 		t.Error("the upstream client ignores http_proxy")
+	}
+}
+
+// TestUnreachablePeerSaysSoOnce: an error reaching a peer names the URL
+// once and says what went wrong, and a deadline still reads as one.
+func TestUnreachablePeerSaysSoOnce(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + ln.Addr().String() + "/"
+	ln.Close() // nobody listens there now
+	c, err := NewClient(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Index(context.Background())
+	if err == nil || strings.Count(err.Error(), "http://") != 1 || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("err = %v, want the URL once and the refusal", err)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	if _, err := c.Index(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want one wrapping the deadline", err)
 	}
 }
