@@ -45,8 +45,10 @@ func TestAttackKeyRotationAndRevocation(t *testing.T) {
 	publish := func(v uint64, s *manifest.Signer, add, revoke []string) {
 		t.Helper()
 		write(t, tree+"/etc/os-release", fmt.Sprintf("VERSION=%d\n", v), 0o644)
+		// AnyKey: a stray or stolen key signs here as an attacker's own
+		// repo would let it; the fleet's repo refuses such a publish.
 		_, err := f.repo.Publish(context.Background(), tree, blobstore.PublishOptions{
-			Image: "school-laptop", Version: v, Signer: s, KeysAdd: add, KeysRevoke: revoke})
+			Image: "school-laptop", Version: v, Signer: s, KeysAdd: add, KeysRevoke: revoke, AnyKey: true})
 		if err != nil {
 			t.Fatal(err)
 		}

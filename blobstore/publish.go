@@ -33,6 +33,9 @@ type PublishOptions struct {
 	Expires    time.Time
 	KeysAdd    []string
 	KeysRevoke []string
+	// AnyKey signs with a key the repo's fleet keys do not list (laptops
+	// that trust it some other way); without it such a publish is refused.
+	AnyKey bool
 	// Progress, if set, is called with bytes hashed so far and the total.
 	Progress func(done, total int64)
 	// Fault, if set, is called at each step of a publish with its name
@@ -76,6 +79,7 @@ type Pending struct {
 	fault  func(string)
 	unlock func()
 	listed bool
+	opts   PublishOptions // for the fleet keys, once listed
 }
 
 // Stage makes a signed version of the tree at dir without listing it: it
@@ -92,7 +96,11 @@ func (r *Repo) Stage(ctx context.Context, dir string, o PublishOptions) (*Pendin
 	if err != nil {
 		return nil, fmt.Errorf("publish: repo %w", err)
 	}
-	p := &Pending{repo: r, fault: o.Fault, unlock: unlock}
+	if err := r.checkSigner(o); err != nil {
+		unlock()
+		return nil, err
+	}
+	p := &Pending{repo: r, fault: o.Fault, unlock: unlock, opts: o}
 	pub, err := r.stage(ctx, dir, o, p)
 	if err != nil {
 		p.Close()
@@ -201,6 +209,9 @@ func (p *Pending) List() error {
 		return fmt.Errorf("publish %s v%d: %w", p.entry.Image, p.entry.Version, err)
 	}
 	p.listed = true
+	if err := p.repo.recordKeys(p.opts); err != nil {
+		return fmt.Errorf("publish %s v%d: listed, but recording its keys: %w", p.entry.Image, p.entry.Version, err)
+	}
 	return nil
 }
 

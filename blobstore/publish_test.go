@@ -1,11 +1,13 @@
 package blobstore_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"peerup/blobstore"
@@ -97,5 +99,62 @@ func TestStageListsNothingUntilList(t *testing.T) {
 	}
 	if err := repo.ClearUnlisted(o.Image, 2); err != nil || !present(lay.Manifest(o.Image, 2)) {
 		t.Errorf("ClearUnlisted of a listed version: %v; manifest present %v", err, present(lay.Manifest(o.Image, 2)))
+	}
+}
+
+// TestPublishRefusesAKeyTheFleetDoesNotTrust: the repo remembers the key
+// of its first publish; a publish signed by another key is refused, names
+// the key and leaves the repo as it was, until a fleet key introduces it
+// (--add-key); --any-key overrides.
+func TestPublishRefusesAKeyTheFleetDoesNotTrust(t *testing.T) {
+	dir := t.TempDir()
+	repo, err := blobstore.OpenRepo(filepath.Join(dir, "repo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := func(name string) *manifest.Signer {
+		e, err := manifest.GenerateKey(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := manifest.WriteKeyPair(e, dir, name); err != nil {
+			t.Fatal(err)
+		}
+		return manifest.NewSigner(e)
+	}
+	fleet, other := key("fleet"), key("other")
+	tree := filepath.Join(dir, "tree")
+	os.MkdirAll(filepath.Join(tree, "etc"), 0o755)
+	publish := func(s *manifest.Signer, o blobstore.PublishOptions) error {
+		o.Image, o.Signer = "school-laptop", s
+		_, err := repo.Publish(context.Background(), tree, o)
+		return err
+	}
+	if err := publish(fleet, blobstore.PublishOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(repo.Layout().Index())
+	err = publish(other, blobstore.PublishOptions{})
+	if err == nil || !strings.Contains(err.Error(), other.Fingerprint()) || !strings.Contains(err.Error(), "not one this fleet trusts") {
+		t.Fatalf("a publish with a key the fleet does not trust: %v", err)
+	}
+	if after, _ := os.ReadFile(repo.Layout().Index()); !bytes.Equal(after, before) {
+		t.Fatal("the refused publish changed the index")
+	}
+	// The fleet key introduces the other one; then it signs.
+	os.MkdirAll(filepath.Join(tree, manifest.TrustedKeysDir), 0o755)
+	pub, _ := os.ReadFile(filepath.Join(dir, "other.pub"))
+	os.WriteFile(filepath.Join(tree, manifest.TrustedKeysDir, "other.pub"), pub, 0o644)
+	if err := publish(fleet, blobstore.PublishOptions{KeysAdd: []string{other.Fingerprint()}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := publish(other, blobstore.PublishOptions{KeysRevoke: []string{fleet.Fingerprint()}}); err != nil {
+		t.Fatalf("the introduced key: %v", err)
+	}
+	if err := publish(fleet, blobstore.PublishOptions{}); err == nil {
+		t.Fatal("a revoked key signed a publish")
+	}
+	if err := publish(fleet, blobstore.PublishOptions{AnyKey: true}); err != nil {
+		t.Fatalf("--any-key: %v", err)
 	}
 }

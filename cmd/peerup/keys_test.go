@@ -80,9 +80,14 @@ func TestKeyRotationFromTheCommandLine(t *testing.T) {
 	if got := current(); got != "VERSION_ID=3" {
 		t.Fatalf("after v3: os-release %q", got)
 	}
-	// A v4 signed by the revoked key, though still given with --trust.
+	// A v4 signed by the revoked key, though still given with --trust: the
+	// repo refuses to publish it, and a laptop refuses it where a thief's
+	// repo (or --any-key) lets it through.
 	release("4")
-	publish("old")
+	if out, err := run("publish", "--repo", repo, "--image", "school-laptop", "--key", dir+"/keys/old.key", tree); err == nil || !strings.Contains(out, "not one this fleet trusts") {
+		t.Fatalf("publish with the revoked key: %v\n%s", err, out)
+	}
+	publish("old", "--any-key")
 	out, err := update()
 	if err == nil || !strings.Contains(out, "revoked") {
 		t.Fatalf("v4 signed by the revoked key: err = %v\n%s", err, out)
