@@ -61,7 +61,7 @@ func newFleet(t *testing.T) *fleet {
 func (f *fleet) publish(tree string, v uint64) {
 	f.t.Helper()
 	_, err := f.repo.Publish(context.Background(), tree, blobstore.PublishOptions{
-		Image: "school-laptop", Version: v, Signer: f.signer, Label: fmt.Sprintf("v%d", v)})
+		Image: "school-laptop", Version: v, Signer: f.signer, Label: fmt.Sprintf("v%d", v), AllowSame: true})
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -10,7 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +38,11 @@ type PublishOptions struct {
 	// AnyKey signs with a key the repo's fleet keys do not list (laptops
 	// that trust it some other way); without it such a publish is refused.
 	AnyKey bool
+	// NewImage starts an image the repo does not hold beside those it
+	// does; without it that is refused (a mistyped --image). AllowSame
+	// publishes a tree identical to the image's newest version, which is
+	// otherwise refused unless keys or an expiry change with it.
+	NewImage, AllowSame bool
 	// Progress, if set, is called with bytes hashed so far and the total.
 	Progress func(done, total int64)
 	// Fault, if set, is called at each step of a publish with its name
@@ -118,6 +125,9 @@ func (r *Repo) stage(ctx context.Context, dir string, o PublishOptions, p *Pendi
 	if err != nil {
 		return nil, err
 	}
+	if imgs := ix.Images(); len(imgs) > 0 && !slices.Contains(imgs, o.Image) && !o.NewImage {
+		return nil, fmt.Errorf("publish: this repo holds images %s, not %q: a mistyped --image? (pass --new-image to start another image)", strings.Join(imgs, ", "), o.Image)
+	}
 	latest, have := ix.Latest(o.Image)
 	v := o.Version
 	switch {
@@ -145,6 +155,15 @@ func (r *Repo) stage(ctx context.Context, dir string, o PublishOptions, p *Pendi
 	pub := &Published{}
 	if err := r.storeFiles(ctx, b, dir, entries, o.Progress, pub); err != nil {
 		return nil, fmt.Errorf("publish: %w", err)
+	}
+	// An unchanged tree makes a version every laptop fetches for nothing;
+	// republishing it to roll keys or renew an expiry is the exception.
+	if have && !o.AllowSame && len(o.KeysAdd) == 0 && len(o.KeysRevoke) == 0 && o.Expires.IsZero() {
+		if same, err := r.sameTree(o.Image, latest.Version, entries); err != nil {
+			return nil, fmt.Errorf("publish: %w", err)
+		} else if same {
+			return nil, fmt.Errorf("publish: the tree is the same as %s version %d: nothing to publish (pass --allow-same to make it a new version anyway)", o.Image, latest.Version)
+		}
 	}
 	created := o.Created
 	if created.IsZero() {
@@ -229,6 +248,31 @@ func (p *Pending) Close() error {
 	p.unlock()
 	p.unlock = nil
 	return err
+}
+
+// sameTree reports whether version v's manifest lists exactly entries.
+func (r *Repo) sameTree(image string, v uint64, entries []manifest.Entry) (bool, error) {
+	sf, err := r.OpenVersion(image, v)
+	if err != nil {
+		return false, err
+	}
+	defer sf.Close()
+	rd, err := manifest.NewReader(sf.Reader())
+	if err != nil {
+		return false, err
+	}
+	for i := 0; ; i++ {
+		e, err := rd.Next()
+		if err == io.EOF {
+			return i == len(entries), nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if i >= len(entries) || !e.Same(&entries[i]) {
+			return false, nil
+		}
+	}
 }
 
 // storeFiles hashes every file on all cores and stores the ones the repo

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"peerup/blobstore"
 	"peerup/internal/fsutil"
@@ -37,7 +38,7 @@ func TestStageListsNothingUntilList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := blobstore.PublishOptions{Image: "school-laptop", Signer: manifest.NewSigner(e)}
+	o := blobstore.PublishOptions{Image: "school-laptop", Signer: manifest.NewSigner(e), AllowSame: true}
 	repo, err := blobstore.OpenRepo(filepath.Join(t.TempDir(), "repo"))
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +127,7 @@ func TestPublishRefusesAKeyTheFleetDoesNotTrust(t *testing.T) {
 	tree := filepath.Join(dir, "tree")
 	os.MkdirAll(filepath.Join(tree, "etc"), 0o755)
 	publish := func(s *manifest.Signer, o blobstore.PublishOptions) error {
-		o.Image, o.Signer = "school-laptop", s
+		o.Image, o.Signer, o.AllowSame = "school-laptop", s, true
 		_, err := repo.Publish(context.Background(), tree, o)
 		return err
 	}
@@ -156,5 +157,60 @@ func TestPublishRefusesAKeyTheFleetDoesNotTrust(t *testing.T) {
 	}
 	if err := publish(fleet, blobstore.PublishOptions{AnyKey: true}); err != nil {
 		t.Fatalf("--any-key: %v", err)
+	}
+}
+
+// TestPublishRefusesMistakes: a second image beside the repo's (a
+// mistyped --image) needs NewImage, and an unchanged tree AllowSame, unless
+// the publish rolls keys or sets an expiry; each refusal says how to
+// proceed and lists nothing.
+func TestPublishRefusesMistakes(t *testing.T) {
+	e, _ := manifest.GenerateKey("fleet")
+	signer := manifest.NewSigner(e)
+	repo, err := blobstore.OpenRepo(filepath.Join(t.TempDir(), "repo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree := t.TempDir()
+	os.WriteFile(filepath.Join(tree, "os-release"), []byte("VERSION=1\n"), 0o644)
+	publish := func(o blobstore.PublishOptions) error {
+		if o.Image == "" {
+			o.Image = "school-laptop"
+		}
+		o.Signer = signer
+		_, err := repo.Publish(context.Background(), tree, o)
+		return err
+	}
+	if err := publish(blobstore.PublishOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		o    blobstore.PublishOptions
+		want string // "" for accepted
+	}{
+		{"a mistyped image", blobstore.PublishOptions{Image: "school-lapotp"}, "pass --new-image"},
+		{"the same tree again", blobstore.PublishOptions{}, "the tree is the same as school-laptop version 1"},
+		{"the same tree with only a new label", blobstore.PublishOptions{Label: "again"}, "pass --allow-same"},
+		{"the same tree, renewing an expiry", blobstore.PublishOptions{Expires: time.Now().Add(720 * time.Hour)}, ""},
+		{"the same tree, asked for", blobstore.PublishOptions{AllowSame: true}, ""},
+		{"a second image, asked for", blobstore.PublishOptions{Image: "teacher-laptop", NewImage: true}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := listed(t, repo)
+			err := publish(tc.o)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("err = %v, want one saying %q", err, tc.want)
+			case tc.want != "" && !slices.Equal(listed(t, repo), before):
+				t.Fatal("the refused publish listed a version")
+			}
+		})
+	}
+	os.WriteFile(filepath.Join(tree, "os-release"), []byte("VERSION=2\n"), 0o644)
+	if err := publish(blobstore.PublishOptions{}); err != nil {
+		t.Fatalf("a changed tree: %v", err)
 	}
 }

@@ -42,7 +42,7 @@ func TestSeedAnnouncesOnlyWholeVersions(t *testing.T) {
 		}
 		os.WriteFile(f.tree+"/etc/os-release", []byte(fmt.Sprintf("VERSION=%d\n", v)), 0o644)
 		_, err := diff.Publish(context.Background(), f.repo, f.tree, diff.PublishOptions{
-			PublishOptions: blobstore.PublishOptions{Image: "school-laptop", Signer: f.signer, Fault: fault},
+			PublishOptions: blobstore.PublishOptions{Image: "school-laptop", Signer: f.signer, Fault: fault, AllowSame: true},
 			Deltas:         &diff.GenerateOptions{},
 		})
 		if err != nil {

@@ -48,7 +48,7 @@ func TestPublishMakesEncodingsWhenAsked(t *testing.T) {
 			}
 			var heard uint64
 			res, err := diff.Publish(context.Background(), repo, tree, diff.PublishOptions{
-				PublishOptions: blobstore.PublishOptions{Image: "school-laptop", Signer: signer},
+				PublishOptions: blobstore.PublishOptions{Image: "school-laptop", Signer: signer, AllowSame: true},
 				Deltas:         tc.deltas,
 				Stored:         func(p *blobstore.Published) { heard = p.Header.Version },
 			})
@@ -116,7 +116,7 @@ func TestPublishListsVersionLast(t *testing.T) {
 					t.Fatal(err)
 				}
 				_, err := diff.Publish(ctx, repo, tree, diff.PublishOptions{
-					PublishOptions: blobstore.PublishOptions{Image: "school-laptop", Signer: signer, Fault: fault},
+					PublishOptions: blobstore.PublishOptions{Image: "school-laptop", Signer: signer, Fault: fault, AllowSame: true},
 					Deltas:         &diff.GenerateOptions{Depth: 1},
 				})
 				return err

@@ -222,6 +222,12 @@ func appendHeader(b []byte, h *Header) []byte {
 }
 
 // AppendEntry appends one entry line.
+// Same reports whether e and o are the same entry as a manifest spells
+// them: path, type, metadata, size, hash, target and xattrs.
+func (e *Entry) Same(o *Entry) bool {
+	return bytes.Equal(appendEntry(nil, e), appendEntry(nil, o))
+}
+
 func appendEntry(b []byte, e *Entry) []byte {
 	b = append(b, byte(e.Type), ' ')
 	b = append(b, Escape(e.Path)...)

@@ -255,8 +255,10 @@ func TestPublishKilledAtRandomPoints(t *testing.T) {
 	release(3, []int{2, 4, 7, 9})
 
 	template := filepath.Join(work, "repo")
+	// --allow-same: publishing again after a kill that came too late
+	// publishes v3's tree as v4.
 	publish := func(repo string, v int) *exec.Cmd {
-		return exec.Command(bin, "publish", "--repo", repo, "--image", "school-laptop", "--key", key, trees[v])
+		return exec.Command(bin, "publish", "--repo", repo, "--image", "school-laptop", "--key", key, "--allow-same", trees[v])
 	}
 	for v := 1; v <= 2; v++ {
 		if out, err := publish(template, v).CombinedOutput(); err != nil {

@@ -87,7 +87,7 @@ func (a *app) newPublishCmd() *cobra.Command {
 	var depth int
 	var expires time.Duration
 	var addKeys, revokeKeys []string
-	var anyKey bool
+	var anyKey, newImage, allowSame bool
 	cmd := &cobra.Command{
 		Use:   "publish --repo REPO --image ID --key KEYFILE [--label TEXT] [--version N] [--expires D] [--add-key FPR]... [--revoke-key FPR]... TREE",
 		Short: "Publish a tree as a new signed image version",
@@ -117,7 +117,7 @@ and can be served by 'peerup serve' or any static web server.`,
 			prog, clear := progress("hashing")
 			o := diff.PublishOptions{PublishOptions: blobstore.PublishOptions{
 				Image: image, Version: version, Label: label, Signer: signer, Progress: prog,
-				KeysAdd: addKeys, KeysRevoke: revokeKeys, AnyKey: anyKey,
+				KeysAdd: addKeys, KeysRevoke: revokeKeys, AnyKey: anyKey, NewImage: newImage, AllowSame: allowSame,
 			}}
 			if expires > 0 {
 				o.Expires = time.Now().Add(expires)
@@ -152,6 +152,8 @@ and can be served by 'peerup serve' or any static web server.`,
 	f.DurationVar(&expires, "expires", 0, "laptops refuse this version once this long has passed (e.g. 720h; default: never)")
 	f.StringSliceVar(&addKeys, "add-key", nil, "fingerprint of a key laptops adopt with this version; its .pub must be in TREE/"+manifest.TrustedKeysDir+" (SPEC.md §17)")
 	f.StringSliceVar(&revokeKeys, "revoke-key", nil, "fingerprint of a key laptops stop trusting with this version")
+	f.BoolVar(&newImage, "new-image", false, "start an image the repo does not hold yet, beside those it does")
+	f.BoolVar(&allowSame, "allow-same", false, "publish a tree identical to the image's newest version as a new version")
 	f.BoolVar(&anyKey, "any-key", false, "sign with a key the repo's fleet keys do not list (laptops must trust it some other way, or they refuse the version)")
 	f.Uint64Var(&version, "version", 0, "version number (default: the next one)")
 	f.IntVar(&depth, "delta-depth", 3, "make patches against this many earlier versions (0: none)")
