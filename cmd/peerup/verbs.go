@@ -499,7 +499,9 @@ func (a *app) newRollbackCmd() *cobra.Command {
 		Use:   "rollback (--sysroot DIR [--next-boot] | [--bus BUS])",
 		Short: "Swap current and previous",
 		Long: `Makes the previous tree current again, and the current one previous, so a
-second rollback undoes the first. Without --sysroot it asks the running daemon.`,
+second rollback undoes the first. The version rolled back from is held: it is
+not installed again until a newer version appears or peerup unhold. Without
+--sysroot it asks the running daemon.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if sysroot == "" {
