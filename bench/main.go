@@ -36,21 +36,26 @@ func main() {
 	laptops := flag.Int("laptops", 20, "laptops in the fleet scenario")
 	cache := flag.String("cache", debdata.DefaultCache, "where downloaded .deb files are kept between runs")
 	profile := flag.String("profile", "", "write a CPU profile of each timed peerup update into this folder (deltas)")
+	keep := flag.Bool("keep", false, "leave the work folder, with its repos and laptops, for a look by hand")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *n, *tree, *only, *cache, *profile, *laptops); err != nil {
+	if err := run(ctx, *n, *tree, *only, *cache, *profile, *laptops, *keep); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, n int, tree, only, cache, profile string, laptops int) error {
+func run(ctx context.Context, n int, tree, only, cache, profile string, laptops int, keep bool) error {
 	work, err := os.MkdirTemp("", "peerup-bench-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
+	if keep {
+		defer fmt.Printf("work folder kept: %s\n", work)
+	} else {
+		defer os.RemoveAll(work)
+	}
 	fs, _ := exec.Command("stat", "-f", "-c", "%T", work).Output()
 	fmt.Printf("machine: %d cores, %s; temp filesystem %s; %d repetitions, medians quoted\n",
 		runtime.NumCPU(), cpuModel(), strings.TrimSpace(string(fs)), n)
