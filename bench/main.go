@@ -37,28 +37,28 @@ func main() {
 	cache := flag.String("cache", debdata.DefaultCache, "where downloaded .deb files are kept between runs")
 	profile := flag.String("profile", "", "write a CPU profile of each timed peerup update into this folder (deltas)")
 	keep := flag.Bool("keep", false, "leave the work folder, with its repos and laptops, for a look by hand")
+	disk := flag.String("disk", "loop", `where the work folder lives: "loop", a fresh ext4 image mounted for the run (as a laptop's root: ext4 with a journal, not aged by earlier runs; needs root), or "temp", the temp folder as it is`)
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *n, *tree, *only, *cache, *profile, *laptops, *keep); err != nil {
+	if err := run(ctx, *n, *tree, *only, *cache, *profile, *laptops, *keep, *disk); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, n int, tree, only, cache, profile string, laptops int, keep bool) error {
-	work, err := os.MkdirTemp("", "peerup-bench-")
+func run(ctx context.Context, n int, tree, only, cache, profile string, laptops int, keep bool, disk string) error {
+	work, where, done, err := workFolder(ctx, disk)
 	if err != nil {
 		return err
 	}
 	if keep {
 		defer fmt.Printf("work folder kept: %s\n", work)
 	} else {
-		defer os.RemoveAll(work)
+		defer done()
 	}
-	fs, _ := exec.Command("stat", "-f", "-c", "%T", work).Output()
-	fmt.Printf("machine: %d cores, %s; temp filesystem %s; %d repetitions, medians quoted\n",
-		runtime.NumCPU(), cpuModel(), strings.TrimSpace(string(fs)), n)
+	fmt.Printf("machine: %d cores, %s; work folder on %s; %d repetitions, medians quoted\n",
+		runtime.NumCPU(), cpuModel(), where, n)
 	want := map[string]bool{}
 	for _, s := range strings.Split(only, ",") {
 		want[strings.TrimSpace(s)] = true
