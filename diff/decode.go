@@ -23,6 +23,7 @@ import (
 type Decoder struct {
 	mu   sync.Mutex
 	idle []*zstd.Decoder
+	gz   gzipSessions
 }
 
 const (
@@ -36,8 +37,10 @@ const (
 // NewDecoder returns a Decoder with an empty pool.
 func NewDecoder() *Decoder { return &Decoder{} }
 
-// Close drops the pooled decoders. The Decoder stays usable.
+// Close drops the pooled decoders and ends the shared gzip. The Decoder
+// stays usable.
 func (d *Decoder) Close() {
+	d.gz.close()
 	d.mu.Lock()
 	idle := d.idle
 	d.idle = nil

@@ -168,23 +168,37 @@ func (d *Decoder) decodeGz(ctx context.Context, kind Kind, base, enc *io.Section
 			return fmt.Errorf("%w: base is not a gzip -n file of at most %d bytes of text", ErrCorruptEncoding, gzTextLimit(baseSize))
 		}
 	}
+	text := func(w io.Writer) error {
+		tw := &limitWriter{w: w, limit: gzTextLimit(size)}
+		// A fresh reader over the encoding, so that a decode run again
+		// after its session failed reads it from the start.
+		return d.zstdTo(ctx, io.NewSectionReader(enc, 0, enc.Size()), dict, decodeWindow(kind, baseSize, size), tw)
+	}
+	err := d.gz.gzipInSession(ctx, size, w, text)
+	if errors.Is(err, errGzipSession) {
+		err = d.gzipAlone(ctx, size, w, text)
+	}
+	if err != nil && !errors.Is(err, ErrNoGzip) && !errors.Is(err, ErrCorruptEncoding) && ctx.Err() == nil {
+		err = fmt.Errorf("%w: %w", ErrCorruptEncoding, err)
+	}
+	return err
+}
+
+// gzipAlone is a gz decode with a gzip of its own.
+func (d *Decoder) gzipAlone(ctx context.Context, size int64, w io.Writer, text func(io.Writer) error) error {
 	// The zstd decode runs in the goroutine feeding gzip, so its text is
 	// never held: the pipe between them is the only buffer.
 	pr, pw := io.Pipe()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		text := &limitWriter{w: pw, limit: gzTextLimit(size)}
-		pw.CloseWithError(d.zstdTo(ctx, enc, dict, decodeWindow(kind, baseSize, size), text))
+		pw.CloseWithError(text(pw))
 	}()
 	n, err := gzip9nTo(ctx, pr, size, w)
 	pr.CloseWithError(errors.New("gzip is done")) // unblocks the decode if gzip stopped early
 	<-done
 	if err != nil {
-		if errors.Is(err, ErrNoGzip) || errors.Is(err, ErrCorruptEncoding) || ctx.Err() != nil {
-			return err
-		}
-		return fmt.Errorf("%w: %w", ErrCorruptEncoding, err)
+		return err
 	}
 	if n != size {
 		return fmt.Errorf("%w: recompressed text is %d bytes, want %d", ErrCorruptEncoding, n, size)
