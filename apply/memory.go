@@ -63,7 +63,13 @@ func newInFlight(m Memory) *inFlight {
 	if m <= 0 {
 		m = MemoryMiB(0)
 	}
-	return &inFlight{sem: semaphore.NewWeighted(m.InFlight()), limit: m.InFlight()}
+	n := m.InFlight()
+	// The pull's gz decodes share its gzip processes, so those are held
+	// back once for all rather than counted with each decode.
+	if gz := int64(diff.MaxGzipProcesses * diff.GzipProcessMemory); n > 2*gz {
+		n -= gz
+	}
+	return &inFlight{sem: semaphore.NewWeighted(n), limit: n}
 }
 
 // acquire takes n bytes of the budget, waiting while others hold it.

@@ -119,9 +119,10 @@ const (
 	// and drain it, and the runtime's rounding of the window's allocation
 	// (a 64 MiB target's 32 MiB window measured 36 MiB of heap in all).
 	zstdOverhead = 4 << 20
-	// gzipMemory is the gzip child process (its RSS, not this heap: the
-	// laptop pays for it all the same) and the pipes to it.
-	gzipMemory = 2 << 20
+	// GzipProcessMemory is one gzip child process (its RSS, not this
+	// heap: the laptop pays for it all the same) and the pipes to it. A
+	// Decoder runs at most MaxGzipProcesses, shared by its gz decodes.
+	GzipProcessMemory = 2 << 20
 	// chunkMemory is the applier's chunk buffers and the writer feeding w.
 	chunkMemory = 4 * patchChunk
 )
@@ -135,7 +136,9 @@ const (
 // which the publisher sets to the content it compresses (zstdWindow) and
 // DecodeTo refuses to exceed. A raw zstd dictionary is held whole: the
 // base, or for gz-zstd-dict the base's text, at most gzTextLimit of it.
-// bsdiff holds three bzip2 decoders whatever the sizes.
+// bsdiff holds three bzip2 decoders whatever the sizes. The gz kinds' gzip
+// is not counted: a Decoder's gz decodes share at most MaxGzipProcesses,
+// of GzipProcessMemory each.
 func DecodeMemory(kind Kind, baseSize, size int64) int64 {
 	window := decodeWindow(kind, baseSize, size)
 	ring := window + 2*min(window, 128<<10) // the decoder's history ring
@@ -145,9 +148,9 @@ func DecodeMemory(kind Kind, baseSize, size int64) int64 {
 	case KindZstdDict:
 		return baseSize + ring + zstdOverhead
 	case KindGzZstd:
-		return ring + zstdOverhead + gzipMemory
+		return ring + zstdOverhead
 	case KindGzZstdDict:
-		return gzTextLimit(baseSize) + ring + zstdOverhead + gzipMemory
+		return gzTextLimit(baseSize) + ring + zstdOverhead
 	case KindBsdiff:
 		return 3*bzip2Memory + chunkMemory
 	}

@@ -32,6 +32,11 @@ import (
 // members can no longer be found, are told so before anything of theirs is
 // written, and run again with a gzip of their own.
 
+// MaxGzipProcesses is how many gzip processes a Decoder runs at once: a
+// session taking new decodes, and one finishing those it took. Their memory
+// (GzipProcessMemory each) is the decoder's, not any one decode's.
+const MaxGzipProcesses = 2
+
 const (
 	// gzipSessionSlots is how many texts one gzip process takes.
 	gzipSessionSlots = 64
@@ -48,7 +53,8 @@ var errGzipSession = errors.New("gzip session lost its alignment")
 type gzipSessions struct {
 	mu      sync.Mutex
 	cur     *gzipSession
-	started int // gzip processes, for the tests
+	procs   chan struct{} // a token per running gzip: MaxGzipProcesses
+	started int           // gzip processes, for the tests
 }
 
 type gzipSession struct {
@@ -92,18 +98,37 @@ func (j *gzipJob) abandon() bool {
 }
 
 // join gives a decode the write end of the next pipe of a session, and the
-// job through which the session reports its member.
-func (g *gzipSessions) join(size int64, w io.Writer) (*os.File, *gzipJob, error) {
+// job through which the session reports its member. A new session waits
+// while MaxGzipProcesses gzips run: sealed ones end once the decodes in
+// them have, which never wait for this one.
+func (g *gzipSessions) join(ctx context.Context, size int64, w io.Writer) (*os.File, *gzipJob, error) {
 	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.cur == nil {
+	if g.procs == nil {
+		g.procs = make(chan struct{}, MaxGzipProcesses)
+	}
+	procs := g.procs
+	for g.cur == nil {
+		g.mu.Unlock()
+		select {
+		case procs <- struct{}{}:
+		case <-ctx.Done():
+			return nil, nil, context.Cause(ctx)
+		}
+		g.mu.Lock()
+		if g.cur != nil { // another decode started one meanwhile
+			<-procs
+			break
+		}
 		s, err := startGzipSession(g)
 		if err != nil {
+			<-procs
+			g.mu.Unlock()
 			return nil, nil, err
 		}
 		g.cur = s
 		g.started++
 	}
+	defer g.mu.Unlock()
 	s := g.cur
 	job := &gzipJob{s: s, size: size, w: w, result: make(chan error, 1)}
 	pw := s.slots[s.next]
@@ -201,6 +226,7 @@ func (s *gzipSession) dispatch() {
 			if !ok {
 				io.Copy(io.Discard, s.out) // what is left: the unused pipes' empty members
 				s.cmd.Wait()
+				<-s.owner.procs
 				return
 			}
 			job = j
@@ -320,7 +346,7 @@ func (m *memberReader) member(zr *gzip.Reader, job *gzipJob) (*gzip.Reader, erro
 // it makes to w: at most size bytes. It returns errGzipSession, having
 // written nothing, where the session could not tell this decode's output.
 func (g *gzipSessions) gzipInSession(ctx context.Context, size int64, w io.Writer, text func(io.Writer) error) error {
-	pw, job, err := g.join(size, w)
+	pw, job, err := g.join(ctx, size, w)
 	if err != nil {
 		return err
 	}
