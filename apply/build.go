@@ -28,13 +28,14 @@ type builder struct {
 	store    *blobstore.Store
 	batch    *blobstore.Batch
 	open     []*manifest.Entry // directories being filled, outermost first
-	waiting  []bool            // per open directory: a file below it is set aside
+	waitDir  []bool            // per open directory: a file below it is set aside
 	uid, gid uint32            // who we are: new entries already have this owner
 	local    string            // SYSROOT/local: the node's own versions of image files
 	policy   EntryPolicy
-	later    map[manifest.Digest]bool // objects still being fetched
-	files    []*manifest.Entry        // set aside, in manifest order
-	dirs     []*manifest.Entry        // left unfinished, innermost first
+	later    map[manifest.Digest]bool  // objects still being fetched
+	files    []*manifest.Entry         // set aside, in manifest order; nil once linked
+	waiting  map[manifest.Digest][]int // the files set aside for each object
+	dirs     []*manifest.Entry         // left unfinished, innermost first
 }
 
 func (b *builder) path(rel string) string {
@@ -50,13 +51,13 @@ func (b *builder) closeDirsUntil(parent string) error {
 		if top.Path == parent {
 			return nil
 		}
-		if b.waiting[len(b.open)-1] {
+		if b.waitDir[len(b.open)-1] {
 			b.dirs = append(b.dirs, top)
 		} else if err := b.finishDir(top); err != nil {
 			return err
 		}
 		b.open = b.open[:len(b.open)-1]
-		b.waiting = b.waiting[:len(b.open)]
+		b.waitDir = b.waitDir[:len(b.open)]
 	}
 	return nil
 }
@@ -144,15 +145,19 @@ func (b *builder) add(e *manifest.Entry, from string) error {
 		}
 		if err == nil {
 			b.open = append(b.open, e)
-			b.waiting = append(b.waiting, false)
+			b.waitDir = append(b.waitDir, false)
 		}
 	case manifest.TypeFile:
 		if from != "" {
 			err = copyFile(from, p, e)
 		} else if b.later[e.SHA256] {
+			if b.waiting == nil {
+				b.waiting = map[manifest.Digest][]int{}
+			}
+			b.waiting[e.SHA256] = append(b.waiting[e.SHA256], len(b.files))
 			b.files = append(b.files, e)
-			for i := range b.waiting {
-				b.waiting[i] = true
+			for i := range b.waitDir {
+				b.waitDir[i] = true
 			}
 			return nil
 		} else {
@@ -254,19 +259,43 @@ func (b *builder) finish() error {
 	return b.closeDirsUntil("\x00") // a path no directory has: close them all
 }
 
-// complete builds what was set aside, once the pull holds every object:
-// the files, then their directories, innermost first. at is called before
-// each entry (the crash tests' points).
-func (b *builder) complete(ctx context.Context, at func(string)) error {
-	for _, e := range b.files {
-		if err := ctx.Err(); err != nil {
+// arrive links the files set aside for object d, now in the batch. at is
+// called before each entry (the crash tests' points).
+func (b *builder) arrive(ctx context.Context, d manifest.Digest, at func(string)) error {
+	for _, i := range b.waiting[d] {
+		if err := b.linkAside(ctx, i, at); err != nil {
 			return err
 		}
-		at(e.Path)
-		if err := b.linkFile(b.path(e.Path), e); err != nil {
-			return fmt.Errorf("build %s (%s): %w", short(e.Path), e.Type, shortErr(err))
-		}
-		if err := b.check(e); err != nil {
+	}
+	delete(b.waiting, d)
+	return nil
+}
+
+func (b *builder) linkAside(ctx context.Context, i int, at func(string)) error {
+	e := b.files[i]
+	if e == nil {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	at(e.Path)
+	if err := b.linkFile(b.path(e.Path), e); err != nil {
+		return fmt.Errorf("build %s (%s): %w", short(e.Path), e.Type, shortErr(err))
+	}
+	if err := b.check(e); err != nil {
+		return err
+	}
+	b.files[i] = nil
+	return nil
+}
+
+// complete builds what was set aside, once the pull holds every object:
+// the files not linked as their objects arrived, then their directories,
+// innermost first. at is called before each entry (the crash tests' points).
+func (b *builder) complete(ctx context.Context, at func(string)) error {
+	for i := range b.files {
+		if err := b.linkAside(ctx, i, at); err != nil {
 			return err
 		}
 	}
@@ -275,6 +304,6 @@ func (b *builder) complete(ctx context.Context, at func(string)) error {
 			return err
 		}
 	}
-	b.files, b.dirs = nil, nil
+	b.files, b.waiting, b.dirs = nil, nil, nil
 	return nil
 }

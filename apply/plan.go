@@ -117,7 +117,7 @@ func (s *Sysroot) plan(b *blobstore.Batch, mf *blobstore.SignedFile, deltas *sig
 
 // fetchMissing fetches, in parallel, every object the node lacks, each the
 // cheapest way it can, falling back to the next way when one fails.
-func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Batch, needs []need, mem *inFlight, o PullOptions, res *PullResult) error {
+func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Batch, needs []need, mem *inFlight, o PullOptions, res *PullResult, staged func(manifest.Digest)) error {
 	var total int64
 	for i := range needs {
 		total += needs[i].cost()
@@ -150,6 +150,7 @@ func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Bat
 			if err != nil {
 				return fmt.Errorf("fetch %s: %w", n.path, err)
 			}
+			staged(n.d)
 			mu.Lock()
 			res.FetchedObjects++
 			res.FetchedBytes += wire

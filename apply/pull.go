@@ -210,14 +210,21 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 	// The tree is built while the objects are fetched: most of its files
 	// are already in the store, and linking them (with a mkdir per
 	// directory) costs as long as fetching the changed ones.
+	//
+	// Files whose objects are fetched are linked as each object arrives,
+	// so that little of the tree is left for after the last one.
 	var t *newTree
+	arrived := make(chan manifest.Digest, len(needs)) // one send per need: never blocks
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		var err error
-		t, err = s.buildTree(gctx, b, mf, h, o.Policy, st.Current, later)
+		t, err = s.buildTree(gctx, b, mf, h, o.Policy, st.Current, later, arrived)
 		return err
 	})
-	g.Go(func() error { return s.fetchMissing(gctx, src, b, needs, mem, o, res) })
+	g.Go(func() error {
+		defer close(arrived)
+		return s.fetchMissing(gctx, src, b, needs, mem, o, res, func(d manifest.Digest) { arrived <- d })
+	})
 	err = g.Wait()
 	if t != nil {
 		defer removeTree(t.tmp) // no-op once renamed
@@ -326,7 +333,7 @@ type newTree struct {
 // what the node changed in the current tree's, except the files whose
 // objects are still being fetched (later) and their directories: stage
 // completes those. On error nothing of it is left.
-func (s *Sysroot) buildTree(ctx context.Context, b *blobstore.Batch, mf *blobstore.SignedFile, h *manifest.Header, pol EntryPolicy, current uint64, later map[manifest.Digest]bool) (t *newTree, err error) {
+func (s *Sysroot) buildTree(ctx context.Context, b *blobstore.Batch, mf *blobstore.SignedFile, h *manifest.Header, pol EntryPolicy, current uint64, later map[manifest.Digest]bool, arrived <-chan manifest.Digest) (t *newTree, err error) {
 	// What the node did to its /etc is read first, and only read: the
 	// current tree is never written.
 	merge, err := s.newEtcMerge(ctx, h.Image, current)
@@ -376,10 +383,21 @@ func (s *Sysroot) buildTree(ctx context.Context, b *blobstore.Batch, mf *blobsto
 	if err := bld.finish(); err != nil {
 		return nil, err
 	}
+	// The fetch closes arrived when it ends, having sent each object it
+	// staged; what a failed fetch leaves is removed with the tree.
+	for d := range arrived {
+		if err := bld.arrive(ctx, d, func(p string) { s.at("build " + p) }); err != nil {
+			return nil, err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, context.Cause(ctx)
+	}
 	return &newTree{tmp: tmp, bld: bld, kept: merge.kept}, nil
 }
 
-// stage completes the tree once every object is there, makes it and the
+// stage completes the tree once every object is there (finishing the
+// directories the set-aside files kept open), makes it and the
 // new objects durable with the batch's one syncfs, renames it into place,
 // records the version in the node's repo and points the staged link at it.
 func (s *Sysroot) stage(ctx context.Context, b *blobstore.Batch, t *newTree, h *manifest.Header, deltas *signedDeltas, mf *blobstore.SignedFile) error {
