@@ -11,8 +11,11 @@ FUZZLONG ?= 10m
 
 all: build
 
+# -trimpath: two clones build the same binary. The commit is stamped into
+# it (peerup --version) when built from a git checkout.
+VCS := $(shell git rev-parse --git-dir >/dev/null 2>&1 && echo true || echo false)
 build:
-	$(GO) build -o $(BIN) ./cmd/peerup
+	$(GO) build -trimpath -buildvcs=$(VCS) -o $(BIN) ./cmd/peerup
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BOOTBIN) ./cmd/peerup-boot
 
 # Installs the real tools the tests drive (gpg, bsdiff, nginx, avahi, ...)

@@ -67,6 +67,7 @@ func newRoot() *cobra.Command {
 updates a sysroot to a new version by building a hard-linked tree beside the
 running one and switching to it atomically. The previous tree is kept for
 rollback.`,
+		Version:       version(),
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		// Without a verb: the help, and a failure, so that a script that
