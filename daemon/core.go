@@ -93,7 +93,17 @@ type Options struct {
 	Helpers func() []apply.Haver
 	// Entries refuses kinds of entry this node never installs.
 	Entries apply.EntryPolicy
-	Log     *slog.Logger
+	// BootedFile is where the boot step recorded the version this boot
+	// started (default apply.BootedFile), for MarkGood.
+	BootedFile string
+	Log        *slog.Logger
+}
+
+func (o Options) bootedFile() string {
+	if o.BootedFile == "" {
+		return apply.BootedFile
+	}
+	return o.BootedFile
 }
 
 // Core is the daemon's state machine.
@@ -189,6 +199,16 @@ func (c *Core) update(f func(p *Props)) {
 }
 
 func (c *Core) setState(s State) { c.update(func(p *Props) { p.State = s }) }
+
+// cancelled ends an operation a client cancelled as eos-updater does: in
+// state error, named org.peerup.Updater1.Error.Cancelled, so the desktop
+// can tell it from a failure; a Poll starts again.
+func (c *Core) cancelled(m Method) {
+	c.o.Log.Info("cancelled by request", "operation", m)
+	c.update(func(p *Props) {
+		p.State, p.ErrorName, p.ErrorMessage = StateError, ErrorCancelled, fmt.Sprintf("%s cancelled by request", m)
+	})
+}
 
 func (c *Core) fail(name string, err error) {
 	c.o.Log.Warn("update failed", "error", name, "err", err)
@@ -323,6 +343,70 @@ func (c *Core) Rollback() error {
 	return nil
 }
 
+// MarkGood ends the probation of the version this boot started, as
+// peerup mark-good does: a desktop that has seen the session come up well
+// can say so.
+func (c *Core) MarkGood() error {
+	return c.editBoot(MethodMarkGood, func(s *apply.Sysroot) error {
+		v, err := s.MarkGood(apply.BootedVersion(c.o.bootedFile()))
+		if err == nil {
+			c.o.Log.Info("marked good", "version", v)
+		}
+		return err
+	})
+}
+
+// Hold keeps every version up to v from being fetched or applied.
+func (c *Core) Hold(v uint64) error {
+	return c.editBoot(MethodHold, func(s *apply.Sysroot) error { return s.Hold(v) })
+}
+
+// Unhold lifts the hold.
+func (c *Core) Unhold() error {
+	return c.editBoot(MethodUnhold, func(s *apply.Sysroot) error { return s.Unhold() })
+}
+
+// UnmarkBad lets version v, which failed its boot tries, be installed again.
+func (c *Core) UnmarkBad(v uint64) error {
+	return c.editBoot(MethodUnmarkBad, func(s *apply.Sysroot) error { return s.UnmarkBad(v) })
+}
+
+// editBoot runs a quick edit of the boot state in a state that allows m,
+// leaving the state as it is and the properties read again. The core's
+// lock is held throughout, so no operation starts meanwhile.
+func (c *Core) editBoot(m Method, edit func(*apply.Sysroot) error) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return errors.New("the updater is shutting down")
+	}
+	if err := check(m, c.props.State); err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	err := edit(c.o.Sysroot)
+	old := c.props
+	if rerr := c.readSysroot(&c.props); err == nil {
+		err = rerr
+	}
+	if err == nil && c.props.AvailableVersion != 0 && c.o.Sysroot.Refusal(c.props.AvailableVersion) != nil {
+		// A version now held is no longer on offer.
+		c.props.AvailableVersion = 0
+		if c.props.State == StateUpdateAvailable {
+			c.props.State = StateIdle
+		}
+	}
+	cur := c.props
+	obs := append([]Observer(nil), c.obs...)
+	c.mu.Unlock()
+	if old != cur {
+		for _, o := range obs {
+			o.PropsChanged(old, cur)
+		}
+	}
+	return err
+}
+
 // Cancel stops a poll or a fetch. What a fetch verified is kept.
 func (c *Core) Cancel() error {
 	c.mu.Lock()
@@ -454,7 +538,7 @@ func (c *Core) poll(ctx context.Context) func() error {
 	}
 	c.o.DB.SetLastPoll(time.Now())
 	if context.Cause(ctx) == errCancelled {
-		c.update(func(p *Props) { p.State = StateIdle })
+		c.cancelled(MethodPoll)
 		return nil
 	}
 	if len(sel.groups) == 0 {
@@ -560,7 +644,7 @@ func (c *Core) fetch(ctx context.Context) func() error {
 		}
 	}
 	if context.Cause(ctx) == errCancelled {
-		c.update(func(p *Props) { p.State = StateUpdateAvailable })
+		c.cancelled(MethodFetch)
 		return nil
 	}
 	if lastErr == nil {

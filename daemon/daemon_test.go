@@ -301,7 +301,7 @@ func TestIntrospection(t *testing.T) {
 	if err != nil {
 		t.Fatalf("busctl introspect: %v\n%s", err, out)
 	}
-	for _, want := range []string{".Poll", ".Fetch", ".Apply", ".Rollback", ".Cancel", ".State", ".AvailableVersion", ".DownloadedBytes", ".PeerCount", ".StateChanged", ".UpdateReady"} {
+	for _, want := range []string{".Poll", ".Fetch", ".Apply", ".Rollback", ".Cancel", ".MarkGood", ".Hold", ".Unhold", ".UnmarkBad", ".HeldVersion", ".State", ".AvailableVersion", ".DownloadedBytes", ".PeerCount", ".StateChanged", ".UpdateReady"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("introspection lacks %s:\n%s", want, out)
 		}
@@ -389,5 +389,47 @@ func TestCLIReachesTheDaemon(t *testing.T) {
 	}
 	if out := run("rollback"); !strings.Contains(out, "current:  1") {
 		t.Fatalf("rollback:\n%s", out)
+	}
+}
+
+// TestDBusHoldsAndMarks: the boot-state edits an admin's CLI has are on
+// D-Bus too, for the desktop: a hold takes the version it covers off offer
+// at once, and the rest leave the state as it was.
+func TestDBusHoldsAndMarks(t *testing.T) {
+	_, _, addr, w := daemonOnV1(t, "notify")
+	w.until(t, "update-available", stateIs(StateUpdateAvailable))
+	cl, err := Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	steps := []struct {
+		call      func() error
+		wantErr   string // the D-Bus error name, "" for none
+		wantState State
+		held      uint64
+		available uint64
+	}{
+		{func() error { return cl.obj.Call(Interface+".Hold", 0, uint64(2)).Err }, "", StateIdle, 2, 0},
+		{func() error { return cl.obj.Call(Interface+".Unhold", 0).Err }, "", StateIdle, 0, 0},
+		{func() error { return cl.obj.Call(Interface+".UnmarkBad", 0, uint64(7)).Err }, ErrorPrefix + "Failed", StateIdle, 0, 0},
+		{func() error { return cl.obj.Call(Interface+".MarkGood", 0).Err }, "", StateIdle, 0, 0},
+	}
+	for i, s := range steps {
+		err := s.call()
+		var de dbus.Error
+		switch {
+		case s.wantErr == "" && err != nil:
+			t.Fatalf("step %d: %v", i, err)
+		case s.wantErr != "" && (!errors.As(err, &de) || de.Name != s.wantErr):
+			t.Fatalf("step %d: err = %v, want %s", i, err, s.wantErr)
+		}
+		p, err := cl.Props()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.State != s.wantState || p.HeldVersion != s.held || p.AvailableVersion != s.available {
+			t.Errorf("step %d: state %s, held %d, available %d; want %s, %d, %d", i, p.State, p.HeldVersion, p.AvailableVersion, s.wantState, s.held, s.available)
+		}
 	}
 }

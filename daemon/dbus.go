@@ -74,6 +74,11 @@ func (m methods) Fetch() *dbus.Error    { return dbusErr(m.core.Fetch()) }
 func (m methods) Apply() *dbus.Error    { return dbusErr(m.core.Apply()) }
 func (m methods) Rollback() *dbus.Error { return dbusErr(m.core.Rollback()) }
 func (m methods) Cancel() *dbus.Error   { return dbusErr(m.core.Cancel()) }
+func (m methods) MarkGood() *dbus.Error { return dbusErr(m.core.MarkGood()) }
+func (m methods) Unhold() *dbus.Error   { return dbusErr(m.core.Unhold()) }
+
+func (m methods) Hold(v uint64) *dbus.Error      { return dbusErr(m.core.Hold(v)) }
+func (m methods) UnmarkBad(v uint64) *dbus.Error { return dbusErr(m.core.UnmarkBad(v)) }
 
 func propValues(p Props) map[string]any {
 	return map[string]any{
@@ -116,6 +121,9 @@ func Export(conn *dbus.Conn, core *Core) (*Service, error) {
 				Name: Interface,
 				Methods: []introspect.Method{
 					{Name: "Poll"}, {Name: "Fetch"}, {Name: "Apply"}, {Name: "Rollback"}, {Name: "Cancel"},
+					{Name: "MarkGood"}, {Name: "Unhold"},
+					{Name: "Hold", Args: []introspect.Arg{{Name: "version", Type: "t", Direction: "in"}}},
+					{Name: "UnmarkBad", Args: []introspect.Arg{{Name: "version", Type: "t", Direction: "in"}}},
 				},
 				Signals: []introspect.Signal{
 					{Name: "StateChanged", Args: []introspect.Arg{{Name: "state", Type: "s"}}},

@@ -27,6 +27,12 @@ const (
 	MethodApply    Method = "Apply"
 	MethodRollback Method = "Rollback"
 	MethodCancel   Method = "Cancel"
+	// Boot-state edits (SPEC.md §12): quick, and they leave the state as
+	// it is.
+	MethodMarkGood  Method = "MarkGood"
+	MethodHold      Method = "Hold"
+	MethodUnhold    Method = "Unhold"
+	MethodUnmarkBad Method = "UnmarkBad"
 )
 
 // allowed says in which states each method may be called. Busy states
@@ -34,7 +40,7 @@ const (
 // that can be interrupted safely: an apply is a few renames and finishes.
 func allowed(m Method) []State {
 	switch m {
-	case MethodPoll, MethodRollback:
+	case MethodPoll, MethodRollback, MethodMarkGood, MethodHold, MethodUnhold, MethodUnmarkBad:
 		return []State{StateIdle, StateUpdateAvailable, StateUpdateReady, StateUpdateApplied, StateError}
 	case MethodFetch:
 		return []State{StateUpdateAvailable}
