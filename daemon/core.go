@@ -188,6 +188,12 @@ func (c *Core) update(f func(p *Props)) {
 	c.mu.Lock()
 	old := c.props
 	f(&c.props)
+	c.unlockAndNotify(old)
+}
+
+// unlockAndNotify releases the core's lock and tells the observers how the
+// properties changed since old, outside the lock.
+func (c *Core) unlockAndNotify(old Props) {
 	cur := c.props
 	obs := append([]Observer(nil), c.obs...)
 	c.mu.Unlock()
@@ -396,14 +402,7 @@ func (c *Core) editBoot(m Method, edit func(*apply.Sysroot) error) error {
 			c.props.State = StateIdle
 		}
 	}
-	cur := c.props
-	obs := append([]Observer(nil), c.obs...)
-	c.mu.Unlock()
-	if old != cur {
-		for _, o := range obs {
-			o.PropsChanged(old, cur)
-		}
-	}
+	c.unlockAndNotify(old)
 	return err
 }
 

@@ -187,11 +187,7 @@ func TestDBusAPIDuringARealUpdate(t *testing.T) {
 		t.Errorf("states = %q", got)
 	}
 
-	cl, err := Dial(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := dialT(t, addr)
 	p, err := cl.Props()
 	if err != nil {
 		t.Fatal(err)
@@ -253,11 +249,7 @@ func TestDBusAPIDuringARealUpdate(t *testing.T) {
 func TestRollbackSticksUnderTheAutoPolicy(t *testing.T) {
 	f, sysroot, addr, w := daemonOnV1(t, "auto")
 	w.until(t, "v2 applied by the auto policy", stateIs(StateUpdateApplied))
-	cl, err := Dial(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := dialT(t, addr)
 	if err := cl.Call(MethodRollback); err != nil {
 		t.Fatal(err)
 	}
@@ -398,11 +390,7 @@ func TestCLIReachesTheDaemon(t *testing.T) {
 func TestDBusHoldsAndMarks(t *testing.T) {
 	_, _, addr, w := daemonOnV1(t, "notify")
 	w.until(t, "update-available", stateIs(StateUpdateAvailable))
-	cl, err := Dial(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := dialT(t, addr)
 	steps := []struct {
 		call      func() error
 		wantErr   string // the D-Bus error name, "" for none
@@ -432,4 +420,15 @@ func TestDBusHoldsAndMarks(t *testing.T) {
 			t.Errorf("step %d: state %s, held %d, available %d; want %s, %d, %d", i, p.State, p.HeldVersion, p.AvailableVersion, s.wantState, s.held, s.available)
 		}
 	}
+}
+
+// dialT is Dial for a test, closed when it ends.
+func dialT(t *testing.T, addr string) *Client {
+	t.Helper()
+	cl, err := Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return cl
 }
