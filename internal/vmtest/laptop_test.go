@@ -45,6 +45,9 @@ T="--trust /etc/peerup/fleet.pub --from /run/stick/repo"
 run() {
 	name=$1; shift
 	cg=/sys/fs/cgroup/vmtest-$name-$$
+	# A child cgroup has memory.peak only if the root hands it the memory
+	# controller, which systemd may not have done yet this early.
+	grep -qw memory /sys/fs/cgroup/cgroup.subtree_control || echo +memory > /sys/fs/cgroup/cgroup.subtree_control
 	mkdir -p $cg
 	out=$(sh -c 'echo $$ > '$cg'/cgroup.procs; exec "$@"' sh "$@" 2>&1); rc=$?
 	m "$name" "rc=$rc peak=$(cat $cg/memory.peak 2>/dev/null) out=$(echo "$out" | flat)"
@@ -70,14 +73,18 @@ type lab struct {
 func long() bool { return os.Getenv("PEERUP_VM_LONG") != "" }
 
 // peakMiB reads the "peak=BYTES" a guest's run marker carries: the
-// memory.peak of the command's own cgroup, page cache included.
-func peakMiB(rest string) float64 {
+// memory.peak of the command's own cgroup, page cache included. A marker
+// without one fails the test: a figure of 0 would read as a pass.
+func peakMiB(t *testing.T, rest string) float64 {
+	t.Helper()
 	for _, f := range strings.Fields(rest) {
 		if v, ok := strings.CutPrefix(f, "peak="); ok {
-			n, _ := strconv.ParseFloat(v, 64)
-			return n / (1 << 20)
+			if n, err := strconv.ParseFloat(v, 64); err == nil && n > 0 {
+				return n / (1 << 20)
+			}
 		}
 	}
+	t.Errorf("the guest reported no memory peak (memory.peak of the command's cgroup): %s", rest)
 	return 0
 }
 
@@ -392,7 +399,7 @@ verify
 		b := l.boot(t, ctx, disk, "run update peerup update $P $T --version 2", "")
 		b.want(t, "booted", "1")
 		b.want(t, "update", "rc=0")
-		t.Logf("in-guest update 1→2 (small) in a 256 MB guest: peak %.1f MiB (memory.peak of its cgroup)", peakMiB(b.markers["update"]))
+		t.Logf("in-guest update 1→2 (small) in a 256 MB guest: peak %.1f MiB (memory.peak of its cgroup)", peakMiB(t, b.markers["update"]))
 		st, cur := readBoot(t, ctx, disk)
 		if cur != "trees/2" || st.Trying != 2 {
 			t.Fatalf("after the update: current %s, boot state %+v", cur, st)
@@ -549,7 +556,7 @@ func powerCutChain(t *testing.T, l *lab, disk string, seq uint64) chainResult {
 			// A completion after a cut late in an update has little left to
 			// do: the longest one seen is the estimate.
 			if d := c.At - seen["complete-start"].At; !strings.Contains(c.Rest, "before the cut") {
-				maxPeak = max(maxPeak, peakMiB(c.Rest))
+				maxPeak = max(maxPeak, peakMiB(t, c.Rest))
 				if d > measured {
 					measured, took["update"] = d, d
 				}
