@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -10,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -70,23 +68,12 @@ func benchLoad(ctx context.Context, w io.Writer, work string) error {
 	if _, err := f.repo.Publish(ctx, tree, blobstore.PublishOptions{Image: "load", Version: 1, Signer: f.signer}); err != nil {
 		return err
 	}
-	self, err := os.Executable()
+	child, err := startChild(ctx, serveEnv+"="+f.repo.Dir())
 	if err != nil {
-		return err
+		return fmt.Errorf("seed: %w", err)
 	}
-	child := exec.CommandContext(ctx, self)
-	child.Env = append(os.Environ(), serveEnv+"="+f.repo.Dir())
-	stdin, _ := child.StdinPipe()
-	out, _ := child.StdoutPipe()
-	child.Stderr = os.Stderr
-	if err := child.Start(); err != nil {
-		return err
-	}
-	defer func() { stdin.Close(); child.Wait() }()
-	addr, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		return fmt.Errorf("seed did not start: %w", err)
-	}
+	defer child.stop()
+	addr := child.addr
 	url := "http://" + strings.TrimSpace(addr) + "/"
 	fmt.Fprintf(w, "\n== load: one seed, %d concurrent pullers over loopback, %d files of %d KiB each ==\n", loadPullers, loadFiles, loadFileSize>>10)
 	fmt.Fprintf(w, "seed: --max-uploads %d, %d connections per peer, %d requests/s per peer; pullers: %d fetches at once each\n",
@@ -111,7 +98,7 @@ func benchLoad(ctx context.Context, w io.Writer, work string) error {
 	}
 	wg.Wait()
 	took := time.Since(start)
-	hwm, rss := procStatus(child.Process.Pid, "VmHWM"), procStatus(child.Process.Pid, "VmRSS")
+	hwm, rss := procStatus(child.pid, "VmHWM"), procStatus(child.pid, "VmRSS")
 	fmt.Fprintf(w, "%d pullers done in %.1fs, %s served (%.0f MB/s), %d errors\n", loadPullers, took.Seconds(), mb(fetched), float64(fetched)/took.Seconds()/1e6, len(errs))
 	fmt.Fprintf(w, "seed process: peak RSS (VmHWM) %s, RSS now %s\n", hwm, rss)
 	for _, e := range errs[:min(len(errs), 5)] {

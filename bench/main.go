@@ -30,6 +30,13 @@ func main() {
 		}
 		return
 	}
+	if spec := os.Getenv(updateServeEnv); spec != "" {
+		if err := serveUpdateChild(spec); err != nil {
+			fmt.Fprintf(os.Stderr, "bench server: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	n := flag.Int("n", 5, "repetitions of each timing (the median is quoted)")
 	tree := flag.String("tree", "/usr/local/go", "a large real tree for the apply and hashing figures")
 	only := flag.String("only", "apply,hash,deltas,load,fleet", "which comparisons to run")

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +15,6 @@ import (
 
 	"peerup/apply"
 	"peerup/internal/memcg"
-	"peerup/transfer"
 )
 
 // updateServers are the server repos the publish benches left: the laptop
@@ -50,6 +48,8 @@ type updateFigures struct {
 // followed by `ostree checkout -H` of b, the tree peerup's update builds.
 // Both pull into a store that already holds v1 and has it checked out, and
 // both sync what they write by default (peerup one syncfs, ostree fsyncs).
+// Each tool's server runs in a process of its own (startChild), as a school
+// server is a machine of its own.
 // Caches are warm for both: the server repos were just written by the
 // publish benches and each laptop's starting state was just copied by
 // cp -a and flushed; nothing is dropped.
@@ -150,19 +150,20 @@ func oursUpdate(ctx context.Context, dir string, srv updateServers, m *meter, n 
 	if err := buildPeerup(ctx, bin); err != nil {
 		return err
 	}
-	// As fast as it goes: the server's per-peer request limit is for
-	// abuse, and one laptop over loopback would only measure the limit.
-	hs := httptest.NewServer(transfer.NewHandler(srv.peerupRepo, nil).WithLimits(transfer.Limits{RequestRate: -1}))
-	defer hs.Close()
+	server, err := startChild(ctx, updateServeEnv+"=peerup="+srv.peerupRepo)
+	if err != nil {
+		return err
+	}
+	defer server.stop()
+	url := "http://" + server.addr
 	update := func(sysroot string, version int) ([]byte, int64, error) {
-		return m.run(ctx, bin, "update", "--sysroot", sysroot, "--trust", srv.peerupTrust, "--from", hs.URL, "--version", fmt.Sprint(version))
+		return m.run(ctx, bin, "update", "--sysroot", sysroot, "--trust", srv.peerupTrust, "--from", url, "--version", fmt.Sprint(version))
 	}
 	start := filepath.Join(dir, "peerup-v1")
 	if _, _, err := update(start, 1); err != nil {
 		return err
 	}
 	run := filepath.Join(dir, "peerup-run")
-	var err error
 	runs := 0
 	fig.ours, err = repeated(ctx, n, start, run, func() error {
 		if srv.profile != "" {
@@ -196,16 +197,12 @@ func ostreeUpdate(ctx context.Context, dir, serverRepo string, m *meter, n int, 
 	if err := ostree(serverRepo, "summary", "-u"); err != nil {
 		return err
 	}
-	files := http.FileServer(http.Dir(serverRepo))
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s := &fig.ostreeOther
-		if strings.HasPrefix(r.URL.Path, "/deltas/") {
-			s = &fig.ostreeDelta
-		}
-		s.reqs.Add(1)
-		files.ServeHTTP(countingWriter{w, &s.bytes}, r)
-	}))
-	defer hs.Close()
+	server, err := startChild(ctx, updateServeEnv+"=ostree="+serverRepo)
+	if err != nil {
+		return err
+	}
+	defer server.stop()
+	url := "http://" + server.addr
 	// The laptop: a bare repo, as a laptop's store is, holding a and with
 	// it checked out as the running tree.
 	start := filepath.Join(dir, "ostree-v1")
@@ -215,7 +212,7 @@ func ostreeUpdate(ctx context.Context, dir, serverRepo string, m *meter, n int, 
 	}
 	for _, args := range [][]string{
 		{"init", "--mode=bare"},
-		{"remote", "add", "--no-gpg-verify", "origin", hs.URL},
+		{"remote", "add", "--no-gpg-verify", "origin", url},
 		{"pull", "origin", "old"},
 		{"checkout", "-H", "origin:old", filepath.Join(start, "a")},
 	} {
@@ -225,14 +222,15 @@ func ostreeUpdate(ctx context.Context, dir, serverRepo string, m *meter, n int, 
 	}
 	run := filepath.Join(dir, "ostree-run")
 	runRepo := "--repo=" + filepath.Join(run, "repo")
-	var err error
 	fig.ostree, err = repeated(ctx, n, start, run, func() error {
-		for _, s := range []*served{&fig.ostreeDelta, &fig.ostreeOther} {
-			s.reqs.Store(0)
-			s.bytes.Store(0)
+		if err := readCounts(ctx, url, &fig.ostreeDelta, &fig.ostreeOther); err != nil { // and reset them
+			return err
 		}
 		out, pullRSS, err := m.run(ctx, "ostree", runRepo, "pull", "origin", "new")
 		if err != nil {
+			return err
+		}
+		if err := readCounts(ctx, url, &fig.ostreeDelta, &fig.ostreeOther); err != nil {
 			return err
 		}
 		// Pulling b object by object would be a slower baseline than
