@@ -21,16 +21,17 @@ import (
 // `gzip -9n -c -f /dev/fd/3 … /dev/fd/N` whose arguments are pipes: each
 // decode takes the next pipe, writes its text into it and closes it, and
 // gzip compresses them in order, each into its own member, flushed before
-// it reads the next. One reader splits gzip's output by the targets' sizes
-// (every member must start with gzip -n's header, so output that lost its
-// alignment is noticed before it is passed on). Concatenated members are
-// what `gzip -9n` makes of each text alone, byte for byte: a member's
-// deflate stream does not depend on those before it.
+// it reads the next. One reader passes each member to its decode, finding
+// where it ends by inflating it (memberReader), so no member's length is
+// taken on trust. Concatenated members are what `gzip -9n` makes of each
+// text alone, byte for byte: a member's deflate stream does not depend on
+// those before it.
 //
 // Whatever fails in a session fails only the decodes it must: a decode
-// whose own text fails ends with its error; the decodes after it, whose
-// members can no longer be found, are told so before anything of theirs is
-// written, and run again with a gzip of their own.
+// whose own text fails (cut short, over its size) ends with its error and
+// its member is skipped; if gzip's output stops being gzip (it died), the
+// decodes still waiting, none of whose output went out, run again with a
+// gzip of their own.
 
 // MaxGzipProcesses is how many gzip processes a Decoder runs at once: a
 // session taking new decodes, and one finishing those it took. Their memory
