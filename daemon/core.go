@@ -395,12 +395,10 @@ func (c *Core) editBoot(m Method, edit func(*apply.Sysroot) error) error {
 	if rerr := c.readSysroot(&c.props); err == nil {
 		err = rerr
 	}
-	if err == nil && c.props.AvailableVersion != 0 && c.o.Sysroot.Refusal(c.props.AvailableVersion) != nil {
-		// A version now held is no longer on offer.
-		c.props.AvailableVersion = 0
-		if c.props.State == StateUpdateAvailable {
-			c.props.State = StateIdle
-		}
+	if err == nil && c.props.State == StateUpdateAvailable && c.o.Sysroot.Refusal(c.props.AvailableVersion) != nil {
+		// A version now held is no longer on offer. One already staged
+		// stays update-ready: applying it is left to whoever asks.
+		c.props.State, c.props.AvailableVersion = StateIdle, 0
 	}
 	c.unlockAndNotify(old)
 	return err
