@@ -168,3 +168,25 @@ func TestBusPolicy(t *testing.T) {
 		t.Errorf("root calling Apply: %v, want %s", err, ErrorWrongState)
 	}
 }
+
+// TestInterfaceXMLIsCurrent: the shipped introspection document is the
+// interface the daemon exports (PEERUP_UPDATE_XML=1 rewrites it).
+func TestInterfaceXMLIsCurrent(t *testing.T) {
+	want, err := InterfaceXML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join("dist", "org.peerup.Updater1.xml")
+	if os.Getenv("PEERUP_UPDATE_XML") != "" {
+		if err := os.WriteFile(path, want, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s is not the exported interface; run PEERUP_UPDATE_XML=1 go test -run TestInterfaceXMLIsCurrent ./daemon\n%s", path, want)
+	}
+}
