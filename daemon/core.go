@@ -543,7 +543,11 @@ func (c *Core) poll(ctx context.Context) func() error {
 			c.fail(ErrorPoll, fmt.Errorf("no peer answered: %w", sel.lastErr))
 			return nil
 		}
-		c.setState(StateIdle)
+		// Nothing on offer: what an earlier offer or fetch left in the
+		// properties no longer describes anything.
+		c.update(func(p *Props) {
+			p.State, p.AvailableVersion, p.DownloadSize, p.DownloadedBytes = StateIdle, 0, 0, 0
+		})
 		return nil
 	}
 	best, urls := sel.groups[0].v, sel.groups[0].urls
@@ -551,6 +555,10 @@ func (c *Core) poll(ctx context.Context) func() error {
 	c.offers = sel.groups
 	c.mu.Unlock()
 	c.update(func(p *Props) {
+		if p.AvailableVersion != best {
+			// Progress of a fetch of another version says nothing of this one.
+			p.DownloadSize, p.DownloadedBytes = 0, 0
+		}
 		p.State, p.AvailableVersion = StateUpdateAvailable, best
 		if p.Image == "" {
 			p.Image = sel.image

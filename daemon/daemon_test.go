@@ -232,6 +232,10 @@ func TestDBusAPIDuringARealUpdate(t *testing.T) {
 	}
 	w.until(t, "the poll", stateIs(StatePolling))
 	w.until(t, "idle after a Poll that finds only the held version", stateIs(StateIdle))
+	// Back to idle, nothing is left of the last offer and its fetch.
+	if p, _ := cl.Props(); p.AvailableVersion != 0 || p.DownloadSize != 0 || p.DownloadedBytes != 0 {
+		t.Errorf("idle after a Poll still shows an offer or a fetch: %+v", p)
+	}
 	f.publish(t, 3)
 	if err := cl.Call(MethodPoll); err != nil {
 		t.Fatal(err)
