@@ -17,6 +17,7 @@ import (
 
 	"peerup/apply"
 	"peerup/blobstore"
+	"peerup/internal/hostile"
 	"peerup/manifest"
 	"peerup/transfer"
 )
@@ -435,4 +436,41 @@ func dialT(t *testing.T, addr string) *Client {
 	}
 	t.Cleanup(func() { cl.Close() })
 	return cl
+}
+
+// TestCancelDuringAFetch: a fetch stuck on a peer that sends nothing is
+// cancelled over D-Bus and ends, as eos-updater's does, in error with the
+// Cancelled error name; a Poll then starts again.
+func TestCancelDuringAFetch(t *testing.T) {
+	addr := privateBus(t)
+	f := newTestFleet(t)
+	f.publish(t, 1)
+	sysroot := f.sysrootAt(t, 1)
+	f.publish(t, 2)
+	stuck := hostile.New(t, transfer.NewHandler(f.repo.Dir(), nil))
+	stuck.On("/objects/", "", hostile.Silent())
+	w := watch(t, addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := Start(ctx, Config{Sysroot: sysroot, Trust: []string{f.pub}, Listen: "127.0.0.1:0", Bus: addr, Policy: "download", Peers: []string{stuck.URL()}}, nil, nil)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); d.Wait(ctx) })
+	w.until(t, "fetching", stateIs(StateFetching))
+	cl := dialT(t, addr)
+	if err := cl.Call(MethodCancel); err != nil {
+		t.Fatal(err)
+	}
+	w.until(t, "error after Cancel", stateIs(StateError))
+	p, err := cl.Props()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.ErrorName != ErrorCancelled || p.CurrentVersion != 1 {
+		t.Errorf("after Cancel: %+v, want ErrorName %s on version 1", p, ErrorCancelled)
+	}
+	if err := cl.Call(MethodPoll); err != nil {
+		t.Errorf("Poll after a cancelled fetch: %v", err)
+	}
 }
