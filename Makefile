@@ -7,7 +7,7 @@ BOOTBIN := bin/peerup-boot
 FUZZTIME ?= 5s
 FUZZLONG ?= 10m
 
-.PHONY: all build test unit crash vm test-vm fuzz-short fuzz demo bench deps vet clean
+.PHONY: all build install test unit crash vm test-vm fuzz-short fuzz demo bench deps vet clean
 
 all: build
 
@@ -17,6 +17,22 @@ VCS := $(shell git rev-parse --git-dir >/dev/null 2>&1 && echo true || echo fals
 build:
 	$(GO) build -trimpath -buildvcs=$(VCS) -o $(BIN) ./cmd/peerup
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BOOTBIN) ./cmd/peerup-boot
+
+# Installs peerup as a Debian package would lay it out, under DESTDIR (a
+# staging folder for packaging; empty: this machine). The units name
+# /usr/bin/peerup, so the prefix is fixed. The config file is installed only
+# if none is there, so a reinstall keeps an admin's settings.
+DIST    := daemon/dist
+install: build
+	install -Dm755 $(BIN) $(DESTDIR)/usr/bin/peerup
+	install -Dm755 $(BOOTBIN) $(DESTDIR)/usr/bin/peerup-boot
+	install -Dm644 $(DIST)/peerup.service $(DESTDIR)/usr/lib/systemd/system/peerup.service
+	install -Dm644 $(DIST)/peerup-mark-good.service $(DESTDIR)/usr/lib/systemd/system/peerup-mark-good.service
+	install -Dm644 $(DIST)/org.peerup.Updater1.conf $(DESTDIR)/usr/share/dbus-1/system.d/org.peerup.Updater1.conf
+	install -Dm644 $(DIST)/org.peerup.Updater1.xml $(DESTDIR)/usr/share/dbus-1/interfaces/org.peerup.Updater1.xml
+	install -Dm755 $(DIST)/initramfs-tools/hooks/peerup $(DESTDIR)/usr/share/initramfs-tools/hooks/peerup
+	install -Dm755 $(DIST)/initramfs-tools/scripts/local-bottom/peerup $(DESTDIR)/usr/share/initramfs-tools/scripts/local-bottom/peerup
+	test -e $(DESTDIR)/etc/peerup/peerup.toml || install -Dm644 $(DIST)/peerup.toml $(DESTDIR)/etc/peerup/peerup.toml
 
 # Installs the real tools the tests drive (gpg, bsdiff, nginx, avahi, ...)
 # from Debian's packages when run as root; tests that need a missing tool skip

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -188,5 +189,67 @@ func TestInterfaceXMLIsCurrent(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Errorf("%s is not the exported interface; run PEERUP_UPDATE_XML=1 go test -run TestInterfaceXMLIsCurrent ./daemon\n%s", path, want)
+	}
+}
+
+// TestMakeInstall: make install DESTDIR=… lays out every file daemon/dist
+// ships, unchanged, and both binaries, as a package would; a second
+// install keeps the admin's config file.
+func TestMakeInstall(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("needs make (apt-get install make)")
+	}
+	dest := t.TempDir()
+	install := func() {
+		t.Helper()
+		if out, err := exec.Command("make", "-C", "..", "install", "DESTDIR="+dest).CombinedOutput(); err != nil {
+			t.Fatalf("make install: %v\n%s", err, out)
+		}
+	}
+	install()
+	installed := map[string][]byte{} // base name -> contents, of what landed
+	err := filepath.WalkDir(dest, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		rel, _ := filepath.Rel(dest, p)
+		installed[rel] = b
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = filepath.WalkDir("dist", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		want, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for rel, got := range installed {
+			if filepath.Base(rel) == d.Name() && bytes.Equal(got, want) {
+				return nil
+			}
+		}
+		t.Errorf("make install does not install %s", p)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bin := range []string{"usr/bin/peerup", "usr/bin/peerup-boot"} {
+		if fi, err := os.Stat(filepath.Join(dest, bin)); err != nil || fi.Mode()&0o111 == 0 {
+			t.Errorf("%s: not installed as an executable (%v)", bin, err)
+		}
+	}
+	conf := filepath.Join(dest, "etc", "peerup", "peerup.toml")
+	if err := os.WriteFile(conf, []byte("policy = \"notify\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	install()
+	if b, _ := os.ReadFile(conf); string(b) != "policy = \"notify\"\n" {
+		t.Errorf("a second make install replaced the admin's config file")
 	}
 }
