@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync/atomic"
 
 	"peerup/transfer"
 )
@@ -124,11 +123,9 @@ func readCounts(ctx context.Context, base string, delta, other *served) error {
 	if _, err := fmt.Fscan(resp.Body, &dr, &db, &or, &ob); err != nil {
 		return fmt.Errorf("read the ostree server's counts: %w", err)
 	}
-	for _, x := range []struct {
-		a *atomic.Int64
-		v int64
-	}{{&delta.reqs, dr}, {&delta.bytes, db}, {&other.reqs, or}, {&other.bytes, ob}} {
-		x.a.Store(x.v)
-	}
+	delta.reqs.Store(dr)
+	delta.bytes.Store(db)
+	other.reqs.Store(or)
+	other.bytes.Store(ob)
 	return nil
 }

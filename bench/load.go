@@ -73,8 +73,7 @@ func benchLoad(ctx context.Context, w io.Writer, work string) error {
 		return fmt.Errorf("seed: %w", err)
 	}
 	defer child.stop()
-	addr := child.addr
-	url := "http://" + strings.TrimSpace(addr) + "/"
+	url := "http://" + child.addr + "/"
 	fmt.Fprintf(w, "\n== load: one seed, %d concurrent pullers over loopback, %d files of %d KiB each ==\n", loadPullers, loadFiles, loadFileSize>>10)
 	fmt.Fprintf(w, "seed: --max-uploads %d, %d connections per peer, %d requests/s per peer; pullers: %d fetches at once each\n",
 		loadMaxUpload, transfer.DefaultMaxConnsPerPeer, transfer.DefaultRequestRate, loadParallel)

@@ -93,17 +93,7 @@ type Options struct {
 	Helpers func() []apply.Haver
 	// Entries refuses kinds of entry this node never installs.
 	Entries apply.EntryPolicy
-	// BootedFile is where the boot step recorded the version this boot
-	// started (default apply.BootedFile), for MarkGood.
-	BootedFile string
-	Log        *slog.Logger
-}
-
-func (o Options) bootedFile() string {
-	if o.BootedFile == "" {
-		return apply.BootedFile
-	}
-	return o.BootedFile
+	Log     *slog.Logger
 }
 
 // Core is the daemon's state machine.
@@ -354,7 +344,7 @@ func (c *Core) Rollback() error {
 // can say so.
 func (c *Core) MarkGood() error {
 	return c.editBoot(MethodMarkGood, func(s *apply.Sysroot) error {
-		v, err := s.MarkGood(apply.BootedVersion(c.o.bootedFile()))
+		v, err := s.MarkGood(apply.BootedVersion(apply.BootedFile))
 		if err == nil {
 			c.o.Log.Info("marked good", "version", v)
 		}

@@ -285,7 +285,8 @@ func encodeAll(ctx context.Context, repo *blobstore.Repo, b *blobstore.Batch, pa
 
 // encodePair makes the candidate encodings of one target and keeps those
 // that beat sending it whole: the zstd form if smaller than raw, and per base
-// the smaller of bsdiff and zstd-dict if smaller than both whole forms.
+// the smallest of the dictionary forms and bsdiff (where worthDiffing) if
+// smaller than the whole forms.
 func encodePair(ctx context.Context, repo *blobstore.Repo, b *blobstore.Batch, p pair, o GenerateOptions, mem *semaphore.Weighted, zs *zstdEncoders) ([]Encoding, int, error) {
 	data, err := readObject(repo, p.target)
 	if err != nil {

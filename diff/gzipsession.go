@@ -48,7 +48,7 @@ const (
 
 // errGzipSession is a decode a session could not finish for reasons not of
 // its own: nothing of it was written, and it may run alone.
-var errGzipSession = errors.New("gzip session lost its alignment")
+var errGzipSession = errors.New("the shared gzip's output ended or is not gzip")
 
 // gzipSessions hands out the slots of the current session.
 type gzipSessions struct {
@@ -69,7 +69,6 @@ type gzipSession struct {
 }
 
 type gzipJob struct {
-	s      *gzipSession
 	size   int64
 	result chan error
 
@@ -131,7 +130,7 @@ func (g *gzipSessions) join(ctx context.Context, size int64, w io.Writer) (*os.F
 	}
 	defer g.mu.Unlock()
 	s := g.cur
-	job := &gzipJob{s: s, size: size, w: w, result: make(chan error, 1)}
+	job := &gzipJob{size: size, w: w, result: make(chan error, 1)}
 	pw := s.slots[s.next]
 	s.slots[s.next] = nil
 	s.next++
@@ -236,16 +235,17 @@ func (s *gzipSession) dispatch() {
 			continue
 		}
 		if aligned {
-			var err error
-			zr, err = m.member(zr, job)
-			if errors.Is(err, errGzipSession) {
+			var err, broken error
+			zr, err, broken = m.member(zr, job)
+			if broken != nil {
 				// gzip's output is not gzip: it died, or wrote something
 				// else. The decodes after this one run alone, and so does
 				// this one if none of its output went out.
 				aligned = false
 				s.seal()
+				err = errGzipSession
 				if m.sent {
-					err = fmt.Errorf("%w: gzip -9n: %w", ErrCorruptEncoding, errors.Unwrap(err))
+					err = fmt.Errorf("%w: gzip -9n: %w", ErrCorruptEncoding, broken)
 				}
 			}
 			job.result <- err
@@ -312,9 +312,9 @@ func (m *memberReader) flush() {
 	m.buf = m.buf[:0]
 }
 
-// member reads the next member for job. An error wrapping errGzipSession
-// means gzip's output cannot be read any further.
-func (m *memberReader) member(zr *gzip.Reader, job *gzipJob) (*gzip.Reader, error) {
+// member reads the next member for job and returns the job's result, or
+// as broken why gzip's output cannot be read any further.
+func (m *memberReader) member(zr *gzip.Reader, job *gzipJob) (_ *gzip.Reader, result, broken error) {
 	m.job, m.n, m.sent, m.werr = job, 0, false, nil
 	if m.buf == nil {
 		m.buf = make([]byte, 0, 32<<10)
@@ -331,16 +331,16 @@ func (m *memberReader) member(zr *gzip.Reader, job *gzipJob) (*gzip.Reader, erro
 	}
 	if err != nil {
 		m.buf = m.buf[:0]
-		return zr, fmt.Errorf("%w: %w", errGzipSession, err)
+		return zr, nil, err
 	}
 	m.flush()
 	if job.abandon() {
-		return zr, nil // the decode gave up and reports its own error
+		return zr, nil, nil // the decode gave up and reports its own error
 	}
 	if m.werr == nil && m.n != job.size {
 		m.werr = fmt.Errorf("%w: recompressed text is %d bytes, want %d", ErrCorruptEncoding, m.n, job.size)
 	}
-	return zr, m.werr
+	return zr, m.werr, nil
 }
 
 // gzipInSession writes what text gives to gzip in a session and the member
