@@ -195,6 +195,8 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 	if res.ResumedObjects, res.ResumedBytes, err = b.Salvage(ctx); err != nil {
 		return nil, err
 	}
+	log := o.logger()
+	begun := time.Now()
 	mem := newInFlight(o.Memory)
 	needs, copies, err := s.plan(b, mf, deltas, o.Policy, mem, res)
 	if err != nil {
@@ -203,6 +205,7 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 	if err := checkSpace(s.repo.Dir(), needs, copies); err != nil {
 		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
 	}
+	log.Debug("pull planned", "objects", len(needs), "took", time.Since(begun))
 	later := make(map[manifest.Digest]bool, len(needs))
 	for i := range needs {
 		later[needs[i].d] = true
@@ -235,12 +238,14 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 	if err != nil {
 		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
 	}
+	log.Debug("pull fetched and built the tree", "took", time.Since(begun))
 	if err := s.stage(ctx, b, t, h, deltas, mf); err != nil {
 		return nil, fmt.Errorf("pull %s v%d: %w", image, v, err)
 	}
+	log.Debug("pull staged", "took", time.Since(begun))
 	res.EtcKept = t.kept
 	for _, p := range res.EtcKept {
-		o.logger().Info("kept the node's own /etc entry; the image's new version was not applied", "path", "/"+p, "version", v)
+		log.Info("kept the node's own /etc entry; the image's new version was not applied", "path", "/"+p, "version", v)
 	}
 	budget := o.EncodingBudget
 	if budget == 0 {

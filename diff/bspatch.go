@@ -21,7 +21,8 @@ const maxEmptyTriples = 1024
 // of system calls, small enough to be noise beside the bzip2 decoders.
 const patchChunk = 64 << 10
 
-// header is a BSDIFF40 patch's fixed 32-byte header.
+// header is a BSDIFF40 patch's fixed 32-byte header, or a bsdiff-zstd
+// patch's, which is the same but for its magic.
 type header struct {
 	ctrlLen  int64 // compressed length of the control stream
 	diffLen  int64 // compressed length of the diff stream
@@ -29,9 +30,14 @@ type header struct {
 	newSize  int64 // size of the output
 }
 
-// readHeader reads the header and checks it against the patch's own
+// readHeader reads a BSDIFF40 header and checks it against the patch's own
 // length; the output size is checked by the caller, which knows the limit.
 func readHeader(patch io.ReaderAt, patchLen int64) (header, error) {
+	return readHeaderOf(patch, patchLen, bsdiffMagic)
+}
+
+// readHeaderOf is readHeader for a patch whose magic must be magic.
+func readHeaderOf(patch io.ReaderAt, patchLen int64, magic string) (header, error) {
 	var h header
 	if patchLen < headerLen {
 		return h, fmt.Errorf("patch header: %d bytes, want %d: %w", max(patchLen, 0), headerLen, ErrCorruptPatch)
@@ -40,8 +46,8 @@ func readHeader(patch io.ReaderAt, patchLen int64) (header, error) {
 	if _, err := patch.ReadAt(b[:], 0); err != nil {
 		return h, fmt.Errorf("patch header: %w", err)
 	}
-	if string(b[:8]) != bsdiffMagic {
-		return h, fmt.Errorf("patch header: magic %q, want %q: %w", b[:8], bsdiffMagic, ErrCorruptPatch)
+	if string(b[:8]) != magic {
+		return h, fmt.Errorf("patch header: magic %q, want %q: %w", b[:8], magic, ErrCorruptPatch)
 	}
 	h.ctrlLen, h.diffLen, h.newSize = offtin(b[8:]), offtin(b[16:]), offtin(b[24:])
 	body := patchLen - headerLen
@@ -66,12 +72,13 @@ func checkSize(newSize int64) error {
 	return nil
 }
 
-// openPatch checks a patch's header against the size its caller declares.
-func openPatch(patch io.ReaderAt, patchLen, newSize int64) (header, error) {
+// openPatch checks a patch's header, of the given magic, against the size
+// its caller declares.
+func openPatch(patch io.ReaderAt, patchLen, newSize int64, magic string) (header, error) {
 	if err := checkSize(newSize); err != nil {
 		return header{}, err
 	}
-	h, err := readHeader(patch, patchLen)
+	h, err := readHeaderOf(patch, patchLen, magic)
 	if err != nil {
 		return h, err
 	}
@@ -86,13 +93,13 @@ func openPatch(patch io.ReaderAt, patchLen, newSize int64) (header, error) {
 // at most MaxPatchOutput. It is Patch with everything in memory, for
 // callers that hold the files anyway (tests, the publisher's checks).
 func Apply(old, patch []byte, newSize int64) ([]byte, error) {
-	h, err := openPatch(bytes.NewReader(patch), int64(len(patch)), newSize)
+	h, err := openPatch(bytes.NewReader(patch), int64(len(patch)), newSize, bsdiffMagic)
 	if err != nil {
 		return nil, fmt.Errorf("diff: %w", err)
 	}
 	// Allocated only now that the size is known to be the declared one.
 	out := bytes.NewBuffer(make([]byte, 0, newSize))
-	if err := h.apply(context.Background(), bytes.NewReader(old), int64(len(old)), bytes.NewReader(patch), out); err != nil {
+	if err := h.apply(context.Background(), bytes.NewReader(old), int64(len(old)), bytes.NewReader(patch), out, bzip2Streams); err != nil {
 		return nil, fmt.Errorf("diff: %w", err)
 	}
 	return out.Bytes(), nil
@@ -112,11 +119,11 @@ func Apply(old, patch []byte, newSize int64) ([]byte, error) {
 // they discard unless the output's hash matches. It does not authenticate
 // anything: callers check the patch's SHA-256 before and the output's after.
 func Patch(ctx context.Context, old io.ReaderAt, oldLen int64, patch io.ReaderAt, patchLen, newSize int64, w io.Writer) error {
-	h, err := openPatch(patch, patchLen, newSize)
+	h, err := openPatch(patch, patchLen, newSize, bsdiffMagic)
 	if err != nil {
 		return fmt.Errorf("diff: %w", err)
 	}
-	if err := h.apply(ctx, old, oldLen, patch, w); err != nil {
+	if err := h.apply(ctx, old, oldLen, patch, w, bzip2Streams); err != nil {
 		return fmt.Errorf("diff: %w", err)
 	}
 	return nil
@@ -129,19 +136,23 @@ func Patch(ctx context.Context, old io.ReaderAt, oldLen int64, patch io.ReaderAt
 // needs, within the header's control length. The diff and extra streams are
 // read no further than the triples take, as Debian's bspatch does.
 //
-// It decodes with github.com/dsnet/compress rather than the standard
-// library: on a malformed block, decoders disagree about the bytes they
-// return before the block's checksum is due, and the patches this applier
-// has accepted since before it replaced go-bsdiff's (which uses dsnet) must
-// keep meaning the same output. Reading the control stream to its clean end
-// verifies the checksums of every block the triples came from.
-func (h header) apply(ctx context.Context, old io.ReaderAt, oldLen int64, patch io.ReaderAt, w io.Writer) error {
-	section := func(name string, off, n int64) (*bzip2.Reader, error) {
-		zr, err := bzip2.NewReader(io.NewSectionReader(patch, headerLen+off, n), nil)
+// open decompresses each of the three streams (bzip2 for BSDIFF40, zstd
+// for bsdiff-zstd); the readers it returns are done with when apply
+// returns, and close releases them.
+func (h header) apply(ctx context.Context, old io.ReaderAt, oldLen int64, patch io.ReaderAt, w io.Writer, open streamOpener) error {
+	var closers []func()
+	defer func() {
+		for _, c := range closers {
+			c()
+		}
+	}()
+	section := func(name string, off, n int64) (io.Reader, error) {
+		r, closeFn, err := open(io.NewSectionReader(patch, headerLen+off, n))
 		if err != nil {
 			return nil, fmt.Errorf("%s stream: %v: %w", name, err, ErrCorruptPatch)
 		}
-		return zr, nil
+		closers = append(closers, closeFn)
+		return r, nil
 	}
 	ctrl, err := section("control", 0, h.ctrlLen)
 	if err != nil {
@@ -220,7 +231,7 @@ func (h header) apply(ctx context.Context, old io.ReaderAt, oldLen int64, patch 
 		oldpos += seek
 	}
 	// One byte is enough to tell: anything after the last triple the output
-	// needs is not a BSDIFF40 control stream (and could be a bomb).
+	// needs is not a control stream (and could be a bomb).
 	switch k, err := ctrl.Read(tr[:1]); {
 	case k > 0:
 		return fmt.Errorf("control stream: more data after the %d triples that make the output: %w", n, ErrCorruptPatch)
@@ -231,6 +242,25 @@ func (h header) apply(ctx context.Context, old io.ReaderAt, oldLen int64, patch 
 		return fmt.Errorf("write output: %w", err)
 	}
 	return nil
+}
+
+// streamOpener decompresses one stream of a patch. The reader's errors
+// about the data are reported as the patch's corruption.
+type streamOpener func(r io.Reader) (io.Reader, func(), error)
+
+// bzip2Streams opens BSDIFF40's streams. It decodes with
+// github.com/dsnet/compress rather than the standard library: on a
+// malformed block, decoders disagree about the bytes they return before the
+// block's checksum is due, and the patches this applier has accepted since
+// before it replaced go-bsdiff's (which uses dsnet) must keep meaning the
+// same output. Reading the control stream to its clean end verifies the
+// checksums of every block the triples came from.
+func bzip2Streams(r io.Reader) (io.Reader, func(), error) {
+	zr, err := bzip2.NewReader(r, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	return zr, func() {}, nil
 }
 
 // oldReader reads the old file through a one-chunk cache: bsdiff's

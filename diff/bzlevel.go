@@ -54,12 +54,17 @@ func fitLevels(patch []byte) []byte {
 	return out
 }
 
-func refit(stream []byte) ([]byte, error) {
+// bunzip2 decodes a whole bzip2 stream of a patch the publisher just made.
+func bunzip2(stream []byte) ([]byte, error) {
 	zr, err := bzip2.NewReader(bytes.NewReader(stream), nil)
 	if err != nil {
 		return nil, err
 	}
-	data, err := io.ReadAll(zr)
+	return io.ReadAll(zr)
+}
+
+func refit(stream []byte) ([]byte, error) {
+	data, err := bunzip2(stream)
 	if err != nil {
 		return nil, err
 	}

@@ -100,8 +100,41 @@ func (d *Decoder) DecodeTo(ctx context.Context, kind Kind, base, enc *io.Section
 			return fmt.Errorf("%w: %w", ErrCorruptEncoding, err)
 		}
 		return nil
+	case KindBsdiffZstd:
+		if err := d.patchZstd(ctx, base, baseSize, enc, size, w); err != nil {
+			return fmt.Errorf("%w: %w", ErrCorruptEncoding, err)
+		}
+		return nil
 	}
 	return fmt.Errorf("%w: unknown kind %q", ErrCorruptEncoding, kind)
+}
+
+// patchZstd applies a bsdiff-zstd patch: BSDIFF40's checks and triples,
+// its streams read by pooled zstd decoders whose windows are held to
+// patchStreamWindow.
+func (d *Decoder) patchZstd(ctx context.Context, base io.ReaderAt, baseSize int64, enc *io.SectionReader, size int64, w io.Writer) error {
+	h, err := openPatch(enc, enc.Size(), size, bsdiffZstdMagic)
+	if err != nil {
+		return fmt.Errorf("diff: %w", err)
+	}
+	open := func(r io.Reader) (io.Reader, func(), error) {
+		z, err := d.get()
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := z.ResetWithOptions(blobstore.ContextReader(ctx, r), zstd.WithDecoderMaxWindow(patchStreamWindow), zstd.WithDecoderDictDelete(zstdDictID)); err != nil {
+			d.put(z, patchStreamWindow)
+			return nil, nil, err
+		}
+		return z, func() { d.put(z, patchStreamWindow) }, nil
+	}
+	if err := h.apply(ctx, base, baseSize, enc, w, open); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("diff: %w", err)
+	}
+	return nil
 }
 
 // Memory a decode holds beyond what DecodeMemory derives from the sizes,
@@ -125,6 +158,10 @@ const (
 	GzipProcessMemory = 2 << 20
 	// chunkMemory is the applier's chunk buffers and the writer feeding w.
 	chunkMemory = 4 * patchChunk
+	// patchStreamMemory is one streaming zstd decoder of a bsdiff-zstd
+	// stream, whose window is at most patchStreamWindow: the window, a
+	// block and its literals and sequences (three measured 2.3 MiB).
+	patchStreamMemory = 1 << 20
 )
 
 // DecodeMemory estimates the most memory DecodeTo holds while turning an
@@ -136,7 +173,8 @@ const (
 // which the publisher sets to the content it compresses (zstdWindow) and
 // DecodeTo refuses to exceed. A raw zstd dictionary is held whole: the
 // base, or for gz-zstd-dict the base's text, at most gzTextLimit of it.
-// bsdiff holds three bzip2 decoders whatever the sizes. The gz kinds' gzip
+// bsdiff holds three bzip2 decoders whatever the sizes, bsdiff-zstd three
+// zstd decoders of small windows. The gz kinds' gzip
 // is not counted: a Decoder's gz decodes share at most MaxGzipProcesses,
 // of GzipProcessMemory each.
 func DecodeMemory(kind Kind, baseSize, size int64) int64 {
@@ -153,6 +191,8 @@ func DecodeMemory(kind Kind, baseSize, size int64) int64 {
 		return gzTextLimit(baseSize) + ring + zstdOverhead
 	case KindBsdiff:
 		return 3*bzip2Memory + chunkMemory
+	case KindBsdiffZstd:
+		return 3*patchStreamMemory + chunkMemory
 	}
 	return 0
 }

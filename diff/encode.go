@@ -104,6 +104,19 @@ func (z *zstdEncoders) encode(data, dict []byte, level zstd.EncoderLevel) ([]byt
 	if w := zstdWindow(len(data) + len(dict)); w <= zstd.MinWindowSize {
 		window = w
 	}
+	return z.encodeWith(data, dict, level, window)
+}
+
+// encodeWindow compresses data without a dictionary in frames of at most
+// window (a power of two, over zstd.MinWindowSize).
+func (z *zstdEncoders) encodeWindow(data []byte, level zstd.EncoderLevel, window int) ([]byte, error) {
+	if w := zstdWindow(len(data)); w <= zstd.MinWindowSize {
+		window = w
+	}
+	return z.encodeWith(data, nil, level, window)
+}
+
+func (z *zstdEncoders) encodeWith(data, dict []byte, level zstd.EncoderLevel, window int) ([]byte, error) {
 	pool := z.pool(zstdEncoderKind{level, dict != nil, window})
 	enc, _ := pool.Get().(*zstd.Encoder)
 	if enc == nil {

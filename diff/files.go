@@ -70,7 +70,7 @@ func ApplyFiles(oldPath, patchPath, newPath string) error {
 		return wrap(err)
 	}
 	err = writeFileAtomic(newPath, fi.Mode().Perm(), func(w io.Writer) error {
-		return h.apply(context.Background(), old, fi.Size(), patch, w)
+		return h.apply(context.Background(), old, fi.Size(), patch, w, bzip2Streams)
 	})
 	if err != nil {
 		return wrap(err)

@@ -350,8 +350,12 @@ func encodePair(ctx context.Context, repo *blobstore.Repo, b *blobstore.Batch, p
 		if !worthDiffing(len(data), len(best)) {
 			// bsdiff is not run: too little is left for it to win.
 		} else if patch, ok := boundedDiff(ctx, base, data, o, mem); ok {
-			if best == nil || len(patch) < len(best) {
-				best, bestKind = patch, KindBsdiff
+			zp, err := toZstdPatch(patch, zs)
+			if err != nil {
+				return nil, 0, fmt.Errorf("bsdiff-zstd: %w", err)
+			}
+			if best == nil || len(zp) < len(best) {
+				best, bestKind = zp, KindBsdiffZstd
 			}
 		} else {
 			skipped++
@@ -392,7 +396,9 @@ func worthDiffing(n, dictSize int) bool {
 const dictLevel = zstd.SpeedBetterCompression
 
 // boundedDiff runs bsdiff within the memory budget and time limit, or
-// reports that it did not.
+// reports that it did not. The patch is the library's own, level-9 bzip2
+// streams and all: toZstdPatch decodes them once, so refitting their
+// levels first would be wasted.
 func boundedDiff(ctx context.Context, base, data []byte, o GenerateOptions, mem *semaphore.Weighted) ([]byte, bool) {
 	// The library holds the new file, its diff and extra buffers and the
 	// patch besides the suffix array: about three times the new size.
@@ -407,7 +413,7 @@ func boundedDiff(ctx context.Context, base, data []byte, o GenerateOptions, mem 
 	defer mem.Release(need)
 	dctx, cancel := context.WithTimeout(ctx, o.DiffTimeout)
 	defer cancel()
-	patch, err := Make(dctx, base, data)
+	patch, err := makeRaw(dctx, base, data)
 	if err != nil {
 		o.Log.Info("bsdiff skipped", "base", len(base), "err", err)
 		return nil, false

@@ -1,11 +1,12 @@
 package diff
 
 import (
-	"bufio"
-	"compress/gzip"
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"os/exec"
@@ -21,11 +22,13 @@ import (
 // `gzip -9n -c -f /dev/fd/3 … /dev/fd/N` whose arguments are pipes: each
 // decode takes the next pipe, writes its text into it and closes it, and
 // gzip compresses them in order, each into its own member, flushed before
-// it reads the next. One reader passes each member to its decode, finding
-// where it ends by inflating it (memberReader), so no member's length is
-// taken on trust. Concatenated members are what `gzip -9n` makes of each
-// text alone, byte for byte: a member's deflate stream does not depend on
-// those before it.
+// it reads the next. One reader passes each member to its decode. An
+// honest member is exactly the target's size, so the reader takes that
+// many bytes and checks that they end in the trailer (CRC-32 and length)
+// of the text the decode wrote; a member whose decode gave up before it
+// began is inflated to find its end (memberReader). Concatenated members
+// are what `gzip -9n` makes of each text alone, byte for byte: a member's
+// deflate stream does not depend on those before it.
 //
 // Whatever fails in a session fails only the decodes it must: a decode
 // whose own text fails (cut short, over its size) ends with its error and
@@ -72,8 +75,27 @@ type gzipJob struct {
 	size   int64
 	result chan error
 
-	mu sync.Mutex
-	w  io.Writer // nil once the decode gave up: nothing more is written
+	mu   sync.Mutex
+	w    io.Writer // nil once the decode gave up: nothing more is written
+	done bool      // the text went to gzip, whole or cut short: crc and n are set
+	crc  uint32    // CRC-32 of the text, as a member's trailer holds it
+	n    int64     // the text's length
+}
+
+// wrote records what the decode's text was, just before its pipe closes:
+// its end, whole or cut short.
+func (j *gzipJob) wrote(crc uint32, n int64) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.done, j.crc, j.n = true, crc, n
+}
+
+// text is the CRC-32 and length of the decode's text once its pipe is
+// about to close (ok false until then).
+func (j *gzipJob) text() (crc uint32, n int64, ok bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.crc, j.n, j.done
 }
 
 // write passes p to the decode's writer unless the decode has given up.
@@ -216,8 +238,7 @@ func (s *gzipSession) sealLocked() {
 func (s *gzipSession) dispatch() {
 	idle := time.NewTimer(gzipSessionIdle)
 	defer idle.Stop()
-	m := &memberReader{r: bufio.NewReaderSize(s.out, 32<<10)}
-	var zr *gzip.Reader
+	m := &memberReader{r: s.out}
 	aligned := true
 	for {
 		var job *gzipJob
@@ -235,8 +256,7 @@ func (s *gzipSession) dispatch() {
 			continue
 		}
 		if aligned {
-			var err, broken error
-			zr, err, broken = m.member(zr, job)
+			err, broken := m.member(job)
 			if broken != nil {
 				// gzip's output is not gzip: it died, or wrote something
 				// else. The decodes after this one run alone, and so does
@@ -262,85 +282,140 @@ func (s *gzipSession) seal() {
 	s.owner.mu.Unlock()
 }
 
-// memberReader reads gzip's output for a gzip.Reader, one member at a time,
-// and passes on the compressed bytes the reader consumes: inflating the
-// member is how its end is found, whatever its length, so a text cut short
-// or a target of another size cannot shift the members after it. The
-// gzip.Reader reads through ReadByte (this is a flate.Reader), so it takes
-// nothing past the member's trailer.
+// memberReader reads gzip's output one member at a time and passes each
+// to its decode. A member ends in a trailer of its text's CRC-32 and
+// length, which the decode recorded (gzipJob.wrote) before closing its
+// pipe, so before gzip could write the trailer: the reader finds a
+// member's end by looking for that trailer, whatever the member's length,
+// without inflating it (inflating took more CPU than the rest of the gz
+// decodes). A text cut short or a target of another size therefore cannot
+// shift the members after it. Bytes read past a member's end are kept for
+// the next.
 type memberReader struct {
-	r    *bufio.Reader
-	job  *gzipJob
-	buf  []byte // consumed, not yet passed on
-	n    int64  // bytes of the member consumed
-	sent bool   // some were passed on
-	werr error
+	r       io.Reader
+	buf     []byte // read from r
+	pending []byte // read, and the next member's
+	look    []byte // the last bytes of a member, and the chunk after them
+	n       int64  // bytes of the member passed on or refused
+	sent    bool   // some were passed on
+	werr    error
 }
 
-func (m *memberReader) ReadByte() (byte, error) {
-	c, err := m.r.ReadByte()
+// trailerLen is a gzip member's trailer: CRC-32 and length mod 2^32.
+const trailerLen = 8
+
+// next returns the next bytes of gzip's output, those kept first.
+func (m *memberReader) next() ([]byte, error) {
+	if len(m.pending) > 0 {
+		b := m.pending
+		m.pending = nil
+		return b, nil
+	}
+	if m.buf == nil {
+		m.buf = make([]byte, 32<<10)
+	}
+	k, err := m.r.Read(m.buf)
+	if k > 0 {
+		return m.buf[:k], nil
+	}
 	if err == nil {
-		m.buf = append(m.buf, c)
-		m.n++
-		if len(m.buf) == cap(m.buf) {
-			m.flush()
-		}
+		err = io.ErrNoProgress
 	}
-	return c, err
+	return nil, err
 }
 
-func (m *memberReader) Read(p []byte) (int, error) {
-	n, err := m.r.Read(p)
-	m.buf = append(m.buf, p[:n]...)
-	m.n += int64(n)
-	if len(m.buf) >= 32<<10 {
-		m.flush()
+// pass gives the decode what of b is within its size; a member over it
+// fails the decode, and the rest is still read, to find the next.
+func (m *memberReader) pass(job *gzipJob, b []byte) {
+	if m.werr == nil && m.n+int64(len(b)) > job.size {
+		m.werr = fmt.Errorf("%w: recompressed text is over the declared %d bytes", ErrCorruptEncoding, job.size)
 	}
-	return n, err
-}
-
-// flush passes what was consumed to the decode, at most its size: a member
-// over it fails the decode, and the rest is still read, to find the next.
-func (m *memberReader) flush() {
-	if m.werr == nil && m.n > m.job.size {
-		m.werr = fmt.Errorf("%w: recompressed text is over the declared %d bytes", ErrCorruptEncoding, m.job.size)
-	}
-	if m.werr == nil && len(m.buf) > 0 {
-		m.werr = m.job.write(m.buf)
+	if m.werr == nil && len(b) > 0 {
+		m.werr = job.write(b)
 		m.sent = true
 	}
-	m.buf = m.buf[:0]
+	m.n += int64(len(b))
+}
+
+// trailerAt is where trailer t first ends a member in b, or -1. A trailer
+// that overlaps itself (that of an empty text is 8 zero bytes, after a
+// deflate stream ending in a zero byte) can match a few bytes early; of
+// overlapping matches the last is the trailer. gzip writes a member's end
+// in one write, so the bytes that tell are there.
+func trailerAt(b, t []byte) int {
+	i := bytes.Index(b, t)
+	if i < 0 {
+		return -1
+	}
+	for moved := true; moved; {
+		moved = false
+		for k := 1; k < len(t) && i+k+len(t) <= len(b); k++ {
+			if bytes.Equal(b[i+k:i+k+len(t)], t) {
+				i, moved = i+k, true
+				break
+			}
+		}
+	}
+	return i
 }
 
 // member reads the next member for job and returns the job's result, or
-// as broken why gzip's output cannot be read any further.
-func (m *memberReader) member(zr *gzip.Reader, job *gzipJob) (_ *gzip.Reader, result, broken error) {
-	m.job, m.n, m.sent, m.werr = job, 0, false, nil
-	if m.buf == nil {
-		m.buf = make([]byte, 0, 32<<10)
+// as broken why gzip's output cannot be read any further (gzip died).
+func (m *memberReader) member(job *gzipJob) (result, broken error) {
+	m.n, m.sent, m.werr = 0, false, nil
+	m.look = m.look[:0]
+	for {
+		b, err := m.next()
+		if err != nil {
+			return nil, fmt.Errorf("output ends %d bytes into a member: %w", m.n, noEOF(err))
+		}
+		if crc, n, ok := job.text(); ok {
+			var t [trailerLen]byte
+			binary.LittleEndian.PutUint32(t[:4], crc)
+			binary.LittleEndian.PutUint32(t[4:], uint32(n))
+			// The trailer may straddle reads: search the member's last
+			// bytes so far with this chunk.
+			kept := len(m.look)
+			m.look = append(m.look, b...)
+			if i := trailerAt(m.look, t[:]); i >= 0 {
+				end := i + trailerLen - kept
+				m.pass(job, b[:end])
+				if end < len(b) {
+					m.pending = append([]byte(nil), b[end:]...)
+				}
+				break
+			}
+			m.look = append(m.look[:0], m.look[max(0, len(m.look)-(trailerLen-1)):]...)
+		} else {
+			// No trailer can come before the text has ended; keep the
+			// member's last bytes for when it has.
+			m.look = append(m.look, b...)
+			m.look = append(m.look[:0], m.look[max(0, len(m.look)-(trailerLen-1)):]...)
+		}
+		m.pass(job, b)
 	}
-	var err error
-	if zr == nil {
-		zr, err = gzip.NewReader(m)
-	} else {
-		err = zr.Reset(m)
-	}
-	if err == nil {
-		zr.Multistream(false)
-		_, err = io.Copy(io.Discard, zr)
-	}
-	if err != nil {
-		m.buf = m.buf[:0]
-		return zr, nil, err
-	}
-	m.flush()
 	if job.abandon() {
-		return zr, nil, nil // the decode gave up and reports its own error
+		return nil, nil // the decode gave up and reports its own error
 	}
 	if m.werr == nil && m.n != job.size {
 		m.werr = fmt.Errorf("%w: recompressed text is %d bytes, want %d", ErrCorruptEncoding, m.n, job.size)
 	}
-	return zr, m.werr, nil
+	return m.werr, nil
+}
+
+// textWriter passes a decode's text to gzip, taking its CRC-32 and length
+// on the way for the member's trailer (memberReader.sized).
+type textWriter struct {
+	w   io.Writer
+	crc uint32
+	n   int64
+}
+
+func (t *textWriter) Write(p []byte) (int, error) {
+	k, err := t.w.Write(p)
+	t.crc = crc32.Update(t.crc, crc32.IEEETable, p[:k])
+	t.n += int64(k)
+	return k, err
 }
 
 // gzipInSession writes what text gives to gzip in a session and the member
@@ -351,18 +426,21 @@ func (g *gzipSessions) gzipInSession(ctx context.Context, size int64, w io.Write
 	if err != nil {
 		return err
 	}
-	terr := text(pw)
+	tw := &textWriter{w: pw}
+	terr := text(tw)
 	if terr == nil {
 		terr = ctx.Err()
 	}
 	if terr != nil {
 		// Nothing more reaches w once abandon returns, so the decode can
 		// report its own error now; gzip compresses what it got into a
-		// member the session skips.
+		// member the session skips, found by its trailer like any other.
 		job.abandon()
+		job.wrote(tw.crc, tw.n)
 		pw.Close()
 		return terr
 	}
+	job.wrote(tw.crc, tw.n)
 	pw.Close()
 	return <-job.result
 }

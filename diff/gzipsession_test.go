@@ -96,3 +96,27 @@ func (s *stopWriter) Write(p []byte) (int, error) {
 	s.left -= len(p)
 	return s.w.Write(p)
 }
+
+func TestTrailerAt(t *testing.T) {
+	empty := []byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	trailer := []byte{0xde, 0xad, 0xbe, 0xef, 5, 0, 0, 0}
+	member := append([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3, 0x55, 0x66}, trailer...)
+	zeros := make([]byte, 8)
+	for _, tc := range []struct {
+		name string
+		b, t []byte
+		want int
+	}{
+		{"not there", member[:len(member)-1], trailer, -1},
+		{"at the end", member, trailer, len(member) - 8},
+		{"before the next member", append(bytes.Clone(member), empty...), trailer, len(member) - 8},
+		{"empty text's trailer after a deflate stream ending in zero", empty, zeros, len(empty) - 8},
+		{"empty text's member, then another", append(bytes.Clone(empty), member...), zeros, len(empty) - 8},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := trailerAt(tc.b, tc.t); got != tc.want {
+				t.Errorf("trailerAt = %d, want %d", got, tc.want)
+			}
+		})
+	}
+}

@@ -57,6 +57,10 @@ func TestDecodePeakMemory(t *testing.T) {
 	const big = 64 << 20
 	old := pseudoRandom(big, 31)
 	patch, nw := scatteredPatch(t, old)
+	zpatch, err := toZstdPatch(patch, &zstdEncoders{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	zst, err := zstdEncodeLevel(nw, nil, zstd.SpeedFastest)
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +73,7 @@ func TestDecodePeakMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeFiles(t, dir, map[string][]byte{
-		"old": old, "patch": patch, "new": nw, "zst": zst,
+		"old": old, "patch": patch, "zpatch": zpatch, "new": nw, "zst": zst,
 		"smallbase": smallBase, "dict": dict, "smallnew": smallNew,
 	})
 	old, nw = nil, nil
@@ -80,6 +84,7 @@ func TestDecodePeakMemory(t *testing.T) {
 	}{
 		{"legacy", "bsdiff", "old", "patch", "new"},
 		{"stream", "bsdiff", "old", "patch", "new"},
+		{"stream", "bsdiff-zstd", "old", "zpatch", "new"},
 		{"legacy", "zstd", "", "zst", "new"},
 		{"stream", "zstd", "", "zst", "new"},
 		{"legacy", "zstd-dict", "smallbase", "dict", "smallnew"},

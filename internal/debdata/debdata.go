@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -73,13 +74,18 @@ func Trees(ctx context.Context, pkgs []Package, cache, work, base string) (oldTr
 			return "", "", fmt.Errorf("debdata: copy %s: %v: %s", base, err, out)
 		}
 	}
+	a := &archive{cache: cache}
 	for _, p := range pkgs {
+		p, err := a.resolve(ctx, p)
+		if err != nil {
+			return "", "", err
+		}
 		for i, tree := range []string{oldTree, newTree} {
 			ver := p.Old
 			if i == 1 {
 				ver = p.New
 			}
-			file, err := download(ctx, cache, p.Name, ver)
+			file, err := a.download(ctx, p.Name, ver)
 			if err != nil {
 				return "", "", err
 			}
@@ -91,14 +97,89 @@ func Trees(ctx context.Context, pkgs []Package, cache, work, base string) (oldTr
 	return oldTree, newTree, nil
 }
 
-func download(ctx context.Context, cache, name, ver string) (string, error) {
+// archive is the apt archive as this run sees it. Its package lists may be
+// older than the versions pinned here (a machine whose tools were all
+// installed never ran apt-get update), and the archive itself moves on: a
+// point release drops the version it replaces.
+type archive struct {
+	cache   string
+	updated bool
+}
+
+func (a *archive) file(name, ver string) string {
 	// apt names files with the epoch's colon escaped.
-	file := filepath.Join(cache, fmt.Sprintf("%s_%s_amd64.deb", name, strings.ReplaceAll(ver, ":", "%3a")))
+	return filepath.Join(a.cache, fmt.Sprintf("%s_%s_amd64.deb", name, strings.ReplaceAll(ver, ":", "%3a")))
+}
+
+func (a *archive) cached(name, ver string) bool {
+	_, err := os.Stat(a.file(name, ver))
+	return err == nil
+}
+
+// resolve keeps p's pinned versions where they are cached or in the
+// archive, refreshing stale package lists once when it may (root). Where
+// the archive no longer has them, it takes the newest two versions it has,
+// so that the data stays a real update between two releases of the
+// package rather than the test or bench going without.
+func (a *archive) resolve(ctx context.Context, p Package) (Package, error) {
+	if a.cached(p.Name, p.Old) && a.cached(p.Name, p.New) {
+		return p, nil
+	}
+	vers, err := a.versions(ctx, p.Name)
+	if err != nil {
+		return p, err
+	}
+	if (!slices.Contains(vers, p.Old) || !slices.Contains(vers, p.New)) && !a.updated && os.Geteuid() == 0 {
+		a.updated = true
+		if out, err := exec.CommandContext(ctx, "apt-get", "update", "-qq").CombinedOutput(); err != nil {
+			return p, fmt.Errorf("%w: apt-get update: %v\n%s", ErrUnavailable, err, out)
+		}
+		if vers, err = a.versions(ctx, p.Name); err != nil {
+			return p, err
+		}
+	}
+	if slices.Contains(vers, p.Old) && slices.Contains(vers, p.New) {
+		return p, nil
+	}
+	if len(vers) < 2 {
+		return p, fmt.Errorf("%w: the archive has %d version(s) of %s (%s), and an update needs two", ErrUnavailable, len(vers), p.Name, strings.Join(vers, ", "))
+	}
+	return Package{Name: p.Name, Old: vers[1], New: vers[0]}, nil
+}
+
+// versions lists the versions of name the archive offers, newest first
+// (apt-cache madison's order).
+func (a *archive) versions(ctx context.Context, name string) ([]string, error) {
+	out, err := exec.CommandContext(ctx, "apt-cache", "madison", name).Output()
+	if err != nil {
+		return nil, fmt.Errorf("%w: apt-cache madison %s: %w", ErrUnavailable, name, err)
+	}
+	return parseMadison(string(out)), nil
+}
+
+// parseMadison reads the binary package versions of apt-cache madison's
+// output, in its order, once each; source lines are skipped.
+func parseMadison(out string) []string {
+	var vers []string
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Split(line, "|")
+		if len(f) < 3 || !strings.Contains(f[2], "Packages") {
+			continue
+		}
+		if v := strings.TrimSpace(f[1]); !slices.Contains(vers, v) {
+			vers = append(vers, v)
+		}
+	}
+	return vers
+}
+
+func (a *archive) download(ctx context.Context, name, ver string) (string, error) {
+	file := a.file(name, ver)
 	if _, err := os.Stat(file); err == nil {
 		return file, nil
 	}
 	cmd := exec.CommandContext(ctx, "apt-get", "download", "-q", name+"="+ver)
-	cmd.Dir = cache
+	cmd.Dir = a.cache
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("%w: apt-get download %s=%s: %v\n%s", ErrUnavailable, name, ver, err, out)
 	}
