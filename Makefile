@@ -7,7 +7,7 @@ BOOTBIN := bin/peerup-boot
 FUZZTIME ?= 5s
 FUZZLONG ?= 10m
 
-.PHONY: all build install test unit crash vm test-vm fuzz-short fuzz demo bench deps vet clean
+.PHONY: all build man install test unit crash vm test-vm fuzz-short fuzz demo bench deps vet clean
 
 all: build
 
@@ -23,7 +23,15 @@ build:
 # /usr/bin/peerup, so the prefix is fixed. The config file is installed only
 # if none is there, so a reinstall keeps an admin's settings.
 DIST    := daemon/dist
-install: build
+# Manual pages from the commands' own help, dated by the last commit so that
+# two builds of one commit make the same pages.
+MANDIR := bin/man
+EPOCH  := $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+man: build
+	rm -rf $(MANDIR)
+	SOURCE_DATE_EPOCH=$(EPOCH) $(BIN) man $(MANDIR)
+
+install: build man
 	install -Dm755 $(BIN) $(DESTDIR)/usr/bin/peerup
 	install -Dm755 $(BOOTBIN) $(DESTDIR)/usr/bin/peerup-boot
 	install -Dm644 $(DIST)/peerup.service $(DESTDIR)/usr/lib/systemd/system/peerup.service
@@ -33,6 +41,8 @@ install: build
 	install -Dm755 $(DIST)/initramfs-tools/hooks/peerup $(DESTDIR)/usr/share/initramfs-tools/hooks/peerup
 	install -Dm755 $(DIST)/initramfs-tools/scripts/local-bottom/peerup $(DESTDIR)/usr/share/initramfs-tools/scripts/local-bottom/peerup
 	test -e $(DESTDIR)/etc/peerup/peerup.toml || install -Dm644 $(DIST)/peerup.toml $(DESTDIR)/etc/peerup/peerup.toml
+	install -d $(DESTDIR)/usr/share/man/man1
+	install -m644 $(MANDIR)/*.1 $(DESTDIR)/usr/share/man/man1/
 
 # Installs the real tools the tests drive (gpg, bsdiff, nginx, avahi, ...)
 # from Debian's packages when run as root; tests that need a missing tool skip

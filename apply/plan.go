@@ -138,6 +138,13 @@ func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Bat
 		go bd.run(gctx, time.Second) // until Wait ends gctx
 	}
 	var done atomic.Int64
+	if o.Progress != nil {
+		// Progress counts bytes as they arrive, so that a large object's
+		// fetch shows; a fetch that fails part-way and is retried counts
+		// twice, and a reader clamps at the total.
+		b.Received = func(n int64) { o.Progress(done.Add(n), total) }
+		defer func() { b.Received = nil }()
+	}
 	var mu sync.Mutex
 	peers := newSwarm(src, o.Peers)
 	for i := range needs {
@@ -171,9 +178,6 @@ func (s *Sysroot) fetchMissing(ctx context.Context, src Source, b *blobstore.Bat
 				res.WholeBytes += wire
 			}
 			mu.Unlock()
-			if o.Progress != nil {
-				o.Progress(done.Add(wire), total)
-			}
 			return nil
 		})
 	}

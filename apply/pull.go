@@ -49,8 +49,9 @@ type PullOptions struct {
 	Trust   *manifest.Keyring
 	// Parallel is how many objects are fetched at once (default 4).
 	Parallel int
-	// Progress, if set, is called as objects arrive with the bytes fetched
-	// so far and the bytes to fetch in all.
+	// Progress, if set, is called as bytes arrive, from any goroutine, with
+	// the bytes fetched so far and the bytes to fetch in all. done can pass
+	// total when a fetch that failed part-way is done again.
 	Progress func(done, total int64)
 	Log      *slog.Logger
 	// EncodingBudget bounds the bytes of encodings kept to serve
@@ -121,67 +122,15 @@ type PullResult struct {
 // hash before keeping it, and changes nothing visible unless all of it
 // succeeds.
 func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullResult, error) {
-	if o.Trust == nil {
-		return nil, errors.New("pull: no trusted keys")
-	}
-	unlock, err := s.Lock()
+	m, end, err := s.begin(ctx, src, &o, false)
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
-	s.dec = diff.NewDecoder()
-	defer func() { s.dec.Close(); s.dec = nil }()
-	if err := s.cleanup(); err != nil {
-		return nil, err
+	defer end()
+	if m.done {
+		return m.res, nil
 	}
-	st, err := s.Status()
-	if err != nil {
-		return nil, err
-	}
-	if o.Trust, err = s.trust(o.Trust, st); err != nil {
-		return nil, fmt.Errorf("pull: %w", err)
-	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
-	image, v, ixSize, err := s.choose(ctx, src, st, o)
-	if err != nil {
-		return nil, err
-	}
-	res := &PullResult{Image: image, Version: v, MetadataBytes: ixSize}
-	if st.Staged == v {
-		res.AlreadyStaged = true
-		res.FetchedBytes = res.MetadataBytes
-		return res, nil
-	}
-	mf, err := s.receiveManifest(ctx, src, image, v, st.Current, res)
-	if err != nil {
-		return nil, fmt.Errorf("pull %s v%d from %s: %w", image, v, src, err)
-	}
-	defer mf.Close()
-	h, signer, err := manifest.Accept(o.Trust, mf.Signed(), manifest.Want{Image: image, Version: v, After: st.Current, Now: o.Now()})
-	if err != nil && res.ManifestFrom != 0 {
-		return nil, fmt.Errorf("pull from %s: the manifest rebuilt from its delta from v%d: %w", src, res.ManifestFrom, err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("pull from %s: %w", src, err)
-	}
-	res.Signer = signer
-	res.FetchedBytes = res.MetadataBytes
-	if s.haveTree(ctx, image, v, mf) {
-		// The tree is still on disk (say, previous after a rollback) and was
-		// built from these very bytes: point staged at it again.
-		if err := s.setLink(LinkStaged, v); err != nil {
-			return nil, err
-		}
-		return res, fsutil.FsyncDir(s.dir)
-	}
-	deltas, err := s.deltaIndex(ctx, src, image, v, mf, o.Trust, res)
-	if err != nil {
-		return nil, fmt.Errorf("pull %s v%d from %s: %w", image, v, src, err)
-	}
-	defer deltas.close()
-	res.FetchedBytes = res.MetadataBytes
+	image, v, res, mf, h, deltas, st := m.image, m.v, m.res, m.mf, m.h, m.deltas, m.st
 	b, err := s.repo.Begin()
 	if err != nil {
 		return nil, err
@@ -255,6 +204,115 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 		return nil, fmt.Errorf("pull %s v%d: trim kept encodings: %w", image, v, err)
 	}
 	return res, nil
+}
+
+// pulled is what a pull learnt before fetching any object: the version,
+// its verified manifest and delta index.
+type pulled struct {
+	image  string
+	v      uint64
+	st     Status
+	res    *PullResult
+	mf     *blobstore.SignedFile
+	h      *manifest.Header
+	deltas *signedDeltas
+	// done: nothing is left to fetch (res says why: already staged, or
+	// the tree still on disk).
+	done bool
+}
+
+func (m *pulled) close() {
+	m.deltas.close()
+	if m.mf != nil {
+		m.mf.Close()
+	}
+}
+
+// begin takes the sysroot's lock and a decoder for the pull's life, and
+// runs metadata; end releases them.
+func (s *Sysroot) begin(ctx context.Context, src Source, o *PullOptions, preview bool) (m *pulled, end func(), err error) {
+	if o.Trust == nil {
+		return nil, nil, errors.New("pull: no trusted keys")
+	}
+	unlock, err := s.Lock()
+	if err != nil {
+		return nil, nil, err
+	}
+	s.dec = diff.NewDecoder()
+	release := func() {
+		s.dec.Close()
+		s.dec = nil
+		unlock()
+	}
+	if m, err = s.metadata(ctx, src, o, preview); err != nil {
+		release()
+		return nil, nil, err
+	}
+	return m, func() { m.close(); release() }, nil
+}
+
+// metadata chooses the version, receives its manifest and delta index and
+// verifies them: the first half of a pull, and all of a preview, which
+// changes nothing on disk but what it received into staging.
+func (s *Sysroot) metadata(ctx context.Context, src Source, o *PullOptions, preview bool) (m *pulled, err error) {
+	got := &pulled{}
+	defer func() {
+		if err != nil {
+			got.close()
+		}
+	}()
+	m = got
+	if err := s.cleanup(); err != nil {
+		return nil, err
+	}
+	if m.st, err = s.Status(); err != nil {
+		return nil, err
+	}
+	if o.Trust, err = s.trust(o.Trust, m.st); err != nil {
+		return nil, fmt.Errorf("pull: %w", err)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	image, v, ixSize, err := s.choose(ctx, src, m.st, *o)
+	if err != nil {
+		return nil, err
+	}
+	m.image, m.v = image, v
+	m.res = &PullResult{Image: image, Version: v, MetadataBytes: ixSize}
+	if m.st.Staged == v && !preview {
+		m.res.AlreadyStaged = true
+		m.res.FetchedBytes = m.res.MetadataBytes
+		m.done = true
+		return m, nil
+	}
+	if m.mf, err = s.receiveManifest(ctx, src, image, v, m.st.Current, m.res); err != nil {
+		return nil, fmt.Errorf("pull %s v%d from %s: %w", image, v, src, err)
+	}
+	h, signer, err := manifest.Accept(o.Trust, m.mf.Signed(), manifest.Want{Image: image, Version: v, After: m.st.Current, Now: o.Now()})
+	if err != nil && m.res.ManifestFrom != 0 {
+		return nil, fmt.Errorf("pull from %s: the manifest rebuilt from its delta from v%d: %w", src, m.res.ManifestFrom, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pull from %s: %w", src, err)
+	}
+	m.h = h
+	m.res.Signer = signer
+	m.res.FetchedBytes = m.res.MetadataBytes
+	if !preview && s.haveTree(ctx, image, v, m.mf) {
+		// The tree is still on disk (say, previous after a rollback) and was
+		// built from these very bytes: point staged at it again.
+		if err := s.setLink(LinkStaged, v); err != nil {
+			return nil, err
+		}
+		m.done = true
+		return m, fsutil.FsyncDir(s.dir)
+	}
+	if m.deltas, err = s.deltaIndex(ctx, src, image, v, m.mf, o.Trust, m.res); err != nil {
+		return nil, fmt.Errorf("pull %s v%d from %s: %w", image, v, src, err)
+	}
+	m.res.FetchedBytes = m.res.MetadataBytes
+	return m, nil
 }
 
 // choose picks the image and version to pull and applies the version rule

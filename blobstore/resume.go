@@ -20,6 +20,30 @@ const ResumeMin = 1 << 20
 // start there returns the whole object and start 0.
 type Opener func(ctx context.Context, offset int64) (body io.ReadCloser, start int64, err error)
 
+// counted is open with every byte read from its bodies told to received.
+func counted(open Opener, received func(n int64)) Opener {
+	return func(ctx context.Context, offset int64) (io.ReadCloser, int64, error) {
+		body, start, err := open(ctx, offset)
+		if err != nil {
+			return nil, 0, err
+		}
+		return countingBody{body, received}, start, nil
+	}
+}
+
+type countingBody struct {
+	io.ReadCloser
+	received func(n int64)
+}
+
+func (c countingBody) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	if n > 0 {
+		c.received(int64(n))
+	}
+	return n, err
+}
+
 func (b *Batch) partPath(d Digest) string { return filepath.Join(b.dir, "p-"+d.String()) }
 
 // PutFrom is Put for a source that can resume: bytes already received for
@@ -30,6 +54,9 @@ func (b *Batch) partPath(d Digest) string { return filepath.Join(b.dir, "p-"+d.S
 func (b *Batch) PutFrom(ctx context.Context, want Digest, size int64, open Opener) error {
 	if b.Has(want) {
 		return nil
+	}
+	if b.Received != nil {
+		open = counted(open, b.Received)
 	}
 	if size < ResumeMin {
 		body, _, err := open(ctx, 0)

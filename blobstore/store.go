@@ -148,7 +148,10 @@ type Batch struct {
 	objects map[Digest]bool // staged objects
 	order   []Digest        // staged objects in the order they arrived
 	// Fault, if set, is called before each rename of Commit (crash tests).
-	Fault     func(point string)
+	Fault func(point string)
+	// Received, if set, is told of the bytes PutFrom reads from a source,
+	// as they arrive: a fetch's progress within a large object.
+	Received  func(n int64)
 	files     map[Digest]bool // staged files
 	done      bool
 	committed bool

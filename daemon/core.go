@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -54,6 +55,36 @@ type Props struct {
 	// its boot tries (0: none).
 	HeldVersion uint64
 	BadVersion  uint64
+	// Of the update on offer, from its signed metadata (apply.Preview),
+	// as eos-updater names them: set with update-available, cleared with
+	// AvailableVersion.
+	UpdateID         string
+	UpdateLabel      string
+	UpdateMessage    string
+	Version          string // AvailableVersion, as text
+	UnpackedSize     uint64
+	FullDownloadSize uint64
+	FullUnpackedSize uint64
+}
+
+// clearOffer drops what described the last offer and its fetch.
+func (p *Props) clearOffer() {
+	p.AvailableVersion, p.DownloadSize, p.DownloadedBytes = 0, 0, 0
+	p.clearPreview()
+}
+
+// clearPreview drops what a preview said of the offer.
+func (p *Props) clearPreview() {
+	p.UpdateID, p.UpdateLabel, p.UpdateMessage, p.Version = "", "", "", ""
+	p.UnpackedSize, p.FullDownloadSize, p.FullUnpackedSize = 0, 0, 0
+}
+
+// setPreview shows what a preview learnt of the offer.
+func (p *Props) setPreview(pv *apply.Preview) {
+	p.UpdateID, p.UpdateLabel, p.UpdateMessage = pv.UpdateID, pv.Label, pv.Message
+	p.Version = strconv.FormatUint(pv.Version, 10)
+	p.DownloadSize, p.DownloadedBytes = uint64(pv.DownloadSize), 0
+	p.UnpackedSize, p.FullDownloadSize, p.FullUnpackedSize = uint64(pv.UnpackedSize), uint64(pv.FullDownloadSize), uint64(pv.FullUnpackedSize)
 }
 
 // Observer hears of changes: the D-Bus service, tests.
@@ -331,7 +362,8 @@ func (c *Core) Rollback() error {
 	c.o.Log.Info("rolled back", "from", from, "to", to)
 	c.update(func(p *Props) {
 		c.readSysroot(p)
-		p.State, p.AvailableVersion = StateIdle, 0
+		p.State = StateIdle
+		p.clearOffer()
 	})
 	if c.o.OnApplied != nil {
 		c.o.OnApplied(from, to)
@@ -388,7 +420,8 @@ func (c *Core) editBoot(m Method, edit func(*apply.Sysroot) error) error {
 	if err == nil && c.props.State == StateUpdateAvailable && c.o.Sysroot.Refusal(c.props.AvailableVersion) != nil {
 		// A version now held is no longer on offer. One already staged
 		// stays update-ready: applying it is left to whoever asks.
-		c.props.State, c.props.AvailableVersion = StateIdle, 0
+		c.props.State = StateIdle
+		c.props.clearOffer()
 	}
 	c.unlockAndNotify(old)
 	return err
@@ -536,7 +569,8 @@ func (c *Core) poll(ctx context.Context) func() error {
 		// Nothing on offer: what an earlier offer or fetch left in the
 		// properties no longer describes anything.
 		c.update(func(p *Props) {
-			p.State, p.AvailableVersion, p.DownloadSize, p.DownloadedBytes = StateIdle, 0, 0, 0
+			p.State = StateIdle
+			p.clearOffer()
 		})
 		return nil
 	}
@@ -544,12 +578,16 @@ func (c *Core) poll(ctx context.Context) func() error {
 	c.mu.Lock()
 	c.offers = sel.groups
 	c.mu.Unlock()
+	pv := c.preview(ctx, best, urls)
 	c.update(func(p *Props) {
 		if p.AvailableVersion != best {
 			// Progress of a fetch of another version says nothing of this one.
-			p.DownloadSize, p.DownloadedBytes = 0, 0
+			p.clearOffer()
 		}
 		p.State, p.AvailableVersion = StateUpdateAvailable, best
+		if pv != nil {
+			p.setPreview(pv)
+		}
 		if p.Image == "" {
 			p.Image = sel.image
 		}
@@ -557,6 +595,27 @@ func (c *Core) poll(ctx context.Context) func() error {
 	c.o.Log.Info("update available", "version", best, "peers", len(urls))
 	if c.o.Policy == PolicyAuto || c.o.Policy == PolicyDownload {
 		return c.Fetch
+	}
+	return nil
+}
+
+// preview learns from the first peer that can give it what fetching
+// version v would cost (nil if none can: the offer stands, and the fetch
+// finds out).
+func (c *Core) preview(ctx context.Context, v uint64, urls []string) *apply.Preview {
+	for _, u := range urls {
+		src, err := c.o.Open(u)
+		if err != nil {
+			continue
+		}
+		pv, err := c.o.Sysroot.Preview(ctx, src, apply.PullOptions{Version: v, Trust: c.o.Trust, Log: c.o.Log, Memory: c.o.Memory, Policy: c.o.Entries})
+		if err == nil {
+			return pv
+		}
+		c.o.Log.Info("could not preview the update", "version", v, "peer", u, "err", err)
+		if ctx.Err() != nil {
+			return nil
+		}
 	}
 	return nil
 }
@@ -627,7 +686,10 @@ func (c *Core) fetch(ctx context.Context) func() error {
 	for _, g := range groups {
 		if g.v != c.Props().AvailableVersion {
 			c.o.Log.Warn("falling back to an older offered version", "version", g.v, "err", lastErr)
-			c.update(func(p *Props) { p.AvailableVersion = g.v })
+			c.update(func(p *Props) {
+				p.clearOffer()
+				p.AvailableVersion = g.v
+			})
 		}
 		next, done, err := c.fetchVersion(ctx, g.v, g.urls)
 		if done {
@@ -649,20 +711,55 @@ func (c *Core) fetch(ctx context.Context) func() error {
 	return nil
 }
 
+// ProgressInterval is the shortest time between two changes of
+// DownloadedBytes during a fetch.
+const ProgressInterval = 250 * time.Millisecond
+
 // fetchVersion pulls version want from the peers offering it, each in turn
 // as the primary with the others as a swarm. done reports success.
 func (c *Core) fetchVersion(ctx context.Context, want uint64, peers []string) (next func() error, done bool, lastErr error) {
-	c.update(func(p *Props) { p.DownloadedBytes, p.DownloadSize = 0, 0 })
-	var lastPersist, lastLogged time.Time
-	var persisted int64
+	c.update(func(p *Props) { p.DownloadedBytes = 0 })
+	var lastPersist, lastLogged, lastShown time.Time
+	var persisted, latest, latestTotal int64
 	var pmu sync.Mutex
-	progress := func(done, total int64) {
-		// Parallel fetches report out of order: never move backwards.
+	var later *time.Timer // shows the latest count once the interval is up
+	show := func() {      // pmu held
+		lastShown = time.Now()
+		done, total := latest, latestTotal
 		c.update(func(p *Props) {
-			p.DownloadedBytes, p.DownloadSize = max(p.DownloadedBytes, uint64(done)), uint64(total)
+			if p.State != StateFetching {
+				return // the fetch has ended, and said what it got
+			}
+			// A part refetched counts twice in done: never past the total.
+			p.DownloadedBytes = max(p.DownloadedBytes, uint64(min(done, total)))
+			if p.DownloadSize == 0 {
+				p.DownloadSize = uint64(total) // no preview said
+			}
 		})
+	}
+	defer func() {
+		pmu.Lock()
+		if later != nil {
+			later.Stop()
+		}
+		pmu.Unlock()
+	}()
+	progress := func(done, total int64) {
 		pmu.Lock()
 		defer pmu.Unlock()
+		latest, latestTotal = max(latest, done), total
+		// The pull reports every read; a desktop needs a few a second, and
+		// the last count before a stall must show too.
+		if wait := ProgressInterval - time.Since(lastShown); wait <= 0 || done >= total {
+			show()
+		} else if later == nil {
+			later = time.AfterFunc(wait, func() {
+				pmu.Lock()
+				defer pmu.Unlock()
+				later = nil
+				show()
+			})
+		}
 		if time.Since(lastLogged) >= time.Second {
 			lastLogged = time.Now()
 			c.o.Log.Debug("fetch progress", "version", want, "done", done, "total", total)
@@ -750,7 +847,8 @@ func (c *Core) apply(ctx context.Context) func() error {
 	}
 	c.update(func(p *Props) {
 		c.readSysroot(p)
-		p.State, p.AvailableVersion = StateUpdateApplied, 0
+		p.State = StateUpdateApplied
+		p.clearOffer()
 	})
 	if c.o.OnApplied != nil {
 		c.o.OnApplied(from, to)

@@ -3,11 +3,15 @@ package daemon
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -193,9 +197,16 @@ func TestDBusAPIDuringARealUpdate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The offer's own properties come from its signed manifest.
+	v2, err := os.ReadFile(filepath.Join(f.repo.Dir(), blobstore.Layout{}.Manifest("school-laptop", 2)))
+	if err != nil {
+		t.Fatal(err)
+	}
 	want := Props{State: StateUpdateReady, Image: "school-laptop", CurrentVersion: 1, AvailableVersion: 2, PeerCount: 1,
-		DownloadSize: p.DownloadSize, DownloadedBytes: p.DownloadSize}
-	if p != want || p.DownloadSize == 0 {
+		DownloadSize: p.DownloadSize, DownloadedBytes: p.DownloadSize,
+		UpdateID: fmt.Sprintf("%x", sha256.Sum256(v2)), Version: "2",
+		UnpackedSize: p.UnpackedSize, FullDownloadSize: p.FullDownloadSize, FullUnpackedSize: p.FullUnpackedSize}
+	if p != want || p.DownloadSize == 0 || p.UnpackedSize == 0 || p.FullUnpackedSize < p.UnpackedSize || p.FullDownloadSize < p.DownloadSize {
 		t.Errorf("properties = %+v\nwant %+v", p, want)
 	}
 
@@ -242,7 +253,8 @@ func TestDBusAPIDuringARealUpdate(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.until(t, "update-available after Poll", stateIs(StateUpdateAvailable))
-	if p, _ := cl.Props(); p.AvailableVersion != 3 {
+	// What the download will cost is known before it is asked for.
+	if p, _ := cl.Props(); p.AvailableVersion != 3 || p.Version != "3" || len(p.UpdateID) != 64 || p.DownloadSize == 0 || p.DownloadedBytes != 0 || p.UnpackedSize == 0 {
 		t.Errorf("after v3 was published: %+v", p)
 	}
 }
@@ -298,7 +310,9 @@ func TestIntrospection(t *testing.T) {
 	if err != nil {
 		t.Fatalf("busctl introspect: %v\n%s", err, out)
 	}
-	for _, want := range []string{".Poll", ".Fetch", ".Apply", ".Rollback", ".Cancel", ".MarkGood", ".Hold", ".Unhold", ".UnmarkBad", ".HeldVersion", ".State", ".AvailableVersion", ".DownloadedBytes", ".PeerCount", ".StateChanged", ".UpdateReady"} {
+	for _, want := range []string{".Poll", ".Fetch", ".Apply", ".Rollback", ".Cancel", ".MarkGood", ".Hold", ".Unhold", ".UnmarkBad", ".HeldVersion", ".State", ".AvailableVersion", ".DownloadedBytes", ".PeerCount", ".StateChanged", ".UpdateReady",
+		// eos-updater's properties of an offer
+		".UpdateID", ".UpdateLabel", ".UpdateMessage", ".Version", ".DownloadSize", ".UnpackedSize", ".FullDownloadSize", ".FullUnpackedSize"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("introspection lacks %s:\n%s", want, out)
 		}
@@ -472,5 +486,64 @@ func TestCancelDuringAFetch(t *testing.T) {
 	}
 	if err := cl.Call(MethodPoll); err != nil {
 		t.Errorf("Poll after a cancelled fetch: %v", err)
+	}
+}
+
+// TestDownloadedBytesRiseDuringALargeObject: a desktop's progress bar
+// moves while one large object arrives, not only between objects, and no
+// faster than ProgressInterval.
+func TestDownloadedBytesRiseDuringALargeObject(t *testing.T) {
+	addr := privateBus(t)
+	f := newTestFleet(t)
+	f.publish(t, 1)
+	sysroot := f.sysrootAt(t, 1)
+	// 3 MiB that compress to nothing less: fetched whole, as one object.
+	big := make([]byte, 3<<20)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < len(big); i += 8 {
+		binary.LittleEndian.PutUint64(big[i:], r.Uint64())
+	}
+	if err := os.WriteFile(f.tree+"/etc/big.bin", big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f.publish(t, 2)
+	w := watch(t, addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	// At 1 MiB/s the object takes about 3 s.
+	d, err := Start(ctx, Config{Sysroot: sysroot, Trust: []string{f.pub}, Listen: "127.0.0.1:0", Bus: addr, Policy: "download", Peers: []string{f.url}, MaxDownloadRate: 1 << 20}, nil, nil)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); d.Wait(ctx) })
+
+	var seen []uint64
+	var fetching bool
+	w.until(t, "UpdateReady(2)", func(s *dbus.Signal) bool {
+		switch s.Name {
+		case Interface + ".StateChanged":
+			fetching = s.Body[0] == string(StateFetching)
+		case "org.freedesktop.DBus.Properties.PropertiesChanged":
+			changed, _ := s.Body[1].(map[string]dbus.Variant)
+			if v, ok := changed["DownloadedBytes"]; ok && fetching {
+				if n, _ := v.Value().(uint64); n > 0 && (len(seen) == 0 || n > seen[len(seen)-1]) {
+					seen = append(seen, n)
+				}
+			}
+		case Interface + ".UpdateReady":
+			return true
+		}
+		return false
+	})
+	// Steps within the big object alone: those below its size.
+	var within int
+	for _, n := range seen {
+		if n < uint64(len(big)) {
+			within++
+		}
+	}
+	t.Logf("DownloadedBytes took %d rising values while fetching, %d of them within the 3 MiB object: %v", len(seen), within, seen)
+	if within < 5 {
+		t.Errorf("DownloadedBytes rose %d times during the 3 MiB object's fetch, want at least 5", within)
 	}
 }

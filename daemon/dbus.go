@@ -97,6 +97,13 @@ func propValues(p Props) map[string]any {
 		"PeerCount":        p.PeerCount,
 		"HeldVersion":      p.HeldVersion,
 		"BadVersion":       p.BadVersion,
+		"UpdateID":         p.UpdateID,
+		"UpdateLabel":      p.UpdateLabel,
+		"UpdateMessage":    p.UpdateMessage,
+		"Version":          p.Version,
+		"UnpackedSize":     p.UnpackedSize,
+		"FullDownloadSize": p.FullDownloadSize,
+		"FullUnpackedSize": p.FullUnpackedSize,
 	}
 }
 
@@ -278,6 +285,13 @@ func (c *Client) Props() (Props, error) {
 	get("PeerCount", &p.PeerCount)
 	get("HeldVersion", &p.HeldVersion)
 	get("BadVersion", &p.BadVersion)
+	get("UpdateID", &p.UpdateID)
+	get("UpdateLabel", &p.UpdateLabel)
+	get("UpdateMessage", &p.UpdateMessage)
+	get("Version", &p.Version)
+	get("UnpackedSize", &p.UnpackedSize)
+	get("FullDownloadSize", &p.FullDownloadSize)
+	get("FullUnpackedSize", &p.FullUnpackedSize)
 	return p, nil
 }
 

@@ -35,7 +35,15 @@ func verifyUnit(t *testing.T, name string) {
 	dir := t.TempDir()
 	fixed := bytes.Replace(unit, []byte("/usr/bin/peerup"), []byte(bin), 1)
 	os.WriteFile(filepath.Join(dir, name), fixed, 0o644)
-	out, err := exec.Command(sa, "verify", filepath.Join(dir, name)).CombinedOutput()
+	// verify also looks up the man pages Documentation= names: those the
+	// package installs, generated here from the commands' help.
+	peerup := buildBinary(t)
+	if out, err := exec.Command(peerup, "man", filepath.Join(dir, "man", "man1")).CombinedOutput(); err != nil {
+		t.Fatalf("peerup man: %v\n%s", err, out)
+	}
+	cmd := exec.Command(sa, "verify", filepath.Join(dir, name))
+	cmd.Env = append(os.Environ(), "MANPATH="+filepath.Join(dir, "man"))
+	out, err := cmd.CombinedOutput()
 	// Without a running systemd (containers, CI) verify still checks the
 	// unit's syntax and directives; it only complains about the manager.
 	var msgs []string
@@ -242,6 +250,14 @@ func TestMakeInstall(t *testing.T) {
 	for _, bin := range []string{"usr/bin/peerup", "usr/bin/peerup-boot"} {
 		if fi, err := os.Stat(filepath.Join(dest, bin)); err != nil || fi.Mode()&0o111 == 0 {
 			t.Errorf("%s: not installed as an executable (%v)", bin, err)
+		}
+	}
+	// The manual: the command and every verb, as the unit's
+	// Documentation= names them.
+	for _, page := range []string{"peerup.1", "peerup-daemon.1", "peerup-update.1", "peerup-publish.1", "peerup-rollback.1"} {
+		b, err := os.ReadFile(filepath.Join(dest, "usr/share/man/man1", page))
+		if err != nil || !bytes.Contains(b, []byte(".SH NAME")) {
+			t.Errorf("man page %s: not installed, or not a man page (%v)", page, err)
 		}
 	}
 	conf := filepath.Join(dest, "etc", "peerup", "peerup.toml")

@@ -118,6 +118,7 @@ rollback.`,
 		a.newGCCmd(),
 		a.newVerifyCmd(),
 		a.newExportCmd(),
+		a.newManCmd(),
 	)
 	root.AddCommand(a.newHoldCmds()...)
 	return root
