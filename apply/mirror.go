@@ -78,6 +78,10 @@ func Mirror(ctx context.Context, local *blobstore.Repo, up Source, trust *manife
 			return res, err
 		}
 	}
+	// The school's laptops learn of withdrawals from the mirror.
+	for _, image := range upIx.Images() {
+		keepWithdrawn(ctx, local, up, image, trust, log)
+	}
 	var errs []error
 	for _, err := range expired {
 		errs = append(errs, err)

@@ -17,6 +17,7 @@ import (
 	"peerup/diff"
 	"peerup/internal/fsutil"
 	"peerup/manifest"
+	"peerup/transfer"
 )
 
 // Source is where a pull gets a version from: a peer, a server or a static
@@ -323,11 +324,17 @@ func (s *Sysroot) choose(ctx context.Context, src Source, st Status, o PullOptio
 	if err != nil {
 		return "", 0, 0, fmt.Errorf("pull: %w", err)
 	}
-	image, v, err := s.chooseFrom(src, ix, st, o)
-	return image, v, ix.Size(), err
+	size := ix.Size()
+	image, err := chooseImage(src, ix, st, o)
+	if err != nil {
+		return "", 0, size, err
+	}
+	w, n := s.withdrawn(ctx, src, image, o)
+	v, err := s.chooseVersion(src, ix, image, st, o, w)
+	return image, v, size + n, err
 }
 
-func (s *Sysroot) chooseFrom(src Source, ix *blobstore.Index, st Status, o PullOptions) (string, uint64, error) {
+func chooseImage(src Source, ix *blobstore.Index, st Status, o PullOptions) (string, error) {
 	image := o.Image
 	if image == "" {
 		image = st.Image
@@ -335,33 +342,98 @@ func (s *Sysroot) chooseFrom(src Source, ix *blobstore.Index, st Status, o PullO
 	if image == "" {
 		imgs := ix.Images()
 		if len(imgs) != 1 {
-			return "", 0, fmt.Errorf("pull: %s offers images %v; choose one with --image", src, imgs)
+			return "", fmt.Errorf("pull: %s offers images %v; choose one with --image", src, imgs)
 		}
 		image = imgs[0]
 	}
 	if st.Image != "" && image != st.Image {
-		return "", 0, fmt.Errorf("pull: this sysroot runs image %q, not %q", st.Image, image)
+		return "", fmt.Errorf("pull: this sysroot runs image %q, not %q", st.Image, image)
 	}
+	return image, nil
+}
+
+// chooseVersion applies the version rule: the version asked for, or the
+// newest the source offers that its publisher has not withdrawn.
+func (s *Sysroot) chooseVersion(src Source, ix *blobstore.Index, image string, st Status, o PullOptions, w *blobstore.Withdrawn) (uint64, error) {
 	var e blobstore.IndexEntry
 	var ok bool
 	if o.Version != 0 {
 		e, ok = ix.Find(image, o.Version)
 		if !ok {
-			return "", 0, fmt.Errorf("pull: %s does not offer %s version %d", src, image, o.Version)
+			return 0, fmt.Errorf("pull: %s does not offer %s version %d", src, image, o.Version)
 		}
-	} else if e, ok = ix.Latest(image); !ok {
-		return "", 0, fmt.Errorf("pull: %s offers no version of %s", src, image)
+		if w.Has(e.Version) {
+			return 0, fmt.Errorf("pull: %s version %d: %w", image, e.Version, ErrWithdrawn)
+		}
+	} else if e, ok = ix.LatestExcept(image, w.Has); !ok {
+		if _, any := ix.Latest(image); any {
+			return 0, fmt.Errorf("pull: every version of %s that %s offers is withdrawn: %w", image, src, ErrUpToDate)
+		}
+		return 0, fmt.Errorf("pull: %s offers no version of %s", src, image)
 	}
 	if e.Version <= st.Current {
 		if o.Version == 0 {
-			return "", 0, fmt.Errorf("%s offers %s version %d at most: %w", src, image, e.Version, ErrUpToDate)
+			return 0, fmt.Errorf("%s offers %s version %d at most: %w", src, image, e.Version, ErrUpToDate)
 		}
-		return "", 0, fmt.Errorf("pull: %s version %d is %w (%d)", image, e.Version, ErrNotNewer, st.Current)
+		return 0, fmt.Errorf("pull: %s version %d is %w (%d)", image, e.Version, ErrNotNewer, st.Current)
 	}
 	if err := s.Refusal(e.Version); err != nil {
-		return "", 0, fmt.Errorf("pull: %s version %d is %w; waiting for a newer one", image, e.Version, err)
+		return 0, fmt.Errorf("pull: %s version %d is %w; waiting for a newer one", image, e.Version, err)
 	}
-	return image, e.Version, nil
+	return e.Version, nil
+}
+
+// ErrWithdrawn is a version its publisher has withdrawn (peerup
+// withdraw): a node installs it only if it already runs it.
+var ErrWithdrawn = errors.New("withdrawn by its publisher")
+
+// withdrawer is a source that serves withdrawn lists.
+type withdrawer interface {
+	Withdrawn(ctx context.Context, image string) (data, sig []byte, err error)
+}
+
+// withdrawn is the image's withdrawn list this node trusts (keepWithdrawn)
+// and the bytes it received for it.
+func (s *Sysroot) withdrawn(ctx context.Context, src Source, image string, o PullOptions) (*blobstore.Withdrawn, int64) {
+	return keepWithdrawn(ctx, s.repo, src, image, o.Trust, o.logger())
+}
+
+// keepWithdrawn returns the image's withdrawn list a repo should go by: the
+// one with the highest sequence number of those it holds and src serves
+// that verify against trust (nil: none). A newer one from src is kept, so
+// the repo serves it on (a laptop to its peers, a mirror to its school). It
+// returns the bytes it received. A source that serves no list, or a bad
+// one, withdraws nothing: withdrawing is the publisher's word, and only a
+// signed list says it.
+func keepWithdrawn(ctx context.Context, repo *blobstore.Repo, src Source, image string, trust *manifest.Keyring, log *slog.Logger) (*blobstore.Withdrawn, int64) {
+	var have *blobstore.Withdrawn
+	if data, sig, err := repo.ReadWithdrawn(image); err == nil && data != nil {
+		have, _ = blobstore.VerifyWithdrawn(trust, image, data, sig)
+	}
+	ws, ok := src.(withdrawer)
+	if !ok {
+		return have, 0
+	}
+	data, sig, err := ws.Withdrawn(ctx, image)
+	if err != nil {
+		if !errors.Is(err, transfer.ErrNotFound) {
+			log.Info("no withdrawn list from the source", "source", src, "err", err)
+		}
+		return have, 0
+	}
+	n := int64(len(data) + len(sig))
+	got, err := blobstore.VerifyWithdrawn(trust, image, data, sig)
+	if err != nil {
+		log.Warn("ignoring a withdrawn list that does not verify", "source", src, "err", err)
+		return have, n
+	}
+	if have != nil && got.Seq <= have.Seq {
+		return have, n
+	}
+	if err := repo.StoreWithdrawn(image, data, sig); err != nil {
+		log.Warn("could not keep the withdrawn list", "err", err)
+	}
+	return got, n
 }
 
 // haveTree reports whether version v's tree exists, built from manifest

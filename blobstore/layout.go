@@ -21,19 +21,20 @@ func LayoutOf(dir string) Layout { return Layout{Root: dir} }
 
 // The names a repo holds at its top.
 const (
-	markerName  = "peerup-repo"
-	indexName   = "index"
-	imagesName  = "images"
-	objectsName = "objects"
-	filesName   = "files"
-	stagingName = "staging"
-	lockName    = "lock"
-	seedLock    = "seed.lock"
-	sigSuffix   = ".sig"
-	manifestExt = ".manifest"
-	deltasExt   = ".deltas"
-	fromInfix   = "-from-"
-	packedExt   = ".zst"
+	markerName    = "peerup-repo"
+	indexName     = "index"
+	imagesName    = "images"
+	objectsName   = "objects"
+	filesName     = "files"
+	stagingName   = "staging"
+	lockName      = "lock"
+	seedLock      = "seed.lock"
+	sigSuffix     = ".sig"
+	manifestExt   = ".manifest"
+	withdrawnName = "withdrawn"
+	deltasExt     = ".deltas"
+	fromInfix     = "-from-"
+	packedExt     = ".zst"
 )
 
 // MarkerMagic is what the marker file holds: its presence is what makes a
@@ -109,6 +110,12 @@ func (l Layout) Derived(image string, v uint64) ([]string, error) {
 	return append(deltas, l.PackedDeltas(image, v)), err
 }
 
+// Withdrawn is an image's signed list of withdrawn versions; its
+// signature is SignatureOf it. Unlike a version's files it changes.
+func (l Layout) Withdrawn(image string) string {
+	return l.at(imagesName + "/" + image + "/" + withdrawnName)
+}
+
 // SignatureOf is the detached signature beside the signed file p, a path
 // this layout returned.
 func SignatureOf(p string) string { return p + sigSuffix }
@@ -152,15 +159,17 @@ const (
 	PathMarker
 	PathIndex
 	PathObject
-	PathSigned  // a manifest, a delta index, or a signature of either
-	PathDerived // a manifest delta or a packed delta index
+	PathSigned    // a manifest, a delta index, or a signature of either
+	PathDerived   // a manifest delta or a packed delta index
+	PathWithdrawn // an image's withdrawn list or its signature
 )
 
 // served matches the only paths a repo serves: anything else, including
 // every traversal attempt, is refused before the file system is touched.
 var served = regexp.MustCompile(`^(?:(` + markerName + `)|(` + indexName + `)|(` + objectsName + `/[0-9a-f]{2}/[0-9a-f]{64})|(` +
 	imagesName + `/[a-z0-9][a-z0-9._-]{0,62}/[1-9][0-9]{0,19}\.(?:manifest|deltas)(?:\.sig)?)|(` +
-	imagesName + `/[a-z0-9][a-z0-9._-]{0,62}/[1-9][0-9]{0,19}\.(?:manifest-from-[1-9][0-9]{0,19}|deltas)\.zst))$`)
+	imagesName + `/[a-z0-9][a-z0-9._-]{0,62}/[1-9][0-9]{0,19}\.(?:manifest-from-[1-9][0-9]{0,19}|deltas)\.zst)|(` +
+	imagesName + `/[a-z0-9][a-z0-9._-]{0,62}/` + withdrawnName + `(?:\.sig)?))$`)
 
 // Kind says what the slash-separated, repo-relative path rel names, if it
 // is one a repo serves (SPEC.md §5).

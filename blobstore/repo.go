@@ -98,10 +98,16 @@ func (ix *Index) Size() int64 { return ix.size }
 
 // Latest returns the newest version of image.
 func (ix *Index) Latest(image string) (IndexEntry, bool) {
+	return ix.LatestExcept(image, func(uint64) bool { return false })
+}
+
+// LatestExcept returns the newest entry for image whose version skip does
+// not refuse.
+func (ix *Index) LatestExcept(image string, skip func(uint64) bool) (IndexEntry, bool) {
 	var best IndexEntry
 	ok := false
 	for _, e := range ix.Entries {
-		if e.Image == image && (!ok || e.Version > best.Version) {
+		if e.Image == image && !skip(e.Version) && (!ok || e.Version > best.Version) {
 			best, ok = e, true
 		}
 	}

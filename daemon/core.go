@@ -1,11 +1,13 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -574,11 +576,41 @@ func (c *Core) poll(ctx context.Context) func() error {
 		})
 		return nil
 	}
-	best, urls := sel.groups[0].v, sel.groups[0].urls
+	// Versions their publisher withdrew are no offer: the preview, which
+	// reads the signed withdrawn list, says so, and the next newest is.
+	groups := sel.groups
+	var pv *apply.Preview
+	for len(groups) > 0 {
+		var err error
+		if pv, err = c.preview(ctx, groups[0].v, groups[0].urls); !errors.Is(err, apply.ErrWithdrawn) {
+			break
+		}
+		c.o.Log.Info("skipping a withdrawn version", "version", groups[0].v)
+		// Its peers may hold an older version that is not withdrawn: the
+		// pull's own rule (version 0: the newest it may take) finds it.
+		urls := groups[0].urls
+		groups = groups[1:]
+		older, err := c.preview(ctx, 0, urls)
+		if err != nil {
+			continue
+		}
+		groups = addOffer(groups, older.Version, urls)
+		if groups[0].v == older.Version {
+			pv = older
+			break
+		}
+	}
+	if len(groups) == 0 {
+		c.update(func(p *Props) {
+			p.State = StateIdle
+			p.clearOffer()
+		})
+		return nil
+	}
+	best, urls := groups[0].v, groups[0].urls
 	c.mu.Lock()
-	c.offers = sel.groups
+	c.offers = groups
 	c.mu.Unlock()
-	pv := c.preview(ctx, best, urls)
 	c.update(func(p *Props) {
 		if p.AvailableVersion != best {
 			// Progress of a fetch of another version says nothing of this one.
@@ -601,23 +633,36 @@ func (c *Core) poll(ctx context.Context) func() error {
 
 // preview learns from the first peer that can give it what fetching
 // version v would cost (nil if none can: the offer stands, and the fetch
-// finds out).
-func (c *Core) preview(ctx context.Context, v uint64, urls []string) *apply.Preview {
+// finds out), or that v is withdrawn (ErrWithdrawn).
+func (c *Core) preview(ctx context.Context, v uint64, urls []string) (*apply.Preview, error) {
+	var lastErr error
 	for _, u := range urls {
 		src, err := c.o.Open(u)
 		if err != nil {
 			continue
 		}
 		pv, err := c.o.Sysroot.Preview(ctx, src, apply.PullOptions{Version: v, Trust: c.o.Trust, Log: c.o.Log, Memory: c.o.Memory, Policy: c.o.Entries})
-		if err == nil {
-			return pv
+		if err == nil || errors.Is(err, apply.ErrWithdrawn) {
+			return pv, err
 		}
+		lastErr = err
 		c.o.Log.Info("could not preview the update", "version", v, "peer", u, "err", err)
 		if ctx.Err() != nil {
-			return nil
+			break
 		}
 	}
-	return nil
+	return nil, lastErr
+}
+
+// addOffer adds the peers urls as offering version v to groups, newest
+// first.
+func addOffer(groups []offer, v uint64, urls []string) []offer {
+	i, found := slices.BinarySearchFunc(groups, v, func(g offer, v uint64) int { return cmp.Compare(v, g.v) })
+	if found {
+		groups[i].urls = append(groups[i].urls, urls...)
+		return groups
+	}
+	return slices.Insert(groups, i, offer{v: v, urls: urls})
 }
 
 // selection is what a poll learnt: the versions on offer and the peers it

@@ -547,3 +547,37 @@ func TestDownloadedBytesRiseDuringALargeObject(t *testing.T) {
 		t.Errorf("DownloadedBytes rose %d times during the 3 MiB object's fetch, want at least 5", within)
 	}
 }
+
+// TestDaemonPassesOverAWithdrawnVersion: the fleet publishes v3 and then
+// withdraws it; a daemon at v1 offers v2, over D-Bus.
+func TestDaemonPassesOverAWithdrawnVersion(t *testing.T) {
+	addr := privateBus(t)
+	f := newTestFleet(t)
+	f.publish(t, 1)
+	sysroot := f.sysrootAt(t, 1)
+	f.publish(t, 2)
+	f.publish(t, 3)
+	if _, err := f.repo.Withdraw("school-laptop", 3, f.signer); err != nil {
+		t.Fatal(err)
+	}
+	w := watch(t, addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := Start(ctx, Config{Sysroot: sysroot, Trust: []string{f.pub}, Listen: "127.0.0.1:0", Bus: addr, Policy: "notify", Peers: []string{f.url}}, nil, nil)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); d.Wait(ctx) })
+	w.until(t, "update-available", func(s *dbus.Signal) bool {
+		if s.Name == Interface+".StateChanged" {
+			if s.Body[0] == string(StateError) {
+				p, _ := dialT(t, addr).Props()
+				t.Fatalf("error: %+v", p)
+			}
+		}
+		return stateIs(StateUpdateAvailable)(s)
+	})
+	if p, _ := dialT(t, addr).Props(); p.AvailableVersion != 2 || p.Version != "2" {
+		t.Errorf("with v3 withdrawn, the offer is %+v, want v2", p)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -17,6 +18,33 @@ import (
 func TestSystemdUnitsVerify(t *testing.T) {
 	for _, name := range []string{"peerup.service", "peerup-mark-good.service"} {
 		t.Run(name, func(t *testing.T) { verifyUnit(t, name) })
+	}
+}
+
+// TestSystemdUnitsAreHardened holds both units to an exposure of at most
+// 4.0 in systemd's own assessment: a daemon that runs as root and takes
+// bytes from the LAN gets only what it needs.
+func TestSystemdUnitsAreHardened(t *testing.T) {
+	sa, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze not installed (apt-get install systemd); skipping the exposure check")
+	}
+	for _, name := range []string{"peerup.service", "peerup-mark-good.service"} {
+		t.Run(name, func(t *testing.T) {
+			out, err := exec.Command(sa, "security", "--offline=yes", filepath.Join("dist", name)).CombinedOutput()
+			_, rest, ok := strings.Cut(string(out), "Overall exposure level for "+name+": ")
+			var level float64
+			if ok {
+				_, err = fmt.Sscanf(rest, "%f", &level)
+			}
+			if !ok || err != nil {
+				t.Fatalf("systemd-analyze security gave no exposure level (%v):\n%s", err, out)
+			}
+			t.Logf("%s: exposure %.1f", name, level)
+			if level > 4.0 {
+				t.Errorf("%s: exposure %.1f, want at most 4.0:\n%s", name, level, out)
+			}
+		})
 	}
 }
 

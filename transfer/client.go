@@ -294,6 +294,19 @@ func (c *Client) Deltas(ctx context.Context, image string, v uint64, limit int64
 	return c.getTo(ctx, d, blobstore.SignatureOf(d), limit, w)
 }
 
+// Withdrawn fetches image's withdrawn list and its signature, unverified;
+// an error wrapping ErrNotFound if the repo has none.
+func (c *Client) Withdrawn(ctx context.Context, image string) (data, sig []byte, err error) {
+	w := blobstore.Layout{}.Withdrawn(image)
+	if data, err = c.getSmall(ctx, w, blobstore.MaxWithdrawn); err != nil {
+		return nil, nil, err
+	}
+	if sig, err = c.getSmall(ctx, blobstore.SignatureOf(w), manifest.MaxSignature); err != nil {
+		return nil, nil, err
+	}
+	return data, sig, nil
+}
+
 // FetchObject streams object d of the given size into the batch, which checks
 // the size and hash; a peer that sends more than size bytes is cut off.
 // A large object cut off part-way is resumed with a Range request, from

@@ -182,6 +182,18 @@ func (d *Dir) pair(ctx context.Context, rel, sigRel string, limit int64, w io.Wr
 	return d.readSmall(sigRel, manifest.MaxSignature)
 }
 
+// Withdrawn is Client.Withdrawn from a folder.
+func (d *Dir) Withdrawn(ctx context.Context, image string) (data, sig []byte, err error) {
+	w := blobstore.Layout{}.Withdrawn(image)
+	if data, err = d.readSmall(w, blobstore.MaxWithdrawn); err != nil {
+		return nil, nil, err
+	}
+	if sig, err = d.readSmall(blobstore.SignatureOf(w), manifest.MaxSignature); err != nil {
+		return nil, nil, err
+	}
+	return data, sig, nil
+}
+
 // FetchObject streams object dg into the batch, which checks its size and
 // hash exactly as for a peer's.
 func (d *Dir) FetchObject(ctx context.Context, b *blobstore.Batch, dg manifest.Digest, size int64) error {

@@ -185,9 +185,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.limiter != nil {
 		w = limitedWriter{w, r.Context(), h.limiter}
 	}
-	if kind == blobstore.PathIndex {
-		// The index changes as versions are published; everything else is
-		// immutable once it exists under its name.
+	if kind == blobstore.PathIndex || kind == blobstore.PathWithdrawn {
+		// The index changes as versions are published, a withdrawn list as
+		// they are withdrawn; everything else is immutable once it exists
+		// under its name.
 		w.Header().Set("Cache-Control", "no-cache")
 	} else {
 		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")

@@ -2,7 +2,6 @@ package main
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,18 +16,7 @@ import (
 func TestKeyRotationFromTheCommandLine(t *testing.T) {
 	bin := buildPeerup(t)
 	dir := t.TempDir()
-	run := func(args ...string) (string, error) {
-		out, err := exec.Command(bin, args...).CombinedOutput()
-		return string(out), err
-	}
-	must := func(args ...string) string {
-		t.Helper()
-		out, err := run(args...)
-		if err != nil {
-			t.Fatalf("peerup %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return out
-	}
+	run, must := cli(t, bin)
 	fingerprint := func(keygenOut string) string {
 		for _, line := range strings.Split(keygenOut, "\n") {
 			if f, ok := strings.CutPrefix(line, "fingerprint: "); ok {

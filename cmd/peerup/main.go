@@ -100,6 +100,7 @@ rollback.`,
 	root.AddCommand(
 		a.newKeygenCmd(),
 		a.newPublishCmd(),
+		a.newWithdrawCmd(),
 		a.newServeCmd(),
 		a.newPullCmd(),
 		a.newApplyCmd(),

@@ -21,6 +21,24 @@ func buildPeerup(t *testing.T) string {
 	return bin
 }
 
+// cli runs the built peerup bin: run gives its output and error, must
+// fails the test on an error.
+func cli(t *testing.T, bin string) (run func(args ...string) (string, error), must func(args ...string) string) {
+	run = func(args ...string) (string, error) {
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		return string(out), err
+	}
+	must = func(args ...string) string {
+		t.Helper()
+		out, err := run(args...)
+		if err != nil {
+			t.Fatalf("peerup %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	return run, must
+}
+
 func TestEveryVerbHasHelp(t *testing.T) {
 	bin := buildPeerup(t)
 	for _, c := range newRoot().Commands() {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"runtime/debug"
+	"strconv"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -157,6 +158,51 @@ and can be served by 'peerup serve' or any static web server.`,
 	f.BoolVar(&anyKey, "any-key", false, "sign with a key the repo's fleet keys do not list (laptops must trust it some other way, or they refuse the version)")
 	f.Uint64Var(&version, "version", 0, "version number (default: the next one)")
 	f.IntVar(&depth, "delta-depth", 3, "make patches against this many earlier versions (0: none)")
+	for _, n := range []string{"repo", "image", "key"} {
+		cmd.MarkFlagRequired(n)
+	}
+	return cmd
+}
+
+func (a *app) newWithdrawCmd() *cobra.Command {
+	var repoDir, image, key string
+	cmd := &cobra.Command{
+		Use:   "withdraw --repo REPO --image ID --key KEYFILE VERSION",
+		Short: "Withdraw a published version, so laptops skip it",
+		Long: `Adds VERSION to the image's signed list of withdrawn versions. Laptops that
+have not installed it skip it and take the newest version not withdrawn;
+laptops pass the list on to each other. Laptops already running it keep it
+until a newer version comes. The list is signed with KEYFILE, a fleet key.`,
+		Example: "  peerup withdraw --repo /srv/peerup --image school-laptop --key fleet.key 5",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, err := strconv.ParseUint(args[0], 10, 64)
+			if err != nil || v == 0 {
+				return fmt.Errorf("withdraw: version %q: want a positive number", args[0])
+			}
+			signer, err := manifest.LoadSigner(key)
+			if err != nil {
+				return err
+			}
+			if err := blobstore.CheckRepo(repoDir); err != nil {
+				return err
+			}
+			repo, err := blobstore.OpenRepo(repoDir)
+			if err != nil {
+				return err
+			}
+			w, err := repo.Withdraw(image, v, signer)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("withdrew %s version %d (withdrawn: %v)\n", image, v, w.Versions)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&repoDir, "repo", "", "repository directory (required)")
+	f.StringVar(&image, "image", "", "image id (required)")
+	f.StringVar(&key, "key", "", "secret signing key file, a fleet key (required)")
 	for _, n := range []string{"repo", "image", "key"} {
 		cmd.MarkFlagRequired(n)
 	}
