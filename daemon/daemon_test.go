@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -13,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,33 +20,13 @@ import (
 	"peerup/apply"
 	"peerup/blobstore"
 	"peerup/internal/hostile"
+	"peerup/internal/testbus"
 	"peerup/manifest"
 	"peerup/transfer"
 )
 
 // privateBus starts a real dbus-daemon for the test and returns its address.
-func privateBus(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("dbus-daemon")
-	if err != nil {
-		t.Skip("dbus-daemon not installed (apt-get install dbus); skipping the D-Bus tests")
-	}
-	dir := t.TempDir()
-	cmd := exec.Command(bin, "--session", "--nofork", "--print-address=1", "--address=unix:path="+dir+"/bus")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
-	addr, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		t.Fatalf("dbus-daemon did not start: %v", err)
-	}
-	return strings.TrimSpace(addr)
-}
+func privateBus(t *testing.T) string { return testbus.Private(t) }
 
 type testFleet struct {
 	dir, pub, url string

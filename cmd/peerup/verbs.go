@@ -478,7 +478,7 @@ running daemon over D-Bus for its state and progress.`,
 					return err
 				}
 				if asJSON {
-					return printJSON(p)
+					return printJSON(propsJSON(p))
 				}
 				return describeProps(p)
 			}
@@ -519,23 +519,68 @@ running daemon over D-Bus for its state and progress.`,
 	return cmd
 }
 
-// statusJSON spells absent versions as null.
-func statusJSON(st apply.Status) map[string]any {
-	v := func(n uint64) any {
-		if n == 0 {
-			return nil
-		}
-		return n
+// statusDoc is `peerup status --json`: one schema whether the sysroot or
+// the daemon answers (SPEC.md §11), so a script reads either the same
+// way. What the one that answered cannot know is null: the daemon does not
+// say what is staged, the sysroot knows no state, offer or progress.
+// Versions of 0 (none) are null too.
+type statusDoc struct {
+	Image    *string  `json:"image"`
+	Current  *uint64  `json:"current"`
+	Previous *uint64  `json:"previous"`
+	Staged   *uint64  `json:"staged"`
+	Held     *uint64  `json:"held"`
+	Bad      []uint64 `json:"bad"`
+
+	State            *string `json:"state"`
+	Available        *uint64 `json:"available"`
+	UpdateID         *string `json:"update_id"`
+	UpdateLabel      *string `json:"update_label"`
+	UpdateMessage    *string `json:"update_message"`
+	DownloadSize     *uint64 `json:"download_size"`
+	DownloadedBytes  *uint64 `json:"downloaded_bytes"`
+	UnpackedSize     *uint64 `json:"unpacked_size"`
+	FullDownloadSize *uint64 `json:"full_download_size"`
+	FullUnpackedSize *uint64 `json:"full_unpacked_size"`
+	Peers            *uint32 `json:"peers"`
+	ErrorName        *string `json:"error_name"`
+	ErrorMessage     *string `json:"error_message"`
+}
+
+// orNull is v, or nil (JSON null) for the zero value.
+func orNull[T comparable](v T) *T {
+	var zero T
+	if v == zero {
+		return nil
 	}
-	var img any
-	if st.Image != "" {
-		img = st.Image
-	}
+	return &v
+}
+
+// statusJSON is the sysroot's answer.
+func statusJSON(st apply.Status) statusDoc {
 	bad := st.Bad
 	if bad == nil {
 		bad = []uint64{}
 	}
-	return map[string]any{"image": img, "current": v(st.Current), "previous": v(st.Previous), "staged": v(st.Staged), "held": v(st.Held), "bad": bad}
+	return statusDoc{Image: orNull(st.Image), Current: orNull(st.Current), Previous: orNull(st.Previous),
+		Staged: orNull(st.Staged), Held: orNull(st.Held), Bad: bad}
+}
+
+// propsJSON is the daemon's answer.
+func propsJSON(p daemon.Props) statusDoc {
+	bad := []uint64{}
+	if p.BadVersion != 0 {
+		bad = append(bad, p.BadVersion)
+	}
+	state, peers := string(p.State), p.PeerCount
+	size, done := p.DownloadSize, p.DownloadedBytes
+	return statusDoc{Image: orNull(p.Image), Current: orNull(p.CurrentVersion), Previous: orNull(p.PreviousVersion),
+		Held: orNull(p.HeldVersion), Bad: bad,
+		State: &state, Available: orNull(p.AvailableVersion),
+		UpdateID: orNull(p.UpdateID), UpdateLabel: orNull(p.UpdateLabel), UpdateMessage: orNull(p.UpdateMessage),
+		DownloadSize: &size, DownloadedBytes: &done, UnpackedSize: orNull(p.UnpackedSize),
+		FullDownloadSize: orNull(p.FullDownloadSize), FullUnpackedSize: orNull(p.FullUnpackedSize),
+		Peers: &peers, ErrorName: orNull(p.ErrorName), ErrorMessage: orNull(p.ErrorMessage)}
 }
 
 func (a *app) newRollbackCmd() *cobra.Command {
