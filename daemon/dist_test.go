@@ -30,21 +30,46 @@ func TestSystemdUnitsAreHardened(t *testing.T) {
 		t.Skip("systemd-analyze not installed (apt-get install systemd); skipping the exposure check")
 	}
 	for _, name := range []string{"peerup.service", "peerup-mark-good.service"} {
-		t.Run(name, func(t *testing.T) {
-			out, err := exec.Command(sa, "security", "--offline=yes", filepath.Join("dist", name)).CombinedOutput()
-			_, rest, ok := strings.Cut(string(out), "Overall exposure level for "+name+": ")
-			var level float64
-			if ok {
-				_, err = fmt.Sscanf(rest, "%f", &level)
-			}
-			if !ok || err != nil {
-				t.Fatalf("systemd-analyze security gave no exposure level (%v):\n%s", err, out)
-			}
-			t.Logf("%s: exposure %.1f", name, level)
-			if level > 4.0 {
-				t.Errorf("%s: exposure %.1f, want at most 4.0:\n%s", name, level, out)
-			}
-		})
+		t.Run(name, func(t *testing.T) { checkExposure(t, sa, filepath.Join("dist", name)) })
+	}
+}
+
+// checkExposure holds the unit file at path to an exposure of at most 4.0
+// in systemd-analyze security's offline assessment.
+func checkExposure(t *testing.T, sa, path string) {
+	t.Helper()
+	out, err := exec.Command(sa, "security", "--offline=yes", path).CombinedOutput()
+	_, rest, ok := strings.Cut(string(out), "Overall exposure level for "+filepath.Base(path)+": ")
+	var level float64
+	if ok {
+		_, err = fmt.Sscanf(rest, "%f", &level)
+	}
+	if !ok || err != nil {
+		t.Fatalf("systemd-analyze security %s gave no exposure level (%v):\n%s", path, err, out)
+	}
+	t.Logf("%s: exposure %.1f", path, level)
+	if level > 4.0 {
+		t.Errorf("%s: exposure %.1f, want at most 4.0:\n%s", path, level, out)
+	}
+}
+
+// analyzeVerify runs systemd-analyze verify on the unit file at path with
+// env added, and fails the test on anything it reports. Without a running
+// systemd (containers, CI) verify still checks the unit's syntax and
+// directives; it only complains about the manager, which is not reported.
+func analyzeVerify(t *testing.T, sa, path string, env ...string) {
+	t.Helper()
+	cmd := exec.Command(sa, "verify", path)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	var msgs []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if line != "" && !strings.Contains(line, "System has not been booted with systemd") && !strings.Contains(line, "Failed to connect to bus") {
+			msgs = append(msgs, line)
+		}
+	}
+	if len(msgs) > 0 {
+		t.Errorf("systemd-analyze verify %s: %v\n%s", path, err, strings.Join(msgs, "\n"))
 	}
 }
 
@@ -69,20 +94,7 @@ func verifyUnit(t *testing.T, name string) {
 	if out, err := exec.Command(peerup, "man", filepath.Join(dir, "man", "man1")).CombinedOutput(); err != nil {
 		t.Fatalf("peerup man: %v\n%s", err, out)
 	}
-	cmd := exec.Command(sa, "verify", filepath.Join(dir, name))
-	cmd.Env = append(os.Environ(), "MANPATH="+filepath.Join(dir, "man"))
-	out, err := cmd.CombinedOutput()
-	// Without a running systemd (containers, CI) verify still checks the
-	// unit's syntax and directives; it only complains about the manager.
-	var msgs []string
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if line != "" && !strings.Contains(line, "System has not been booted with systemd") && !strings.Contains(line, "Failed to connect to bus") {
-			msgs = append(msgs, line)
-		}
-	}
-	if err != nil && len(msgs) > 0 || len(msgs) > 0 {
-		t.Fatalf("systemd-analyze verify: %v\n%s", err, strings.Join(msgs, "\n"))
-	}
+	analyzeVerify(t, sa, filepath.Join(dir, name), "MANPATH="+filepath.Join(dir, "man"))
 }
 
 func TestConfigFileAndUnknownKeys(t *testing.T) {
@@ -295,5 +307,80 @@ func TestMakeInstall(t *testing.T) {
 	install()
 	if b, _ := os.ReadFile(conf); string(b) != "policy = \"notify\"\n" {
 		t.Errorf("a second make install replaced the admin's config file")
+	}
+}
+
+// TestDebianPackage builds the .deb as a distribution would
+// (dpkg-buildpackage -us -uc -b on a copy of the tree), holds it to no
+// lintian errors, and, as root on a machine without a peerup package of
+// its own, installs it with dpkg -i, checks the installed units with
+// systemd-analyze verify and security, and purges it.
+func TestDebianPackage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the package")
+	}
+	for _, tool := range []string{"dpkg-buildpackage", "dh", "lintian"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (apt-get install dpkg-dev debhelper lintian); skipping the package build", tool)
+		}
+	}
+	// A copy of the checkout, as its files are now: the build writes
+	// debian/ scratch and the .deb beside the source folder.
+	src := filepath.Join(t.TempDir(), "peerup")
+	files, err := exec.Command("git", "-C", "..", "ls-files", "-co", "--exclude-standard").Output()
+	if err != nil {
+		t.Skipf("not a git checkout (%v); skipping the package build", err)
+	}
+	for _, f := range strings.Fields(string(files)) {
+		b, err := os.ReadFile(filepath.Join("..", f))
+		if err != nil {
+			continue // deleted in the working tree
+		}
+		fi, _ := os.Stat(filepath.Join("..", f))
+		dst := filepath.Join(src, f)
+		os.MkdirAll(filepath.Dir(dst), 0o755)
+		if err := os.WriteFile(dst, b, fi.Mode().Perm()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	build := exec.Command("dpkg-buildpackage", "-us", "-uc", "-b")
+	build.Dir = src
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("dpkg-buildpackage: %v\n%s", err, out)
+	}
+	debs, _ := filepath.Glob(filepath.Join(filepath.Dir(src), "peerup_*_*.deb"))
+	if len(debs) != 1 {
+		t.Fatalf("dpkg-buildpackage made %v, want one peerup .deb", debs)
+	}
+	deb := debs[0]
+	out, _ := exec.Command("lintian", deb).CombinedOutput()
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, "E: ") {
+			t.Errorf("lintian: %s", line)
+		}
+	}
+	t.Logf("lintian:\n%s", out)
+
+	if os.Geteuid() != 0 {
+		t.Skip("dpkg -i needs root; the package built and lintian passed")
+	}
+	if err := exec.Command("dpkg-query", "-W", "peerup").Run(); err == nil {
+		t.Skip("a peerup package is installed on this machine: not replacing it")
+	}
+	t.Cleanup(func() { exec.Command("dpkg", "--purge", "peerup").Run() })
+	if out, err := exec.Command("dpkg", "-i", deb).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg -i: %v\n%s", err, out)
+	}
+	sa, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze not installed (apt-get install systemd); the package installed")
+	}
+	for _, unit := range []string{"peerup.service", "peerup-mark-good.service"} {
+		// The installed man pages are what Documentation= names.
+		analyzeVerify(t, sa, "/lib/systemd/system/"+unit)
+		checkExposure(t, sa, "/lib/systemd/system/"+unit)
+	}
+	if out, err := exec.Command("/usr/bin/peerup", "--version").CombinedOutput(); err != nil {
+		t.Errorf("the installed peerup does not run: %v\n%s", err, out)
 	}
 }
