@@ -384,3 +384,36 @@ func TestDebianPackage(t *testing.T) {
 		t.Errorf("the installed peerup does not run: %v\n%s", err, out)
 	}
 }
+
+// TestTwoClonesBuildTheSameBinaries: make build in two clones of this
+// commit at different paths makes byte-identical binaries (-trimpath, the
+// commit stamped, nothing of the machine), so a distribution can check a
+// build by rebuilding it.
+func TestTwoClonesBuildTheSameBinaries(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds peerup twice")
+	}
+	if _, err := exec.Command("git", "-C", "..", "rev-parse", "HEAD").Output(); err != nil {
+		t.Skipf("not a git checkout (%v)", err)
+	}
+	dirs := []string{filepath.Join(t.TempDir(), "a"), filepath.Join(t.TempDir(), "other", "place", "pu")}
+	var bins [][]byte
+	for _, d := range dirs {
+		if out, err := exec.Command("git", "clone", "-q", "..", d).CombinedOutput(); err != nil {
+			t.Fatalf("git clone: %v\n%s", err, out)
+		}
+		if out, err := exec.Command("make", "-C", d, "build").CombinedOutput(); err != nil {
+			t.Fatalf("make build in %s: %v\n%s", d, err, out)
+		}
+		for _, b := range []string{"bin/peerup", "bin/peerup-boot"} {
+			data, err := os.ReadFile(filepath.Join(d, b))
+			if err != nil {
+				t.Fatal(err)
+			}
+			bins = append(bins, data)
+		}
+	}
+	if !bytes.Equal(bins[0], bins[2]) || !bytes.Equal(bins[1], bins[3]) {
+		t.Errorf("two clones at %s and %s built different binaries", dirs[0], dirs[1])
+	}
+}
