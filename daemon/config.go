@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -224,5 +226,67 @@ func (f *ConfigFlags) Apply(c *Config) {
 			val = p
 		}
 		dst.Field(k.field).Set(val)
+	}
+}
+
+// ExampleConfig is the shipped /etc/peerup/peerup.toml: every setting,
+// with its help and default, commented out except those a laptop must
+// have (laptop, each a key and its value). It is generated from Config, so
+// it lists every key the daemon reads; a test keeps the shipped file the
+// same.
+func ExampleConfig(laptop [][2]string) []byte {
+	var b strings.Builder
+	b.WriteString(`# /etc/peerup/peerup.toml: the settings of peerup daemon (peerup-daemon(1)).
+# Every key is also a flag of the same name (volumes is --volume); flags
+# given on the command line win. A key left out, or commented out as most
+# are below, takes the default shown. An unknown key is refused, so a typo
+# never silently changes nothing.
+`)
+	set := map[string]string{}
+	for _, kv := range laptop {
+		set[kv[0]] = kv[1]
+	}
+	def := reflect.ValueOf(Defaults())
+	for _, k := range configKeys() {
+		fmt.Fprintf(&b, "\n# %s\n", k.usage)
+		if v, ok := set[k.key]; ok {
+			fmt.Fprintf(&b, "%s = %s\n", k.key, v)
+			continue
+		}
+		fmt.Fprintf(&b, "# %s = %s\n", k.key, tomlValue(def.Field(k.field)))
+	}
+	return []byte(b.String())
+}
+
+// tomlValue writes a default as TOML.
+func tomlValue(v reflect.Value) string {
+	if v.Kind() == reflect.Pointer {
+		if v.IsNil() {
+			return `""`
+		}
+		v = v.Elem()
+	}
+	switch x := v.Interface().(type) {
+	case string:
+		return strconv.Quote(x)
+	case []string:
+		q := make([]string, len(x))
+		for i, s := range x {
+			q[i] = strconv.Quote(s)
+		}
+		return "[" + strings.Join(q, ", ") + "]"
+	case time.Duration:
+		return strconv.Quote(x.String())
+	}
+	return fmt.Sprint(v.Interface())
+}
+
+// LaptopConfig is what the shipped config sets: a laptop's sysroot, the
+// fleet's key, and a policy that waits for the desktop to apply.
+func LaptopConfig() [][2]string {
+	return [][2]string{
+		{"sysroot", `"/sysroot"`},
+		{"trust", `["/etc/peerup/fleet.pub"]`},
+		{"policy", `"download"`},
 	}
 }

@@ -97,6 +97,30 @@ func verifyUnit(t *testing.T, name string) {
 	analyzeVerify(t, sa, filepath.Join(dir, name), "MANPATH="+filepath.Join(dir, "man"))
 }
 
+// TestConfigFileIsCurrent: the shipped peerup.toml is ExampleConfig, so it
+// lists every setting with its help and default.
+func TestConfigFileIsCurrent(t *testing.T) {
+	want := ExampleConfig(LaptopConfig())
+	checkGenerated(t, filepath.Join("dist", "peerup.toml"), want, "PEERUP_UPDATE_CONFIG", "TestConfigFileIsCurrent")
+	// Uncommented, every default reads back as itself.
+	var lines []string
+	for _, l := range strings.Split(string(want), "\n") {
+		if k, ok := strings.CutPrefix(l, "# "); ok && strings.Contains(k, " = ") {
+			l = k
+		}
+		lines = append(lines, l)
+	}
+	all := filepath.Join(t.TempDir(), "all.toml")
+	os.WriteFile(all, []byte(strings.Join(lines, "\n")), 0o644)
+	c, err := LoadConfig(all)
+	if err != nil {
+		t.Fatalf("every key uncommented: %v", err)
+	}
+	if w := Defaults(); c.MemoryMiB != w.MemoryMiB || c.MaxUploads != w.MaxUploads || c.Listen != w.Listen {
+		t.Errorf("uncommented defaults read as %+v", c)
+	}
+}
+
 func TestConfigFileAndUnknownKeys(t *testing.T) {
 	c, err := LoadConfig("dist/peerup.toml")
 	if err != nil {
@@ -225,8 +249,14 @@ func TestInterfaceXMLIsCurrent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join("dist", "org.peerup.Updater1.xml")
-	if os.Getenv("PEERUP_UPDATE_XML") != "" {
+	checkGenerated(t, filepath.Join("dist", "org.peerup.Updater1.xml"), want, "PEERUP_UPDATE_XML", "TestInterfaceXMLIsCurrent")
+}
+
+// checkGenerated fails unless the shipped file at path is want, what the
+// code generates; with env set, the test writes it first.
+func checkGenerated(t *testing.T, path string, want []byte, env, test string) {
+	t.Helper()
+	if os.Getenv(env) != "" {
 		if err := os.WriteFile(path, want, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -236,7 +266,7 @@ func TestInterfaceXMLIsCurrent(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, want) {
-		t.Errorf("%s is not the exported interface; run PEERUP_UPDATE_XML=1 go test -run TestInterfaceXMLIsCurrent ./daemon\n%s", path, want)
+		t.Errorf("%s is not what the code generates; run %s=1 go test -run %s ./daemon\n%s", path, env, test, want)
 	}
 }
 
