@@ -373,7 +373,7 @@ func TestCLIReachesTheDaemon(t *testing.T) {
 	if out := run("apply"); !strings.Contains(out, "update-applied") || !strings.Contains(out, "current:  2") {
 		t.Fatalf("apply:\n%s", out)
 	}
-	if out := run("status", "--json"); !strings.Contains(out, `"CurrentVersion": 2`) {
+	if out := run("status", "--json"); !strings.Contains(out, `"current": 2`) || !strings.Contains(out, `"state": "update-applied"`) {
 		t.Fatalf("status --json:\n%s", out)
 	}
 	if out := run("rollback"); !strings.Contains(out, "current:  1") {

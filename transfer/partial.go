@@ -53,12 +53,12 @@ func (h *Handler) serveHave(w http.ResponseWriter, r *http.Request, m []string) 
 		from, ferr = 0, nil
 	}
 	if err != nil || ferr != nil || from < 0 || h.partial == nil {
-		http.NotFound(w, r)
+		notFound(w)
 		return
 	}
 	ds, total, ok := h.partial.Have(m[1], v, from)
 	if !ok {
-		http.NotFound(w, r)
+		notFound(w)
 		return
 	}
 	if len(ds) > MaxHave {

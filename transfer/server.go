@@ -117,6 +117,14 @@ func (h *Handler) WithLimits(l Limits) *Handler {
 	return h
 }
 
+// notFound answers 404 with no body: a laptop counts every byte it
+// receives, and a node asks for what may not exist (a manifest delta, a
+// withdrawn list) on every pull.
+func notFound(w http.ResponseWriter) {
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusNotFound)
+}
+
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
@@ -139,7 +147,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// every traversal attempt, is 404 before the file system is touched.
 	kind := blobstore.Layout{}.Kind(strings.TrimPrefix(p, "/"))
 	if kind == blobstore.PathNone {
-		http.NotFound(w, r)
+		notFound(w)
 		return
 	}
 	// OpenInRoot refuses a symlink that leads out of the repo: only the
@@ -148,14 +156,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var ok bool
 		if f, ok = h.stagedFile(p); !ok {
-			http.NotFound(w, r)
+			notFound(w)
 			return
 		}
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil || !fi.Mode().IsRegular() {
-		http.NotFound(w, r)
+		notFound(w)
 		return
 	}
 	if h.slots != nil && kind == blobstore.PathObject {
