@@ -14,8 +14,10 @@ all: build
 # -trimpath: two clones build the same binary. The commit is stamped into
 # it (peerup --version) when built from a git checkout.
 VCS := $(shell git rev-parse --git-dir >/dev/null 2>&1 && echo true || echo false)
+# The release is debian/changelog's, one place for the package and the binary.
+RELEASE := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' debian/changelog)
 build:
-	$(GO) build -trimpath -buildvcs=$(VCS) -o $(BIN) ./cmd/peerup
+	$(GO) build -trimpath -buildvcs=$(VCS) -ldflags='-X main.release=$(RELEASE)' -o $(BIN) ./cmd/peerup
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BOOTBIN) ./cmd/peerup-boot
 
 # Installs peerup as a Debian package would lay it out, under DESTDIR (a

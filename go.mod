@@ -1,4 +1,4 @@
-module peerup
+module github.com/peerup/peerup
 
 go 1.26.8
 

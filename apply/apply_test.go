@@ -17,11 +17,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/internal/fsutil"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/internal/fsutil"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // fleet is a publisher with a key and a repo served over HTTP on loopback.

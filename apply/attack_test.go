@@ -29,12 +29,12 @@ import (
 	"github.com/dsnet/compress/bzip2"
 	"golang.org/x/sys/unix"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/diff"
-	"peerup/internal/hostile"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/internal/hostile"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 const (

@@ -10,7 +10,7 @@ import (
 	"slices"
 	"strings"
 
-	"peerup/internal/fsutil"
+	"github.com/peerup/peerup/internal/fsutil"
 )
 
 // ErrNotBooted means mark-good ran on a boot of another version than

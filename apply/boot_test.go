@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"peerup/apply"
+	"github.com/peerup/peerup/apply"
 )
 
 // bootFleet gives a sysroot that ran v1 and has just applied v2.

@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"peerup/blobstore"
+	"github.com/peerup/peerup/blobstore"
 )
 
 // Paths of the booted system (SPEC.md §6 and §12).

@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"peerup/apply"
+	"github.com/peerup/peerup/apply"
 )
 
 // TestBootMounts runs the boot step's mounts for real, in a private mount

@@ -10,8 +10,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"peerup/blobstore"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
 )
 
 // builder creates a tree entry by entry, in manifest order. A directory's

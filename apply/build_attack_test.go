@@ -6,8 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"peerup/blobstore"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
 )
 
 // TestAttackHostilePathsBuildLayer asserts that the builder refuses, on

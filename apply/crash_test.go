@@ -15,10 +15,10 @@ import (
 	"testing"
 	"time"
 
-	"peerup/apply"
-	"peerup/daemon"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/daemon"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // The crash harness re-runs this test binary as a child that performs one

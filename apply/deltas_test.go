@@ -13,9 +13,9 @@ import (
 	"sync"
 	"testing"
 
-	"peerup/apply"
-	"peerup/diff"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/transfer"
 )
 
 // library returns version v of a large file in which each version changes a

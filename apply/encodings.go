@@ -10,9 +10,9 @@ import (
 	"path/filepath"
 	"sort"
 
-	"peerup/blobstore"
-	"peerup/diff"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/manifest"
 )
 
 // DefaultEncodingBudget bounds the disk a node spends on encodings it keeps

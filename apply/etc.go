@@ -11,7 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"peerup/manifest"
+	"github.com/peerup/peerup/manifest"
 )
 
 // etcDir is the node's /etc inside a tree.

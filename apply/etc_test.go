@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"peerup/apply"
+	"github.com/peerup/peerup/apply"
 )
 
 // absent is a want value: the path must not exist in the new tree.

@@ -12,9 +12,9 @@ import (
 	"sort"
 	"strings"
 
-	"peerup/blobstore"
-	"peerup/diff"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/manifest"
 )
 
 // ObjectSource opens the objects of the repo being exported. Export opens

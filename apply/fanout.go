@@ -16,9 +16,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"peerup/blobstore"
-	"peerup/internal/fsutil"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/internal/fsutil"
+	"github.com/peerup/peerup/manifest"
 )
 
 // The reader hands every target the same chunks; a chunk returns to the

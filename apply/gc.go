@@ -7,9 +7,9 @@ import (
 	"os"
 	"path/filepath"
 
-	"peerup/blobstore"
-	"peerup/diff"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/manifest"
 )
 
 // GCResult says what gc removed.

@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"peerup/manifest"
+	"github.com/peerup/peerup/manifest"
 )
 
 // TestGCRemovesExactlyWhatNoKeptVersionUses: after v1 → v2 → v3, gc drops

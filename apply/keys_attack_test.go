@@ -9,10 +9,10 @@ import (
 	"strings"
 	"testing"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/internal/hostile"
-	"peerup/manifest"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/internal/hostile"
+	"github.com/peerup/peerup/manifest"
 )
 
 // TestAttackKeyRotationAndRevocation asserts the key procedures of SPEC.md

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/manifest"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
 )
 
 // bigManifestPaths is the size of the synthetic image: a large desktop.

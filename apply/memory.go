@@ -7,8 +7,8 @@ import (
 
 	"golang.org/x/sync/semaphore"
 
-	"peerup/diff"
-	"peerup/manifest"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/manifest"
 )
 
 // DefaultMemoryMiB is the memory an update may use (config memory-mib): a

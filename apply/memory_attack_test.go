@@ -14,11 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"peerup/apply"
-	"peerup/diff"
-	"peerup/internal/hostile"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/internal/hostile"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // maxPeakRSS is the memory a laptop's pull may reach under attack: a quarter

@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"io"
 
-	"peerup/blobstore"
-	"peerup/diff"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // receiveManifest fetches version v's manifest into staging: rebuilt from

@@ -8,10 +8,10 @@ import (
 	"log/slog"
 	"time"
 
-	"peerup/blobstore"
-	"peerup/diff"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // MirrorResult says what one mirror pass did.

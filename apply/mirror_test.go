@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // TestMirrorFromNginxUpstream: a school server mirrors a repo that nginx

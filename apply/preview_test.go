@@ -8,8 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"peerup/apply"
-	"peerup/blobstore"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
 )
 
 // TestPreviewSizesAnOfferAndChangesNothing: a preview of v2 on a node at v1

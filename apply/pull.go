@@ -13,11 +13,11 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"peerup/blobstore"
-	"peerup/diff"
-	"peerup/internal/fsutil"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/internal/fsutil"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // Source is where a pull gets a version from: a peer, a server or a static

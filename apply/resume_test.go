@@ -10,8 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"peerup/apply"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/transfer"
 )
 
 // countingWriter counts the body bytes a handler sends.

@@ -8,9 +8,9 @@ import (
 	"sync"
 	"time"
 
-	"peerup/blobstore"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // A pull in progress lends what it has verified to neighbours fetching the

@@ -8,9 +8,9 @@ import (
 	"log/slog"
 	"testing"
 
-	"peerup/blobstore"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // listingHaver is a neighbour that lists n fresh digests a poll, plus

@@ -18,11 +18,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/diff"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // The tests here use no network at all: laptops get every version from

@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"peerup/transfer"
+	"github.com/peerup/peerup/transfer"
 )
 
 // OpenSource returns the source at loc: a repo URL (http:// or https://)

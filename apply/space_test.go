@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"peerup/apply"
+	"github.com/peerup/peerup/apply"
 )
 
 // TestFullDiskRefusedCleanly: an update that cannot fit on a small

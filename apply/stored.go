@@ -6,9 +6,9 @@ import (
 	"io"
 	"io/fs"
 
-	"peerup/blobstore"
-	"peerup/diff"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/manifest"
 )
 
 // eachEntry streams the entries of a stored manifest to f, holding one at

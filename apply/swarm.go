@@ -5,7 +5,7 @@ import (
 	"errors"
 	"sync"
 
-	"peerup/transfer"
+	"github.com/peerup/peerup/transfer"
 )
 
 // swarm spreads a pull's fetches over every source that offers the version,

@@ -12,9 +12,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"peerup/blobstore"
-	"peerup/diff"
-	"peerup/internal/fsutil"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/internal/fsutil"
 )
 
 // Names inside a sysroot (SPEC.md §6).

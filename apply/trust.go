@@ -8,8 +8,8 @@ import (
 	"slices"
 	"strings"
 
-	"peerup/internal/fsutil"
-	"peerup/manifest"
+	"github.com/peerup/peerup/internal/fsutil"
+	"github.com/peerup/peerup/manifest"
 )
 
 // Errors a pull refuses a validly signed manifest with, by this node's rules.

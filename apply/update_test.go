@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"peerup/apply"
-	"peerup/manifest"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/manifest"
 )
 
 // TestUpdatePullsSwitchesAndPrunes: each Update leaves the new version

@@ -15,8 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"peerup/blobstore"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
 )
 
 // Problem is one way a kept tree differs from its manifest.

@@ -8,10 +8,10 @@ import (
 	"os"
 	"testing"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // TestWithdrawnVersionIsSkipped: once the publisher withdraws v3, a laptop

@@ -11,10 +11,10 @@ import (
 	"path/filepath"
 	"strings"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 type benchFleet struct {

@@ -11,7 +11,7 @@ import (
 	"os/exec"
 	"strings"
 
-	"peerup/transfer"
+	"github.com/peerup/peerup/transfer"
 )
 
 // updateServeEnv names what a child bench process serves for the laptop

@@ -21,12 +21,12 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/diff"
-	"peerup/internal/debdata"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/internal/debdata"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 type deltaFigures struct {

@@ -13,11 +13,11 @@ import (
 	"strings"
 	"time"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/diff"
-	"peerup/internal/testlan"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/internal/testlan"
+	"github.com/peerup/peerup/transfer"
 )
 
 // The fleet scenario: a school server and a class of laptops, each in its

@@ -14,9 +14,9 @@ import (
 	"sync"
 	"time"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/transfer"
 )
 
 // serveEnv names the repo a child bench process serves (benchLoad starts

@@ -19,7 +19,7 @@ import (
 	"strings"
 	"time"
 
-	"peerup/internal/debdata"
+	"github.com/peerup/peerup/internal/debdata"
 )
 
 func main() {

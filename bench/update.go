@@ -14,8 +14,8 @@ import (
 	"syscall"
 	"time"
 
-	"peerup/apply"
-	"peerup/internal/memcg"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/internal/memcg"
 )
 
 // updateServers are the server repos the publish benches left: the laptop

@@ -10,7 +10,7 @@ import (
 	"slices"
 	"strings"
 
-	"peerup/internal/fsutil"
+	"github.com/peerup/peerup/internal/fsutil"
 )
 
 // fleetKeysName lists, one fingerprint a line, the keys the fleet's

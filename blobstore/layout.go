@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"peerup/manifest"
+	"github.com/peerup/peerup/manifest"
 )
 
 // Layout is where each file of a repo lives (SPEC.md §5), and the one place

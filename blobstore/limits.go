@@ -3,7 +3,7 @@ package blobstore
 import (
 	"os"
 
-	"peerup/manifest"
+	"github.com/peerup/peerup/manifest"
 )
 
 // Caps on the repo files a node holds in memory whole: the index, a

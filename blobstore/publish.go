@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"peerup/manifest"
+	"github.com/peerup/peerup/manifest"
 )
 
 // PublishOptions say what version to make of a tree.

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"peerup/blobstore"
-	"peerup/internal/fsutil"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/internal/fsutil"
+	"github.com/peerup/peerup/manifest"
 )
 
 func listed(t *testing.T, repo *blobstore.Repo) []uint64 {

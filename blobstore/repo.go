@@ -12,8 +12,8 @@ import (
 	"strconv"
 	"strings"
 
-	"peerup/internal/fsutil"
-	"peerup/manifest"
+	"github.com/peerup/peerup/internal/fsutil"
+	"github.com/peerup/peerup/manifest"
 )
 
 const indexMagic = "peerup-index 1"

@@ -11,8 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 
-	"peerup/internal/fsutil"
-	"peerup/manifest"
+	"github.com/peerup/peerup/internal/fsutil"
+	"github.com/peerup/peerup/manifest"
 )
 
 // receivedPrefix names the files Receive makes in staging, which Salvage

@@ -8,7 +8,7 @@ import (
 	"os"
 	"testing"
 
-	"peerup/manifest"
+	"github.com/peerup/peerup/manifest"
 )
 
 // TestReceive: a received file is hashed as it arrives, left nowhere when

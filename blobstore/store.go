@@ -16,8 +16,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"peerup/internal/fsutil"
-	"peerup/manifest"
+	"github.com/peerup/peerup/internal/fsutil"
+	"github.com/peerup/peerup/manifest"
 )
 
 // Digest names an object: the SHA-256 of its bytes.

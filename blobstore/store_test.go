@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"peerup/manifest"
+	"github.com/peerup/peerup/manifest"
 )
 
 func digest(s string) Digest { return Digest(sha256.Sum256([]byte(s))) }

@@ -9,8 +9,8 @@ import (
 	"strconv"
 	"strings"
 
-	"peerup/internal/fsutil"
-	"peerup/manifest"
+	"github.com/peerup/peerup/internal/fsutil"
+	"github.com/peerup/peerup/manifest"
 )
 
 // Withdrawn is an image's signed list of withdrawn versions (SPEC.md §5):

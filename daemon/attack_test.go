@@ -11,11 +11,11 @@ import (
 	"testing"
 	"time"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/internal/hostile"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/internal/hostile"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // states forwards the core's state changes to a channel.

@@ -17,12 +17,12 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/internal/hostile"
-	"peerup/internal/testbus"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/internal/hostile"
+	"github.com/peerup/peerup/internal/testbus"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // privateBus starts a real dbus-daemon for the test and returns its address.

@@ -17,7 +17,7 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
-	"peerup/internal/testlan"
+	"github.com/peerup/peerup/internal/testlan"
 )
 
 // TestFleetConverges: a school server seeding its repo and eight laptops,

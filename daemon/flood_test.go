@@ -12,9 +12,9 @@ import (
 	"github.com/godbus/dbus/v5"
 	"golang.org/x/sys/unix"
 
-	"peerup/discovery"
-	"peerup/internal/hostile"
-	"peerup/internal/testlan"
+	"github.com/peerup/peerup/discovery"
+	"github.com/peerup/peerup/internal/hostile"
+	"github.com/peerup/peerup/internal/testlan"
 )
 
 // inNamespace runs f with the calling thread in network namespace ns, so

@@ -10,7 +10,7 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
-	"peerup/internal/testlan"
+	"github.com/peerup/peerup/internal/testlan"
 )
 
 // startIn runs the peerup binary inside a LAN node and stops it with the

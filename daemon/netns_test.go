@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"peerup/internal/testlan"
+	"github.com/peerup/peerup/internal/testlan"
 )
 
 // lanDaemon runs `peerup daemon args` in node i of lan under the host name

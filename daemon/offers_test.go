@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"peerup/apply"
-	"peerup/blobstore"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
 )
 
 // TestSelectOffers: the poll's choice of what to fetch from whom, on its

@@ -16,9 +16,9 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
-	"peerup/apply"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // gate serves a repo but holds every object request after the first `open`
@@ -54,7 +54,7 @@ func (g *gate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func buildBinary(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "peerup")
-	if out, err := exec.Command("go", "build", "-o", bin, "peerup/cmd/peerup").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/peerup/peerup/cmd/peerup").CombinedOutput(); err != nil {
 		t.Fatalf("build peerup: %v\n%s", err, out)
 	}
 	return bin

@@ -14,9 +14,9 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"peerup/apply"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // Discovery is what the daemon needs from peer discovery.

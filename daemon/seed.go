@@ -12,9 +12,9 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
-	"peerup/blobstore"
-	"peerup/internal/fsutil"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/internal/fsutil"
+	"github.com/peerup/peerup/manifest"
 )
 
 // Seed is a school server's daemon: it serves a repo (kept by `peerup

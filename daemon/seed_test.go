@@ -9,11 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/diff"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // announcer is a seed's discovery that only records what it announces.

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"peerup/apply"
+	"github.com/peerup/peerup/apply"
 )
 
 // propsLog hands the test every change of the daemon's properties.

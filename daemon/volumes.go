@@ -18,7 +18,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 	"golang.org/x/sys/unix"
 
-	"peerup/blobstore"
+	"github.com/peerup/peerup/blobstore"
 )
 
 // volumeRescan is how often the volumes are looked at with no event at

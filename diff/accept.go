@@ -3,7 +3,7 @@ package diff
 import (
 	"fmt"
 
-	"peerup/manifest"
+	"github.com/peerup/peerup/manifest"
 )
 
 // AcceptDeltas is the one rule for a delta index taken from outside

@@ -6,7 +6,7 @@ import (
 	"io"
 	"sync"
 
-	"peerup/blobstore"
+	"github.com/peerup/peerup/blobstore"
 
 	"github.com/klauspost/compress/zstd"
 )

@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"strings"
 
-	"peerup/manifest"
+	"github.com/peerup/peerup/manifest"
 )
 
 // Kind is how an encoding turns into its target object.

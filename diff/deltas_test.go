@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"peerup/manifest"
+	"github.com/peerup/peerup/manifest"
 )
 
 func dg(s string) manifest.Digest { return manifest.Digest(sha256.Sum256([]byte(s))) }

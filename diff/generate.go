@@ -18,8 +18,8 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
 
-	"peerup/blobstore"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
 )
 
 // GenerateOptions bound the publisher's work.

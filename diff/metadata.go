@@ -9,8 +9,8 @@ import (
 	"io/fs"
 	"os"
 
-	"peerup/blobstore"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
 )
 
 // A laptop's update is mostly metadata when the update is small: the new

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"peerup/blobstore"
+	"github.com/peerup/peerup/blobstore"
 )
 
 // PublishOptions are blobstore.PublishOptions and, optionally, the

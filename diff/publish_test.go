@@ -10,10 +10,10 @@ import (
 	"strings"
 	"testing"
 
-	"peerup/blobstore"
-	"peerup/diff"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // TestPublishMakesEncodingsWhenAsked: a version gets encodings only when

@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/net/ipv4"
 
-	"peerup/manifest"
+	"github.com/peerup/peerup/manifest"
 )
 
 // AnnouncePort is the UDP port of per-version announcements (SPEC.md §9).

@@ -10,7 +10,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"peerup/internal/hostile"
+	"github.com/peerup/peerup/internal/hostile"
 )
 
 // TestAttackDiscoveryFlood asserts that 10,000 forged mDNS adverts and

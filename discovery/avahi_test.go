@@ -11,11 +11,11 @@ import (
 	"syscall"
 	"testing"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/internal/testlan"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/internal/testlan"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 func need(t *testing.T, tools ...string) {
@@ -61,7 +61,7 @@ func sysrootAtV1(t *testing.T) (sysroot, pub string) {
 func buildPeerup(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "peerup")
-	if out, err := exec.Command("go", "build", "-o", bin, "peerup/cmd/peerup").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/peerup/peerup/cmd/peerup").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	return bin

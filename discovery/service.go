@@ -12,7 +12,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"peerup/manifest"
+	"github.com/peerup/peerup/manifest"
 )
 
 // Config says what the node advertises and where it listens.

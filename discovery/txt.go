@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"strings"
 
-	"peerup/manifest"
+	"github.com/peerup/peerup/manifest"
 )
 
 // The DNS-SD service and TXT keys (SPEC.md §9).

@@ -16,10 +16,10 @@ import (
 	"testing"
 	"time"
 
-	"peerup/blobstore"
-	"peerup/internal/hostile"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/internal/hostile"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // attackDeadline bounds every attack: a defence that hangs fails the test

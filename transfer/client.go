@@ -15,8 +15,8 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"peerup/blobstore"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
 )
 
 // Errors a caller can test for with errors.Is. ErrPeer blames the peer (bad

@@ -11,8 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"peerup/blobstore"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
 )
 
 // Dir reads a repo from a local folder: a mounted USB stick, or any

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"peerup/blobstore"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
 )
 
 // fuzzPeer answers every request with one made-up response: the status,

@@ -13,8 +13,8 @@ import (
 	"strconv"
 	"strings"
 
-	"peerup/blobstore"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
 )
 
 // Partial is a pull in progress that lends its neighbours what it has

@@ -13,8 +13,8 @@ import (
 
 	"net/http/httptest"
 
-	"peerup/blobstore"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
 )
 
 // pulling is a pull in progress: image school-laptop v2, holding the

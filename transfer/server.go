@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"peerup/blobstore"
+	"github.com/peerup/peerup/blobstore"
 
 	"golang.org/x/time/rate"
 )

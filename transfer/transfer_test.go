@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"peerup/blobstore"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
 )
 
 func TestServerServesOnlyRepoPaths(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 	"log/slog"
 	"os"
 
-	"peerup/apply"
+	"github.com/peerup/peerup/apply"
 )
 
 func main() {

@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"peerup/internal/testlan"
+	"github.com/peerup/peerup/internal/testlan"
 )
 
 // laptops is the size of the demo's class.

@@ -14,10 +14,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/peerup/peerup/internal/testlan"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"peerup/internal/testlan"
 	"strings"
 )
 

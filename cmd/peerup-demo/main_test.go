@@ -5,13 +5,13 @@ import (
 	"path/filepath"
 	"testing"
 
-	"peerup/internal/testlan"
+	"github.com/peerup/peerup/internal/testlan"
 )
 
 func buildPeerup(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "peerup")
-	if out, err := exec.Command("go", "build", "-o", bin, "peerup/cmd/peerup").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/peerup/peerup/cmd/peerup").CombinedOutput(); err != nil {
 		t.Fatalf("build peerup: %v\n%s", err, out)
 	}
 	return bin

@@ -9,8 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"peerup/apply"
-	"peerup/daemon"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/daemon"
 )
 
 func (a *app) newBootCmd() *cobra.Command {

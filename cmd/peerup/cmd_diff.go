@@ -3,7 +3,7 @@ package main
 import (
 	"github.com/spf13/cobra"
 
-	"peerup/diff"
+	"github.com/peerup/peerup/diff"
 )
 
 func newDiffCmd() *cobra.Command {

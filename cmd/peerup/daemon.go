@@ -8,8 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"peerup/apply"
-	"peerup/daemon"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/daemon"
 )
 
 const defaultConfig = "/etc/peerup/peerup.toml"

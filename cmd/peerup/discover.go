@@ -7,10 +7,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"peerup/apply"
-	"peerup/daemon"
-	"peerup/discovery"
-	"peerup/manifest"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/daemon"
+	"github.com/peerup/peerup/discovery"
+	"github.com/peerup/peerup/manifest"
 )
 
 // startDiscovery wires the discovery package to a daemon.

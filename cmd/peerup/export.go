@@ -12,9 +12,9 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/manifest"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
 )
 
 func (a *app) newExportCmd() *cobra.Command {

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"peerup/apply"
+	"github.com/peerup/peerup/apply"
 )
 
 func buildPeerup(t *testing.T) string {

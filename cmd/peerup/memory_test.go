@@ -14,11 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"peerup/blobstore"
-	"peerup/internal/debdata"
-	"peerup/internal/memcg"
-	"peerup/internal/vmtest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/internal/debdata"
+	"github.com/peerup/peerup/internal/memcg"
+	"github.com/peerup/peerup/internal/vmtest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // The bounds a 256 MB laptop with a desktop running leaves an update.

@@ -6,10 +6,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 func (a *app) newMirrorCmd() *cobra.Command {

@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"peerup/transfer"
+	"github.com/peerup/peerup/transfer"
 )
 
 // TestMirrorGoesThroughTheProxy: a school server whose only way out is a

@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"peerup/blobstore"
-	"peerup/diff"
-	"peerup/manifest"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/manifest"
 )
 
 // realLibs is where the trees' bytes come from: real shared libraries,

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"peerup/internal/testbus"
+	"github.com/peerup/peerup/internal/testbus"
 )
 
 // TestStatusJSONIsOneSchema: `status --json` from the sysroot and from a

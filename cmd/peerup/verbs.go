@@ -16,12 +16,12 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"peerup/apply"
-	"peerup/blobstore"
-	"peerup/daemon"
-	"peerup/diff"
-	"peerup/manifest"
-	"peerup/transfer"
+	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/daemon"
+	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/manifest"
+	"github.com/peerup/peerup/transfer"
 )
 
 // progress returns a byte progress callback that draws a bar on a terminal

@@ -5,19 +5,24 @@ import (
 	"strings"
 )
 
-// version says which peerup this is, from what the Go toolchain recorded
-// in the binary: the module version for `go install …@vX`, else the commit
-// it was built from (and whether the tree had changes), so that an admin's
+// release is the package version the Makefile stamps in (-X
+// main.release=…, read from debian/changelog, so that the .deb and the
+// binary agree); empty for `go install` and `go build`.
+var release string
+
+// version says which peerup this is: the Makefile's release, else the
+// module version for `go install …@vX`, else "devel"; with the commit it
+// was built from (and whether the tree had changes), so that an admin's
 // bug report names the build.
 func version() string {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
-		return "unknown"
+		return strings.TrimSpace(release + " unknown")
 	}
-	return describeBuild(bi)
+	return describeBuild(bi, release)
 }
 
-func describeBuild(bi *debug.BuildInfo) string {
+func describeBuild(bi *debug.BuildInfo, release string) string {
 	v := bi.Main.Version
 	var rev, modified string
 	for _, s := range bi.Settings {
@@ -28,8 +33,14 @@ func describeBuild(bi *debug.BuildInfo) string {
 			modified = s.Value
 		}
 	}
-	if v == "" || v == "(devel)" {
+	// A build from a checkout has a pseudo-version (v0.0.0-date-commit)
+	// that says less than the release and the commit.
+	pseudo := strings.HasPrefix(v, "v0.0.0-") || strings.Contains(v, "+dirty")
+	if release != "" || v == "" || v == "(devel)" || pseudo {
 		v = "devel"
+		if release != "" {
+			v = release
+		}
 		if rev != "" {
 			v += "+" + rev[:min(12, len(rev))]
 			if modified == "true" {

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"peerup/internal/vmtest"
+	"github.com/peerup/peerup/internal/vmtest"
 )
 
 // The laptop tests boot peerup's own boot pieces (daemon/dist) in a 256 MB
@@ -156,8 +156,8 @@ func newLab(t *testing.T, ctx context.Context) *lab {
 	l := &lab{dir: t.TempDir()}
 	bin := filepath.Join(l.dir, "bin")
 	peerup := filepath.Join(bin, "peerup")
-	run(t, ctx, "go", "build", "-o", peerup, "peerup/cmd/peerup")
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(bin, "peerup-boot"), "peerup/cmd/peerup-boot")
+	run(t, ctx, "go", "build", "-o", peerup, "github.com/peerup/peerup/cmd/peerup")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(bin, "peerup-boot"), "github.com/peerup/peerup/cmd/peerup-boot")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build peerup-boot: %v\n%s", err, out)
