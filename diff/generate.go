@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -36,6 +37,10 @@ type GenerateOptions struct {
 	DiffTimeout time.Duration
 	Workers     int // default: every core
 	Log         *slog.Logger
+	// Progress, if set, is called from any goroutine as each changed
+	// object's encodings are done, with the bytes of changed objects done
+	// so far and in all.
+	Progress func(done, total int64)
 }
 
 // GenerateResult reports what Generate made.
@@ -258,6 +263,7 @@ func encodeAll(ctx context.Context, repo *blobstore.Repo, b *blobstore.Batch, pa
 	mem := semaphore.NewWeighted(o.MemoryBudget)
 	var zs zstdEncoders
 	var mu sync.Mutex
+	var done atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.Workers)
 	for _, p := range pairs {
@@ -273,6 +279,9 @@ func encodeAll(ctx context.Context, repo *blobstore.Repo, b *blobstore.Batch, pa
 			res.Index.Encodings = append(res.Index.Encodings, encs...)
 			res.SkippedDiffs += skipped
 			mu.Unlock()
+			if o.Progress != nil {
+				o.Progress(done.Add(p.targetSize), res.TargetBytes)
+			}
 			return nil
 		})
 	}

@@ -121,7 +121,7 @@ func (a *app) newFetchCmd() *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			prog, clear := progress("fetching")
+			prog, clear := progress("fetching", "staging the new tree")
 			p, err := c.CallAndWait(cmd.Context(), daemon.MethodFetch, func(p daemon.Props) {
 				if prog != nil && p.DownloadSize > 0 {
 					prog(int64(p.DownloadedBytes), int64(p.DownloadSize))

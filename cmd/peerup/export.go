@@ -3,12 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"sync"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
@@ -66,11 +63,11 @@ signatures checked before anything is written.`,
 					return err
 				}
 			}
-			bars := newMultiBar(targets)
+			prog, clear := exportProgress(targets)
 			res, err := apply.Export(cmd.Context(), src, targets, apply.ExportOptions{
-				Image: image, Version: version, FromVersion: from, Trust: kr, Progress: bars.set, Log: a.log, AnyOwner: anyOwner,
+				Image: image, Version: version, FromVersion: from, Trust: kr, Progress: prog, Log: a.log, AnyOwner: anyOwner,
 			})
-			bars.finish()
+			clear()
 			if res == nil {
 				return err
 			}
@@ -127,66 +124,22 @@ signatures checked before anything is written.`,
 	return cmd
 }
 
-// multiBar draws one progress bar per target on its own terminal line, on
-// a terminal only. The bars share stderr, so each writes through a
-// lineWriter that moves the cursor to its line and back.
-type multiBar struct {
-	mu   sync.Mutex
-	bars []*progressbar.ProgressBar
-	out  io.Writer
-	on   bool
-}
-
-func newMultiBar(targets []string) *multiBar {
-	m := &multiBar{out: os.Stderr, on: term.IsTerminal(int(os.Stderr.Fd()))}
-	if !m.on {
-		return m
+// exportProgress draws one progress line per target, on a terminal only,
+// and returns the export's progress callback and a function that blanks
+// the lines.
+func exportProgress(targets []string) (func(i int, done, total int64), func()) {
+	if !term.IsTerminal(int(os.Stderr.Fd())) {
+		return nil, func() {}
 	}
 	width := 0
 	for _, t := range targets {
 		width = max(width, len(t))
 	}
+	l := newLines(os.Stderr, len(targets))
+	start := time.Now()
+	meters := make([]meter, len(targets))
 	for i, t := range targets {
-		m.bars = append(m.bars, progressbar.NewOptions64(1,
-			progressbar.OptionSetDescription(fmt.Sprintf("%-*s", width, t)),
-			progressbar.OptionSetWriter(lineWriter{m, len(targets) - i}),
-			progressbar.OptionShowBytes(true),
-			progressbar.OptionUseANSICodes(true),
-			progressbar.OptionThrottle(100*time.Millisecond)))
-		fmt.Fprintln(m.out)
+		meters[i] = meter{what: fmt.Sprintf("%-*s", width, t), after: "reading it back", start: start}
 	}
-	return m
-}
-
-// set is the export's progress callback.
-func (m *multiBar) set(i int, done, total int64) {
-	if !m.on {
-		return
-	}
-	b := m.bars[i]
-	if b.GetMax64() != total {
-		b.ChangeMax64(total)
-	}
-	b.Set64(done)
-}
-
-func (m *multiBar) finish() {
-	for _, b := range m.bars {
-		b.Exit() // as far as each got: a failed stick's bar stops short
-	}
-}
-
-// lineWriter writes to the line up lines above the cursor's resting place.
-type lineWriter struct {
-	m  *multiBar
-	up int
-}
-
-func (w lineWriter) Write(p []byte) (int, error) {
-	w.m.mu.Lock()
-	defer w.m.mu.Unlock()
-	fmt.Fprintf(w.m.out, "\033[%dA", w.up)
-	n, err := w.m.out.Write(p)
-	fmt.Fprintf(w.m.out, "\033[%dB\r", w.up)
-	return n, err
+	return func(i int, done, total int64) { l.set(i, meters[i].line(done, total, time.Now()), done >= total) }, l.clear
 }

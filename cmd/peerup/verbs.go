@@ -12,9 +12,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
 	"github.com/peerup/peerup/apply"
 	"github.com/peerup/peerup/blobstore"
@@ -23,32 +21,6 @@ import (
 	"github.com/peerup/peerup/manifest"
 	"github.com/peerup/peerup/transfer"
 )
-
-// progress returns a byte progress callback that draws a bar on a terminal
-// and does nothing otherwise, and a function that clears the bar.
-func progress(desc string) (func(done, total int64), func()) {
-	if !term.IsTerminal(int(os.Stderr.Fd())) {
-		return nil, func() {}
-	}
-	var bar *progressbar.ProgressBar
-	return func(done, total int64) {
-			if bar == nil {
-				bar = progressbar.NewOptions64(total,
-					progressbar.OptionSetDescription(desc),
-					progressbar.OptionSetWriter(os.Stderr),
-					progressbar.OptionShowBytes(true),
-					progressbar.OptionThrottle(100*time.Millisecond),
-					progressbar.OptionClearOnFinish())
-			}
-			bar.Set64(done)
-		}, func() {
-			// Idempotent: a caller may clear early and again on return.
-			if bar != nil {
-				bar.Finish()
-				bar = nil
-			}
-		}
-}
 
 func (a *app) newKeygenCmd() *cobra.Command {
 	var name, out string
@@ -115,7 +87,7 @@ and can be served by 'peerup serve' or any static web server.`,
 			if err != nil {
 				return err
 			}
-			prog, clear := progress("hashing")
+			prog, clear := progress("hashing", "")
 			o := diff.PublishOptions{PublishOptions: blobstore.PublishOptions{
 				Image: image, Version: version, Label: label, Signer: signer, Progress: prog,
 				KeysAdd: addKeys, KeysRevoke: revokeKeys, AnyKey: anyKey, NewImage: newImage, AllowSame: allowSame,
@@ -123,8 +95,10 @@ and can be served by 'peerup serve' or any static web server.`,
 			if expires > 0 {
 				o.Expires = time.Now().Add(expires)
 			}
+			encProg, encClear := progress("encoding", "signing the delta index")
+			defer encClear()
 			if depth != 0 {
-				o.Deltas = &diff.GenerateOptions{Depth: depth, Log: a.log}
+				o.Deltas = &diff.GenerateOptions{Depth: depth, Log: a.log, Progress: encProg}
 			}
 			o.Stored = func(pub *blobstore.Published) {
 				clear()
@@ -134,6 +108,7 @@ and can be served by 'peerup serve' or any static web server.`,
 			}
 			pub, err := diff.Publish(cmd.Context(), repo, args[0], o)
 			clear()
+			encClear()
 			if err != nil {
 				return err
 			}
@@ -309,7 +284,7 @@ func (p *pullFlags) open(log *slog.Logger) (s *apply.Sysroot, src apply.Source, 
 	s.BootTries = c.BootTries
 	mem := apply.MemoryMiB(c.MemoryMiB)
 	debug.SetMemoryLimit(mem.SoftLimit())
-	prog, clear := progress("fetching")
+	prog, clear := progress("fetching", "building the new tree")
 	o = apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog, EncodingBudget: apply.EncodingBudgetMiB(*c.KeepEncodingsMiB), Memory: mem, Log: log}
 	return s, src, o, clear, nil
 }
