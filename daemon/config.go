@@ -28,10 +28,13 @@ type Config struct {
 	Sysroot string `toml:"sysroot" usage:"sysroot directory (a laptop)"`
 	// Repo, instead of Sysroot, makes the daemon a seed: it serves and
 	// advertises a repo (a school server's), with no sysroot of its own.
-	Repo   string   `toml:"repo" usage:"seed this repo instead: serve and advertise it, announce each new version (a school server)"`
-	Image  string   `toml:"image" usage:"with --repo: the image to advertise, if the repo holds several"`
-	Trust  []string `toml:"trust" usage:"trusted public key file; repeat for several"`
-	Listen string   `toml:"listen" usage:"address to serve this node's repo on"`
+	Repo  string   `toml:"repo" usage:"seed this repo instead: serve and advertise it, announce each new version (a school server)"`
+	Image string   `toml:"image" usage:"with --repo: the image to advertise, if the repo holds several"`
+	Trust []string `toml:"trust" usage:"trusted public key file; repeat for several"`
+	// Listen is lan:PORT by default: the addresses of the interfaces
+	// discovery uses (Iface, or every multicast one), followed as they
+	// come and go, and loopback (SPEC.md §5).
+	Listen string `toml:"listen" usage:"where to serve this node's repo: lan:PORT for the LAN interfaces discovery uses and loopback, or an address such as 10.0.0.5:7380 (:7380 is every address, public ones included)"`
 	// Iface limits discovery to one interface; NoMDNS and NoMulticast turn
 	// its sources off (SPEC.md §9).
 	Iface  string   `toml:"iface" usage:"discover and advertise on this interface only (default: all)"`
@@ -59,6 +62,9 @@ type Config struct {
 	KeepEncodingsMiB *int64 `toml:"keep-encodings-mib" usage:"MiB of fetched patches to keep for neighbours (0: none; -1: no limit)"`
 	// Fault is the sysroot's fault-injection hook (crash tests only).
 	Fault func(point string) `toml:"-"`
+	// LANAddrs lists the LAN addresses a lan:PORT listen serves on; the
+	// CLI sets it from discovery's links (nil: loopback only).
+	LANAddrs transfer.Addrs `toml:"-"`
 	// MaxUploads caps concurrent object uploads to neighbours;
 	// MaxUploadRate and MaxDownloadRate are bytes per second (0, their
 	// default: none).

@@ -1,14 +1,12 @@
 package daemon
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,15 +20,7 @@ func lanDaemon(t *testing.T, lan *testlan.LAN, i int, bin, host string, args ...
 	cmd := lan.Command(i, "unshare", append([]string{"-u", "sh", "-c", `hostname "$0" && exec "$@"`, host, bin, "daemon"}, args...)...)
 	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = io.MultiWriter(os.Stderr, log), io.MultiWriter(os.Stderr, log)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := testlan.WaitListening(ctx, cmd.Process.Pid, 7380); err != nil {
-		t.Fatalf("node %d's daemon: %v\n%s", i, err, log.String())
-	}
+	lan.Serve(cmd, 7380, log)
 	return log
 }
 

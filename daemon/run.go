@@ -89,7 +89,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	if !cfg.NoP2P {
 		partial = sys
 	}
-	ln, err := serveRepo(cfg, sys.Repo().Dir(), partial, &d.srv, &d.wg, log)
+	ln, err := serveRepo(ctx, cfg, sys.Repo().Dir(), partial, &d.srv, &d.wg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -219,9 +219,10 @@ func (d *Daemon) close() {
 }
 
 // serveRepo serves dir on cfg.Listen, with cfg's limits, until *srv is
-// shut down. cfg has its defaults filled in.
-func serveRepo(cfg Config, dir string, partial transfer.Partial, srv **http.Server, wg *sync.WaitGroup, log *slog.Logger) (net.Listener, error) {
-	ln, err := transfer.Listen(cfg.Listen, cfg.limits())
+// shut down (or, for a LAN listen, ctx ends). cfg has its defaults filled
+// in.
+func serveRepo(ctx context.Context, cfg Config, dir string, partial transfer.Partial, srv **http.Server, wg *sync.WaitGroup, log *slog.Logger) (net.Listener, error) {
+	ln, err := transfer.ListenOn(ctx, cfg.Listen, cfg.LANAddrs, cfg.limits(), log)
 	if err != nil {
 		return nil, err
 	}

@@ -58,7 +58,7 @@ func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, versi
 	if err != nil {
 		return nil, err
 	}
-	ln, err := serveRepo(cfg, repo.Dir(), nil, &s.srv, &s.wg, log)
+	ln, err := serveRepo(ctx, cfg, repo.Dir(), nil, &s.srv, &s.wg, log)
 	if err != nil {
 		return nil, err
 	}

@@ -63,6 +63,21 @@ func scanLinks(name string) ([]link, error) {
 	return out, nil
 }
 
+// LinkAddrs lists the IPv4 addresses of the links discovery uses now
+// (every up, multicast-capable, non-loopback interface, or only the one
+// named): a node serves its repo where it is advertised, and nowhere else.
+func LinkAddrs(iface string) ([]net.IP, error) {
+	links, err := scanLinks(iface)
+	if err != nil {
+		return nil, err
+	}
+	var out []net.IP
+	for _, l := range links {
+		out = append(out, l.addrs...)
+	}
+	return out, nil
+}
+
 // nodeID is a short, stable tag that tells identical laptops apart: they
 // share an image, so a host name and often /etc/machine-id, but not their
 // network hardware. It is derived from the machine id and the hardware

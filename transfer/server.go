@@ -18,7 +18,7 @@ import (
 
 // DefaultListen is where a node serves its repo unless told otherwise
 // (SPEC.md §5).
-const DefaultListen = ":7380"
+const DefaultListen = LANPrefix + "7380"
 
 // Handler serves the repo in dir.
 type Handler struct {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -160,22 +161,33 @@ func (f *fleet) stop() {
 	}
 }
 
-// follow prints what the fleet does until every laptop runs version v.
-func (f *fleet) follow(ctx context.Context, v int) error {
+// follow prints what the fleet does until every laptop runs version v, an
+// image of imageBytes, and returns the most one laptop received.
+func (f *fleet) follow(ctx context.Context, v, imageBytes int) (most int, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	shown := map[string]int{} // progress quarter shown, per laptop
 	done := map[string]bool{}
 	var fromServer, fetched int
+	var each []int // what each laptop received, metadata included
 	defer func() {
-		if len(done) == laptops {
-			fmt.Printf("   The laptops fetched %s in all; the school server sent %s of it, the laptops the rest.\n", size(fetched), size(fromServer))
+		if len(done) < laptops || len(each) == 0 {
+			return
 		}
+		slices.Sort(each)
+		most = each[len(each)-1]
+		got := size(each[0])
+		if hi := size(each[len(each)-1]); hi != got {
+			got += " to " + hi
+		}
+		fmt.Printf("   The image is %s. Each laptop received %s of it, signed metadata included\n", size(imageBytes), got)
+		fmt.Printf("   (%.2f%% of the image at most); %s in all, %s of it from the school server, the rest from laptops.\n",
+			100*float64(each[len(each)-1])/float64(imageBytes), size(fetched), size(fromServer))
 	}()
 	for len(done) < laptops {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("only %d of %d laptops reached version %d", len(done), laptops, v)
+			return 0, fmt.Errorf("only %d of %d laptops reached version %d", len(done), laptops, v)
 		case e := <-f.events:
 			if f.at(e) < 0 {
 				continue // from before this version was published
@@ -201,6 +213,7 @@ func (f *fleet) follow(ctx context.Context, v int) error {
 				}
 			case "update staged":
 				fetched += num(e.attrs["fetched"])
+				each = append(each, num(e.attrs["fetched"]))
 				if m, ok := e.attrs["sources"].(map[string]any); ok {
 					for u, b := range m {
 						if f.names[strings.TrimSuffix(u, "/")] == "school-server" {
@@ -217,7 +230,7 @@ func (f *fleet) follow(ctx context.Context, v int) error {
 			}
 		}
 	}
-	return nil
+	return 0, nil // most is set by the summary above, deferred
 }
 
 // mark starts the clock the events are timed by.
@@ -280,28 +293,28 @@ func num(v any) int {
 	return 0
 }
 
+// size spells a byte count in one family of units throughout the demo.
 func size(n int) string {
-	if n >= 1<<20 {
-		return fmt.Sprintf("%.1f MB", float64(n)/(1<<20))
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
-	return fmt.Sprintf("%d KB", (n+1023)/1024)
+	return fmt.Sprintf("%d B", n)
 }
 
-// schoolFiles writes the files a version changes: course material that
-// each version replaces in part, so there is something to share.
+// schoolFiles writes the course material: v3, a new term, replaces a
+// third of it, so that there is something large to share.
 func schoolFiles(root string, v int) error {
 	dir := filepath.Join(root, "usr/share/school")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	for i := range 24 {
-		// Each version after the first rewrites a third of the files:
-		// file i was last written by the newest w <= v with i%3 == w%3.
 		gen := 1
-		for w := 2; w <= v; w++ {
-			if i%3 == w%3 {
-				gen = w
-			}
+		if v >= 3 && i%3 == 0 {
+			gen = 3
 		}
 		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("lesson-%02d.bin", i)), noise(i, gen, 128<<10), 0o644); err != nil {
 			return err

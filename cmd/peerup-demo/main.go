@@ -82,14 +82,15 @@ func (d *demo) run(r *testlan.Runner, loopback bool) error {
 		where = "each in its own network namespace on a shared 8 Mbit/s LAN"
 	}
 	fmt.Printf("peerup demo: a school server and %d laptops, %s.\n", laptops, where)
-	fmt.Printf("The server publishes v2 and then v3; the laptops find each version, fetch it from the\n")
-	fmt.Printf("server and from each other, check every byte, and switch. Work folder: %s\n\n", dir)
+	fmt.Printf("The server publishes v2 (a security fix) and then v3 (a new term); the laptops find each\n")
+	fmt.Printf("version, fetch it from the server and from each other, check every byte, and switch.\nWork folder: %s\n\n", dir)
 
 	fmt.Println("1. The build server makes the fleet's signing key and publishes v1 of a small OS image.")
 	if _, err := d.peerup("keygen", "--name", "fleet", "--out", dir+"/keys"); err != nil {
 		return err
 	}
 	tree := filepath.Join(dir, "build/rootfs")
+	imageBytes := 0
 	publish := func(v int, label string) error {
 		if err := makeTree(tree, v); err != nil {
 			return err
@@ -97,7 +98,11 @@ func (d *demo) run(r *testlan.Runner, loopback bool) error {
 		if err := schoolFiles(tree, v); err != nil {
 			return err
 		}
-		_, err := d.peerup("publish", "--repo", dir+"/repo", "--image", "demo-laptop", "--key", dir+"/keys/fleet.key", "--label", label, tree)
+		var err error
+		if imageBytes, err = treeBytes(tree); err != nil {
+			return err
+		}
+		_, err = d.peerup("publish", "--repo", dir+"/repo", "--image", "demo-laptop", "--key", dir+"/keys/fleet.key", "--label", label, tree)
 		return err
 	}
 	if err := publish(1, "Autumn term"); err != nil {
@@ -129,24 +134,32 @@ func (d *demo) run(r *testlan.Runner, loopback bool) error {
 	}
 	defer f.stop()
 
-	fmt.Println("\n4. The server publishes v2; nobody tells the laptops. (Times are from the publish.)")
+	fmt.Println("\n4. The server publishes v2, a security fix: " + fixSummary + ".")
+	fmt.Println("   Nobody tells the laptops. (Times are from the publish.)")
 	f.mark()
-	if err := publish(2, "Spring term"); err != nil {
+	if err := publish(2, "Security fix for grep and tar"); err != nil {
 		return err
 	}
-	if err := f.follow(ctx, 2); err != nil {
+	most, err := f.follow(ctx, 2, imageBytes)
+	if err != nil {
 		return err
+	}
+	// What a security fix costs a laptop is the point of the demo.
+	if most > 64<<10 {
+		return fmt.Errorf("a laptop received %s for v2's security fix, where kilobytes should do", size(most))
 	}
 	if lan != nil {
-		fmt.Println("\n5. And v3: the laptops, on v2, hear it on v2's multicast group and share it again.")
+		fmt.Println("\n5. And v3, a new term's lessons (1 MiB, new data): the laptops, on v2, hear it on v2's")
+		fmt.Println("   multicast group and share it with each other.")
 	} else {
-		fmt.Println("\n5. And v3: the laptops ask the others every second, find it, and share it again.")
+		fmt.Println("\n5. And v3, a new term's lessons (1 MiB, new data): the laptops ask the others every")
+		fmt.Println("   second, find it, and share it with each other.")
 	}
 	f.mark()
 	if err := publish(3, "Summer term"); err != nil {
 		return err
 	}
-	if err := f.follow(ctx, 3); err != nil {
+	if _, err := f.follow(ctx, 3, imageBytes); err != nil {
 		return err
 	}
 	f.stop()
@@ -218,8 +231,8 @@ func makeTree(root string, v int) error {
 		"etc/hostname":   "laptop\n",
 		"etc/motd":       "Welcome to the school laptop.\n",
 	}
-	if v >= 2 {
-		files["usr/share/doc/release-notes"] = "Version 2: new term, new timetable.\n"
+	if v >= 3 {
+		files["usr/share/doc/release-notes"] = "Version 3: new term, new timetable.\n"
 	}
 	for p, data := range files {
 		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
@@ -240,7 +253,7 @@ func makeTree(root string, v int) error {
 		if err != nil {
 			continue
 		}
-		if err := copyFile(src, filepath.Join(root, "usr/bin", name)); err != nil {
+		if err := copyFile(src, filepath.Join(root, "usr/bin", name), v >= 2 && fixedInV2(name)); err != nil {
 			return err
 		}
 	}
@@ -252,12 +265,46 @@ func makeTree(root string, v int) error {
 	return nil
 }
 
-func copyFile(src, dst string) error {
+// fixedInV2 says which binaries v2's security fix changes, and fixSummary
+// says how, for the demo's narration.
+func fixedInV2(name string) bool { return name == "grep" || name == "tar" }
+
+const fixSummary = "grep and tar rebuilt with a small change\n   (1.5 KiB of new code each, in 6 places)"
+
+// copyFile copies a binary into the image; fix changes it as a small
+// security fix changes a real build: a few functions' bytes, the rest of
+// the file as it was.
+func copyFile(src, dst string, fix bool) error {
 	data, err := os.ReadFile(src)
 	if err != nil {
 		return err
 	}
+	if fix {
+		for i := 1; i <= 6; i++ {
+			at := len(data) * i / 7
+			for j := at; j < at+256 && j < len(data); j++ {
+				data[j] ^= byte(j*31 + 7)
+			}
+		}
+	}
 	return os.WriteFile(dst, data, 0o755)
+}
+
+// treeBytes is the size of the regular files under root: the image a
+// laptop would download without peerup.
+func treeBytes(root string) (int, error) {
+	n := 0
+	err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || !e.Type().IsRegular() {
+			return err
+		}
+		fi, err := e.Info()
+		if err == nil {
+			n += int(fi.Size())
+		}
+		return err
+	})
+	return n, err
 }
 
 func firstLine(b []byte) string {

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"runtime/debug"
 
@@ -10,6 +11,7 @@ import (
 
 	"github.com/peerup/peerup/apply"
 	"github.com/peerup/peerup/daemon"
+	"github.com/peerup/peerup/discovery"
 )
 
 const defaultConfig = "/etc/peerup/peerup.toml"
@@ -51,6 +53,7 @@ if present); flags override it. One daemon runs per sysroot.`,
 				}
 			}
 			flags.Apply(&cfg)
+			cfg.LANAddrs = func() ([]net.IP, error) { return discovery.LinkAddrs(cfg.Iface) }
 			// Process-wide, so set here rather than in the daemon package,
 			// whose tests run several daemons in one process.
 			debug.SetMemoryLimit(apply.MemoryMiB(cfg.MemoryMiB).SoftLimit())
@@ -75,7 +78,7 @@ if present); flags override it. One daemon runs per sysroot.`,
 			if err != nil {
 				return err
 			}
-			a.log.Info("daemon running", "sysroot", cfg.Sysroot, "serving", d.Addr.String())
+			a.log.Info("daemon running", "sysroot", cfg.Sysroot, "listen", cfg.WithDefaults().Listen, "port", d.Addr.(*net.TCPAddr).Port)
 			d.Wait(cmd.Context())
 			return nil
 		},

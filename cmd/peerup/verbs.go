@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"runtime/debug"
@@ -18,6 +19,7 @@ import (
 	"github.com/peerup/peerup/blobstore"
 	"github.com/peerup/peerup/daemon"
 	"github.com/peerup/peerup/diff"
+	"github.com/peerup/peerup/discovery"
 	"github.com/peerup/peerup/manifest"
 	"github.com/peerup/peerup/transfer"
 )
@@ -192,7 +194,7 @@ func (a *app) newServeCmd() *cobra.Command {
 		Long: `Serves the repo's index, signed manifests and objects over HTTP, with Range
 support so cut transfers resume. With --sysroot it serves what a node holds,
 so laptops can fetch from each other. Only the repo's own paths are served.`,
-		Example: "  peerup serve --repo /srv/peerup --listen :7380",
+		Example: "  peerup serve --repo /srv/peerup\n  peerup serve --repo /srv/peerup --listen 10.0.0.5:7380",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir := repoDir
@@ -209,12 +211,17 @@ so laptops can fetch from each other. Only the repo's own paths are served.`,
 			if err := blobstore.CheckRepo(dir); err != nil {
 				return err
 			}
-			ln, err := transfer.Listen(listen, transfer.Limits{})
+			lan := func() ([]net.IP, error) { return discovery.LinkAddrs("") }
+			ln, err := transfer.ListenOn(cmd.Context(), listen, lan, transfer.Limits{}, a.log)
 			if err != nil {
 				return err
 			}
 			srv := transfer.NewServer(listen, transfer.NewHandler(dir, a.log))
-			fmt.Printf("serving %s on http://%s/\n", dir, ln.Addr())
+			where := "http://" + ln.Addr().String() + "/"
+			if _, isLAN, _ := transfer.ParseLAN(listen); isLAN {
+				where += fmt.Sprintf(" and port %d of every LAN address (%s)", ln.Addr().(*net.TCPAddr).Port, listen)
+			}
+			fmt.Printf("serving %s on %s\n", dir, where)
 			go func() {
 				<-cmd.Context().Done()
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -229,7 +236,7 @@ so laptops can fetch from each other. Only the repo's own paths are served.`,
 	}
 	cmd.Flags().StringVar(&repoDir, "repo", "", "repository directory")
 	cmd.Flags().StringVar(&sysroot, "sysroot", "", "serve this node's own repo instead")
-	cmd.Flags().StringVar(&listen, "listen", transfer.DefaultListen, "address to listen on")
+	cmd.Flags().StringVar(&listen, "listen", transfer.DefaultListen, "lan:PORT (loopback and the LAN interfaces' addresses, followed as they change) or an address such as :7380 (every address)")
 	return cmd
 }
 

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -59,4 +61,24 @@ func WaitListening(ctx context.Context, pid, port int) error {
 		}
 	}
 	return fmt.Errorf("process %d did not start listening on port %d", pid, port)
+}
+
+// Serve starts cmd (made by Command), stops it with SIGTERM when the test
+// ends, and waits until it listens on TCP port; log, if not nil, is
+// shown on failure.
+func (l *LAN) Serve(cmd *exec.Cmd, port int, log fmt.Stringer) {
+	l.t.Helper()
+	if err := cmd.Start(); err != nil {
+		l.t.Fatalf("start %s: %v", cmd.Path, err)
+	}
+	l.t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := WaitListening(ctx, cmd.Process.Pid, port); err != nil {
+		out := ""
+		if log != nil {
+			out = log.String()
+		}
+		l.t.Fatalf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, out)
+	}
 }
