@@ -19,9 +19,11 @@ type Preview struct {
 	// rest.
 	Label   string `json:"label"`
 	Message string `json:"message"`
-	// DownloadSize is what a pull would receive: the metadata, and for each
-	// object the node lacks the cheapest way it has. FullDownloadSize is
-	// what a node holding nothing would receive, every file whole.
+	// DownloadSize is what the pull after this preview will receive: the
+	// index again (the manifest and delta index the preview received are
+	// kept for it), and for each object the node lacks the cheapest way it
+	// has. FullDownloadSize is what a node holding nothing would receive,
+	// all the metadata and every file whole.
 	DownloadSize     int64 `json:"download_size"`
 	FullDownloadSize int64 `json:"full_download_size"`
 	// UnpackedSize is the bytes of the files the node lacks, as they will
@@ -32,7 +34,11 @@ type Preview struct {
 
 // Preview fetches and verifies the metadata of the version o asks for (the
 // newest by default) and plans its pull without fetching any object. What
-// it received is verified as a pull's is, and nothing on disk changes.
+// it received is verified as a pull's is, and kept in staging for the pull
+// of that version that usually follows, which then receives only the
+// index. A preview finishes an interrupted switch first, as every
+// operation does (SPEC.md §7), and keeps the newest withdrawn list it
+// verified; it fetches, stages and switches nothing.
 func (s *Sysroot) Preview(ctx context.Context, src Source, o PullOptions) (*Preview, error) {
 	m, end, err := s.begin(ctx, src, &o, true)
 	if err != nil {
@@ -56,7 +62,7 @@ func (s *Sysroot) Preview(ctx context.Context, src Source, o PullOptions) (*Prev
 	p := &Preview{
 		Image: m.image, Version: m.v, UpdateID: d.String(),
 		Label: label, Message: message,
-		DownloadSize:     m.res.MetadataBytes,
+		DownloadSize:     m.indexBytes,
 		FullUnpackedSize: int64(m.h.Bytes),
 	}
 	for i := range needs {
@@ -64,5 +70,7 @@ func (s *Sysroot) Preview(ctx context.Context, src Source, o PullOptions) (*Prev
 		p.UnpackedSize += needs[i].size
 	}
 	p.FullDownloadSize = m.res.MetadataBytes + p.FullUnpackedSize
+	m.kept = true
+	s.previewed.keep(m)
 	return p, nil
 }

@@ -14,8 +14,9 @@ import (
 
 // TestPreviewSizesAnOfferAndChangesNothing: a preview of v2 on a node at v1
 // gives the sizes a pull would fetch and write, from the signed metadata
-// alone; the pull then fetches what it said, and the preview itself left
-// no tree, link or object behind.
+// alone; the pull then fetches what it said, without the metadata the
+// preview already received, and the preview itself left no tree, link or
+// object behind.
 func TestPreviewSizesAnOfferAndChangesNothing(t *testing.T) {
 	f := newFleet(t)
 	tree := makeTree(t, "VERSION=1\n")
@@ -54,6 +55,11 @@ func TestPreviewSizesAnOfferAndChangesNothing(t *testing.T) {
 	// Two files changed: the preview counts them, through their patches.
 	if pv.DownloadSize != res.FetchedBytes || pv.UnpackedSize != res.RawBytes || pv.UnpackedSize == 0 {
 		t.Errorf("preview said download %d, unpacked %d; the pull fetched %d for %d raw", pv.DownloadSize, pv.UnpackedSize, res.FetchedBytes, res.RawBytes)
+	}
+	// The manifest and delta index the preview verified were kept for
+	// the pull: it received the index alone again.
+	if meta := pv.FullDownloadSize - pv.FullUnpackedSize; res.MetadataBytes >= meta {
+		t.Errorf("the pull after the preview received %d bytes of metadata, of %d in all", res.MetadataBytes, meta)
 	}
 	if pv.FullUnpackedSize < pv.UnpackedSize || pv.FullDownloadSize < pv.FullUnpackedSize {
 		t.Errorf("full sizes %d, %d below the update's", pv.FullUnpackedSize, pv.FullDownloadSize)

@@ -220,6 +220,12 @@ type pulled struct {
 	// done: nothing is left to fetch (res says why: already staged, or
 	// the tree still on disk).
 	done bool
+	// kept: a preview handed mf and deltas to s.previewed, which closes
+	// them.
+	kept bool
+	// indexBytes is what choosing the version received (the index and
+	// the withdrawn list): all a pull after a preview receives again.
+	indexBytes int64
 }
 
 func (m *pulled) close() {
@@ -249,7 +255,12 @@ func (s *Sysroot) begin(ctx context.Context, src Source, o *PullOptions, preview
 		release()
 		return nil, nil, err
 	}
-	return m, func() { m.close(); release() }, nil
+	return m, func() {
+		if !m.kept {
+			m.close()
+		}
+		release()
+	}, nil
 }
 
 // metadata chooses the version, receives its manifest and delta index and
@@ -279,7 +290,7 @@ func (s *Sysroot) metadata(ctx context.Context, src Source, o *PullOptions, prev
 	if err != nil {
 		return nil, err
 	}
-	m.image, m.v = image, v
+	m.image, m.v, m.indexBytes = image, v, ixSize
 	m.res = &PullResult{Image: image, Version: v, MetadataBytes: ixSize}
 	if m.st.Staged == v && !preview {
 		m.res.AlreadyStaged = true
@@ -287,7 +298,15 @@ func (s *Sysroot) metadata(ctx context.Context, src Source, o *PullOptions, prev
 		m.done = true
 		return m, nil
 	}
-	if m.mf, err = s.receiveManifest(ctx, src, image, v, m.st.Current, m.res); err != nil {
+	kept := s.previewed.take(image, v)
+	if preview && kept != nil {
+		kept.close() // a preview again: receive afresh, the source may differ
+		kept = nil
+	}
+	if kept != nil {
+		// Verified by a preview: only the index was received again.
+		m.mf, m.deltas, m.res.ManifestFrom = kept.mf, kept.deltas, kept.res.ManifestFrom
+	} else if m.mf, err = s.receiveManifest(ctx, src, image, v, m.st.Current, m.res); err != nil {
 		return nil, fmt.Errorf("pull %s v%d from %s: %w", image, v, src, err)
 	}
 	h, signer, err := manifest.Accept(o.Trust, m.mf.Signed(), manifest.Want{Image: image, Version: v, After: m.st.Current, Now: o.Now()})
@@ -309,8 +328,10 @@ func (s *Sysroot) metadata(ctx context.Context, src Source, o *PullOptions, prev
 		m.done = true
 		return m, fsutil.FsyncDir(s.dir)
 	}
-	if m.deltas, err = s.deltaIndex(ctx, src, image, v, m.mf, o.Trust, m.res); err != nil {
-		return nil, fmt.Errorf("pull %s v%d from %s: %w", image, v, src, err)
+	if kept == nil {
+		if m.deltas, err = s.deltaIndex(ctx, src, image, v, m.mf, o.Trust, m.res); err != nil {
+			return nil, fmt.Errorf("pull %s v%d from %s: %w", image, v, src, err)
+		}
 	}
 	m.res.FetchedBytes = m.res.MetadataBytes
 	return m, nil

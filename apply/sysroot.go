@@ -54,6 +54,8 @@ type Sysroot struct {
 	// dec is the running pull's decoder (its pool of zstd decoders), set
 	// by Pull under the sysroot lock before any fetch starts.
 	dec *diff.Decoder
+
+	previewed previewed // the last Preview's metadata, for the pull after it
 }
 
 func (s *Sysroot) at(point string) {
