@@ -47,6 +47,20 @@ func eachVersionEntry(repo *blobstore.Repo, image string, v uint64, f func(e *ma
 	return nil
 }
 
+// storedHeader reads the header of version v's stored manifest.
+func storedHeader(repo *blobstore.Repo, image string, v uint64) (manifest.Header, error) {
+	mf, err := repo.OpenVersion(image, v)
+	if err != nil {
+		return manifest.Header{}, err
+	}
+	defer mf.Close()
+	r, err := manifest.NewReader(mf.Reader())
+	if err != nil {
+		return manifest.Header{}, fmt.Errorf("manifest %s v%d: %w", image, v, err)
+	}
+	return r.Header(), nil
+}
+
 // eachStoredEncoding streams the encodings of version v's stored delta
 // index to f; a version without one has none. It reports whether the
 // index parsed, for callers that skip a bad one.

@@ -291,3 +291,24 @@ func TestRepairMendsTheRestWhenTheSourceLacksAnObject(t *testing.T) {
 		t.Fatalf("after the repair: %v, %v", probs, err)
 	}
 }
+
+// TestVerifyProgressCountsEveryKeptFile: the bar a long verify shows rises
+// to the kept versions' file bytes and no further.
+func TestVerifyProgressCountsEveryKeptFile(t *testing.T) {
+	_, s, _ := bootFleet(t) // v2 current, v1 previous
+	var calls int
+	var last, total int64
+	probs, err := s.VerifyProgress(context.Background(), func(done, all int64) {
+		if done < last || done > all {
+			t.Errorf("progress went from %d to %d of %d", last, done, all)
+		}
+		calls++
+		last, total = done, all
+	})
+	if err != nil || len(probs) != 0 {
+		t.Fatalf("verify: %v, %v", probs, err)
+	}
+	if calls == 0 || total == 0 || last != total {
+		t.Errorf("progress: %d calls, last %d of %d", calls, last, total)
+	}
+}

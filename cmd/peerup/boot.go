@@ -157,8 +157,13 @@ problems remain.`,
 				if probs, err = s.Verify(cmd.Context()); err != nil {
 					return err
 				}
-			} else if probs, err = s.Verify(cmd.Context()); err != nil {
-				return err
+			} else {
+				prog, clear := progress("checking", "")
+				probs, err = s.VerifyProgress(cmd.Context(), prog)
+				clear()
+				if err != nil {
+					return err
+				}
 			}
 			for _, p := range probs {
 				fmt.Println(p)
