@@ -123,11 +123,14 @@ type PullResult struct {
 // hash before keeping it, and changes nothing visible unless all of it
 // succeeds.
 func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullResult, error) {
+	begun := time.Now()
 	m, end, err := s.begin(ctx, src, &o, false)
 	if err != nil {
 		return nil, err
 	}
 	defer end()
+	log := o.logger()
+	log.Debug("pull received and verified the metadata", "bytes", m.res.MetadataBytes, "reused_preview", m.reused, "took", time.Since(begun))
 	if m.done {
 		return m.res, nil
 	}
@@ -145,8 +148,6 @@ func (s *Sysroot) Pull(ctx context.Context, src Source, o PullOptions) (*PullRes
 	if res.ResumedObjects, res.ResumedBytes, err = b.Salvage(ctx); err != nil {
 		return nil, err
 	}
-	log := o.logger()
-	begun := time.Now()
 	mem := newInFlight(o.Memory)
 	needs, copies, err := s.plan(b, mf, deltas, o.Policy, mem, res)
 	if err != nil {
@@ -226,6 +227,7 @@ type pulled struct {
 	// indexBytes is what choosing the version received (the index and
 	// the withdrawn list): all a pull after a preview receives again.
 	indexBytes int64
+	reused     bool // the manifest and delta index are a preview's
 }
 
 func (m *pulled) close() {
@@ -305,7 +307,7 @@ func (s *Sysroot) metadata(ctx context.Context, src Source, o *PullOptions, prev
 	}
 	if kept != nil {
 		// Verified by a preview: only the index was received again.
-		m.mf, m.deltas, m.res.ManifestFrom = kept.mf, kept.deltas, kept.res.ManifestFrom
+		m.mf, m.deltas, m.res.ManifestFrom, m.reused = kept.mf, kept.deltas, kept.res.ManifestFrom, true
 	} else if m.mf, err = s.receiveManifest(ctx, src, image, v, m.st.Current, m.res); err != nil {
 		return nil, fmt.Errorf("pull %s v%d from %s: %w", image, v, src, err)
 	}
