@@ -226,12 +226,17 @@ func (s *Sysroot) Boot(cmdline string) (BootChoice, error) {
 	}
 	if _, err := os.Stat(s.revertPath()); err == nil {
 		if canRevert {
-			if _, _, err := s.rollbackLocked(st); err != nil {
+			// Bookkeeping never stops a boot: without the hold, the
+			// version left may come back, as before holds existed. It
+			// is written first, as an admin's rollback does.
+			_ = s.holdLeft(st.Current)
+			if err := s.rollbackLocked(st); errors.Is(err, ErrNotSwitched) {
+				// This boot starts previous all the same; the request
+				// stays for the next boot to switch the links.
+				return choose(st.Previous, fmt.Sprintf("rollback requested, for this boot only (%v); the next boot tries the switch again", err)), nil
+			} else if err != nil && !errors.Is(err, ErrSwitchPending) {
 				return BootChoice{}, err
 			}
-			// Bookkeeping never stops a boot: without the hold, the
-			// version left may come back, as before holds existed.
-			_ = s.holdLeft(st.Current)
 		}
 		if err := os.Remove(s.revertPath()); err != nil {
 			return BootChoice{}, fmt.Errorf("boot: %w", err)
@@ -240,6 +245,10 @@ func (s *Sysroot) Boot(cmdline string) (BootChoice, error) {
 			return choose(st.Previous, "rollback requested for this boot"), nil
 		}
 		return choose(st.Current, revertWhy("rollback requested for this boot")), nil
+	}
+	if slices.Contains(b.Bad, st.Current) && canRevert {
+		// A fallback whose switch failed (a full disk): try it again.
+		return s.bootBack(st, fmt.Sprintf("version %d is marked bad: back to %d", st.Current, st.Previous))
 	}
 	if b.Trying != st.Current || b.Trying == 0 {
 		return choose(st.Current, "current"), nil
@@ -261,8 +270,19 @@ func (s *Sysroot) Boot(cmdline string) (BootChoice, error) {
 	if st.Previous == 0 {
 		return choose(st.Current, fmt.Sprintf("version %d failed its tries but there is no previous", bad)), nil
 	}
-	if _, _, err := s.rollbackLocked(st); err != nil {
+	return s.bootBack(st, fmt.Sprintf("version %d did not reach mark-good in its tries: marked bad, back to %d", bad, st.Previous))
+}
+
+// bootBack switches the links back to previous and boots it. A boot must
+// start whatever the disk allows: where the links cannot be switched (a
+// full disk) this boot starts previous all the same, and the next boot,
+// finding current marked bad, tries the switch again.
+func (s *Sysroot) bootBack(st Status, why string) (BootChoice, error) {
+	c := BootChoice{Root: s.TreePath(st.Previous), Version: st.Previous, Reason: why}
+	if err := s.rollbackLocked(st); errors.Is(err, ErrNotSwitched) {
+		c.Reason += fmt.Sprintf(" for this boot only (%v); the next boot tries the switch again", err)
+	} else if err != nil && !errors.Is(err, ErrSwitchPending) {
 		return BootChoice{}, err
 	}
-	return choose(st.Previous, fmt.Sprintf("version %d did not reach mark-good in its tries: marked bad, back to %d", bad, st.Previous)), nil
+	return c, nil
 }
