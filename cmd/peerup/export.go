@@ -21,6 +21,7 @@ func (a *app) newExportCmd() *cobra.Command {
 	var repoDir, sysroot, image string
 	var targets, trust []string
 	var version, from uint64
+	var memMiB int
 	var asJSON, anyOwner bool
 	cmd := &cobra.Command{
 		Use:   "export (--repo REPO | --sysroot DIR) --to DIR [--to DIR]... [--from-version N] [--version M]",
@@ -69,6 +70,7 @@ signatures checked before anything is written.`,
 			bars := newMultiBar(targets)
 			res, err := apply.Export(cmd.Context(), src, targets, apply.ExportOptions{
 				Image: image, Version: version, FromVersion: from, Trust: kr, Progress: bars.set, Log: a.log, AnyOwner: anyOwner,
+				Memory: apply.MemoryMiB(memMiB),
 			})
 			bars.finish()
 			if res == nil {
@@ -120,6 +122,7 @@ signatures checked before anything is written.`,
 	f.StringVar(&image, "image", "", "image id (default: the source's only one)")
 	f.Uint64Var(&version, "version", 0, "version to export (default: the newest)")
 	f.Uint64Var(&from, "from-version", 0, "export only what a laptop at this version lacks (default: every object)")
+	f.IntVar(&memMiB, "memory-mib", apply.DefaultMemoryMiB, "with --from-version: the smallest memory-mib of the laptops the stick is for; a patch they could not decode within it goes whole")
 	f.StringSliceVar(&trust, "trust", nil, "check the signatures against this public key file first; repeat for several")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	f.BoolVar(&anyOwner, "any-owner", false, "write to a folder owned by another user (who could plant links in it while the export runs)")
