@@ -75,11 +75,14 @@ func (r countingReader) Read(p []byte) (int, error) {
 // v2 and v3. It returns the tree as v3 has it.
 func sneakernetFleet(t *testing.T) (*fleet, string) {
 	t.Helper()
-	return libraryReleases(t, 3, func(tree string, v int) {
-		blob := make([]byte, 1<<20)
-		rand.Read(blob)
-		write(t, tree+fmt.Sprintf("/usr/share/blob-%d", v), string(blob), 0o644)
-	})
+	return libraryReleases(t, 3, func(tree string, v int) { addBlob(t, tree, v) })
+}
+
+// addBlob adds version v's incompressible megabyte to tree.
+func addBlob(t *testing.T, tree string, v int) {
+	blob := make([]byte, 1<<20)
+	rand.Read(blob)
+	write(t, tree+fmt.Sprintf("/usr/share/blob-%d", v), string(blob), 0o644)
 }
 
 func export(t *testing.T, f *fleet, targets []string, o apply.ExportOptions) *apply.ExportResult {
@@ -614,9 +617,7 @@ func TestExportWritesNothingOutsideTheStick(t *testing.T) {
 func catchUpFleet(t *testing.T) (*fleet, string) {
 	t.Helper()
 	return libraryReleases(t, 3, func(tree string, v int) {
-		blob := make([]byte, 1<<20)
-		rand.Read(blob)
-		write(t, tree+fmt.Sprintf("/usr/share/blob-%d", v), string(blob), 0o644)
+		addBlob(t, tree, v)
 		big := bytes.Repeat([]byte("machine code of a large library; "), 11<<20/33)
 		copy(big[v*7919:], fmt.Sprintf("[fix %d]", v))
 		write(t, tree+"/usr/lib/libbig.so", string(big), 0o755)

@@ -169,6 +169,11 @@ type Status struct {
 	Pending *PendingSwitch
 }
 
+// IsRollback reports whether a link pair is one a rollback (or a boot's
+// fallback or revert) made: versions only rise but by those, so current
+// below previous is one.
+func IsRollback(current, previous uint64) bool { return previous != 0 && current < previous }
+
 // PendingSwitch is a link switch begun and not yet finished.
 type PendingSwitch struct {
 	Current  uint64 // what current will name
@@ -209,7 +214,7 @@ func (s *Sysroot) Status() (Status, error) {
 		return st, err
 	}
 	if j != nil {
-		st.Pending = &PendingSwitch{Current: j.cur, Previous: j.prev, Rollback: j.prev != 0 && j.cur < j.prev}
+		st.Pending = &PendingSwitch{Current: j.cur, Previous: j.prev, Rollback: IsRollback(j.cur, j.prev)}
 		st.Current = j.cur
 		if j.prev != 0 {
 			st.Previous = j.prev
@@ -501,10 +506,9 @@ func (s *Sysroot) RollbackDetail() (RollbackResult, error) {
 	if err != nil {
 		return RollbackResult{}, err
 	}
-	if st.Previous != 0 && st.Current < st.Previous {
-		// Versions only rise but by a rollback: current below previous is
-		// one done (or a boot's fallback). Swapping again would undo what
-		// was asked for, as a second rollback once did.
+	if IsRollback(st.Current, st.Previous) {
+		// Swapping again would undo what was asked for, as a second
+		// rollback once did.
 		return RollbackResult{From: st.Previous, To: st.Current, Already: true,
 			Finished: before.Pending != nil && before.Pending.Rollback}, nil
 	}

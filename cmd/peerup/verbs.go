@@ -608,7 +608,7 @@ func propsJSON(p daemon.Props) statusDoc {
 	}
 	var pending *pendingDoc
 	if p.SwitchPending {
-		pending = newPendingDoc(p.PreviousVersion != 0 && p.CurrentVersion < p.PreviousVersion, p.CurrentVersion, p.PreviousVersion)
+		pending = newPendingDoc(apply.IsRollback(p.CurrentVersion, p.PreviousVersion), p.CurrentVersion, p.PreviousVersion)
 	}
 	state, peers := string(p.State), p.PeerCount
 	size, done := p.DownloadSize, p.DownloadedBytes
