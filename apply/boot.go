@@ -170,6 +170,9 @@ func (s *Sysroot) RevertNextBoot() error {
 	if st.Previous == 0 {
 		return ErrNoPrevious
 	}
+	if IsRollback(st.Current, st.Previous) {
+		return fmt.Errorf("%w: current is version %d (previous: %d)", ErrRolledBack, st.Current, st.Previous)
+	}
 	return fsutil.WriteAtomic(s.revertPath(), []byte("1\n"))
 }
 
@@ -225,6 +228,16 @@ func (s *Sysroot) Boot(cmdline string) (BootChoice, error) {
 		return choose(st.Current, revertWhy("peerup.revert=1 on the kernel command line")), nil
 	}
 	if _, err := os.Stat(s.revertPath()); err == nil {
+		// The request is an admin's rollback, done at boot; like one, it
+		// is idempotent: once current is the older version it is done.
+		rolledBack := IsRollback(st.Current, st.Previous)
+		canRevert := canRevert && !rolledBack
+		revertWhy := revertWhy
+		if rolledBack {
+			revertWhy = func(asked string) string {
+				return fmt.Sprintf("%s, but current (version %d) is already the older one: current", asked, st.Current)
+			}
+		}
 		if canRevert {
 			// Bookkeeping never stops a boot: without the hold, the
 			// version left may come back, as before holds existed. It

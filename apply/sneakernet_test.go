@@ -680,6 +680,12 @@ func TestCatchUpSticks(t *testing.T) {
 			return c
 		}},
 	}
+	// The sticks the laptops were installed from, one per version.
+	install := map[uint64]string{}
+	for _, v := range []uint64{1, 2} {
+		install[v] = t.TempDir()
+		export(t, f, []string{install[v]}, apply.ExportOptions{Version: v})
+	}
 	for _, sk := range sticks {
 		stick := t.TempDir()
 		res, err := apply.Export(context.Background(), sk.src, []string{stick}, apply.ExportOptions{FromVersion: sk.from, Trust: f.trust})
@@ -694,9 +700,7 @@ func TestCatchUpSticks(t *testing.T) {
 				t.Run(strings.ReplaceAll(sk.name+"/"+lp.name+"/"+rd.name, " ", "-"), func(t *testing.T) {
 					s := newSysroot(t)
 					for _, v := range lp.history {
-						src := t.TempDir()
-						export(t, f, []string{src}, apply.ExportOptions{Version: v})
-						if _, err := updateFrom(s, src, f.trust); err != nil {
+						if _, err := updateFrom(s, install[v], f.trust); err != nil {
 							t.Fatalf("install v%d: %v", v, err)
 						}
 					}

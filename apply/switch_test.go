@@ -278,3 +278,37 @@ func TestInterruptedSwitchIsReportedAndFinished(t *testing.T) {
 		})
 	}
 }
+
+// TestRevertNextBootIsIdempotentToo: rollback --next-boot is a rollback the
+// boot step does, so once current is the older version it is refused as
+// already done, and a request left from before an admin's rollback does
+// not swap the links back at boot.
+func TestRevertNextBootIsIdempotentToo(t *testing.T) {
+	f := newFleet(t)
+	tree := makeTree(t, "VERSION=1\n")
+	s := newSysroot(t)
+	for v := uint64(1); v <= 2; v++ {
+		write(t, tree+"/etc/os-release", fmt.Sprintf("VERSION=%d\n", v), 0o644)
+		f.publish(tree, v)
+		f.update(s, v)
+	}
+	if err := s.RevertNextBoot(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Rollback(); err != nil { // the admin does it now as well
+		t.Fatal(err)
+	}
+	if err := s.RevertNextBoot(); !errors.Is(err, apply.ErrRolledBack) || !strings.Contains(err.Error(), "current is version 1 (previous: 2)") {
+		t.Fatalf("revert-next-boot after a rollback: %v, want ErrRolledBack saying what is current", err)
+	}
+	c, err := s.Boot("")
+	if err != nil || c.Version != 1 || !strings.Contains(c.Reason, "already the older one") {
+		t.Fatalf("boot with the earlier request: %+v, %v; want current (1), saying why", c, err)
+	}
+	if st, _ := s.Status(); st.Current != 1 || st.Previous != 2 {
+		t.Fatalf("after the boot: %+v", st)
+	}
+	if c, err := s.Boot(""); err != nil || c.Reason != "current" {
+		t.Fatalf("the request stayed: %+v, %v", c, err)
+	}
+}

@@ -34,6 +34,10 @@ var (
 	ErrUpToDate      = errors.New("already up to date")
 	ErrMarkedBad     = errors.New("marked bad: it failed to boot")
 	ErrHeld          = errors.New("held back by an admin or a rollback")
+	// ErrRolledBack: a rollback asked for where current is already the
+	// older version (rollback --next-boot; Rollback itself says so in its
+	// result instead).
+	ErrRolledBack = errors.New("already rolled back")
 	// ErrNotSwitched: a switch failed before its point of no return (the
 	// journal); the links are as they were and no journal is left.
 	ErrNotSwitched = errors.New("not switched")

@@ -645,7 +645,10 @@ daemon.`,
 				return err
 			}
 			if nextBoot {
-				if err := s.RevertNextBoot(); err != nil {
+				if err := s.RevertNextBoot(); errors.Is(err, apply.ErrRolledBack) {
+					fmt.Printf("%v; nothing changed\n", err)
+					return nil
+				} else if err != nil {
 					return err
 				}
 				fmt.Println("the next boot starts the previous version")
