@@ -655,6 +655,7 @@ func (s *Sysroot) finishSwitch(cur, prev uint64) error {
 			continue
 		}
 		if t, err := os.Readlink(filepath.Join(s.dir, l.name)); err == nil && t == linkTarget(l.v) {
+			os.Remove(s.linkTemp(l.name)) // made for nothing: the link was right already
 			continue
 		}
 		if err := s.setLink(l.name, l.v); err != nil {
