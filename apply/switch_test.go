@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/internal/crashpoint"
 	"github.com/peerup/peerup/internal/testfs"
 )
 
@@ -189,30 +190,6 @@ func TestSwitchOnFullDisk(t *testing.T) {
 	}
 }
 
-// interrupted is what a Fault hook panics with to stop an operation at a
-// point, in process: the deferred unlock runs, nothing else does, so the
-// disk is as a kill there leaves it.
-type interrupted struct{}
-
-// interruptAt runs op on s, stopping it just before the change named point.
-func interruptAt(t *testing.T, s *apply.Sysroot, point string, op func()) {
-	t.Helper()
-	s.Fault = func(p string) {
-		if p == point {
-			panic(interrupted{})
-		}
-	}
-	defer func() {
-		s.Fault = nil
-		if r := recover(); r == nil {
-			t.Fatalf("the operation never reached %q", point)
-		} else if _, ok := r.(interrupted); !ok {
-			panic(r)
-		}
-	}()
-	op()
-}
-
 // TestInterruptedSwitchIsReportedAndFinished: a switch stopped between its
 // two renames (or before its journal is removed) is reported by Status as
 // the state its journal will produce. A rollback asked again finishes the
@@ -251,9 +228,9 @@ func TestInterruptedSwitchIsReportedAndFinished(t *testing.T) {
 				if _, err := f.pull(s, 3); err != nil {
 					t.Fatal(err)
 				}
-				interruptAt(t, s, tc.point, func() { s.Apply(3) })
+				crashpoint.Stop(t, s, tc.point, func() { s.Apply(3) })
 			} else {
-				interruptAt(t, s, tc.point, func() { s.Rollback() })
+				crashpoint.Stop(t, s, tc.point, func() { s.Rollback() })
 			}
 			if l, _ := os.Readlink(filepath.Join(s.Dir(), "current")); l != tc.linkCurrent {
 				t.Fatalf("current link %q, want %q while the switch is pending", l, tc.linkCurrent)

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/internal/crashpoint"
 	"github.com/peerup/peerup/manifest"
 	"github.com/peerup/peerup/transfer"
 )
@@ -31,16 +32,7 @@ func TestDaemonReportsAPendingSwitch(t *testing.T) {
 	if _, _, err := s.Apply(2); err != nil {
 		t.Fatal(err)
 	}
-	s.Fault = func(p string) {
-		if p == "rename previous" {
-			panic(p)
-		}
-	}
-	func() {
-		defer func() { recover() }()
-		s.Rollback()
-	}()
-	s.Fault = nil
+	crashpoint.Stop(t, s, "rename previous", func() { s.Rollback() })
 
 	db, err := OpenDB(t.TempDir() + "/state.db")
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/internal/crashpoint"
 	"github.com/peerup/peerup/internal/testfs"
 )
 
@@ -40,16 +41,7 @@ func TestStatusAndRollbackAfterAnInterruptedRollback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.Fault = func(p string) {
-		if p == "rename previous" {
-			panic(p)
-		}
-	}
-	func() {
-		defer func() { recover() }()
-		s.Rollback()
-		t.Fatal("the rollback was not interrupted")
-	}()
+	crashpoint.Stop(t, s, "rename previous", func() { s.Rollback() })
 	if l, _ := os.Readlink(sysroot + "/previous"); l != "trees/1" {
 		t.Fatalf("previous link %q: the rollback was not stopped between its renames", l)
 	}
