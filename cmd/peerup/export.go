@@ -30,8 +30,9 @@ func (a *app) newExportCmd() *cobra.Command {
 --version says) to each --to folder, such as a mounted USB stick: the signed
 manifest, the signed delta index, and the objects. 'peerup update --from DIR'
 updates a laptop from it, and a daemon with --volume finds it when the stick
-is mounted. With --from-version N only what a laptop at version N lacks goes
-on the stick, as patches against the files it holds where that is smaller.
+is mounted. With --from-version N only what laptops at version N or later
+lack goes on the stick, as patches against the files they hold where that is
+smaller and they can decode it within --memory-mib.
 
 Each object is read once and written to every stick at once; each stick is
 then synced and read back. A stick that fails (full, pulled out) is reported
