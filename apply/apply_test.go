@@ -239,7 +239,11 @@ func TestRoundTripEveryEntryType(t *testing.T) {
 	}
 }
 
-func TestUpdateKeepsPreviousAndRollsBackBothWays(t *testing.T) {
+// TestUpdateKeepsPreviousAndRollsBack: a rollback makes previous current;
+// asking again changes nothing and says so (SPEC.md §7: rollback is
+// idempotent), and the version left comes back by an update, which reuses
+// its kept tree.
+func TestUpdateKeepsPreviousAndRollsBack(t *testing.T) {
 	f := newFleet(t)
 	tree := makeTree(t, "VERSION=1\n")
 	f.publish(tree, 1)
@@ -280,7 +284,19 @@ func TestUpdateKeepsPreviousAndRollsBackBothWays(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(1, 2)
-	if _, _, err := s.Rollback(); err != nil {
+	r, err := s.RollbackDetail()
+	if err != nil || !r.Already || r.Finished || r.From != 2 || r.To != 1 {
+		t.Fatalf("second rollback: %+v, %v; want nothing switched, said so", r, err)
+	}
+	check(1, 2)
+	if err := s.Unhold(); err != nil {
+		t.Fatal(err)
+	}
+	res, err = f.pull(s, 2)
+	if err != nil || !res.AlreadyStaged && res.FetchedObjects != 0 {
+		t.Fatalf("pull of the version rolled back from: %+v, %v", res, err)
+	}
+	if _, _, err := s.Apply(2); err != nil {
 		t.Fatal(err)
 	}
 	check(2, 1)

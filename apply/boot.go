@@ -170,6 +170,9 @@ func (s *Sysroot) RevertNextBoot() error {
 	if st.Previous == 0 {
 		return ErrNoPrevious
 	}
+	if IsRollback(st.Current, st.Previous) {
+		return fmt.Errorf("%w: current is version %d (previous: %d)", ErrRolledBack, st.Current, st.Previous)
+	}
 	return fsutil.WriteAtomic(s.revertPath(), []byte("1\n"))
 }
 
@@ -225,13 +228,28 @@ func (s *Sysroot) Boot(cmdline string) (BootChoice, error) {
 		return choose(st.Current, revertWhy("peerup.revert=1 on the kernel command line")), nil
 	}
 	if _, err := os.Stat(s.revertPath()); err == nil {
+		// The request is an admin's rollback, done at boot; like one, it
+		// is idempotent: once current is the older version it is done.
+		rolledBack := IsRollback(st.Current, st.Previous)
+		canRevert := canRevert && !rolledBack
+		revertWhy := revertWhy
+		if rolledBack {
+			revertWhy = func(asked string) string {
+				return fmt.Sprintf("%s, but current (version %d) is already the older one: current", asked, st.Current)
+			}
+		}
 		if canRevert {
-			if _, _, err := s.rollbackLocked(st); err != nil {
+			// Bookkeeping never stops a boot: without the hold, the
+			// version left may come back, as before holds existed. It
+			// is written first, as an admin's rollback does.
+			_ = s.holdLeft(st.Current)
+			if err := s.rollbackLocked(st); errors.Is(err, ErrNotSwitched) {
+				// This boot starts previous all the same; the request
+				// stays for the next boot to switch the links.
+				return choose(st.Previous, fmt.Sprintf("rollback requested, for this boot only (%v); the next boot tries the switch again", err)), nil
+			} else if err != nil && !errors.Is(err, ErrSwitchPending) {
 				return BootChoice{}, err
 			}
-			// Bookkeeping never stops a boot: without the hold, the
-			// version left may come back, as before holds existed.
-			_ = s.holdLeft(st.Current)
 		}
 		if err := os.Remove(s.revertPath()); err != nil {
 			return BootChoice{}, fmt.Errorf("boot: %w", err)
@@ -240,6 +258,10 @@ func (s *Sysroot) Boot(cmdline string) (BootChoice, error) {
 			return choose(st.Previous, "rollback requested for this boot"), nil
 		}
 		return choose(st.Current, revertWhy("rollback requested for this boot")), nil
+	}
+	if slices.Contains(b.Bad, st.Current) && canRevert {
+		// A fallback whose switch failed (a full disk): try it again.
+		return s.bootBack(st, fmt.Sprintf("version %d is marked bad: back to %d", st.Current, st.Previous))
 	}
 	if b.Trying != st.Current || b.Trying == 0 {
 		return choose(st.Current, "current"), nil
@@ -261,8 +283,19 @@ func (s *Sysroot) Boot(cmdline string) (BootChoice, error) {
 	if st.Previous == 0 {
 		return choose(st.Current, fmt.Sprintf("version %d failed its tries but there is no previous", bad)), nil
 	}
-	if _, _, err := s.rollbackLocked(st); err != nil {
+	return s.bootBack(st, fmt.Sprintf("version %d did not reach mark-good in its tries: marked bad, back to %d", bad, st.Previous))
+}
+
+// bootBack switches the links back to previous and boots it. A boot must
+// start whatever the disk allows: where the links cannot be switched (a
+// full disk) this boot starts previous all the same, and the next boot,
+// finding current marked bad, tries the switch again.
+func (s *Sysroot) bootBack(st Status, why string) (BootChoice, error) {
+	c := BootChoice{Root: s.TreePath(st.Previous), Version: st.Previous, Reason: why}
+	if err := s.rollbackLocked(st); errors.Is(err, ErrNotSwitched) {
+		c.Reason += fmt.Sprintf(" for this boot only (%v); the next boot tries the switch again", err)
+	} else if err != nil && !errors.Is(err, ErrSwitchPending) {
 		return BootChoice{}, err
 	}
-	return choose(st.Previous, fmt.Sprintf("version %d did not reach mark-good in its tries: marked bad, back to %d", bad, st.Previous)), nil
+	return c, nil
 }

@@ -106,6 +106,13 @@ func BootPartition(log *slog.Logger, rootmnt, part, cmdline string) (BootChoice,
 			choice.Root = t
 			choice.Version, _ = strconv.ParseUint(filepath.Base(t), 10, 64)
 		}
+		// A switch journal the step could not finish names the version
+		// that is current by every other reader's account (Status).
+		if s, err := Open(sysroot); err == nil {
+			if st, err := s.Status(); err == nil && st.Pending != nil {
+				choice.Root, choice.Version = s.TreePath(st.Current), st.Current
+			}
+		}
 	}
 	if err := writeBooted(choice.Version); err != nil {
 		log.Warn("cannot record the booted version", "err", err)

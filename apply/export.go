@@ -40,6 +40,12 @@ type ExportOptions struct {
 	// Trust, if set, has every signature checked before anything is
 	// written; without it a signature must still be present.
 	Trust *manifest.Keyring
+	// Memory is the smallest memory budget (memory-mib) of the laptops
+	// the stick is for (0: DefaultMemoryMiB). With FromVersion, an
+	// encoding whose decoding would not fit it is passed over, as such a
+	// laptop's planner passes it over: were it the only way on the stick,
+	// the laptop would ask for the whole object, which is not there.
+	Memory Memory
 	// Objects reads the source's objects (default: the repo's store).
 	Objects ObjectSource
 	// Progress, if set, is called from each target's own goroutine with
@@ -197,13 +203,13 @@ func planExport(src *blobstore.Repo, o ExportOptions) (*exportPlan, error) {
 		return nil, err
 	}
 	defer deltas.close()
-	have := map[manifest.Digest]bool{}
+	var bases baseSets
 	if p.from != 0 {
-		if have, err = versionObjects(src, p.image, p.from, o.Trust); err != nil {
+		if bases, err = catchUpBases(src, ix, p.image, p.from, p.version, o.Trust); err != nil {
 			return nil, err
 		}
 	}
-	if err := p.pickObjects(src, mr, have, deltas); err != nil {
+	if err := p.pickObjects(src, mr, bases, deltas, newInFlight(o.Memory).limit); err != nil {
 		return nil, err
 	}
 	p.addSigned(blobstore.Layout{}.Manifest(p.image, p.version), mf, md)
@@ -286,28 +292,59 @@ func exportDeltas(src *blobstore.Repo, image string, v uint64, md manifest.Diges
 	return &signedDeltas{idx: x, file: df}, nil
 }
 
-// versionObjects lists the objects of a version the source holds the
-// manifest of: what a laptop at that version has.
-func versionObjects(src *blobstore.Repo, image string, v uint64, trust *manifest.Keyring) (map[manifest.Digest]bool, error) {
-	mf, err := exportManifest(src, image, v, trust)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%s holds no manifest of %s v%d, so it cannot tell what a laptop at v%d holds; export without --from-version", src.Dir(), image, v, v)
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer mf.Close()
-	have := map[manifest.Digest]bool{}
-	err = eachEntry(mf, func(e *manifest.Entry) error {
-		if e.Type == manifest.TypeFile {
-			have[e.SHA256] = true
+// maxCatchUpBases bounds the versions a catch-up stick is planned for
+// (one bit each in baseSets), and so the export's memory.
+const maxCatchUpBases = 64
+
+// baseSets says, for the versions a catch-up stick is for, which objects
+// a laptop at each holds: bit i of held[d] is set when the i-th base
+// version has object d, whose size is size[d].
+type baseSets struct {
+	n    int
+	held map[manifest.Digest]uint64
+	size map[manifest.Digest]int64
+}
+
+// catchUpBases reads what laptops at from, and at each later version below
+// to that the source holds the manifest of, hold: a stick "from version N"
+// catches up a laptop at N or at any version after it (at most
+// maxCatchUpBases: N and the newest after it), not only one at N.
+func catchUpBases(src *blobstore.Repo, ix *blobstore.Index, image string, from, to uint64, trust *manifest.Keyring) (baseSets, error) {
+	vs := []uint64{}
+	for _, e := range ix.Entries {
+		if e.Image == image && e.Version > from && e.Version < to {
+			vs = append(vs, e.Version)
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("manifest %s v%d: %w", image, v, err)
 	}
-	return have, nil
+	sort.Slice(vs, func(i, j int) bool { return vs[i] > vs[j] })
+	vs = append([]uint64{from}, vs[:min(len(vs), maxCatchUpBases-1)]...)
+	b := baseSets{held: map[manifest.Digest]uint64{}, size: map[manifest.Digest]int64{}}
+	for _, v := range vs {
+		mf, err := exportManifest(src, image, v, trust)
+		if errors.Is(err, fs.ErrNotExist) {
+			if v == from {
+				return b, fmt.Errorf("%s holds no manifest of %s v%d, so it cannot tell what a laptop at v%d holds; export without --from-version", src.Dir(), image, v, v)
+			}
+			continue // a later version the source no longer keeps
+		}
+		if err != nil {
+			return b, err
+		}
+		bit := uint64(1) << b.n
+		err = eachEntry(mf, func(e *manifest.Entry) error {
+			if e.Type == manifest.TypeFile {
+				b.held[e.SHA256] |= bit
+				b.size[e.SHA256] = e.Size
+			}
+			return nil
+		})
+		mf.Close()
+		if err != nil {
+			return b, fmt.Errorf("manifest %s v%d: %w", image, v, err)
+		}
+		b.n++
+	}
+	return b, nil
 }
 
 func eachFileOf(r *manifest.Reader, f func(e *manifest.Entry) error) error {
@@ -327,37 +364,59 @@ func eachFileOf(r *manifest.Reader, f func(e *manifest.Entry) error) error {
 	}
 }
 
-// pickObjects chooses, for each object of the version a laptop lacks, the
-// cheapest way the planner (SPEC.md §10) would take that the source holds:
-// an encoding smaller than the object whose base the laptop has, else the
-// whole object. A full export (no base version) takes every object whole,
-// so the stick serves a laptop at any version, or none.
-func (p *exportPlan) pickObjects(src *blobstore.Repo, mr *manifest.Reader, have map[manifest.Digest]bool, deltas *signedDeltas) error {
+// pickObjects chooses, for each object of the version that a laptop at a
+// base version lacks, the cheapest way the planner (SPEC.md §10) would take
+// that the source holds: an encoding that laptop can use (usableEncoding:
+// smaller than the object, its base one the laptop has, its decoding within
+// limit), else the whole object; each is added once, whichever bases need
+// it. A full export (no base version) takes every object whole, so the
+// stick serves a laptop at any version, or none.
+func (p *exportPlan) pickObjects(src *blobstore.Repo, mr *manifest.Reader, bases baseSets, deltas *signedDeltas, limit int64) error {
 	seen := map[manifest.Digest]bool{}
-	add := func(d manifest.Digest, size int64, what string) {
-		if !seen[d] {
-			seen[d] = true
-			p.objects = append(p.objects, exportObject{d, size, what})
-			p.objBytes += size
-			p.bytes += size
+	add := func(d manifest.Digest, size int64, what string) bool {
+		if seen[d] {
+			return false
 		}
+		seen[d] = true
+		p.objects = append(p.objects, exportObject{d, size, what})
+		p.objBytes += size
+		p.bytes += size
+		return true
 	}
+	all := uint64(1)<<bases.n - 1
 	done := map[manifest.Digest]bool{}
 	return eachFileOf(mr, func(e *manifest.Entry) error {
-		if have[e.SHA256] || done[e.SHA256] {
+		lacking := all &^ bases.held[e.SHA256]
+		if done[e.SHA256] || p.from != 0 && lacking == 0 {
 			return nil
 		}
 		done[e.SHA256] = true
-		if p.from != 0 && deltas != nil {
-			ways := deltas.idx.For(e.SHA256)
+		whole := p.from == 0 || deltas == nil
+		var ways []diff.Encoding
+		if !whole {
+			ways = deltas.idx.For(e.SHA256)
 			sort.SliceStable(ways, func(i, j int) bool { return ways[i].Size < ways[j].Size })
+		}
+		for i := 0; i < bases.n && !whole; i++ {
+			bit := uint64(1) << i
+			if lacking&bit == 0 {
+				continue
+			}
+			baseSize := func(d manifest.Digest) (int64, bool) { return bases.size[d], bases.held[d]&bit != 0 }
+			found := false
 			for _, enc := range ways {
-				if enc.Size < e.Size && (enc.Base.IsZero() || have[enc.Base]) && src.Has(enc.Digest) {
-					add(enc.Digest, enc.Size, fmt.Sprintf("%s encoding of %s", enc.Kind, e.Path))
-					p.encoding++
-					return nil
+				if usableEncoding(enc, e.Size, baseSize, limit) && src.Has(enc.Digest) {
+					if add(enc.Digest, enc.Size, fmt.Sprintf("%s encoding of %s", enc.Kind, e.Path)) {
+						p.encoding++
+					}
+					found = true
+					break
 				}
 			}
+			whole = !found
+		}
+		if !whole {
+			return nil
 		}
 		if !src.Has(e.SHA256) {
 			return fmt.Errorf("%s lacks object %s (%s) and no encoding of it fits", src.Dir(), e.SHA256, e.Path)

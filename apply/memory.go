@@ -83,19 +83,38 @@ func (f *inFlight) acquire(ctx context.Context, n int64) (release func(), err er
 
 // decodeCost is what decoding enc into an object of size bytes holds.
 func (s *Sysroot) decodeCost(enc diff.Encoding, size int64) int64 {
-	var base int64
-	if !enc.Base.IsZero() {
-		base = s.objectSize(enc.Base)
-	}
-	return diff.DecodeMemory(enc.Kind, base, size) + wholeCost
+	base, _ := s.objectSize(enc.Base)
+	return decodeCost(enc, base, size)
 }
 
-func (s *Sysroot) objectSize(d manifest.Digest) int64 {
+func decodeCost(enc diff.Encoding, baseSize, size int64) int64 {
+	return diff.DecodeMemory(enc.Kind, baseSize, size) + wholeCost
+}
+
+// objectSize is the size of the node's object d, and whether it holds it.
+func (s *Sysroot) objectSize(d manifest.Digest) (int64, bool) {
 	fi, err := os.Stat(s.repo.Path(d))
 	if err != nil {
-		return 0
+		return 0, false
 	}
-	return fi.Size()
+	return fi.Size(), true
+}
+
+// usableEncoding is the planner's rule (SPEC.md §10) for whether a node
+// takes enc to get an object of size bytes: it must be smaller than the
+// object, its base one the node holds (baseSize says whether, and how
+// large), and its decoding within the pull's in-flight memory, limit. An
+// export choosing what a stick carries asks the same of the laptops it is
+// for.
+func usableEncoding(enc diff.Encoding, size int64, baseSize func(manifest.Digest) (int64, bool), limit int64) bool {
+	var base int64
+	if !enc.Base.IsZero() {
+		var ok bool
+		if base, ok = baseSize(enc.Base); !ok {
+			return false
+		}
+	}
+	return enc.Size < size && decodeCost(enc, base, size) <= limit
 }
 
 // fetchWithin runs fetch holding cost bytes of the pull's memory budget.

@@ -104,7 +104,7 @@ func (s *Sysroot) plan(b *blobstore.Batch, mf *blobstore.SignedFile, deltas *sig
 			for _, enc := range deltas.idx.For(e.SHA256) {
 				// An encoding whose decoding would not fit the memory budget
 				// is left out: the file comes whole, streamed, instead.
-				if enc.Size < e.Size && (enc.Base.IsZero() || s.repo.Has(enc.Base)) && s.decodeCost(enc, e.Size) <= mem.limit {
+				if usableEncoding(enc, e.Size, s.objectSize, mem.limit) {
 					n.ways = append(n.ways, enc)
 				}
 			}

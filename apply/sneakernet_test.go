@@ -1,12 +1,14 @@
 package apply_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -73,11 +75,14 @@ func (r countingReader) Read(p []byte) (int, error) {
 // v2 and v3. It returns the tree as v3 has it.
 func sneakernetFleet(t *testing.T) (*fleet, string) {
 	t.Helper()
-	return libraryReleases(t, 3, func(tree string, v int) {
-		blob := make([]byte, 1<<20)
-		rand.Read(blob)
-		write(t, tree+fmt.Sprintf("/usr/share/blob-%d", v), string(blob), 0o644)
-	})
+	return libraryReleases(t, 3, func(tree string, v int) { addBlob(t, tree, v) })
+}
+
+// addBlob adds version v's incompressible megabyte to tree.
+func addBlob(t *testing.T, tree string, v int) {
+	blob := make([]byte, 1<<20)
+	rand.Read(blob)
+	write(t, tree+fmt.Sprintf("/usr/share/blob-%d", v), string(blob), 0o644)
 }
 
 func export(t *testing.T, f *fleet, targets []string, o apply.ExportOptions) *apply.ExportResult {
@@ -602,5 +607,126 @@ func TestExportWritesNothingOutsideTheStick(t *testing.T) {
 	s := newSysroot(t)
 	if _, err := updateFrom(s, stick, f.trust); err != nil {
 		t.Fatalf("the exported stick does not update a laptop: %v", err)
+	}
+}
+
+// catchUpFleet is sneakernetFleet with, from v2 on, an 11 MiB library that
+// changes a little each version: its cheapest encoding is a zstd-dict
+// against the previous version's, which a laptop's default memory budget
+// cannot decode (the dictionary is held whole), so it must come whole.
+func catchUpFleet(t *testing.T) (*fleet, string) {
+	t.Helper()
+	return libraryReleases(t, 3, func(tree string, v int) {
+		addBlob(t, tree, v)
+		big := bytes.Repeat([]byte("machine code of a large library; "), 11<<20/33)
+		copy(big[v*7919:], fmt.Sprintf("[fix %d]", v))
+		write(t, tree+"/usr/lib/libbig.so", string(big), 0o755)
+	})
+}
+
+// TestCatchUpSticks: each kind of stick a school gets — a full export, a
+// catch-up export from each older version, and exports from a laptop's
+// sysroot, full and catch-up — against laptops at each older version (and
+// one at v2 that kept v1), the stick read as a folder and served over
+// HTTP. A stick updates every laptop at or above its base version to v3,
+// with the tree as published; a laptop below the base is refused with a
+// not-found naming the object, and left as it was.
+func TestCatchUpSticks(t *testing.T) {
+	f, tree := catchUpFleet(t)
+	// A laptop that went v1 to v3 over the network exports what it holds:
+	// v3, v2's manifest (previous), and the encodings it fetched.
+	donor := newSysroot(t)
+	for v := uint64(1); v <= 3; v++ {
+		f.update(donor, v)
+	}
+	sticks := []struct {
+		name string
+		src  *blobstore.Repo
+		from uint64
+	}{
+		{"full", f.repo, 0},
+		{"from v1", f.repo, 1},
+		{"from v2", f.repo, 2},
+		{"sysroot full", donor.Repo(), 0},
+		{"sysroot from v2", donor.Repo(), 2},
+	}
+	laptops := []struct {
+		name    string
+		at      uint64 // the version it runs
+		history []uint64
+	}{
+		{"v1 laptop", 1, []uint64{1}},
+		{"v2 laptop", 2, []uint64{2}},
+		{"v2 laptop keeping v1", 2, []uint64{1, 2}},
+	}
+	reads := []struct {
+		name string
+		open func(t *testing.T, stick string) apply.Source
+	}{
+		{"folder", func(t *testing.T, stick string) apply.Source {
+			src, err := apply.OpenSource(stick)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return src
+		}},
+		{"http", func(t *testing.T, stick string) apply.Source {
+			srv := httptest.NewServer(transfer.NewHandler(stick, nil))
+			t.Cleanup(srv.Close)
+			c, err := transfer.NewClient(srv.URL, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}},
+	}
+	// The sticks the laptops were installed from, one per version.
+	install := map[uint64]string{}
+	for _, v := range []uint64{1, 2} {
+		install[v] = t.TempDir()
+		export(t, f, []string{install[v]}, apply.ExportOptions{Version: v})
+	}
+	for _, sk := range sticks {
+		stick := t.TempDir()
+		res, err := apply.Export(context.Background(), sk.src, []string{stick}, apply.ExportOptions{FromVersion: sk.from, Trust: f.trust})
+		if err != nil {
+			t.Fatalf("export %s: %v", sk.name, err)
+		}
+		if res.Version != 3 || (sk.from != 0) != (res.Encodings > 0) {
+			t.Errorf("export %s: %+v", sk.name, res)
+		}
+		for _, lp := range laptops {
+			for _, rd := range reads {
+				t.Run(strings.ReplaceAll(sk.name+"/"+lp.name+"/"+rd.name, " ", "-"), func(t *testing.T) {
+					s := newSysroot(t)
+					for _, v := range lp.history {
+						if _, err := updateFrom(s, install[v], f.trust); err != nil {
+							t.Fatalf("install v%d: %v", v, err)
+						}
+					}
+					before := snapshot(t, s.Dir())
+					pr, err := s.Pull(context.Background(), rd.open(t, stick), apply.PullOptions{Trust: f.trust})
+					if lp.at < sk.from {
+						if !errors.Is(err, transfer.ErrNotFound) || !strings.Contains(err.Error(), "objects/") {
+							t.Fatalf("a v%d laptop from a stick for v%d: %v, want a not-found naming the object", lp.at, sk.from, err)
+						}
+						if after := snapshot(t, s.Dir()); after != before {
+							t.Error("the refused update changed the laptop")
+						}
+						return
+					}
+					if err != nil {
+						t.Fatalf("update: %v", err)
+					}
+					if _, _, err := s.Apply(3); err != nil {
+						t.Fatal(err)
+					}
+					if sk.from != 0 && pr.PatchObjects == 0 {
+						t.Errorf("a catch-up stick used no patch: %+v", pr)
+					}
+					compareTrees(t, tree, filepath.Join(s.Dir(), "current")+"/")
+				})
+			}
+		}
 	}
 }

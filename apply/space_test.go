@@ -3,13 +3,12 @@ package apply_test
 import (
 	"crypto/rand"
 	"errors"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/internal/testfs"
 )
 
 // TestFullDiskRefusedCleanly: an update that cannot fit on a small
@@ -68,14 +67,5 @@ func hugeUpdateOn(t *testing.T, size string) (*fleet, string, *apply.Sysroot) {
 // temporary folder, skipping the test when it cannot.
 func smallTmpfs(t *testing.T, size string) string {
 	t.Helper()
-	if os.Getuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
-	dir := filepath.Join(t.TempDir(), "small")
-	os.MkdirAll(dir, 0o755)
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount tmpfs: %v %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
-	return dir
+	return testfs.Tmpfs(t, "size="+size)
 }

@@ -34,6 +34,17 @@ var (
 	ErrUpToDate      = errors.New("already up to date")
 	ErrMarkedBad     = errors.New("marked bad: it failed to boot")
 	ErrHeld          = errors.New("held back by an admin or a rollback")
+	// ErrRolledBack: a rollback asked for where current is already the
+	// older version (rollback --next-boot; Rollback itself says so in its
+	// result instead).
+	ErrRolledBack = errors.New("already rolled back")
+	// ErrNotSwitched: a switch failed before its point of no return (the
+	// journal); the links are as they were and no journal is left.
+	ErrNotSwitched = errors.New("not switched")
+	// ErrSwitchPending: a switch failed after its journal was written; the
+	// journal stays, and the next peerup to take the sysroot lock (or the
+	// boot step) finishes it. Status reports the state it will produce.
+	ErrSwitchPending = errors.New("switch pending")
 )
 
 // Sysroot is a directory holding image trees and the links between them.
@@ -158,6 +169,24 @@ type Status struct {
 	// that failed their boot tries (SPEC.md §12).
 	Held uint64
 	Bad  []uint64
+	// Pending is a switch the journal records that has not finished (a
+	// peerup interrupted or failed between its renames): Current and
+	// Previous above are already what it will make them. nil: none.
+	Pending *PendingSwitch
+}
+
+// IsRollback reports whether a link pair is one a rollback (or a boot's
+// fallback or revert) made: versions only rise but by those, so current
+// below previous is one.
+func IsRollback(current, previous uint64) bool { return previous != 0 && current < previous }
+
+// PendingSwitch is a link switch begun and not yet finished.
+type PendingSwitch struct {
+	Current  uint64 // what current will name
+	Previous uint64 // what previous will name (0: left as it is)
+	// Rollback: the switch goes back to an older version (a rollback, or
+	// the boot step's fallback or revert), not forward to a newer one.
+	Rollback bool
 }
 
 // readLink returns the version a link names, or 0 if there is no link.
@@ -177,8 +206,38 @@ func (s *Sysroot) readLink(name string) (uint64, error) {
 	return v, nil
 }
 
-// Status reads the links.
+// Status is the sysroot's state as every caller reports it (status,
+// apply, rollback, boot, the daemon): the links, overlaid with what a
+// pending switch journal will make them (SPEC.md §7), so that nothing
+// reports, or decides from, a state the next peerup undoes.
 func (s *Sysroot) Status() (Status, error) {
+	st, err := s.linkStatus()
+	if err != nil {
+		return st, err
+	}
+	j, err := s.readJournal()
+	if err != nil {
+		return st, err
+	}
+	if j != nil {
+		st.Pending = &PendingSwitch{Current: j.cur, Previous: j.prev, Rollback: IsRollback(j.cur, j.prev)}
+		st.Current = j.cur
+		if j.prev != 0 {
+			st.Previous = j.prev
+		}
+	}
+	if st.Staged != 0 && st.Staged <= st.Current {
+		// A crash after a switch but before the staged link was removed.
+		st.Staged = 0
+	}
+	b, _ := s.readBoot()
+	st.Held, st.Bad = b.Held, b.Bad
+	st.Image, err = s.image()
+	return st, err
+}
+
+// linkStatus reads the links alone, as they are on disk.
+func (s *Sysroot) linkStatus() (Status, error) {
 	var st Status
 	var err error
 	if st.Current, err = s.readLink(LinkCurrent); err != nil {
@@ -190,14 +249,7 @@ func (s *Sysroot) Status() (Status, error) {
 	if st.Staged, err = s.readLink(LinkStaged); err != nil {
 		return st, err
 	}
-	if st.Staged != 0 && st.Staged <= st.Current {
-		// A crash after a switch but before the staged link was removed.
-		st.Staged = 0
-	}
-	b, _ := s.readBoot()
-	st.Held, st.Bad = b.Held, b.Bad
-	st.Image, err = s.image()
-	return st, err
+	return st, nil
 }
 
 // image is the image the node tracks: the one its repo holds versions of.
@@ -219,15 +271,36 @@ func (s *Sysroot) image() (string, error) {
 // setLink points name at version v's tree, atomically: a new symlink under a
 // temporary name renamed over the old one.
 func (s *Sysroot) setLink(name string, v uint64) error {
+	if err := s.makeLinkTemp(name, v); err != nil {
+		return err
+	}
+	return s.renameLinkTemp(name)
+}
+
+func (s *Sysroot) linkTemp(name string) string { return filepath.Join(s.dir, "."+name+".tmp") }
+
+func linkTarget(v uint64) string { return treesDir + "/" + strconv.FormatUint(v, 10) }
+
+// makeLinkTemp makes the symlink that will become name, pointing at v's
+// tree. One already there that points there is kept: a switch makes its
+// temporaries before its journal, so finishing the switch after a crash
+// needs no new inode on a full disk.
+func (s *Sysroot) makeLinkTemp(name string, v uint64) error {
+	tmp := s.linkTemp(name)
+	if t, err := os.Readlink(tmp); err == nil && t == linkTarget(v) {
+		return nil
+	}
 	s.at("set " + name)
-	tmp := filepath.Join(s.dir, "."+name+".tmp")
 	os.Remove(tmp)
-	if err := os.Symlink(treesDir+"/"+strconv.FormatUint(v, 10), tmp); err != nil {
+	if err := os.Symlink(linkTarget(v), tmp); err != nil {
 		return fmt.Errorf("set %s link: %w", name, err)
 	}
+	return nil
+}
+
+func (s *Sysroot) renameLinkTemp(name string) error {
 	s.at("rename " + name)
-	if err := os.Rename(tmp, filepath.Join(s.dir, name)); err != nil {
-		os.Remove(tmp)
+	if err := os.Rename(s.linkTemp(name), filepath.Join(s.dir, name)); err != nil {
 		return fmt.Errorf("set %s link: %w", name, err)
 	}
 	return nil
@@ -266,7 +339,7 @@ func (s *Sysroot) cleanup() error {
 		}
 	}
 	for _, n := range []string{LinkCurrent, LinkPrevious, LinkStaged} {
-		os.Remove(filepath.Join(s.dir, "."+n+".tmp"))
+		os.Remove(s.linkTemp(n))
 	}
 	cur, err := s.readLink(LinkCurrent)
 	if err != nil {
@@ -322,8 +395,14 @@ func (s *Sysroot) pruneTrees() error {
 	if err != nil {
 		return err
 	}
+	// The links as they are and as a pending journal makes them: Prune
+	// does not finish a journal, and no tree either names is pruned.
+	raw, err := s.linkStatus()
+	if err != nil {
+		return err
+	}
 	keep := map[string]bool{}
-	for _, v := range []uint64{st.Current, st.Previous, st.Staged} {
+	for _, v := range []uint64{st.Current, st.Previous, st.Staged, raw.Current, raw.Previous, raw.Staged} {
 		if v != 0 {
 			keep[strconv.FormatUint(v, 10)] = true
 		}
@@ -344,7 +423,10 @@ func (s *Sysroot) pruneTrees() error {
 }
 
 // Apply switches current to the staged tree and keeps the old current as
-// previous. If want is not 0 the staged version must be want.
+// previous. If want is not 0 the staged version must be want. A failed
+// Apply's error wraps ErrNotSwitched (the links are as they were) or
+// ErrSwitchPending (the journal finishes the switch later), and says which
+// version is, or will be, current.
 func (s *Sysroot) Apply(want uint64) (from, to uint64, err error) {
 	unlock, err := s.Lock()
 	if err != nil {
@@ -352,7 +434,7 @@ func (s *Sysroot) Apply(want uint64) (from, to uint64, err error) {
 	}
 	defer unlock()
 	if err := s.cleanup(); err != nil {
-		return 0, 0, err
+		return 0, 0, fmt.Errorf("apply: %w", err)
 	}
 	st, err := s.Status()
 	if err != nil {
@@ -370,13 +452,15 @@ func (s *Sysroot) Apply(want uint64) (from, to uint64, err error) {
 	// step ignores.
 	s.at("probation")
 	if err := s.startProbation(st.Staged, s.BootTries); err != nil {
-		return 0, 0, err
+		return 0, 0, fmt.Errorf("apply: %w", s.notSwitched(st, err))
 	}
-	if err := s.switchLinks(st.Staged, st.Current); err != nil {
-		return 0, 0, err
+	if err := s.switchLinks(st.Staged, st.Current, st); err != nil {
+		return 0, 0, fmt.Errorf("apply: %w", err)
 	}
+	// A staged link left at or below current is ignored and removed by the
+	// next peerup, so a failure here changes nothing that matters.
 	if err := s.removeLink(LinkStaged); err != nil {
-		return 0, 0, err
+		return 0, 0, fmt.Errorf("apply: switched to version %d, but %w", st.Staged, err)
 	}
 	// Keys the new version introduces or revokes take effect now; every
 	// pull does this again first, so a crash here loses nothing.
@@ -388,72 +472,195 @@ func (s *Sysroot) Apply(want uint64) (from, to uint64, err error) {
 	return st.Current, st.Staged, nil
 }
 
-// Rollback swaps current and previous: the explicit exception to the rule
-// that versions only rise.
+// RollbackResult says what a rollback did.
+type RollbackResult struct {
+	// From is the version left (now previous, and held), To the version
+	// now current.
+	From, To uint64
+	// Finished: a switch back that an interrupted peerup began was
+	// finished, and that was the rollback.
+	Finished bool
+	// Already: current was already the older of the two (a rollback or a
+	// boot's fallback went there), so nothing was switched.
+	Already bool
+}
+
+// Rollback makes previous current again, the explicit exception to the
+// rule that versions only rise. It is idempotent: once current is the
+// older version, asking again changes nothing (RollbackDetail says so).
 func (s *Sysroot) Rollback() (from, to uint64, err error) {
+	r, err := s.RollbackDetail()
+	return r.From, r.To, err
+}
+
+// RollbackDetail is Rollback, saying whether it switched, finished an
+// interrupted rollback, or found one already done.
+func (s *Sysroot) RollbackDetail() (RollbackResult, error) {
 	unlock, err := s.Lock()
 	if err != nil {
-		return 0, 0, err
+		return RollbackResult{}, err
 	}
 	defer unlock()
+	before, err := s.Status()
+	if err != nil {
+		return RollbackResult{}, err
+	}
 	if err := s.replayJournal(); err != nil {
-		return 0, 0, err
+		return RollbackResult{}, fmt.Errorf("rollback: %w", err)
 	}
 	st, err := s.Status()
 	if err != nil {
-		return 0, 0, err
+		return RollbackResult{}, err
 	}
-	if from, to, err = s.rollbackLocked(st); err != nil {
-		return 0, 0, err
+	if IsRollback(st.Current, st.Previous) {
+		// Swapping again would undo what was asked for, as a second
+		// rollback once did.
+		return RollbackResult{From: st.Previous, To: st.Current, Already: true,
+			Finished: before.Pending != nil && before.Pending.Rollback}, nil
 	}
-	return from, to, s.holdLeft(from)
+	if st.Previous == 0 || st.Previous == st.Current {
+		return RollbackResult{}, fmt.Errorf("rollback: %w", ErrNoPrevious)
+	}
+	// The hold is written before the switch, so that a full disk stops the
+	// rollback rather than leaving it done without its hold. Until the
+	// switch it holds current, which the version rule keeps out anyway.
+	s.at("hold")
+	if err := s.holdLeft(st.Current); err != nil {
+		return RollbackResult{}, fmt.Errorf("rollback: %w", s.notSwitched(st, err))
+	}
+	if err := s.rollbackLocked(st); err != nil {
+		return RollbackResult{}, err
+	}
+	return RollbackResult{From: st.Current, To: st.Previous}, nil
 }
 
-func (s *Sysroot) rollbackLocked(st Status) (from, to uint64, err error) {
+// rollbackLocked swaps current and previous.
+func (s *Sysroot) rollbackLocked(st Status) error {
 	if st.Previous == 0 || st.Previous == st.Current {
-		return 0, 0, fmt.Errorf("rollback: %w", ErrNoPrevious)
+		return fmt.Errorf("rollback: %w", ErrNoPrevious)
 	}
 	if _, err := os.Stat(s.TreePath(st.Previous)); err != nil {
-		return 0, 0, fmt.Errorf("rollback: previous tree: %w", err)
+		return fmt.Errorf("rollback: %w", s.notSwitched(st, fmt.Errorf("previous tree: %w", err)))
 	}
-	if err := s.switchLinks(st.Previous, st.Current); err != nil {
-		return 0, 0, err
+	if err := s.switchLinks(st.Previous, st.Current, st); err != nil {
+		return fmt.Errorf("rollback: %w", err)
 	}
-	return st.Current, st.Previous, nil
+	return nil
 }
 
-// holdLeft holds the version an admin's rollback left, or a daemon with
+// holdLeft holds the version an admin's rollback leaves, or a daemon with
 // the auto policy would install it again at once; a newer one still comes.
 // (A boot's fallback needs no hold: it marks the version bad.)
 func (s *Sysroot) holdLeft(from uint64) error {
 	if err := s.editBootLocked(func(b *bootState) { b.Held = max(b.Held, from) }); err != nil {
-		return fmt.Errorf("rollback: done, but holding version %d: %w", from, err)
+		return fmt.Errorf("holding version %d: %w", from, err)
 	}
 	return nil
 }
 
 func (s *Sysroot) journalPath() string { return filepath.Join(s.StateDir(), "switch") }
 
-// switchLinks points current at cur and previous at prev. Two renames
-// cannot be one atomic step, so the pair is written to a journal first; a
-// crash between the renames is finished from the journal by the next
-// peerup to take the lock (or the boot step), and no tree is orphaned.
-func (s *Sysroot) switchLinks(cur, prev uint64) error {
-	s.at("write switch journal")
-	if err := fsutil.WriteAtomic(s.journalPath(), fmt.Appendf(nil, "%d %d\n", cur, prev)); err != nil {
-		return fmt.Errorf("switch: %w", err)
+// journal is a link pair a switch is making (SYSROOT/peerup/switch).
+type journal struct{ cur, prev uint64 }
+
+// readJournal returns the switch the journal will finish, or nil if there
+// is none to finish: no journal, a torn one, or one naming a tree that does
+// not exist (the switch had not begun). This is the one rule for what a
+// journal means; Status reports it and replayJournal carries it out.
+func (s *Sysroot) readJournal() (*journal, error) {
+	b, err := os.ReadFile(s.journalPath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
 	}
-	return s.finishSwitch(cur, prev)
+	if err != nil {
+		return nil, fmt.Errorf("switch journal: %w", err)
+	}
+	var j journal
+	if _, err := fmt.Sscanf(string(b), "%d %d", &j.cur, &j.prev); err != nil || j.cur == 0 {
+		return nil, nil
+	}
+	if _, err := os.Stat(s.TreePath(j.cur)); err != nil {
+		return nil, nil
+	}
+	return &j, nil
 }
 
-func (s *Sysroot) finishSwitch(cur, prev uint64) error {
-	// current first, so the chosen version takes effect even if power fails
-	// before previous is updated.
-	if err := s.setLink(LinkCurrent, cur); err != nil {
-		return err
+// switchLinks points current at cur and previous at prev (0: previous is
+// left alone); before is the state it starts from, for its errors. Two
+// renames cannot be one atomic step, so the pair is written to a journal
+// first, and a crash between the renames is finished from the journal by
+// the next peerup to take the lock (or the boot step).
+//
+// The journal is the point of no return, and everything that takes space
+// comes before it: the link temporaries, then the journal itself. A failure
+// up to there (a full disk) leaves the links as they were and no journal
+// (ErrNotSwitched); after it only renames remain, which need no space, and
+// one that fails leaves the journal to finish the switch (ErrSwitchPending).
+func (s *Sysroot) switchLinks(cur, prev uint64, before Status) error {
+	err := s.makeLinkTemp(LinkCurrent, cur)
+	if err == nil && prev != 0 {
+		err = s.makeLinkTemp(LinkPrevious, prev)
 	}
-	if prev != 0 {
-		if err := s.setLink(LinkPrevious, prev); err != nil {
+	if err == nil {
+		s.at("write switch journal")
+		if err = fsutil.WriteAtomic(s.journalPath(), fmt.Appendf(nil, "%d %d\n", cur, prev)); err != nil {
+			// Renamed in but not made durable: it means nothing yet.
+			os.Remove(s.journalPath())
+			err = fmt.Errorf("write switch journal: %w", err)
+		}
+	}
+	if err != nil {
+		os.Remove(s.linkTemp(LinkCurrent))
+		os.Remove(s.linkTemp(LinkPrevious))
+		return s.notSwitched(before, err)
+	}
+	if err := s.finishSwitch(cur, prev); err != nil {
+		return pendingErr(cur, prev, err)
+	}
+	return nil
+}
+
+// notSwitched is the error of a switch that did not happen: the laptop is
+// as st says.
+func (s *Sysroot) notSwitched(st Status, err error) error {
+	staged := ""
+	if st.Staged != 0 {
+		staged = fmt.Sprintf(", version %d staged", st.Staged)
+	}
+	return fmt.Errorf("%w: current is still %s%s: %w", ErrNotSwitched, describeLinks(st.Current, st.Previous), staged, err)
+}
+
+// pendingErr is the error of a switch whose journal stays to finish it.
+func pendingErr(cur, prev uint64, err error) error {
+	return fmt.Errorf("%w: current will be %s once the next peerup command or boot finishes it: %w",
+		ErrSwitchPending, describeLinks(cur, prev), err)
+}
+
+// describeLinks names a link pair for messages.
+func describeLinks(cur, prev uint64) string {
+	if prev == 0 {
+		return fmt.Sprintf("version %d", cur)
+	}
+	return fmt.Sprintf("version %d (previous: %d)", cur, prev)
+}
+
+// finishSwitch does a journal's renames, current first so that the chosen
+// version takes effect even if power fails before previous is updated. A
+// link that already names its version is left alone, so a replay after a
+// crash between the renames makes nothing new.
+func (s *Sysroot) finishSwitch(cur, prev uint64) error {
+	for _, l := range []struct {
+		name string
+		v    uint64
+	}{{LinkCurrent, cur}, {LinkPrevious, prev}} {
+		if l.v == 0 {
+			continue
+		}
+		if t, err := os.Readlink(filepath.Join(s.dir, l.name)); err == nil && t == linkTarget(l.v) {
+			os.Remove(s.linkTemp(l.name)) // made for nothing: the link was right already
+			continue
+		}
+		if err := s.setLink(l.name, l.v); err != nil {
 			return err
 		}
 	}
@@ -462,27 +669,26 @@ func (s *Sysroot) finishSwitch(cur, prev uint64) error {
 	}
 	s.at("remove switch journal")
 	if err := os.Remove(s.journalPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("switch: %w", err)
+		return fmt.Errorf("remove switch journal: %w", err)
 	}
 	return nil
 }
 
-// replayJournal finishes a switch a crash interrupted.
+// replayJournal finishes a switch a crash (or a failed rename) left, or
+// removes a journal that means none.
 func (s *Sysroot) replayJournal() error {
-	b, err := os.ReadFile(s.journalPath())
-	if errors.Is(err, fs.ErrNotExist) {
+	j, err := s.readJournal()
+	if err != nil {
+		return err
+	}
+	if j == nil {
+		if err := os.Remove(s.journalPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("switch journal: %w", err)
+		}
 		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("switch journal: %w", err)
+	if err := s.finishSwitch(j.cur, j.prev); err != nil {
+		return fmt.Errorf("finish the interrupted switch: %w", pendingErr(j.cur, j.prev, err))
 	}
-	var cur, prev uint64
-	if _, err := fmt.Sscanf(string(b), "%d %d", &cur, &prev); err != nil || cur == 0 {
-		// A torn journal: the switch had not begun, so nothing to finish.
-		return os.Remove(s.journalPath())
-	}
-	if _, err := os.Stat(s.TreePath(cur)); err != nil {
-		return os.Remove(s.journalPath())
-	}
-	return s.finishSwitch(cur, prev)
+	return nil
 }

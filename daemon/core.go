@@ -57,6 +57,10 @@ type Props struct {
 	// its boot tries (0: none).
 	HeldVersion uint64
 	BadVersion  uint64
+	// SwitchPending: a link switch was interrupted or failed between its
+	// renames; CurrentVersion and PreviousVersion are what its journal
+	// will make them once the next operation (or boot) finishes it.
+	SwitchPending bool
 	// Of the update on offer, from its signed metadata (apply.Preview),
 	// as eos-updater names them: set with update-available, cleared with
 	// AvailableVersion.
@@ -184,7 +188,7 @@ func (c *Core) readSysroot(p *Props) error {
 		return err
 	}
 	p.Image, p.CurrentVersion, p.PreviousVersion = st.Image, st.Current, st.Previous
-	p.HeldVersion, p.BadVersion = st.Held, 0
+	p.HeldVersion, p.BadVersion, p.SwitchPending = st.Held, 0, st.Pending != nil
 	for _, v := range st.Bad {
 		p.BadVersion = max(p.BadVersion, v)
 	}
@@ -243,6 +247,9 @@ func (c *Core) fail(name string, err error) {
 	c.o.Log.Warn("update failed", "error", name, "err", err)
 	c.update(func(p *Props) {
 		p.State, p.ErrorName, p.ErrorMessage = StateError, name, err.Error()
+		// What the failure left, as status reads it: a switch pending
+		// is reported as the state its journal will produce.
+		c.readSysroot(p)
 	})
 }
 
@@ -356,19 +363,26 @@ func (c *Core) Rollback() error {
 		return err
 	}
 	defer c.end()
-	from, to, err := c.o.Sysroot.Rollback()
+	r, err := c.o.Sysroot.RollbackDetail()
 	if err != nil {
 		c.fail(ErrorRollback, err)
 		return err
 	}
-	c.o.Log.Info("rolled back", "from", from, "to", to)
+	switch {
+	case r.Already && r.Finished:
+		c.o.Log.Info("finished an interrupted rollback", "from", r.From, "to", r.To)
+	case r.Already:
+		c.o.Log.Info("already rolled back: nothing switched", "current", r.To, "previous", r.From)
+	default:
+		c.o.Log.Info("rolled back", "from", r.From, "to", r.To)
+	}
 	c.update(func(p *Props) {
 		c.readSysroot(p)
 		p.State = StateIdle
 		p.clearOffer()
 	})
-	if c.o.OnApplied != nil {
-		c.o.OnApplied(from, to)
+	if c.o.OnApplied != nil && (!r.Already || r.Finished) {
+		c.o.OnApplied(r.From, r.To)
 	}
 	return nil
 }

@@ -97,6 +97,7 @@ func propValues(p Props) map[string]any {
 		"PeerCount":        p.PeerCount,
 		"HeldVersion":      p.HeldVersion,
 		"BadVersion":       p.BadVersion,
+		"SwitchPending":    p.SwitchPending,
 		"UpdateID":         p.UpdateID,
 		"UpdateLabel":      p.UpdateLabel,
 		"UpdateMessage":    p.UpdateMessage,
@@ -285,6 +286,7 @@ func (c *Client) Props() (Props, error) {
 	get("PeerCount", &p.PeerCount)
 	get("HeldVersion", &p.HeldVersion)
 	get("BadVersion", &p.BadVersion)
+	get("SwitchPending", &p.SwitchPending)
 	get("UpdateID", &p.UpdateID)
 	get("UpdateLabel", &p.UpdateLabel)
 	get("UpdateMessage", &p.UpdateMessage)

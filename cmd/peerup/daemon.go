@@ -165,6 +165,10 @@ func describeProps(p daemon.Props) error {
 		fmt.Printf("download: %s of %s\n", human(int64(p.DownloadedBytes)), human(int64(p.DownloadSize)))
 	}
 	fmt.Printf("peers:    %d\n", p.PeerCount)
+	if p.SwitchPending {
+		fmt.Printf("switch:   pending: %s\n", pendingLine(&apply.PendingSwitch{Current: p.CurrentVersion, Previous: p.PreviousVersion,
+			Rollback: apply.IsRollback(p.CurrentVersion, p.PreviousVersion)}))
+	}
 	if p.HeldVersion != 0 {
 		fmt.Printf("held:     versions up to %d (peerup unhold)\n", p.HeldVersion)
 	}

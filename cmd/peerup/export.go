@@ -18,6 +18,7 @@ func (a *app) newExportCmd() *cobra.Command {
 	var repoDir, sysroot, image string
 	var targets, trust []string
 	var version, from uint64
+	var memMiB int
 	var asJSON, anyOwner bool
 	cmd := &cobra.Command{
 		Use:   "export (--repo REPO | --sysroot DIR) --to DIR [--to DIR]... [--from-version N] [--version M]",
@@ -26,8 +27,9 @@ func (a *app) newExportCmd() *cobra.Command {
 --version says) to each --to folder, such as a mounted USB stick: the signed
 manifest, the signed delta index, and the objects. 'peerup update --from DIR'
 updates a laptop from it, and a daemon with --volume finds it when the stick
-is mounted. With --from-version N only what a laptop at version N lacks goes
-on the stick, as patches against the files it holds where that is smaller.
+is mounted. With --from-version N only what laptops at version N or later
+lack goes on the stick, as patches against the files they hold where that is
+smaller and they can decode it within --memory-mib.
 
 Each object is read once and written to every stick at once; each stick is
 then synced and read back. A stick that fails (full, pulled out) is reported
@@ -66,6 +68,7 @@ signatures checked before anything is written.`,
 			prog, clear := exportProgress(targets)
 			res, err := apply.Export(cmd.Context(), src, targets, apply.ExportOptions{
 				Image: image, Version: version, FromVersion: from, Trust: kr, Progress: prog, Log: a.log, AnyOwner: anyOwner,
+				Memory: apply.MemoryMiB(memMiB),
 			})
 			clear()
 			if res == nil {
@@ -117,6 +120,7 @@ signatures checked before anything is written.`,
 	f.StringVar(&image, "image", "", "image id (default: the source's only one)")
 	f.Uint64Var(&version, "version", 0, "version to export (default: the newest)")
 	f.Uint64Var(&from, "from-version", 0, "export only what a laptop at this version lacks (default: every object)")
+	f.IntVar(&memMiB, "memory-mib", apply.DefaultMemoryMiB, "with --from-version: the smallest memory-mib of the laptops the stick is for; a patch they could not decode within it goes whole")
 	f.StringSliceVar(&trust, "trust", nil, "check the signatures against this public key file first; repeat for several")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	f.BoolVar(&anyOwner, "any-owner", false, "write to a folder owned by another user (who could plant links in it while the export runs)")

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -74,5 +76,52 @@ func TestExportAndUpdateFromAFolder(t *testing.T) {
 	_, errOut = run(false, "update", "--sysroot", filepath.Join(dir, "s"), "--trust", dir+"/fleet.pub", "--from", photos)
 	if !strings.Contains(errOut, photos+" holds no peerup repo") {
 		t.Errorf("update from an empty folder: %s", errOut)
+	}
+}
+
+// TestCatchUpStickByTheCLI: the black-box case. An 11 MiB library's
+// cheapest encoding is a zstd-dict against v2's, which a laptop's default
+// memory budget cannot decode; `export --from-version 2` must put a way on
+// the stick that the v2 laptop takes, read as a folder and served by
+// `peerup serve` on the stick.
+func TestCatchUpStickByTheCLI(t *testing.T) {
+	bin := buildPeerup(t)
+	dir := t.TempDir()
+	_, must := cli(t, bin)
+	must("keygen", "--name", "fleet", "--out", dir)
+	tree, repo, stick := dir+"/tree", dir+"/repo", dir+"/stick"
+	lib := []byte(strings.Repeat("machine code of a large library; ", 11<<20/33))
+	for _, v := range []string{"1", "2", "3"} {
+		os.MkdirAll(tree+"/usr/lib", 0o755)
+		os.WriteFile(tree+"/etc-release", []byte(v+"\n"), 0o644)
+		copy(lib[7919*int(v[0]-'0'):], "[fix "+v+"]")
+		os.WriteFile(tree+"/usr/lib/libbig.so", lib, 0o755)
+		must("publish", "--repo", repo, "--image", "school-laptop", "--key", dir+"/fleet.key", "--version", v, tree)
+	}
+	must("export", "--repo", repo, "--from-version", "2", "--to", stick)
+
+	srv := exec.Command(bin, "serve", "--repo", stick, "--listen", "127.0.0.1:0")
+	out, err := srv.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	_, url, ok := strings.Cut(strings.TrimSpace(line), " on ")
+	if err != nil || !ok {
+		t.Fatalf("serve said %q, %v", line, err)
+	}
+	for _, from := range []string{stick, url} {
+		sysroot := filepath.Join(t.TempDir(), "sysroot")
+		must("update", "--sysroot", sysroot, "--trust", dir+"/fleet.pub", "--from", repo, "--version", "2")
+		if out := must("update", "--sysroot", sysroot, "--trust", dir+"/fleet.pub", "--from", from); !strings.Contains(out, "current is now version 3 (previous: 2)") {
+			t.Errorf("update from %s: %s", from, out)
+		}
+		if got, _ := os.ReadFile(filepath.Join(sysroot, "current/usr/lib/libbig.so")); !bytes.Equal(got, lib) {
+			t.Errorf("update from %s: the library is not v3's", from)
+		}
 	}
 }

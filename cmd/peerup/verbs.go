@@ -486,6 +486,9 @@ running daemon over D-Bus for its state and progress.`,
 				img = "none yet"
 			}
 			fmt.Printf("image:    %s\ncurrent:  %s\nprevious: %s\nstaged:   %s\n", img, show(st.Current), show(st.Previous), show(st.Staged))
+			if st.Pending != nil {
+				fmt.Printf("switch:   pending: %s\n", pendingLine(st.Pending))
+			}
 			if st.Held != 0 {
 				fmt.Printf("held:     versions up to %d (peerup unhold)\n", st.Held)
 			}
@@ -501,6 +504,30 @@ running daemon over D-Bus for its state and progress.`,
 	return cmd
 }
 
+// pendingLine says what a pending switch will do, for status.
+func pendingLine(p *apply.PendingSwitch) string {
+	what := "the switch to"
+	if p.Rollback {
+		what = "the rollback to"
+	}
+	return fmt.Sprintf("%s version %d was interrupted; the next peerup command or boot finishes it (current and previous above are what it makes them)", what, p.Current)
+}
+
+// pendingDoc is a pending switch in `status --json`.
+type pendingDoc struct {
+	Kind     string  `json:"kind"` // "rollback" or "apply"
+	Current  uint64  `json:"current"`
+	Previous *uint64 `json:"previous"`
+}
+
+func newPendingDoc(rollback bool, cur, prev uint64) *pendingDoc {
+	kind := "apply"
+	if rollback {
+		kind = "rollback"
+	}
+	return &pendingDoc{Kind: kind, Current: cur, Previous: orNull(prev)}
+}
+
 // statusDoc is `peerup status --json`: one schema whether the sysroot or
 // the daemon answers (SPEC.md §11), so a script reads either the same
 // way. What the one that answered cannot know is null: the daemon does not
@@ -513,6 +540,9 @@ type statusDoc struct {
 	Staged   *uint64  `json:"staged"`
 	Held     *uint64  `json:"held"`
 	Bad      []uint64 `json:"bad"`
+	// Pending: a switch begun and not finished; current and previous are
+	// already what it makes them.
+	Pending *pendingDoc `json:"pending"`
 
 	State            *string `json:"state"`
 	Available        *uint64 `json:"available"`
@@ -544,8 +574,12 @@ func statusJSON(st apply.Status) statusDoc {
 	if bad == nil {
 		bad = []uint64{}
 	}
-	return statusDoc{Image: orNull(st.Image), Current: orNull(st.Current), Previous: orNull(st.Previous),
+	doc := statusDoc{Image: orNull(st.Image), Current: orNull(st.Current), Previous: orNull(st.Previous),
 		Staged: orNull(st.Staged), Held: orNull(st.Held), Bad: bad}
+	if p := st.Pending; p != nil {
+		doc.Pending = newPendingDoc(p.Rollback, st.Current, st.Previous)
+	}
+	return doc
 }
 
 // propsJSON is the daemon's answer.
@@ -553,6 +587,10 @@ func propsJSON(p daemon.Props) statusDoc {
 	bad := []uint64{}
 	if p.BadVersion != 0 {
 		bad = append(bad, p.BadVersion)
+	}
+	var pending *pendingDoc
+	if p.SwitchPending {
+		pending = newPendingDoc(apply.IsRollback(p.CurrentVersion, p.PreviousVersion), p.CurrentVersion, p.PreviousVersion)
 	}
 	state, peers := string(p.State), p.PeerCount
 	size, done := p.DownloadSize, p.DownloadedBytes
@@ -562,7 +600,8 @@ func propsJSON(p daemon.Props) statusDoc {
 		UpdateID: orNull(p.UpdateID), UpdateLabel: orNull(p.UpdateLabel), UpdateMessage: orNull(p.UpdateMessage),
 		DownloadSize: &size, DownloadedBytes: &done, UnpackedSize: orNull(p.UnpackedSize),
 		FullDownloadSize: orNull(p.FullDownloadSize), FullUnpackedSize: orNull(p.FullUnpackedSize),
-		Peers: &peers, ErrorName: orNull(p.ErrorName), ErrorMessage: orNull(p.ErrorMessage)}
+		Peers: &peers, ErrorName: orNull(p.ErrorName), ErrorMessage: orNull(p.ErrorMessage),
+		Pending: pending}
 }
 
 func (a *app) newRollbackCmd() *cobra.Command {
@@ -570,11 +609,14 @@ func (a *app) newRollbackCmd() *cobra.Command {
 	var nextBoot bool
 	cmd := &cobra.Command{
 		Use:   "rollback (--sysroot DIR [--next-boot] | [--bus BUS])",
-		Short: "Swap current and previous",
-		Long: `Makes the previous tree current again, and the current one previous, so a
-second rollback undoes the first. The version rolled back from is held: it is
-not installed again until a newer version appears or peerup unhold. Without
---sysroot it asks the running daemon.`,
+		Short: "Go back to the previous version",
+		Long: `Makes the previous tree current again, and the current one previous. The
+version rolled back from is held: it is not installed again until a newer
+version appears or peerup unhold. Asking again changes nothing: once current
+is the older version, rollback says so. To go forward again, peerup unhold
+and then update (the kept tree is reused). A rollback an interrupted peerup
+left half done is finished first. Without --sysroot it asks the running
+daemon.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if sysroot == "" {
@@ -585,17 +627,35 @@ not installed again until a newer version appears or peerup unhold. Without
 				return err
 			}
 			if nextBoot {
-				if err := s.RevertNextBoot(); err != nil {
+				if err := s.RevertNextBoot(); errors.Is(err, apply.ErrRolledBack) {
+					fmt.Printf("%v; nothing changed\n", err)
+					return nil
+				} else if err != nil {
 					return err
 				}
 				fmt.Println("the next boot starts the previous version")
 				return nil
 			}
-			from, to, err := s.Rollback()
+			r, err := s.RollbackDetail()
 			if err != nil {
 				return err
 			}
-			fmt.Printf("rolled back: current is now version %d (previous: %d); versions up to %d are held until peerup unhold or a newer version\n", to, from, from)
+			st, err := s.Status()
+			if err != nil {
+				return err
+			}
+			held := ""
+			if st.Held >= r.From {
+				held = fmt.Sprintf("; versions up to %d are held until peerup unhold or a newer version", st.Held)
+			}
+			switch {
+			case r.Finished:
+				fmt.Printf("finished the interrupted rollback: current is now version %d (previous: %d)%s\n", r.To, r.From, held)
+			case r.Already:
+				fmt.Printf("already rolled back, nothing changed: current is version %d (previous: %d)%s\n", r.To, r.From, held)
+			default:
+				fmt.Printf("rolled back: current is now version %d (previous: %d)%s\n", r.To, r.From, held)
+			}
 			return nil
 		},
 	}
