@@ -73,6 +73,10 @@ type PullOptions struct {
 	Memory Memory
 	// Now is the clock for manifest expiry (default time.Now).
 	Now func() time.Time
+	// IgnoreRollout makes Update switch to a version not yet rolled out
+	// to this machine (an admin's override); Pull fetches such a version
+	// anyway.
+	IgnoreRollout bool
 }
 
 // PullResult reports what a pull did.

@@ -183,7 +183,8 @@ func TestDBusAPIDuringARealUpdate(t *testing.T) {
 	want := Props{State: StateUpdateReady, Image: "school-laptop", CurrentVersion: 1, AvailableVersion: 2, PeerCount: 1,
 		DownloadSize: p.DownloadSize, DownloadedBytes: p.DownloadSize,
 		UpdateID: fmt.Sprintf("%x", sha256.Sum256(v2)), Version: "2",
-		UnpackedSize: p.UnpackedSize, FullDownloadSize: p.FullDownloadSize, FullUnpackedSize: p.FullUnpackedSize}
+		UnpackedSize: p.UnpackedSize, FullDownloadSize: p.FullDownloadSize, FullUnpackedSize: p.FullUnpackedSize,
+		RolloutPercent: 100}
 	if p != want || p.DownloadSize == 0 || p.UnpackedSize == 0 || p.FullUnpackedSize < p.UnpackedSize || p.FullDownloadSize < p.DownloadSize {
 		t.Errorf("properties = %+v\nwant %+v", p, want)
 	}

@@ -71,6 +71,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	}
 	sys.BootTries = cfg.BootTries
 	sys.Fault = cfg.Fault
+	sys.MachineIDFile = cfg.MachineID
 	if err := sys.Recover(); err != nil {
 		return nil, fmt.Errorf("%s: %w", cfg.Sysroot, err)
 	}
