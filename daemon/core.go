@@ -133,6 +133,8 @@ type Options struct {
 	// Entries refuses kinds of entry this node never installs.
 	Entries apply.EntryPolicy
 	Log     *slog.Logger
+	// Metrics, if set, counts fetches and applies (SPEC.md §11).
+	Metrics *Metrics
 }
 
 // Core is the daemon's state machine.
@@ -843,8 +845,10 @@ func (c *Core) fetchVersion(ctx context.Context, want uint64, peers []string) (n
 	for i, cl := range clients {
 		u := urls[i]
 		others := append(append([]apply.Source(nil), clients[:i]...), clients[i+1:]...)
+		began := time.Now()
 		res, err := c.o.Sysroot.Pull(ctx, cl, apply.PullOptions{Version: want, Trust: c.o.Trust, Progress: progress, Log: c.o.Log, EncodingBudget: c.o.EncodingBudget, Memory: c.o.Memory, Peers: others, Helpers: c.o.Helpers, Policy: c.o.Entries})
 		if err == nil {
+			c.o.Metrics.fetched(res, u, time.Since(began))
 			pmu.Lock()
 			if res.FetchedBytes > persisted {
 				c.o.DB.AddCounter("fetched-bytes", uint64(res.FetchedBytes-persisted))
@@ -897,11 +901,13 @@ func blame(err error) bool {
 }
 
 func (c *Core) apply(ctx context.Context) func() error {
+	began := time.Now()
 	from, to, err := c.o.Sysroot.Switch(c.Props().AvailableVersion)
 	if err != nil && !errors.Is(err, apply.ErrPrune) {
 		c.fail(ErrorApply, err)
 		return nil
 	}
+	c.o.Metrics.applied(time.Since(began))
 	c.o.Log.Info("update applied", "from", from, "to", to)
 	if err != nil {
 		// The switch stands; the next apply prunes again.

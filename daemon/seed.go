@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -58,7 +59,11 @@ func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, versi
 	if err != nil {
 		return nil, err
 	}
-	ln, err := serveRepo(cfg, repo.Dir(), nil, &s.srv, &s.wg, log)
+	metrics := NewMetrics(nil)
+	var advertised atomic.Uint64
+	advertised.Store(v)
+	metrics.watchSeed(image, &advertised)
+	ln, err := serveRepo(cfg, repo.Dir(), nil, metrics, &s.srv, &s.wg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -86,6 +91,7 @@ func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, versi
 				s.disc.VersionChanged(ctx, img, v, nv)
 			}
 			v = max(v, nv)
+			advertised.Store(v)
 		}
 	}()
 	log.Info("seeding", "repo", repo.Dir(), "image", image, "version", v, "addr", ln.Addr().String())
