@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/blobstore"
+	"github.com/peerup/peerup/manifest"
 )
 
 // rollout is where this machine stands in version v's phased rollout
@@ -35,4 +37,66 @@ func (c *Core) checkRollout() error {
 		return fmt.Errorf("version %d is %w: %s (peerup update --ignore-rollout applies it all the same)", p.AvailableVersion, apply.ErrNotRolledOut, rs)
 	}
 	return nil
+}
+
+// rolloutWatch is a seed's view of its image's rollout list: the highest
+// seq it has seen verify, so that it announces each change once.
+type rolloutWatch struct {
+	repo  *blobstore.Repo
+	image string
+	trust *manifest.Keyring
+	seq   uint64
+}
+
+func newRolloutWatch(repo *blobstore.Repo, image string, trust *manifest.Keyring) *rolloutWatch {
+	r := &rolloutWatch{repo: repo, image: image, trust: trust}
+	r.seq = r.read()
+	return r
+}
+
+// path is the list's file ("" for a seed with no image yet).
+func (r *rolloutWatch) path() string {
+	if r.image == "" {
+		return ""
+	}
+	return r.repo.Layout().List(blobstore.ListRollout, r.image)
+}
+
+// read is the seq of the list the repo holds, if it verifies (0: none).
+func (r *rolloutWatch) read() uint64 {
+	if r.image == "" {
+		return 0
+	}
+	data, sig, err := r.repo.ReadList(blobstore.ListRollout, r.image)
+	if err != nil || data == nil {
+		return 0
+	}
+	l, err := blobstore.VerifyList(r.trust, blobstore.ListRollout, r.image, data, sig)
+	if err != nil {
+		return 0
+	}
+	return l.Head().Seq
+}
+
+// changed reports, once per new list, the version to announce v to: the
+// newest listed below v, which the laptops a rollout of v held back most
+// likely run (0: no change, or nothing below v). The announcement wakes
+// them to poll, read the new list and apply v if it now reaches them.
+func (r *rolloutWatch) changed(v uint64) uint64 {
+	seq := r.read()
+	if seq <= r.seq {
+		return 0
+	}
+	r.seq = seq
+	ix, err := r.repo.ReadIndex()
+	if err != nil {
+		return 0
+	}
+	var from uint64
+	for _, e := range ix.Entries {
+		if e.Image == r.image && e.Version < v {
+			from = max(from, e.Version)
+		}
+	}
+	return from
 }

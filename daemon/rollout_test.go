@@ -225,3 +225,36 @@ func nthIndex(seen []State, s State, nth int) int {
 	}
 	return -1
 }
+
+// TestSeedAnnouncesARaisedRollout: a seed announces its version again,
+// from the one before, when the rollout list changes, so laptops held back
+// poll and find the rollout raised; an unchanged list announces nothing.
+func TestSeedAnnouncesARaisedRollout(t *testing.T) {
+	f := newTestFleet(t)
+	f.publish(t, 1)
+	pct := 20
+	os.WriteFile(f.tree+"/etc/os-release", []byte("VERSION=2\n"), 0o644)
+	if _, err := f.repo.Publish(context.Background(), f.tree, blobstore.PublishOptions{Image: "school-laptop", Version: 2, Signer: f.signer, Rollout: &pct}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	disc := &announcer{changed: make(chan [2]uint64, 4)}
+	seed, err := StartSeed(ctx, Config{Repo: f.repo.Dir(), Trust: []string{f.pub}, Listen: "127.0.0.1:0"},
+		func(string, uint64, int) (Discovery, error) { return disc, nil }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); seed.close() }()
+	if _, err := f.repo.SetRollout("school-laptop", 2, 100, f.signer); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-disc.changed:
+		if got != [2]uint64{1, 2} {
+			t.Errorf("announced %v, want v2 to the laptops on v1", got)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no announcement after the rollout was raised")
+	}
+}
