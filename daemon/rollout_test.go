@@ -237,15 +237,7 @@ func TestSeedAnnouncesARaisedRollout(t *testing.T) {
 	if _, err := f.repo.Publish(context.Background(), f.tree, blobstore.PublishOptions{Image: "school-laptop", Version: 2, Signer: f.signer, Rollout: &pct}); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	disc := &announcer{changed: make(chan [2]uint64, 4)}
-	seed, err := StartSeed(ctx, Config{Repo: f.repo.Dir(), Trust: []string{f.pub}, Listen: "127.0.0.1:0"},
-		func(string, uint64, int) (Discovery, error) { return disc, nil }, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cancel(); seed.close() }()
+	_, disc := startRecordedSeed(t, f)
 	if _, err := f.repo.SetRollout("school-laptop", 2, 100, f.signer); err != nil {
 		t.Fatal(err)
 	}
