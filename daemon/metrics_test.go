@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"maps"
 	"net/http"
 	"testing"
 	"time"
@@ -9,6 +10,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/peerup/peerup/apply"
 )
 
 // scrape reads a daemon's /metrics as Prometheus does.
@@ -167,5 +170,39 @@ func TestSeedMetrics(t *testing.T) {
 	mf := scrape(t, seed.Addr.String())
 	if got := metricValue(t, mf, "peerup_version", "link", "advertised", "image", "school-laptop"); got != 2 {
 		t.Errorf("advertised version %v, want 2", got)
+	}
+}
+
+// TestMetricsSources: a pull's bytes are labelled by their source's kind,
+// and the metadata counts as the primary source's.
+func TestMetricsSources(t *testing.T) {
+	m := NewMetrics([]string{"http://server:7380/"})
+	for _, tc := range []struct{ name, want string }{
+		{"http://server:7380/", sourceServer},
+		{"http://server:7380", sourceServer},
+		{"http://10.0.0.7:7380/", sourceNeighbour},
+		{"https://mirror.example/", sourceNeighbour},
+		{"/media/stick", sourceVolume},
+	} {
+		if got := m.source(tc.name); got != tc.want {
+			t.Errorf("source(%q) = %s, want %s", tc.name, got, tc.want)
+		}
+	}
+	m.fetched(&apply.PullResult{FetchedBytes: 1000, Sources: map[string]int64{"http://10.0.0.7:7380/": 600, "http://server:7380": 300}}, "http://server:7380/", time.Second)
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "peerup_fetched_bytes_total" {
+			continue
+		}
+		for _, s := range mf.GetMetric() {
+			got[s.GetLabel()[0].GetValue()] = s.GetCounter().GetValue()
+		}
+	}
+	if want := map[string]float64{sourceServer: 400, sourceNeighbour: 600, sourceVolume: 0}; !maps.Equal(got, want) {
+		t.Errorf("bytes by source %v, want %v", got, want)
 	}
 }
