@@ -220,6 +220,9 @@ func planExport(src *blobstore.Repo, o ExportOptions) (*exportPlan, error) {
 		}
 		p.addSigned(blobstore.Layout{}.Deltas(p.image, p.version), deltas.file, dd)
 	}
+	if err := p.addLists(src, o.Trust); err != nil {
+		return nil, err
+	}
 	ixOut := &blobstore.Index{}
 	ixOut.Set(e)
 	p.index = ixOut.Marshal()
@@ -265,6 +268,36 @@ func (p *exportPlan) addSigned(rel string, sf *blobstore.SignedFile, d manifest.
 		exportFile{rel: rel, from: sf.Path(), size: sf.Size(), d: d},
 		exportFile{rel: blobstore.SignatureOf(rel), data: sig, size: int64(len(sig)), d: manifest.Digest(sha256sum(sig))})
 	p.bytes += sf.Size() + int64(len(sig))
+}
+
+// addLists adds the image's signed lists the source holds: a stick must
+// not bring back a withdrawn version, nor carry one to the machines its
+// rollout holds back (SPEC.md §3). Each is checked as its signed files
+// are: against trust if set, otherwise only for a signature.
+func (p *exportPlan) addLists(src *blobstore.Repo, trust *manifest.Keyring) error {
+	for _, k := range blobstore.ListKinds() {
+		data, sig, err := src.ReadList(k, p.image)
+		if err != nil {
+			return err
+		}
+		if data == nil {
+			continue
+		}
+		if trust != nil {
+			if _, err := blobstore.VerifyList(trust, k, p.image, data, sig); err != nil {
+				return fmt.Errorf("%s: %w", src.Dir(), err)
+			}
+		} else if len(sig) == 0 {
+			return fmt.Errorf("%s: the %s list of %s has no signature", src.Dir(), k, p.image)
+		}
+		rel := blobstore.Layout{}.List(k, p.image)
+		for _, f := range []exportFile{{rel: rel, data: data}, {rel: blobstore.SignatureOf(rel), data: sig}} {
+			f.size, f.d = int64(len(f.data)), manifest.Digest(sha256sum(f.data))
+			p.files = append(p.files, f)
+			p.bytes += f.size
+		}
+	}
+	return nil
 }
 
 // exportDeltas opens the version's delta index, if the source has one, and

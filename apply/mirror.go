@@ -51,6 +51,12 @@ func Mirror(ctx context.Context, local *blobstore.Repo, up Source, trust *manife
 	if err != nil {
 		return nil, err
 	}
+	// The school's laptops learn of withdrawals and rollouts from the
+	// mirror. The lists come first: a laptop must never find a version
+	// listed here without the rollout that holds it back.
+	for _, image := range upIx.Images() {
+		keepLists(ctx, local, up, image, trust, log)
+	}
 	res := &MirrorResult{}
 	// An expired version is passed over, not fatal: a mirror that was off
 	// for longer than the expiry still catches up with the newer ones. It
@@ -77,10 +83,6 @@ func Mirror(ctx context.Context, local *blobstore.Repo, up Source, trust *manife
 		if ix, err = local.ReadIndex(); err != nil {
 			return res, err
 		}
-	}
-	// The school's laptops learn of withdrawals from the mirror.
-	for _, image := range upIx.Images() {
-		keepWithdrawn(ctx, local, up, image, trust, log)
 	}
 	var errs []error
 	for _, err := range expired {

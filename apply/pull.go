@@ -73,6 +73,10 @@ type PullOptions struct {
 	Memory Memory
 	// Now is the clock for manifest expiry (default time.Now).
 	Now func() time.Time
+	// IgnoreRollout makes Update switch to a version not yet rolled out
+	// to this machine (an admin's override); Pull fetches such a version
+	// anyway.
+	IgnoreRollout bool
 }
 
 // PullResult reports what a pull did.
@@ -352,8 +356,8 @@ func (s *Sysroot) choose(ctx context.Context, src Source, st Status, o PullOptio
 	if err != nil {
 		return "", 0, size, err
 	}
-	w, n := s.withdrawn(ctx, src, image, o)
-	v, err := s.chooseVersion(src, ix, image, st, o, w)
+	ls, n := keepLists(ctx, s.repo, src, image, o.Trust, o.logger())
+	v, err := s.chooseVersion(src, ix, image, st, o, ls.withdrawn)
 	return image, v, size + n, err
 }
 
@@ -410,53 +414,82 @@ func (s *Sysroot) chooseVersion(src Source, ix *blobstore.Index, image string, s
 // withdraw): a node installs it only if it already runs it.
 var ErrWithdrawn = errors.New("withdrawn by its publisher")
 
-// withdrawer is a source that serves withdrawn lists.
-type withdrawer interface {
-	Withdrawn(ctx context.Context, image string) (data, sig []byte, err error)
+// lister is a source that serves signed lists.
+type lister interface {
+	List(ctx context.Context, k blobstore.ListKind, image string) (data, sig []byte, err error)
 }
 
-// withdrawn is the image's withdrawn list this node trusts (keepWithdrawn)
-// and the bytes it received for it.
-func (s *Sysroot) withdrawn(ctx context.Context, src Source, image string, o PullOptions) (*blobstore.Withdrawn, int64) {
-	return keepWithdrawn(ctx, s.repo, src, image, o.Trust, o.logger())
+// lists are an image's signed lists a node goes by (nil: none).
+type lists struct {
+	withdrawn *blobstore.Withdrawn
+	rollout   *blobstore.Rollout
 }
 
-// keepWithdrawn returns the image's withdrawn list a repo should go by: the
+// keepLists is keepList of every kind of list, and the bytes received for
+// them.
+func keepLists(ctx context.Context, repo *blobstore.Repo, src Source, image string, trust *manifest.Keyring, log *slog.Logger) (lists, int64) {
+	var ls lists
+	var total int64
+	for _, k := range blobstore.ListKinds() {
+		l, n := keepList(ctx, repo, src, k, image, trust, log)
+		total += n
+		switch l := l.(type) {
+		case *blobstore.Withdrawn:
+			ls.withdrawn = l
+		case *blobstore.Rollout:
+			ls.rollout = l
+		}
+	}
+	return ls, total
+}
+
+// keepList returns the image's list of kind k a repo should go by: the
 // one with the highest sequence number of those it holds and src serves
 // that verify against trust (nil: none). A newer one from src is kept, so
 // the repo serves it on (a laptop to its peers, a mirror to its school). It
 // returns the bytes it received. A source that serves no list, or a bad
-// one, withdraws nothing: withdrawing is the publisher's word, and only a
-// signed list says it.
-func keepWithdrawn(ctx context.Context, repo *blobstore.Repo, src Source, image string, trust *manifest.Keyring, log *slog.Logger) (*blobstore.Withdrawn, int64) {
-	var have *blobstore.Withdrawn
-	if data, sig, err := repo.ReadWithdrawn(image); err == nil && data != nil {
-		have, _ = blobstore.VerifyWithdrawn(trust, image, data, sig)
-	}
-	ws, ok := src.(withdrawer)
+// one, changes nothing: withdrawing a version or holding it back is the
+// publisher's word, and only a signed list says it.
+func keepList(ctx context.Context, repo *blobstore.Repo, src Source, k blobstore.ListKind, image string, trust *manifest.Keyring, log *slog.Logger) (blobstore.SignedList, int64) {
+	have := heldList(repo, k, image, trust)
+	ls, ok := src.(lister)
 	if !ok {
 		return have, 0
 	}
-	data, sig, err := ws.Withdrawn(ctx, image)
+	data, sig, err := ls.List(ctx, k, image)
 	if err != nil {
 		if !errors.Is(err, transfer.ErrNotFound) {
-			log.Info("no withdrawn list from the source", "source", src, "err", err)
+			log.Info("no signed list from the source", "list", k, "source", src, "err", err)
 		}
 		return have, 0
 	}
 	n := int64(len(data) + len(sig))
-	got, err := blobstore.VerifyWithdrawn(trust, image, data, sig)
+	got, err := blobstore.VerifyList(trust, k, image, data, sig)
 	if err != nil {
-		log.Warn("ignoring a withdrawn list that does not verify", "source", src, "err", err)
+		log.Warn("ignoring a signed list that does not verify", "list", k, "source", src, "err", err)
 		return have, n
 	}
-	if have != nil && got.Seq <= have.Seq {
+	if have != nil && got.Head().Seq <= have.Head().Seq {
 		return have, n
 	}
-	if err := repo.StoreWithdrawn(image, data, sig); err != nil {
-		log.Warn("could not keep the withdrawn list", "err", err)
+	if err := repo.StoreList(k, image, data, sig); err != nil {
+		log.Warn("could not keep the signed list", "list", k, "err", err)
 	}
 	return got, n
+}
+
+// heldList is the repo's own list of kind k of image, if it verifies
+// against trust (nil otherwise).
+func heldList(repo *blobstore.Repo, k blobstore.ListKind, image string, trust *manifest.Keyring) blobstore.SignedList {
+	data, sig, err := repo.ReadList(k, image)
+	if err != nil || data == nil {
+		return nil
+	}
+	l, err := blobstore.VerifyList(trust, k, image, data, sig)
+	if err != nil {
+		return nil
+	}
+	return l
 }
 
 // haveTree reports whether version v's tree exists, built from manifest

@@ -58,6 +58,9 @@ type Sysroot struct {
 	// for it. The crash-injection tests end the process there; production
 	// leaves it nil.
 	Fault func(point string)
+	// MachineIDFile holds the machine's id, which places it in phased
+	// rollouts (default DefaultMachineIDFile).
+	MachineIDFile string
 
 	shareMu sync.Mutex
 	share   *sharing // the pull in progress, lent to neighbours

@@ -28,13 +28,21 @@ func (s *Sysroot) Switch(want uint64) (from, to uint64, err error) {
 }
 
 // Update pulls a version from src (Pull, with o) and switches to it
-// (Switch). res is set once the pull succeeded, even if the switch then
-// failed, so that a caller can still say what was fetched and which local
-// /etc edits were kept; from is the version that was current before.
+// (Switch), unless it is not rolled out to this machine yet (an error
+// wrapping ErrNotRolledOut, with the version staged; o.IgnoreRollout
+// switches all the same). res is set once the pull succeeded, even if the
+// switch then failed or did not happen, so that a caller can still say
+// what was fetched and which local /etc edits were kept; from is the
+// version that was current before.
 func (s *Sysroot) Update(ctx context.Context, src Source, o PullOptions) (res *PullResult, from uint64, err error) {
 	res, err = s.Pull(ctx, src, o)
 	if err != nil {
 		return nil, 0, err
+	}
+	if !o.IgnoreRollout {
+		if err := s.checkRollout(res.Image, res.Version, o.Trust); err != nil {
+			return res, 0, err
+		}
 	}
 	// Switch's errors say what failed (apply: …, or ErrPrune) already.
 	from, _, err = s.Switch(res.Version)

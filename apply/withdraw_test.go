@@ -30,12 +30,12 @@ func TestWithdrawnVersionIsSkipped(t *testing.T) {
 
 	// A list signed by a key the laptops do not trust is no withdrawal.
 	rogue, _ := manifest.GenerateKey("rogue")
-	rl := (&blobstore.Withdrawn{Image: "school-laptop", Seq: 9, Versions: []uint64{2, 3}}).Marshal()
+	rl := (&blobstore.Withdrawn{ListHead: blobstore.ListHead{Image: "school-laptop", Seq: 9}, Versions: []uint64{2, 3}}).Marshal()
 	var rs bytes.Buffer
 	if err := manifest.NewSigner(rogue).Sign(&rs, bytes.NewReader(rl)); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.repo.StoreWithdrawn("school-laptop", rl, rs.Bytes()); err != nil {
+	if err := f.repo.StoreList(blobstore.ListWithdrawn, "school-laptop", rl, rs.Bytes()); err != nil {
 		t.Fatal(err)
 	}
 	pv, err := a.Preview(context.Background(), f.client(), apply.PullOptions{Trust: f.trust})
@@ -43,7 +43,7 @@ func TestWithdrawnVersionIsSkipped(t *testing.T) {
 		t.Fatalf("with a rogue list, the newest offer is %+v (%v), want v3", pv, err)
 	}
 
-	for _, p := range []string{f.repo.Layout().Withdrawn("school-laptop"), blobstore.SignatureOf(f.repo.Layout().Withdrawn("school-laptop"))} {
+	for _, p := range []string{f.repo.Layout().List(blobstore.ListWithdrawn, "school-laptop"), blobstore.SignatureOf(f.repo.Layout().List(blobstore.ListWithdrawn, "school-laptop"))} {
 		if err := os.Remove(p); err != nil {
 			t.Fatal(err)
 		}
@@ -66,7 +66,7 @@ func TestWithdrawnVersionIsSkipped(t *testing.T) {
 	if err != nil || res.Version != 2 {
 		t.Fatalf("pull of the newest: %+v, %v; want v2", res, err)
 	}
-	if data, _, _ := a.Repo().ReadWithdrawn("school-laptop"); !bytes.Equal(data, w.Marshal()) {
+	if data, _, _ := a.Repo().ReadList(blobstore.ListWithdrawn, "school-laptop"); !bytes.Equal(data, w.Marshal()) {
 		t.Errorf("the laptop did not keep the list: %q", data)
 	}
 
@@ -79,7 +79,7 @@ func TestWithdrawnVersionIsSkipped(t *testing.T) {
 	if _, err := b.Pull(context.Background(), cl, apply.PullOptions{Trust: f.trust}); err != nil {
 		t.Fatal(err)
 	}
-	if data, _, _ := b.Repo().ReadWithdrawn("school-laptop"); !bytes.Equal(data, w.Marshal()) {
+	if data, _, _ := b.Repo().ReadList(blobstore.ListWithdrawn, "school-laptop"); !bytes.Equal(data, w.Marshal()) {
 		t.Errorf("the list did not pass from laptop to laptop: %q", data)
 	}
 
@@ -87,8 +87,8 @@ func TestWithdrawnVersionIsSkipped(t *testing.T) {
 	if _, err := f.repo.Withdraw("school-laptop", 2, f.signer); err != nil {
 		t.Fatal(err)
 	}
-	data, sig, _ := b.Repo().ReadWithdrawn("school-laptop") // seq 1
-	if err := a.Repo().StoreWithdrawn("school-laptop", data, sig); err != nil {
+	data, sig, _ := b.Repo().ReadList(blobstore.ListWithdrawn, "school-laptop") // seq 1
+	if err := a.Repo().StoreList(blobstore.ListWithdrawn, "school-laptop", data, sig); err != nil {
 		t.Fatal(err)
 	}
 	c := newSysroot(t)
@@ -111,8 +111,8 @@ func TestWithdrawnVersionIsSkipped(t *testing.T) {
 	if _, err := apply.Mirror(context.Background(), school, f.client(), f.trust, nil); err != nil {
 		t.Fatal(err)
 	}
-	want, _, _ := f.repo.ReadWithdrawn("school-laptop")
-	if got, _, _ := school.ReadWithdrawn("school-laptop"); !bytes.Equal(got, want) {
+	want, _, _ := f.repo.ReadList(blobstore.ListWithdrawn, "school-laptop")
+	if got, _, _ := school.ReadList(blobstore.ListWithdrawn, "school-laptop"); !bytes.Equal(got, want) {
 		t.Errorf("the mirror holds withdrawn list %q, want %q", got, want)
 	}
 }

@@ -32,6 +32,7 @@ const (
 	sigSuffix     = ".sig"
 	manifestExt   = ".manifest"
 	withdrawnName = "withdrawn"
+	rolloutName   = "rollout"
 	deltasExt     = ".deltas"
 	fromInfix     = "-from-"
 	packedExt     = ".zst"
@@ -110,10 +111,11 @@ func (l Layout) Derived(image string, v uint64) ([]string, error) {
 	return append(deltas, l.PackedDeltas(image, v)), err
 }
 
-// Withdrawn is an image's signed list of withdrawn versions; its
-// signature is SignatureOf it. Unlike a version's files it changes.
-func (l Layout) Withdrawn(image string) string {
-	return l.at(imagesName + "/" + image + "/" + withdrawnName)
+// List is an image's signed list of kind k (its withdrawn versions, its
+// rollouts); its signature is SignatureOf it. Unlike a version's files it
+// changes.
+func (l Layout) List(k ListKind, image string) string {
+	return l.at(imagesName + "/" + image + "/" + k.String())
 }
 
 // SignatureOf is the detached signature beside the signed file p, a path
@@ -159,9 +161,9 @@ const (
 	PathMarker
 	PathIndex
 	PathObject
-	PathSigned    // a manifest, a delta index, or a signature of either
-	PathDerived   // a manifest delta or a packed delta index
-	PathWithdrawn // an image's withdrawn list or its signature
+	PathSigned  // a manifest, a delta index, or a signature of either
+	PathDerived // a manifest delta or a packed delta index
+	PathList    // an image's signed list (withdrawn, rollout) or its signature
 )
 
 // served matches the only paths a repo serves: anything else, including
@@ -169,7 +171,7 @@ const (
 var served = regexp.MustCompile(`^(?:(` + markerName + `)|(` + indexName + `)|(` + objectsName + `/[0-9a-f]{2}/[0-9a-f]{64})|(` +
 	imagesName + `/[a-z0-9][a-z0-9._-]{0,62}/[1-9][0-9]{0,19}\.(?:manifest|deltas)(?:\.sig)?)|(` +
 	imagesName + `/[a-z0-9][a-z0-9._-]{0,62}/[1-9][0-9]{0,19}\.(?:manifest-from-[1-9][0-9]{0,19}|deltas)\.zst)|(` +
-	imagesName + `/[a-z0-9][a-z0-9._-]{0,62}/` + withdrawnName + `(?:\.sig)?))$`)
+	imagesName + `/[a-z0-9][a-z0-9._-]{0,62}/(?:` + withdrawnName + `|` + rolloutName + `)(?:\.sig)?))$`)
 
 // Kind says what the slash-separated, repo-relative path rel names, if it
 // is one a repo serves (SPEC.md §5).

@@ -43,6 +43,9 @@ type PublishOptions struct {
 	// publishes a tree identical to the image's newest version, which is
 	// otherwise refused unless keys or an expiry change with it.
 	NewImage, AllowSame bool
+	// Rollout, if set, sends the version to that percent of machines at
+	// first (SPEC.md §3); SetRollout raises it later. nil: every machine.
+	Rollout *int
 	// Progress, if set, is called with bytes hashed so far and the total.
 	Progress func(done, total int64)
 	// Fault, if set, is called at each step of a publish with its name
@@ -98,6 +101,11 @@ func (r *Repo) Stage(ctx context.Context, dir string, o PublishOptions) (*Pendin
 	}
 	if o.Signer == nil {
 		return nil, errors.New("publish: no signing key")
+	}
+	if o.Rollout != nil {
+		if err := checkPercent(*o.Rollout); err != nil {
+			return nil, fmt.Errorf("publish: %w", err)
+		}
 	}
 	unlock, err := r.Lock()
 	if err != nil {
@@ -222,6 +230,15 @@ func (p *Pending) at(point string) {
 func (p *Pending) List() error {
 	if p.listed {
 		return errors.New("publish: version already listed")
+	}
+	// The rollout is signed in place before the listing: no node may see
+	// the version without it, and take it for one going to every machine.
+	pct := -1
+	if p.opts.Rollout != nil {
+		pct = *p.opts.Rollout
+	}
+	if err := p.repo.setRolloutLocked(p.entry.Image, p.entry.Version, pct, p.opts.Signer); err != nil {
+		return fmt.Errorf("publish %s v%d: %w", p.entry.Image, p.entry.Version, err)
 	}
 	p.at("list")
 	if err := p.repo.list(p.entry); err != nil {

@@ -87,6 +87,8 @@ type Config struct {
 	// setuid or setgid files, however validly signed (SPEC.md §17).
 	NoDevices bool `toml:"no-devices" usage:"refuse images holding device nodes, however validly signed"`
 	NoSetuid  bool `toml:"no-setuid" usage:"refuse images holding setuid or setgid files or file capabilities, however validly signed"`
+	// MachineID places the machine in phased rollouts (SPEC.md §3).
+	MachineID string `toml:"machine-id" usage:"file holding this machine's id, which places it in phased rollouts (peerup rollout)"`
 }
 
 // Defaults is the value of every setting a config leaves unset.
@@ -101,6 +103,7 @@ func Defaults() Config {
 		MaxUploads:       8,
 		MaxConnsPerPeer:  transfer.DefaultMaxConnsPerPeer,
 		MemoryMiB:        apply.DefaultMemoryMiB,
+		MachineID:        apply.DefaultMachineIDFile,
 	}
 }
 

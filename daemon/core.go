@@ -71,11 +71,17 @@ type Props struct {
 	UnpackedSize     uint64
 	FullDownloadSize uint64
 	FullUnpackedSize uint64
+	// Of the offer's rollout (SPEC.md §3), with AvailableVersion: the
+	// share of machines it goes to, and whether this machine waits for
+	// it to be raised (it fetches and stages, but does not apply).
+	RolloutPercent uint32
+	RolloutWaiting bool
 }
 
 // clearOffer drops what described the last offer and its fetch.
 func (p *Props) clearOffer() {
 	p.AvailableVersion, p.DownloadSize, p.DownloadedBytes = 0, 0, 0
+	p.RolloutPercent, p.RolloutWaiting = 0, false
 	p.clearPreview()
 }
 
@@ -131,6 +137,8 @@ type Options struct {
 	// Entries refuses kinds of entry this node never installs.
 	Entries apply.EntryPolicy
 	Log     *slog.Logger
+	// Metrics, if set, counts fetches and applies (SPEC.md §11).
+	Metrics *Metrics
 }
 
 // Core is the daemon's state machine.
@@ -335,8 +343,12 @@ func (c *Core) Fetch() error {
 	return c.start(MethodFetch, StateFetching, c.fetch)
 }
 
-// Apply switches to the staged version, in the background.
+// Apply switches to the staged version, in the background, unless its
+// publisher has not rolled it out to this machine yet.
 func (c *Core) Apply() error {
+	if err := c.checkRollout(); err != nil {
+		return err
+	}
 	return c.start(MethodApply, StateApplying, c.apply)
 }
 
@@ -625,11 +637,13 @@ func (c *Core) poll(ctx context.Context) func() error {
 	c.mu.Lock()
 	c.offers = groups
 	c.mu.Unlock()
+	rs := c.rollout(cmp.Or(cur.Image, sel.image), best)
 	c.update(func(p *Props) {
 		if p.AvailableVersion != best {
 			// Progress of a fetch of another version says nothing of this one.
 			p.clearOffer()
 		}
+		p.setRollout(rs)
 		p.State, p.AvailableVersion = StateUpdateAvailable, best
 		if pv != nil {
 			p.setPreview(pv)
@@ -845,17 +859,21 @@ func (c *Core) fetchVersion(ctx context.Context, want uint64, peers []string) (n
 	for i, cl := range clients {
 		u := urls[i]
 		others := append(append([]apply.Source(nil), clients[:i]...), clients[i+1:]...)
+		began := time.Now()
 		res, err := c.o.Sysroot.Pull(ctx, cl, apply.PullOptions{Version: want, Trust: c.o.Trust, Progress: progress, Log: c.o.Log, EncodingBudget: c.o.EncodingBudget, Memory: c.o.Memory, Peers: others, Helpers: c.o.Helpers, Policy: c.o.Entries})
 		if err == nil {
+			c.o.Metrics.fetched(res, u, time.Since(began))
 			pmu.Lock()
 			if res.FetchedBytes > persisted {
 				c.o.DB.AddCounter("fetched-bytes", uint64(res.FetchedBytes-persisted))
 			}
 			pmu.Unlock()
 			c.o.Log.Info("update staged", "version", want, "from", u, "fetched", res.FetchedBytes, "patches", res.PatchObjects, "from_neighbours", res.NeighbourBytes, "sources", res.Sources)
+			rs := c.rollout(res.Image, want)
 			c.update(func(p *Props) {
 				p.State = StateUpdateReady
 				p.DownloadedBytes, p.DownloadSize = uint64(res.FetchedBytes), uint64(res.FetchedBytes)
+				p.setRollout(rs)
 			})
 			c.mu.Lock()
 			obs := append([]Observer(nil), c.obs...)
@@ -863,8 +881,11 @@ func (c *Core) fetchVersion(ctx context.Context, want uint64, peers []string) (n
 			for _, o := range obs {
 				o.UpdateReady(want)
 			}
-			if c.o.Policy == PolicyAuto {
+			if c.o.Policy == PolicyAuto && rs.In {
 				return c.Apply, true, nil
+			}
+			if !rs.In {
+				c.o.Log.Info("update staged, but not rolled out to this machine yet: not applying it", "version", want, "rollout", rs.String())
 			}
 			return nil, true, nil
 		}
@@ -894,11 +915,13 @@ func blame(err error) bool {
 }
 
 func (c *Core) apply(ctx context.Context) func() error {
+	began := time.Now()
 	from, to, err := c.o.Sysroot.Switch(c.Props().AvailableVersion)
 	if err != nil && !errors.Is(err, apply.ErrPrune) {
 		c.fail(ErrorApply, err)
 		return nil
 	}
+	c.o.Metrics.applied(time.Since(began))
 	c.o.Log.Info("update applied", "from", from, "to", to)
 	if err != nil {
 		// The switch stands; the next apply prunes again.

@@ -183,7 +183,8 @@ func TestDBusAPIDuringARealUpdate(t *testing.T) {
 	want := Props{State: StateUpdateReady, Image: "school-laptop", CurrentVersion: 1, AvailableVersion: 2, PeerCount: 1,
 		DownloadSize: p.DownloadSize, DownloadedBytes: p.DownloadSize,
 		UpdateID: fmt.Sprintf("%x", sha256.Sum256(v2)), Version: "2",
-		UnpackedSize: p.UnpackedSize, FullDownloadSize: p.FullDownloadSize, FullUnpackedSize: p.FullUnpackedSize}
+		UnpackedSize: p.UnpackedSize, FullDownloadSize: p.FullDownloadSize, FullUnpackedSize: p.FullUnpackedSize,
+		RolloutPercent: 100}
 	if p != want || p.DownloadSize == 0 || p.UnpackedSize == 0 || p.FullUnpackedSize < p.UnpackedSize || p.FullDownloadSize < p.DownloadSize {
 		t.Errorf("properties = %+v\nwant %+v", p, want)
 	}
@@ -232,7 +233,7 @@ func TestDBusAPIDuringARealUpdate(t *testing.T) {
 	}
 	w.until(t, "update-available after Poll", stateIs(StateUpdateAvailable))
 	// What the download will cost is known before it is asked for.
-	if p, _ := cl.Props(); p.AvailableVersion != 3 || p.Version != "3" || len(p.UpdateID) != 64 || p.DownloadSize == 0 || p.DownloadedBytes != 0 || p.UnpackedSize == 0 {
+	if p, _ := cl.Props(); p.AvailableVersion != 3 || p.Version != "3" || len(p.UpdateID) != 64 || p.DownloadSize == 0 || p.DownloadedBytes > p.DownloadSize || p.UnpackedSize == 0 {
 		t.Errorf("after v3 was published: %+v", p)
 	}
 }

@@ -113,12 +113,15 @@ func (d *DB) Unban(url string) error {
 func (d *DB) Banned(url string, now time.Time) bool {
 	banned := false
 	d.b.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bucketBans).Get([]byte(url)); len(v) == 8 {
-			banned = now.Unix() < int64(binary.BigEndian.Uint64(v))
-		}
+		banned = banActive(tx.Bucket(bucketBans).Get([]byte(url)), now)
 		return nil
 	})
 	return banned
+}
+
+// banActive reports whether a ban's stored end v is after now.
+func banActive(v []byte, now time.Time) bool {
+	return len(v) == 8 && now.Unix() < int64(binary.BigEndian.Uint64(v))
 }
 
 // AddCounter adds n to a named counter (bytes fetched, objects fetched).

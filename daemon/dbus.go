@@ -105,6 +105,8 @@ func propValues(p Props) map[string]any {
 		"UnpackedSize":     p.UnpackedSize,
 		"FullDownloadSize": p.FullDownloadSize,
 		"FullUnpackedSize": p.FullUnpackedSize,
+		"RolloutPercent":   p.RolloutPercent,
+		"RolloutWaiting":   p.RolloutWaiting,
 	}
 }
 
@@ -294,6 +296,8 @@ func (c *Client) Props() (Props, error) {
 	get("UnpackedSize", &p.UnpackedSize)
 	get("FullDownloadSize", &p.FullDownloadSize)
 	get("FullUnpackedSize", &p.FullUnpackedSize)
+	get("RolloutPercent", &p.RolloutPercent)
+	get("RolloutWaiting", &p.RolloutWaiting)
 	return p, nil
 }
 

@@ -71,6 +71,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	}
 	sys.BootTries = cfg.BootTries
 	sys.Fault = cfg.Fault
+	sys.MachineIDFile = cfg.MachineID
 	if err := sys.Recover(); err != nil {
 		return nil, fmt.Errorf("%s: %w", cfg.Sysroot, err)
 	}
@@ -89,7 +90,8 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	if !cfg.NoP2P {
 		partial = sys
 	}
-	ln, err := serveRepo(ctx, cfg, sys.Repo().Dir(), partial, &d.srv, &d.wg, log)
+	metrics := NewMetrics(cfg.Peers)
+	ln, err := serveRepo(ctx, cfg, sys.Repo().Dir(), partial, metrics, &d.srv, &d.wg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +123,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	}
 	d.Core, err = NewCore(ctx, Options{
 		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Discovered: discovered, Log: log, EncodingBudget: apply.EncodingBudgetMiB(*cfg.KeepEncodingsMiB), Memory: apply.MemoryMiB(cfg.MemoryMiB), Entries: apply.EntryPolicy{NoDevices: cfg.NoDevices, NoSetuid: cfg.NoSetuid},
-		Helpers: helpers,
+		Helpers: helpers, Metrics: metrics,
 		Open: func(loc string) (apply.Source, error) {
 			return apply.OpenSourceWith(loc, apply.SourceOptions{DownloadLimit: downloadLimit})
 		},
@@ -134,6 +136,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	if err != nil {
 		return nil, err
 	}
+	metrics.watchNode(d.Core, sys, db)
 	if cfg.Bus != "none" {
 		conn, err := ConnectBus(cfg.Bus)
 		if err != nil {
@@ -218,10 +221,10 @@ func (d *Daemon) close() {
 	}
 }
 
-// serveRepo serves dir on cfg.Listen, with cfg's limits, until *srv is
-// shut down (or, for a LAN listen, ctx ends). cfg has its defaults filled
-// in.
-func serveRepo(ctx context.Context, cfg Config, dir string, partial transfer.Partial, srv **http.Server, wg *sync.WaitGroup, log *slog.Logger) (net.Listener, error) {
+// serveRepo serves dir on cfg.Listen, with cfg's limits, and the metrics
+// at MetricsPath, until *srv is shut down (or, for a LAN listen, ctx
+// ends). cfg has its defaults filled in.
+func serveRepo(ctx context.Context, cfg Config, dir string, partial transfer.Partial, metrics *Metrics, srv **http.Server, wg *sync.WaitGroup, log *slog.Logger) (net.Listener, error) {
 	ln, err := transfer.ListenOn(ctx, cfg.Listen, cfg.LANAddrs, cfg.limits(), log)
 	if err != nil {
 		return nil, err
@@ -230,7 +233,17 @@ func serveRepo(ctx context.Context, cfg Config, dir string, partial transfer.Par
 	if partial != nil {
 		h = h.WithPartial(partial)
 	}
-	*srv = transfer.NewServer(ln.Addr().String(), h)
+	// Not a ServeMux: its redirects of unclean paths would change what the
+	// repo's own handler answers to them.
+	mh := metrics.Handler()
+	both := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == MetricsPath {
+			mh.ServeHTTP(w, r)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+	*srv = transfer.NewServer(ln.Addr().String(), both)
 	s := *srv
 	wg.Add(1)
 	go func() {

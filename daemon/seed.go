@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -58,7 +59,11 @@ func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, versi
 	if err != nil {
 		return nil, err
 	}
-	ln, err := serveRepo(ctx, cfg, repo.Dir(), nil, &s.srv, &s.wg, log)
+	metrics := NewMetrics(nil)
+	var advertised atomic.Uint64
+	advertised.Store(v)
+	metrics.watchSeed(image, &advertised)
+	ln, err := serveRepo(ctx, cfg, repo.Dir(), nil, metrics, &s.srv, &s.wg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +73,10 @@ func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, versi
 			return nil, err
 		}
 	}
-	changes, err := watchIndex(ctx, repo.Layout())
+	// The rollout list is watched too: laptops waiting for a rollout to
+	// reach them are woken when it is raised.
+	rollout := newRolloutWatch(repo, image, kr)
+	changes, err := watchFiles(ctx, repo.Layout().Index(), rollout.path())
 	if err != nil {
 		return nil, err
 	}
@@ -84,8 +92,12 @@ func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, versi
 			if nv > v && s.disc != nil {
 				log.Info("advertising newly published version", "image", img, "version", nv)
 				s.disc.VersionChanged(ctx, img, v, nv)
+			} else if from := rollout.changed(v); from > 0 && s.disc != nil {
+				log.Info("announcing a changed rollout to the laptops waiting for it", "image", img, "version", v, "from", from)
+				s.disc.VersionChanged(ctx, img, from, v)
 			}
 			v = max(v, nv)
+			advertised.Store(v)
 		}
 	}()
 	log.Info("seeding", "repo", repo.Dir(), "image", image, "version", v, "addr", ln.Addr().String())
@@ -132,10 +144,11 @@ func seedLatest(repo *blobstore.Repo, image string, kr *manifest.Keyring) (strin
 	return image, 0, nil
 }
 
-// watchIndex reports when the repo's index is replaced (publish and mirror
-// rename a new one into place), from inotify rather than by polling.
-func watchIndex(ctx context.Context, lay blobstore.Layout) (<-chan struct{}, error) {
-	index := lay.Index()
+// watchFiles reports when the index, or another of the repo's files, is
+// replaced (publish and mirror rename new ones into place), from inotify
+// rather than by polling. A file other than the index whose folder does
+// not exist yet is not watched.
+func watchFiles(ctx context.Context, index string, others ...string) (<-chan struct{}, error) {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, fmt.Errorf("watch %s: %w", index, err)
@@ -145,6 +158,12 @@ func watchIndex(ctx context.Context, lay blobstore.Layout) (<-chan struct{}, err
 	if err := w.Add(filepath.Dir(index)); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("watch %s: %w", index, err)
+	}
+	files := map[string]bool{index: true}
+	for _, f := range others {
+		if f != "" && w.Add(filepath.Dir(f)) == nil {
+			files[f] = true
+		}
 	}
 	out := make(chan struct{}, 1)
 	go func() {
@@ -158,7 +177,7 @@ func watchIndex(ctx context.Context, lay blobstore.Layout) (<-chan struct{}, err
 				if !ok {
 					return
 				}
-				if ev.Name == index && ev.Has(fsnotify.Create|fsnotify.Write) {
+				if files[ev.Name] && ev.Has(fsnotify.Create|fsnotify.Write) {
 					select {
 					case out <- struct{}{}:
 					default:

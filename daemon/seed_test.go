@@ -26,6 +26,22 @@ func (a *announcer) VersionChanged(_ context.Context, _ string, from, to uint64)
 	a.changed <- [2]uint64{from, to}
 }
 
+// startRecordedSeed starts a seed of the fleet's repo whose discovery
+// records what it announces, until the test ends.
+func startRecordedSeed(t *testing.T, f *testFleet) (*Seed, *announcer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	disc := &announcer{changed: make(chan [2]uint64, 4)}
+	seed, err := StartSeed(ctx, Config{Repo: f.repo.Dir(), Trust: []string{f.pub}, Listen: "127.0.0.1:0"},
+		func(string, uint64, int) (Discovery, error) { return disc, nil }, nil)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); seed.close() }) // its watch ends with ctx
+	return seed, disc
+}
+
 // TestSeedAnnouncesOnlyWholeVersions: while `peerup publish` makes a
 // version's encodings, the seed neither serves nor announces the version,
 // and a laptop pulling from it finds nothing new; once the publish lists it,
@@ -52,15 +68,7 @@ func TestSeedAnnouncesOnlyWholeVersions(t *testing.T) {
 	publish(1, nil)
 	laptop := f.sysrootAt(t, 1)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	disc := &announcer{changed: make(chan [2]uint64, 4)}
-	seed, err := StartSeed(ctx, Config{Repo: f.repo.Dir(), Trust: []string{f.pub}, Listen: "127.0.0.1:0"},
-		func(string, uint64, int) (Discovery, error) { return disc, nil }, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cancel(); seed.close() }() // its watch ends with ctx
+	seed, disc := startRecordedSeed(t, f)
 	seedURL := "http://" + seed.Addr.String() + "/"
 	cl, err := transfer.NewClient(seedURL, nil)
 	if err != nil {

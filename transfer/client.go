@@ -294,11 +294,11 @@ func (c *Client) Deltas(ctx context.Context, image string, v uint64, limit int64
 	return c.getTo(ctx, d, blobstore.SignatureOf(d), limit, w)
 }
 
-// Withdrawn fetches image's withdrawn list and its signature, unverified;
-// an error wrapping ErrNotFound if the repo has none.
-func (c *Client) Withdrawn(ctx context.Context, image string) (data, sig []byte, err error) {
-	w := blobstore.Layout{}.Withdrawn(image)
-	if data, err = c.getSmall(ctx, w, blobstore.MaxWithdrawn); err != nil {
+// List fetches image's signed list of kind k and its signature,
+// unverified; an error wrapping ErrNotFound if the repo has none.
+func (c *Client) List(ctx context.Context, k blobstore.ListKind, image string) (data, sig []byte, err error) {
+	w := blobstore.Layout{}.List(k, image)
+	if data, err = c.getSmall(ctx, w, k.Max()); err != nil {
 		return nil, nil, err
 	}
 	if sig, err = c.getSmall(ctx, blobstore.SignatureOf(w), manifest.MaxSignature); err != nil {

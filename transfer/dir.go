@@ -182,10 +182,10 @@ func (d *Dir) pair(ctx context.Context, rel, sigRel string, limit int64, w io.Wr
 	return d.readSmall(sigRel, manifest.MaxSignature)
 }
 
-// Withdrawn is Client.Withdrawn from a folder.
-func (d *Dir) Withdrawn(ctx context.Context, image string) (data, sig []byte, err error) {
-	w := blobstore.Layout{}.Withdrawn(image)
-	if data, err = d.readSmall(w, blobstore.MaxWithdrawn); err != nil {
+// List is Client.List from a folder.
+func (d *Dir) List(ctx context.Context, k blobstore.ListKind, image string) (data, sig []byte, err error) {
+	w := blobstore.Layout{}.List(k, image)
+	if data, err = d.readSmall(w, k.Max()); err != nil {
 		return nil, nil, err
 	}
 	if sig, err = d.readSmall(blobstore.SignatureOf(w), manifest.MaxSignature); err != nil {

@@ -119,7 +119,7 @@ func (h *Handler) WithLimits(l Limits) *Handler {
 
 // notFound answers 404 with no body: a laptop counts every byte it
 // receives, and a node asks for what may not exist (a manifest delta, a
-// withdrawn list) on every pull.
+// signed list) on every pull.
 func notFound(w http.ResponseWriter) {
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusNotFound)
@@ -193,9 +193,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.limiter != nil {
 		w = limitedWriter{w, r.Context(), h.limiter}
 	}
-	if kind == blobstore.PathIndex || kind == blobstore.PathWithdrawn {
-		// The index changes as versions are published, a withdrawn list as
-		// they are withdrawn; everything else is immutable once it exists
+	if kind == blobstore.PathIndex || kind == blobstore.PathList {
+		// The index changes as versions are published, a signed list as
+		// versions are withdrawn or rolled out; everything else is immutable once it exists
 		// under its name.
 		w.Header().Set("Cache-Control", "no-cache")
 	} else {

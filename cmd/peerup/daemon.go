@@ -160,6 +160,9 @@ func describeProps(p daemon.Props) error {
 	fmt.Printf("state:    %s\nimage:    %s\ncurrent:  %d\nprevious: %d\n", p.State, p.Image, p.CurrentVersion, p.PreviousVersion)
 	if p.AvailableVersion != 0 {
 		fmt.Printf("available: %d\n", p.AvailableVersion)
+		if p.RolloutPercent < 100 {
+			fmt.Printf("rollout:  %s\n", rolloutLine(p))
+		}
 	}
 	if p.DownloadSize != 0 {
 		fmt.Printf("download: %s of %s\n", human(int64(p.DownloadedBytes)), human(int64(p.DownloadSize)))

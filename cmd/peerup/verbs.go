@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"runtime/debug"
-	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -63,8 +62,9 @@ func (a *app) newPublishCmd() *cobra.Command {
 	var expires time.Duration
 	var addKeys, revokeKeys []string
 	var anyKey, newImage, allowSame bool
+	var rollout string
 	cmd := &cobra.Command{
-		Use:   "publish --repo REPO --image ID --key KEYFILE [--label TEXT] [--version N] [--expires D] [--add-key FPR]... [--revoke-key FPR]... TREE",
+		Use:   "publish --repo REPO --image ID --key KEYFILE [--label TEXT] [--version N] [--expires D] [--rollout PERCENT] [--add-key FPR]... [--revoke-key FPR]... TREE",
 		Short: "Publish a tree as a new signed image version",
 		Long: `Stores every file of TREE in REPO by its SHA-256, writes a manifest listing
 every path with its type, mode, owner, size and hash, signs it with KEYFILE,
@@ -78,7 +78,10 @@ and can be served by 'peerup serve' or any static web server.`,
   # Introduce a new fleet key (its .pub shipped in the tree's etc/peerup/trusted.d/),
   # retire an old one, and have laptops refuse this version after 30 days:
   peerup publish --repo /srv/peerup --image school-laptop --key fleet.key \
-      --add-key 0123…CDEF --revoke-key 89AB…4567 --expires 720h /build/rootfs`,
+      --add-key 0123…CDEF --revoke-key 89AB…4567 --expires 720h /build/rootfs
+
+  # Send it to a fifth of the laptops first ('peerup rollout' raises it):
+  peerup publish --repo /srv/peerup --image school-laptop --key fleet.key --rollout 20 /build/rootfs`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			signer, err := manifest.LoadSigner(key)
@@ -99,6 +102,13 @@ and can be served by 'peerup serve' or any static web server.`,
 			}
 			encProg, encClear := progress("encoding", "signing the delta index")
 			defer encClear()
+			if cmd.Flags().Changed("rollout") {
+				pct, err := parsePercent(rollout)
+				if err != nil {
+					return err
+				}
+				o.Rollout = &pct
+			}
 			if depth != 0 {
 				o.Deltas = &diff.GenerateOptions{Depth: depth, Log: a.log, Progress: encProg}
 			}
@@ -119,6 +129,9 @@ and can be served by 'peerup serve' or any static web server.`,
 					gen.Encodings, gen.Targets, human(gen.TargetBytes), depth)
 			}
 			fmt.Printf("published %s version %d\n", pub.Header.Image, pub.Header.Version)
+			if o.Rollout != nil {
+				fmt.Printf("rolled out to %d%% of machines ('peerup rollout %d PERCENT' raises it)\n", *o.Rollout, pub.Header.Version)
+			}
 			return nil
 		},
 	}
@@ -134,6 +147,7 @@ and can be served by 'peerup serve' or any static web server.`,
 	f.BoolVar(&allowSame, "allow-same", false, "publish a tree identical to the image's newest version as a new version")
 	f.BoolVar(&anyKey, "any-key", false, "sign with a key the repo's fleet keys do not list (laptops must trust it some other way, or they refuse the version)")
 	f.Uint64Var(&version, "version", 0, "version number (default: the next one)")
+	f.StringVar(&rollout, "rollout", "100", "percent of machines the version goes to at first (SPEC.md §3); 'peerup rollout' raises it")
 	f.IntVar(&depth, "delta-depth", 3, "make patches against this many earlier versions (0: none)")
 	for _, n := range []string{"repo", "image", "key"} {
 		cmd.MarkFlagRequired(n)
@@ -142,7 +156,7 @@ and can be served by 'peerup serve' or any static web server.`,
 }
 
 func (a *app) newWithdrawCmd() *cobra.Command {
-	var repoDir, image, key string
+	var l listFlags
 	cmd := &cobra.Command{
 		Use:   "withdraw --repo REPO --image ID --key KEYFILE VERSION",
 		Short: "Withdraw a published version, so laptops skip it",
@@ -153,36 +167,19 @@ until a newer version comes. The list is signed with KEYFILE, a fleet key.`,
 		Example: "  peerup withdraw --repo /srv/peerup --image school-laptop --key fleet.key 5",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			v, err := strconv.ParseUint(args[0], 10, 64)
-			if err != nil || v == 0 {
-				return fmt.Errorf("withdraw: version %q: want a positive number", args[0])
-			}
-			signer, err := manifest.LoadSigner(key)
+			repo, v, signer, err := l.open("withdraw", args[0])
 			if err != nil {
 				return err
 			}
-			if err := blobstore.CheckRepo(repoDir); err != nil {
-				return err
-			}
-			repo, err := blobstore.OpenRepo(repoDir)
+			w, err := repo.Withdraw(l.image, v, signer)
 			if err != nil {
 				return err
 			}
-			w, err := repo.Withdraw(image, v, signer)
-			if err != nil {
-				return err
-			}
-			fmt.Printf("withdrew %s version %d (withdrawn: %v)\n", image, v, w.Versions)
+			fmt.Printf("withdrew %s version %d (withdrawn: %v)\n", l.image, v, w.Versions)
 			return nil
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&repoDir, "repo", "", "repository directory (required)")
-	f.StringVar(&image, "image", "", "image id (required)")
-	f.StringVar(&key, "key", "", "secret signing key file, a fleet key (required)")
-	for _, n := range []string{"repo", "image", "key"} {
-		cmd.MarkFlagRequired(n)
-	}
+	l.register(cmd)
 	return cmd
 }
 
@@ -246,6 +243,7 @@ type pullFlags struct {
 	trust                []string
 	version              uint64
 	json                 bool
+	ignoreRollout        bool
 	// settings shares the daemon's boot-tries, keep-encodings-mib and
 	// memory-mib, so that each means the same and has one default.
 	settings *daemon.ConfigFlags
@@ -266,7 +264,7 @@ func (p *pullFlags) register(cmd *cobra.Command) {
 	f.StringVar(&p.image, "image", "", "image id (default: the sysroot's, or the repo's only one)")
 	f.Uint64Var(&p.version, "version", 0, "version to fetch (default: the newest)")
 	f.BoolVar(&p.json, "json", false, "print the result as JSON")
-	p.settings = daemon.AddConfigFlags(f, "boot-tries", "keep-encodings-mib", "memory-mib")
+	p.settings = daemon.AddConfigFlags(f, "boot-tries", "keep-encodings-mib", "memory-mib", "machine-id")
 	for _, n := range []string{"sysroot", "trust", "from"} {
 		cmd.MarkFlagRequired(n)
 	}
@@ -289,10 +287,11 @@ func (p *pullFlags) open(log *slog.Logger) (s *apply.Sysroot, src apply.Source, 
 	p.settings.Apply(&c)
 	c = c.WithDefaults()
 	s.BootTries = c.BootTries
+	s.MachineIDFile = c.MachineID
 	mem := apply.MemoryMiB(c.MemoryMiB)
 	debug.SetMemoryLimit(mem.SoftLimit())
 	prog, clear := progress("fetching", "building the new tree")
-	o = apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog, EncodingBudget: apply.EncodingBudgetMiB(*c.KeepEncodingsMiB), Memory: mem, Log: log}
+	o = apply.PullOptions{Image: p.image, Version: p.version, Trust: kr, Progress: prog, EncodingBudget: apply.EncodingBudgetMiB(*c.KeepEncodingsMiB), Memory: mem, Log: log, IgnoreRollout: p.ignoreRollout}
 	return s, src, o, clear, nil
 }
 
@@ -405,7 +404,9 @@ func (a *app) newUpdateCmd() *cobra.Command {
 		Use:   "update --sysroot DIR --trust PUBFILE... --from URL|DIR [--version N]",
 		Short: "Pull a version, then switch to it",
 		Long: `Does 'peerup pull' and then 'peerup apply'. Without --version it takes the newest.
---from is a repo URL or a folder holding a repo (a USB stick from 'peerup export').`,
+--from is a repo URL or a folder holding a repo (a USB stick from 'peerup export').
+A version its publisher has rolled out to only some machines ('peerup rollout')
+is staged but not applied on the others, unless --ignore-rollout.`,
 		Example: "  peerup update --sysroot /sysroot --trust /etc/peerup/fleet.pub --from http://school-server:7380/\n  peerup update --sysroot /sysroot --trust /etc/peerup/fleet.pub --from /media/stick",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -416,6 +417,12 @@ func (a *app) newUpdateCmd() *cobra.Command {
 			res, from, err := s.Update(cmd.Context(), src, o)
 			clear()
 			warnEtcKept(res)
+			if errors.Is(err, apply.ErrNotRolledOut) {
+				// The publisher's word, not a failure: the version waits
+				// staged, and serves the neighbours meanwhile.
+				fmt.Printf("%v; it is staged (--ignore-rollout applies it now)\n", err)
+				return nil
+			}
 			if p.nothingToDo(err) {
 				fmt.Println(err)
 				return nil
@@ -436,6 +443,7 @@ func (a *app) newUpdateCmd() *cobra.Command {
 		},
 	}
 	p.register(cmd)
+	cmd.Flags().BoolVar(&p.ignoreRollout, "ignore-rollout", false, "apply the version even if its rollout has not reached this machine yet (an admin's override)")
 	return cmd
 }
 
@@ -557,6 +565,8 @@ type statusDoc struct {
 	Peers            *uint32 `json:"peers"`
 	ErrorName        *string `json:"error_name"`
 	ErrorMessage     *string `json:"error_message"`
+	RolloutPercent   *uint32 `json:"rollout_percent"`
+	RolloutWaiting   *bool   `json:"rollout_waiting"`
 }
 
 // orNull is v, or nil (JSON null) for the zero value.
@@ -594,7 +604,12 @@ func propsJSON(p daemon.Props) statusDoc {
 	}
 	state, peers := string(p.State), p.PeerCount
 	size, done := p.DownloadSize, p.DownloadedBytes
-	return statusDoc{Image: orNull(p.Image), Current: orNull(p.CurrentVersion), Previous: orNull(p.PreviousVersion),
+	var pct *uint32
+	var waiting *bool
+	if p.AvailableVersion != 0 {
+		pct, waiting = &p.RolloutPercent, &p.RolloutWaiting
+	}
+	return statusDoc{RolloutPercent: pct, RolloutWaiting: waiting, Image: orNull(p.Image), Current: orNull(p.CurrentVersion), Previous: orNull(p.PreviousVersion),
 		Held: orNull(p.HeldVersion), Bad: bad,
 		State: &state, Available: orNull(p.AvailableVersion),
 		UpdateID: orNull(p.UpdateID), UpdateLabel: orNull(p.UpdateLabel), UpdateMessage: orNull(p.UpdateMessage),
