@@ -67,6 +67,9 @@ type Props struct {
 	UnpackedSize     uint64
 	FullDownloadSize uint64
 	FullUnpackedSize uint64
+	// Waiting says why the daemon holds back what its policy would do on
+	// its own ("" if it does not; SPEC.md §11, "Respecting the laptop").
+	Waiting string
 }
 
 // clearOffer drops what described the last offer and its fetch.
@@ -126,7 +129,12 @@ type Options struct {
 	Helpers func() []apply.Haver
 	// Entries refuses kinds of entry this node never installs.
 	Entries apply.EntryPolicy
-	Log     *slog.Logger
+	// Conditions hold back applying, and fetching beyond the LAN, as the
+	// laptop's power, connection and hours ask (policy.go).
+	Conditions Conditions
+	// Now is the clock the conditions read (default time.Now).
+	Now func() time.Time
+	Log *slog.Logger
 }
 
 // Core is the daemon's state machine.
@@ -142,6 +150,7 @@ type Core struct {
 	wg     sync.WaitGroup
 	closed bool // no new operation may start
 	hinted bool // a peer reported something while an operation ran
+	pol    policyState
 }
 
 // offer is a version newer than current and the peers whose index lists it.
@@ -265,6 +274,7 @@ func (c *Core) begin(m Method, busy State) (context.Context, error) {
 	if busy != StateApplying {
 		c.props.ErrorName, c.props.ErrorMessage = "", ""
 	}
+	c.props.Waiting = ""
 	cur := c.props
 	obs := append([]Observer(nil), c.obs...)
 	c.wg.Add(1)
@@ -467,7 +477,7 @@ func (c *Core) candidates() []string {
 			answered[r.URL] = true
 		}
 	}
-	return askOrder(c.o.Peers(), c.o.Discovered(), answered, func(u string) bool { return c.o.DB.Banned(u, now) }, rand.Shuffle)
+	return askOrder(c.pollPeers(), c.o.Discovered(), answered, func(u string) bool { return c.o.DB.Banned(u, now) }, rand.Shuffle)
 }
 
 // answeredWithin is how recent a peer's last answer must be for it to be
@@ -573,6 +583,7 @@ func (c *Core) poll(ctx context.Context) func() error {
 		c.update(func(p *Props) {
 			p.State = StateIdle
 			p.clearOffer()
+			p.Waiting = c.pollWait()
 		})
 		return nil
 	}
@@ -820,6 +831,7 @@ func (c *Core) fetchVersion(ctx context.Context, want uint64, peers []string) (n
 	// first one that answers also gives the manifest and indexes.
 	var clients []apply.Source
 	var urls []string
+	peers, _ = c.lanOnly(peers)
 	for _, u := range peers {
 		src, err := c.o.Open(u)
 		if err != nil {
@@ -850,7 +862,7 @@ func (c *Core) fetchVersion(ctx context.Context, want uint64, peers []string) (n
 				o.UpdateReady(want)
 			}
 			if c.o.Policy == PolicyAuto {
-				return c.Apply, true, nil
+				return c.autoApply, true, nil
 			}
 			return nil, true, nil
 		}

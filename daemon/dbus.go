@@ -104,6 +104,7 @@ func propValues(p Props) map[string]any {
 		"UnpackedSize":     p.UnpackedSize,
 		"FullDownloadSize": p.FullDownloadSize,
 		"FullUnpackedSize": p.FullUnpackedSize,
+		"Waiting":          p.Waiting,
 	}
 }
 
@@ -292,6 +293,7 @@ func (c *Client) Props() (Props, error) {
 	get("UnpackedSize", &p.UnpackedSize)
 	get("FullDownloadSize", &p.FullDownloadSize)
 	get("FullUnpackedSize", &p.FullUnpackedSize)
+	get("Waiting", &p.Waiting)
 	return p, nil
 }
 

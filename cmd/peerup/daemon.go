@@ -39,20 +39,10 @@ The desktop and 'peerup status/check/fetch/apply' talk to it over D-Bus
 if present); flags override it. One daemon runs per sysroot.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg := daemon.Config{}
-			path := cfgPath
-			if path == "" {
-				if _, err := os.Stat(defaultConfig); err == nil {
-					path = defaultConfig
-				}
+			cfg, err := loadConfig(cfgPath, flags)
+			if err != nil {
+				return err
 			}
-			if path != "" {
-				var err error
-				if cfg, err = daemon.LoadConfig(path); err != nil {
-					return err
-				}
-			}
-			flags.Apply(&cfg)
 			cfg.LANAddrs = func() ([]net.IP, error) { return discovery.LinkAddrs(cfg.Iface) }
 			// Process-wide, so set here rather than in the daemon package,
 			// whose tests run several daemons in one process.
@@ -87,6 +77,25 @@ if present); flags override it. One daemon runs per sysroot.`,
 	f.StringVar(&cfgPath, "config", "", "TOML config file (default "+defaultConfig+" if it exists)")
 	flags = daemon.AddConfigFlags(f)
 	return cmd
+}
+
+// loadConfig reads the config file at path (or the default one, if it
+// exists) with the flags given on top.
+func loadConfig(path string, flags *daemon.ConfigFlags) (daemon.Config, error) {
+	cfg := daemon.Config{}
+	if path == "" {
+		if _, err := os.Stat(defaultConfig); err == nil {
+			path = defaultConfig
+		}
+	}
+	if path != "" {
+		var err error
+		if cfg, err = daemon.LoadConfig(path); err != nil {
+			return cfg, err
+		}
+	}
+	flags.Apply(&cfg)
+	return cfg, nil
 }
 
 // dialDaemon reaches a running daemon, saying clearly when there is none.
@@ -170,6 +179,9 @@ func describeProps(p daemon.Props) error {
 	}
 	if p.BadVersion != 0 {
 		fmt.Printf("bad:      version %d failed to boot (peerup unmark-bad)\n", p.BadVersion)
+	}
+	if p.Waiting != "" {
+		fmt.Printf("waiting:  %s\n", p.Waiting)
 	}
 	if p.State == daemon.StateError {
 		return errors.New(p.ErrorMessage)

@@ -527,6 +527,7 @@ type statusDoc struct {
 	Peers            *uint32 `json:"peers"`
 	ErrorName        *string `json:"error_name"`
 	ErrorMessage     *string `json:"error_message"`
+	Waiting          *string `json:"waiting"`
 }
 
 // orNull is v, or nil (JSON null) for the zero value.
@@ -562,7 +563,7 @@ func propsJSON(p daemon.Props) statusDoc {
 		UpdateID: orNull(p.UpdateID), UpdateLabel: orNull(p.UpdateLabel), UpdateMessage: orNull(p.UpdateMessage),
 		DownloadSize: &size, DownloadedBytes: &done, UnpackedSize: orNull(p.UnpackedSize),
 		FullDownloadSize: orNull(p.FullDownloadSize), FullUnpackedSize: orNull(p.FullUnpackedSize),
-		Peers: &peers, ErrorName: orNull(p.ErrorName), ErrorMessage: orNull(p.ErrorMessage)}
+		Peers: &peers, ErrorName: orNull(p.ErrorName), ErrorMessage: orNull(p.ErrorMessage), Waiting: orNull(p.Waiting)}
 }
 
 func (a *app) newRollbackCmd() *cobra.Command {
