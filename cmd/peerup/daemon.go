@@ -30,6 +30,13 @@ in the background and acts by policy:
   download  fetch and stage, then signal UpdateReady and wait for Apply
   notify    only signal that an update is available
 
+Under auto it respects the laptop: it switches only within --apply-window
+(local times, such as "Mon-Fri 16:00-08:00"), not on battery below
+--battery-floor-percent (UPower), or, with --apply-on shutdown, only as the
+laptop shuts down (peerup-apply-on-shutdown.service); it fetches and stages
+meanwhile. On a metered connection (NetworkManager) it fetches from the LAN
+alone. 'peerup status' says what it waits for.
+
 A --volume folder is watched for a USB stick written by 'peerup export': when
 one is mounted there, the daemon updates from it like from a peer, checking
 every byte just as strictly.
