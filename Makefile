@@ -38,6 +38,7 @@ install: build man
 	install -Dm755 $(BOOTBIN) $(DESTDIR)/usr/bin/peerup-boot
 	install -Dm644 $(DIST)/peerup.service $(DESTDIR)/usr/lib/systemd/system/peerup.service
 	install -Dm644 $(DIST)/peerup-mark-good.service $(DESTDIR)/usr/lib/systemd/system/peerup-mark-good.service
+	install -Dm644 $(DIST)/peerup-apply-on-shutdown.service $(DESTDIR)/usr/lib/systemd/system/peerup-apply-on-shutdown.service
 	install -Dm644 $(DIST)/org.peerup.Updater1.conf $(DESTDIR)/usr/share/dbus-1/system.d/org.peerup.Updater1.conf
 	install -Dm644 $(DIST)/org.peerup.Updater1.xml $(DESTDIR)/usr/share/dbus-1/interfaces/org.peerup.Updater1.xml
 	install -Dm755 $(DIST)/initramfs-tools/hooks/peerup $(DESTDIR)/usr/share/initramfs-tools/hooks/peerup

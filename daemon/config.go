@@ -19,7 +19,8 @@ import (
 // file (/etc/peerup/peerup.toml); flags override the file. It is the one
 // list of settings: each field's toml tag is its file key and its flag name
 // (a flag tag renames the flag), its usage tag the flag's help, and
-// Defaults its default. AddConfigFlags makes the flags from it.
+// Defaults its default. A list's flag splits its values at commas, unless
+// the field has a repeat tag (values that hold commas: one per flag). AddConfigFlags makes the flags from it.
 //
 // A field's zero value means its default, so a file or a literal that
 // leaves it out gets Defaults' value. A setting whose 0 means something of
@@ -62,6 +63,9 @@ type Config struct {
 	KeepEncodingsMiB *int64 `toml:"keep-encodings-mib" usage:"MiB of fetched patches to keep for neighbours (0: none; -1: no limit)"`
 	// Fault is the sysroot's fault-injection hook (crash tests only).
 	Fault func(point string) `toml:"-"`
+	// Now is the clock the update windows are read on (tests; nil:
+	// time.Now).
+	Now func() time.Time `toml:"-"`
 	// LANAddrs lists the LAN addresses a lan:PORT listen serves on; the
 	// CLI sets it from discovery's links (nil: loopback only).
 	LANAddrs transfer.Addrs `toml:"-"`
@@ -89,11 +93,20 @@ type Config struct {
 	NoSetuid  bool `toml:"no-setuid" usage:"refuse images holding setuid or setgid files or file capabilities, however validly signed"`
 	// MachineID places the machine in phased rollouts (SPEC.md §3).
 	MachineID string `toml:"machine-id" usage:"file holding this machine's id, which places it in phased rollouts (peerup rollout)"`
+	// The laptop's own rules (SPEC.md §11, "Respecting the laptop"): when
+	// policy auto may switch, and what a metered connection may fetch.
+	// BatteryFloorPercent's 0 means no floor, so it is a pointer.
+	ApplyOn             string   `toml:"apply-on" usage:"with policy auto, when to switch to a staged version: now (within apply-windows, above battery-floor-percent) or shutdown (by peerup-apply-on-shutdown.service)"`
+	ApplyWindows        []string `toml:"apply-windows" flag:"apply-window" repeat:"" usage:"local times policy auto may switch in, as \"Mon-Fri 16:00-08:00\", \"Sat-Sun\" or \"12:00-13:00\" (a range past midnight ends the next day); repeat for several (default: any time)"`
+	BatteryFloorPercent *int     `toml:"battery-floor-percent" usage:"on battery below this charge (UPower), fetch but do not switch until on AC or above it (0: no floor)"`
+	// SystemBus is where UPower and NetworkManager answer.
+	SystemBus string `toml:"system-bus" usage:"bus of UPower (battery) and NetworkManager (metered connections): system, an address, or none to ignore them"`
 }
 
 // Defaults is the value of every setting a config leaves unset.
 func Defaults() Config {
 	keep := int64(apply.DefaultEncodingBudget >> 20)
+	floor := 30
 	return Config{
 		Listen:           transfer.DefaultListen,
 		Bus:              "system",
@@ -104,6 +117,11 @@ func Defaults() Config {
 		MaxConnsPerPeer:  transfer.DefaultMaxConnsPerPeer,
 		MemoryMiB:        apply.DefaultMemoryMiB,
 		MachineID:        apply.DefaultMachineIDFile,
+		ApplyOn:          string(ApplyOnNow),
+		// A new version's first boot should not come on the last of the
+		// charge.
+		BatteryFloorPercent: &floor,
+		SystemBus:           "system",
 	}
 }
 
@@ -144,6 +162,7 @@ type configKey struct {
 	field     int
 	key, flag string
 	usage     string
+	repeat    bool // a list flag given once per value, not split at commas
 }
 
 // configKeys lists Config's settings: every field with a toml key.
@@ -160,7 +179,8 @@ func configKeys() []configKey {
 		if flag == "" {
 			flag = key
 		}
-		keys = append(keys, configKey{field: i, key: key, flag: flag, usage: sf.Tag.Get("usage")})
+		_, repeat := sf.Tag.Lookup("repeat")
+		keys = append(keys, configKey{field: i, key: key, flag: flag, usage: sf.Tag.Get("usage"), repeat: repeat})
 	}
 	return keys
 }
@@ -202,7 +222,11 @@ func addFlag(fs *pflag.FlagSet, k configKey, v reflect.Value) {
 	case *string:
 		fs.StringVar(p, k.flag, *p, k.usage)
 	case *[]string:
-		fs.StringSliceVar(p, k.flag, *p, k.usage)
+		if k.repeat {
+			fs.StringArrayVar(p, k.flag, *p, k.usage)
+		} else {
+			fs.StringSliceVar(p, k.flag, *p, k.usage)
+		}
 	case *bool:
 		fs.BoolVar(p, k.flag, *p, k.usage)
 	case *int:

@@ -16,6 +16,7 @@ import (
 // and a setting given nowhere gets Defaults' value.
 func TestConfigLayers(t *testing.T) {
 	i64 := func(n int64) *int64 { return &n }
+	i := func(n int) *int { return &n }
 	tests := []struct {
 		key, file string   // file: the TOML value
 		flag      []string // the flag and its value as given
@@ -33,6 +34,10 @@ func TestConfigLayers(t *testing.T) {
 		{"poll-interval", `"1m"`, []string{"--poll-interval", "30s"}, func(c Config) any { return c.PollInterval }, time.Minute, 30 * time.Second, time.Duration(0)},
 		{"no-p2p", `true`, []string{"--no-p2p=false"}, func(c Config) any { return c.NoP2P }, true, false, false},
 		{"boot-tries", `5`, []string{"--boot-tries", "2"}, func(c Config) any { return c.BootTries }, 5, 2, 3},
+		// A window's days hold commas: one per flag, never split.
+		{"apply-windows", `["Mon,Wed 16:00-08:00"]`, []string{"--apply-window", "Sat,Sun", "--apply-window", "12:00-13:00"}, func(c Config) any { return c.ApplyWindows }, []string{"Mon,Wed 16:00-08:00"}, []string{"Sat,Sun", "12:00-13:00"}, []string(nil)},
+		{"battery-floor-percent", `0`, []string{"--battery-floor-percent", "50"}, func(c Config) any { return c.BatteryFloorPercent }, i(0), i(50), i(30)},
+		{"apply-on", `"shutdown"`, []string{"--apply-on", "now"}, func(c Config) any { return c.ApplyOn }, "shutdown", "now", "now"},
 	}
 	for _, tc := range tests {
 		for _, layer := range []struct {

@@ -76,6 +76,9 @@ type Props struct {
 	// it to be raised (it fetches and stages, but does not apply).
 	RolloutPercent uint32
 	RolloutWaiting bool
+	// Waiting says why the daemon holds back what its policy would do on
+	// its own ("" if it does not; SPEC.md §11, "Respecting the laptop").
+	Waiting string
 }
 
 // clearOffer drops what described the last offer and its fetch.
@@ -136,9 +139,14 @@ type Options struct {
 	Helpers func() []apply.Haver
 	// Entries refuses kinds of entry this node never installs.
 	Entries apply.EntryPolicy
-	Log     *slog.Logger
 	// Metrics, if set, counts fetches and applies (SPEC.md §11).
 	Metrics *Metrics
+	// Conditions hold back applying, and fetching beyond the LAN, as the
+	// laptop's power, connection and hours ask (policy.go).
+	Conditions Conditions
+	// Now is the clock the conditions read (default time.Now).
+	Now func() time.Time
+	Log *slog.Logger
 }
 
 // Core is the daemon's state machine.
@@ -154,6 +162,7 @@ type Core struct {
 	wg     sync.WaitGroup
 	closed bool // no new operation may start
 	hinted bool // a peer reported something while an operation ran
+	pol    policyState
 }
 
 // offer is a version newer than current and the peers whose index lists it.
@@ -280,6 +289,7 @@ func (c *Core) begin(m Method, busy State) (context.Context, error) {
 	if busy != StateApplying {
 		c.props.ErrorName, c.props.ErrorMessage = "", ""
 	}
+	c.props.Waiting = ""
 	cur := c.props
 	obs := append([]Observer(nil), c.obs...)
 	c.wg.Add(1)
@@ -493,7 +503,7 @@ func (c *Core) candidates() []string {
 			answered[r.URL] = true
 		}
 	}
-	return askOrder(c.o.Peers(), c.o.Discovered(), answered, func(u string) bool { return c.o.DB.Banned(u, now) }, rand.Shuffle)
+	return askOrder(c.pollPeers(), c.o.Discovered(), answered, func(u string) bool { return c.o.DB.Banned(u, now) }, rand.Shuffle)
 }
 
 // answeredWithin is how recent a peer's last answer must be for it to be
@@ -599,6 +609,7 @@ func (c *Core) poll(ctx context.Context) func() error {
 		c.update(func(p *Props) {
 			p.State = StateIdle
 			p.clearOffer()
+			p.Waiting = c.pollWait()
 		})
 		return nil
 	}
@@ -848,6 +859,7 @@ func (c *Core) fetchVersion(ctx context.Context, want uint64, peers []string) (n
 	// first one that answers also gives the manifest and indexes.
 	var clients []apply.Source
 	var urls []string
+	peers, _ = c.lanOnly(peers)
 	for _, u := range peers {
 		src, err := c.o.Open(u)
 		if err != nil {
@@ -882,7 +894,7 @@ func (c *Core) fetchVersion(ctx context.Context, want uint64, peers []string) (n
 				o.UpdateReady(want)
 			}
 			if c.o.Policy == PolicyAuto && rs.In {
-				return c.Apply, true, nil
+				return c.autoApply, true, nil
 			}
 			if !rs.In {
 				c.o.Log.Info("update staged, but not rolled out to this machine yet: not applying it", "version", want, "rollout", rs.String())

@@ -107,6 +107,7 @@ func propValues(p Props) map[string]any {
 		"FullUnpackedSize": p.FullUnpackedSize,
 		"RolloutPercent":   p.RolloutPercent,
 		"RolloutWaiting":   p.RolloutWaiting,
+		"Waiting":          p.Waiting,
 	}
 }
 
@@ -298,6 +299,7 @@ func (c *Client) Props() (Props, error) {
 	get("FullUnpackedSize", &p.FullUnpackedSize)
 	get("RolloutPercent", &p.RolloutPercent)
 	get("RolloutWaiting", &p.RolloutWaiting)
+	get("Waiting", &p.Waiting)
 	return p, nil
 }
 

@@ -15,13 +15,18 @@ import (
 	"github.com/godbus/dbus/v5"
 )
 
+// distUnits are the systemd units daemon/dist ships.
+func distUnits() []string {
+	return []string{"peerup.service", "peerup-mark-good.service", "peerup-apply-on-shutdown.service"}
+}
+
 func TestSystemdUnitsVerify(t *testing.T) {
-	for _, name := range []string{"peerup.service", "peerup-mark-good.service"} {
+	for _, name := range distUnits() {
 		t.Run(name, func(t *testing.T) { verifyUnit(t, name) })
 	}
 }
 
-// TestSystemdUnitsAreHardened holds both units to an exposure of at most
+// TestSystemdUnitsAreHardened holds every unit to an exposure of at most
 // 4.0 in systemd's own assessment: a daemon that runs as root and takes
 // bytes from the LAN gets only what it needs.
 func TestSystemdUnitsAreHardened(t *testing.T) {
@@ -29,7 +34,7 @@ func TestSystemdUnitsAreHardened(t *testing.T) {
 	if err != nil {
 		t.Skip("systemd-analyze not installed (apt-get install systemd); skipping the exposure check")
 	}
-	for _, name := range []string{"peerup.service", "peerup-mark-good.service"} {
+	for _, name := range distUnits() {
 		t.Run(name, func(t *testing.T) { checkExposure(t, sa, filepath.Join("dist", name)) })
 	}
 }
@@ -405,7 +410,7 @@ func TestDebianPackage(t *testing.T) {
 	if err != nil {
 		t.Skip("systemd-analyze not installed (apt-get install systemd); the package installed")
 	}
-	for _, unit := range []string{"peerup.service", "peerup-mark-good.service"} {
+	for _, unit := range distUnits() {
 		// The installed man pages are what Documentation= names.
 		analyzeVerify(t, sa, "/lib/systemd/system/"+unit)
 		checkExposure(t, sa, "/lib/systemd/system/"+unit)

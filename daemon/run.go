@@ -41,6 +41,7 @@ type Daemon struct {
 	srv  *http.Server
 	svc  *Service
 	disc Discovery
+	host *systemBus // UPower and NetworkManager (nil: none)
 	log  *slog.Logger
 	wg   sync.WaitGroup
 }
@@ -116,14 +117,22 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 		}
 		return d.disc.Peers()
 	}
+	d.host = connectHost(cfg.SystemBus, log)
+	cond, err := conditions(cfg, d.host)
+	if err != nil {
+		return nil, err
+	}
 	downloadLimit := transfer.NewRateLimiter(cfg.MaxDownloadRate)
 	var helpers func() []apply.Haver
 	if !cfg.NoP2P {
-		helpers = neighbours(func() []string { return append(peers(), discovered()...) }, downloadLimit)
+		// On a metered connection, a peer beyond the LAN lends nothing
+		// either.
+		lanPeers := func() []string { p, _ := d.Core.lanOnly(peers()); return p }
+		helpers = neighbours(func() []string { return append(lanPeers(), discovered()...) }, downloadLimit)
 	}
 	d.Core, err = NewCore(ctx, Options{
 		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Discovered: discovered, Log: log, EncodingBudget: apply.EncodingBudgetMiB(*cfg.KeepEncodingsMiB), Memory: apply.MemoryMiB(cfg.MemoryMiB), Entries: apply.EntryPolicy{NoDevices: cfg.NoDevices, NoSetuid: cfg.NoSetuid},
-		Helpers: helpers, Metrics: metrics,
+		Helpers: helpers, Metrics: metrics, Conditions: cond, Now: cfg.Now,
 		Open: func(loc string) (apply.Source, error) {
 			return apply.OpenSourceWith(loc, apply.SourceOptions{DownloadLimit: downloadLimit})
 		},
@@ -151,6 +160,11 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	go func() {
 		defer d.wg.Done()
 		d.loop(ctx, cfg, len(cfg.Peers) > 0)
+	}()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.watchConditions(ctx)
 	}()
 	if len(cfg.Volumes) > 0 || cfg.ScanMounts {
 		d.wg.Add(1)
@@ -216,6 +230,9 @@ func (d *Daemon) close() {
 		d.disc.Close()
 	}
 	d.wg.Wait()
+	if d.host != nil {
+		d.host.Close()
+	}
 	if d.DB != nil {
 		d.DB.Close()
 	}

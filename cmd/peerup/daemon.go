@@ -30,6 +30,13 @@ in the background and acts by policy:
   download  fetch and stage, then signal UpdateReady and wait for Apply
   notify    only signal that an update is available
 
+Under auto it respects the laptop: it switches only within --apply-window
+(local times, such as "Mon-Fri 16:00-08:00"), not on battery below
+--battery-floor-percent (UPower), or, with --apply-on shutdown, only as the
+laptop shuts down (peerup-apply-on-shutdown.service); it fetches and stages
+meanwhile. On a metered connection (NetworkManager) it fetches from the LAN
+alone. 'peerup status' says what it waits for.
+
 A --volume folder is watched for a USB stick written by 'peerup export': when
 one is mounted there, the daemon updates from it like from a peer, checking
 every byte just as strictly.
@@ -39,20 +46,10 @@ The desktop and 'peerup status/check/fetch/apply' talk to it over D-Bus
 if present); flags override it. One daemon runs per sysroot.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg := daemon.Config{}
-			path := cfgPath
-			if path == "" {
-				if _, err := os.Stat(defaultConfig); err == nil {
-					path = defaultConfig
-				}
+			cfg, err := loadConfig(cfgPath, flags)
+			if err != nil {
+				return err
 			}
-			if path != "" {
-				var err error
-				if cfg, err = daemon.LoadConfig(path); err != nil {
-					return err
-				}
-			}
-			flags.Apply(&cfg)
 			cfg.LANAddrs = func() ([]net.IP, error) { return discovery.LinkAddrs(cfg.Iface) }
 			// Process-wide, so set here rather than in the daemon package,
 			// whose tests run several daemons in one process.
@@ -87,6 +84,25 @@ if present); flags override it. One daemon runs per sysroot.`,
 	f.StringVar(&cfgPath, "config", "", "TOML config file (default "+defaultConfig+" if it exists)")
 	flags = daemon.AddConfigFlags(f)
 	return cmd
+}
+
+// loadConfig reads the config file at path (or the default one, if it
+// exists) with the flags given on top.
+func loadConfig(path string, flags *daemon.ConfigFlags) (daemon.Config, error) {
+	cfg := daemon.Config{}
+	if path == "" {
+		if _, err := os.Stat(defaultConfig); err == nil {
+			path = defaultConfig
+		}
+	}
+	if path != "" {
+		var err error
+		if cfg, err = daemon.LoadConfig(path); err != nil {
+			return cfg, err
+		}
+	}
+	flags.Apply(&cfg)
+	return cfg, nil
 }
 
 // dialDaemon reaches a running daemon, saying clearly when there is none.
@@ -177,6 +193,9 @@ func describeProps(p daemon.Props) error {
 	}
 	if p.BadVersion != 0 {
 		fmt.Printf("bad:      version %d failed to boot (peerup unmark-bad)\n", p.BadVersion)
+	}
+	if p.Waiting != "" {
+		fmt.Printf("waiting:  %s\n", p.Waiting)
 	}
 	if p.State == daemon.StateError {
 		return errors.New(p.ErrorMessage)

@@ -134,6 +134,7 @@ func TestMistypedPathsAreRefusedAndNothingIsMade(t *testing.T) {
 		{[]string{"rollback", "--sysroot", "SYSROOT"}, "is not a peerup sysroot"},
 		{[]string{"mark-good", "--sysroot", "SYSROOT"}, "is not a peerup sysroot"},
 		{[]string{"apply", "--sysroot", "SYSROOT"}, "is not a peerup sysroot"},
+		{[]string{"apply-staged", "--sysroot", "SYSROOT", "--policy", "auto", "--apply-on", "shutdown"}, "is not a peerup sysroot"},
 		{[]string{"boot", "--sysroot", "SYSROOT"}, "is not a peerup sysroot"},
 		{[]string{"serve", "--sysroot", "SYSROOT", "--listen", "127.0.0.1:0"}, "is not a peerup sysroot"},
 		{[]string{"serve", "--repo", "SYSROOT", "--listen", "127.0.0.1:0"}, "holds no peerup repo"},

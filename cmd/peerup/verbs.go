@@ -567,6 +567,7 @@ type statusDoc struct {
 	ErrorMessage     *string `json:"error_message"`
 	RolloutPercent   *uint32 `json:"rollout_percent"`
 	RolloutWaiting   *bool   `json:"rollout_waiting"`
+	Waiting          *string `json:"waiting"`
 }
 
 // orNull is v, or nil (JSON null) for the zero value.
@@ -615,7 +616,7 @@ func propsJSON(p daemon.Props) statusDoc {
 		UpdateID: orNull(p.UpdateID), UpdateLabel: orNull(p.UpdateLabel), UpdateMessage: orNull(p.UpdateMessage),
 		DownloadSize: &size, DownloadedBytes: &done, UnpackedSize: orNull(p.UnpackedSize),
 		FullDownloadSize: orNull(p.FullDownloadSize), FullUnpackedSize: orNull(p.FullUnpackedSize),
-		Peers: &peers, ErrorName: orNull(p.ErrorName), ErrorMessage: orNull(p.ErrorMessage),
+		Peers: &peers, ErrorName: orNull(p.ErrorName), ErrorMessage: orNull(p.ErrorMessage), Waiting: orNull(p.Waiting),
 		Pending: pending}
 }
 
