@@ -81,6 +81,9 @@ type Config struct {
 	// setuid or setgid files, however validly signed (SPEC.md §17).
 	NoDevices bool `toml:"no-devices" usage:"refuse images holding device nodes, however validly signed"`
 	NoSetuid  bool `toml:"no-setuid" usage:"refuse images holding setuid or setgid files or file capabilities, however validly signed"`
+	// NoReport stops the status reports a laptop sends its --peer servers
+	// (SPEC.md §20).
+	NoReport bool `toml:"no-report" usage:"do not send status reports to the --peer servers (for their fleet page)"`
 }
 
 // Defaults is the value of every setting a config leaves unset.

@@ -124,6 +124,9 @@ type Options struct {
 	// Helpers, if set, lists neighbours whose own pulls may lend objects
 	// (apply.PullOptions.Helpers).
 	Helpers func() []apply.Haver
+	// Pulled, if set, hears of each staged pull (the status report counts
+	// its bytes by source).
+	Pulled func(*apply.PullResult)
 	// Entries refuses kinds of entry this node never installs.
 	Entries apply.EntryPolicy
 	Log     *slog.Logger
@@ -839,6 +842,9 @@ func (c *Core) fetchVersion(ctx context.Context, want uint64, peers []string) (n
 			}
 			pmu.Unlock()
 			c.o.Log.Info("update staged", "version", want, "from", u, "fetched", res.FetchedBytes, "patches", res.PatchObjects, "from_neighbours", res.NeighbourBytes, "sources", res.Sources)
+			if c.o.Pulled != nil {
+				c.o.Pulled(res)
+			}
 			c.update(func(p *Props) {
 				p.State = StateUpdateReady
 				p.DownloadedBytes, p.DownloadSize = uint64(res.FetchedBytes), uint64(res.FetchedBytes)

@@ -89,7 +89,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	if !cfg.NoP2P {
 		partial = sys
 	}
-	ln, err := serveRepo(cfg, sys.Repo().Dir(), partial, &d.srv, &d.wg, log)
+	ln, err := serveRepo(cfg, sys.Repo().Dir(), partial, nil, &d.srv, &d.wg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -115,13 +115,17 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 		return d.disc.Peers()
 	}
 	downloadLimit := transfer.NewRateLimiter(cfg.MaxDownloadRate)
+	rep, err := newReporter(cfg, db, sys, log)
+	if err != nil {
+		return nil, err
+	}
 	var helpers func() []apply.Haver
 	if !cfg.NoP2P {
 		helpers = neighbours(func() []string { return append(peers(), discovered()...) }, downloadLimit)
 	}
 	d.Core, err = NewCore(ctx, Options{
 		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Discovered: discovered, Log: log, EncodingBudget: apply.EncodingBudgetMiB(*cfg.KeepEncodingsMiB), Memory: apply.MemoryMiB(cfg.MemoryMiB), Entries: apply.EntryPolicy{NoDevices: cfg.NoDevices, NoSetuid: cfg.NoSetuid},
-		Helpers: helpers,
+		Helpers: helpers, Pulled: rep.pulledHook(),
 		Open: func(loc string) (apply.Source, error) {
 			return apply.OpenSourceWith(loc, apply.SourceOptions{DownloadLimit: downloadLimit})
 		},
@@ -134,6 +138,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	if err != nil {
 		return nil, err
 	}
+	rep.start(ctx, d.Core, &d.wg)
 	if cfg.Bus != "none" {
 		conn, err := ConnectBus(cfg.Bus)
 		if err != nil {
@@ -219,8 +224,9 @@ func (d *Daemon) close() {
 }
 
 // serveRepo serves dir on cfg.Listen, with cfg's limits, until *srv is
-// shut down. cfg has its defaults filled in.
-func serveRepo(cfg Config, dir string, partial transfer.Partial, srv **http.Server, wg *sync.WaitGroup, log *slog.Logger) (net.Listener, error) {
+// shut down; wrap, if set, adds routes of its own. cfg has its defaults
+// filled in.
+func serveRepo(cfg Config, dir string, partial transfer.Partial, wrap func(http.Handler) http.Handler, srv **http.Server, wg *sync.WaitGroup, log *slog.Logger) (net.Listener, error) {
 	ln, err := transfer.Listen(cfg.Listen, cfg.limits())
 	if err != nil {
 		return nil, err
@@ -229,7 +235,11 @@ func serveRepo(cfg Config, dir string, partial transfer.Partial, srv **http.Serv
 	if partial != nil {
 		h = h.WithPartial(partial)
 	}
-	*srv = transfer.NewServer(ln.Addr().String(), h)
+	var hh http.Handler = h
+	if wrap != nil {
+		hh = wrap(h)
+	}
+	*srv = transfer.NewServer(ln.Addr().String(), hh)
 	s := *srv
 	wg.Add(1)
 	go func() {
