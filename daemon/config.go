@@ -82,7 +82,7 @@ type Config struct {
 	NoDevices bool `toml:"no-devices" usage:"refuse images holding device nodes, however validly signed"`
 	NoSetuid  bool `toml:"no-setuid" usage:"refuse images holding setuid or setgid files or file capabilities, however validly signed"`
 	// NoReport stops the status reports a laptop sends its --peer servers
-	// (SPEC.md §20).
+	// (SPEC.md §18).
 	NoReport bool `toml:"no-report" usage:"do not send status reports to the --peer servers (for their fleet page)"`
 }
 

@@ -20,7 +20,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// The fleet table is a seed's latest report from each laptop (SPEC.md §20).
+// The fleet table is a seed's latest report from each laptop (SPEC.md §18).
 // It is bounded whatever the LAN sends: a flood of made-up machines from
 // one address replaces that address's oldest entries, never anyone
 // else's, and the whole table has a cap too.

@@ -26,7 +26,7 @@ import (
 )
 
 // A status report is what a laptop tells the school server it updates from
-// after each poll, fetch, apply, boot fallback or error (SPEC.md §20). It is
+// after each poll, fetch, apply, boot fallback or error (SPEC.md §18). It is
 // unsigned and a hint for people: nothing anyone installs depends on it.
 
 // ReportFormat is the version of the report's JSON.

@@ -115,6 +115,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 		return d.disc.Peers()
 	}
 	downloadLimit := transfer.NewRateLimiter(cfg.MaxDownloadRate)
+	peerHTTP := transfer.DefaultHTTPClient()
 	rep, err := newReporter(cfg, db, sys, log)
 	if err != nil {
 		return nil, err
@@ -127,7 +128,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Discovered: discovered, Log: log, EncodingBudget: apply.EncodingBudgetMiB(*cfg.KeepEncodingsMiB), Memory: apply.MemoryMiB(cfg.MemoryMiB), Entries: apply.EntryPolicy{NoDevices: cfg.NoDevices, NoSetuid: cfg.NoSetuid},
 		Helpers: helpers, Pulled: rep.pulledHook(),
 		Open: func(loc string) (apply.Source, error) {
-			return apply.OpenSourceWith(loc, apply.SourceOptions{DownloadLimit: downloadLimit})
+			return apply.OpenSourceWith(loc, apply.SourceOptions{DownloadLimit: downloadLimit, HTTP: peerHTTP})
 		},
 		OnApplied: func(from, to uint64) {
 			if d.disc != nil {

@@ -21,7 +21,7 @@ import (
 // publish` or `peerup mirror`) to the LAN and advertises its newest signed
 // version, announcing each new one within moments of its publication. It
 // needs no sysroot and no state of its own beyond a lock beside the repo
-// and its fleet table (the laptops' status reports, SPEC.md §20).
+// and its fleet table (the laptops' status reports, SPEC.md §18).
 type Seed struct {
 	Addr  net.Addr
 	srv   *http.Server
