@@ -20,7 +20,7 @@ func (a *app) newFleetCmd() *cobra.Command {
 		Use:   "fleet --from URL [--json]",
 		Short: "Show the laptops a school server hears from: versions, states, bytes shared",
 		Long: `Reads the fleet table of a school server running 'peerup daemon --repo'
-(URL is the server, as laptops give it with --peer; SPEC.md §20) and prints it
+(URL is the server, as laptops give it with --peer; SPEC.md §18) and prints it
 as a table, or as the server's JSON with --json. The same is on the server's
 page /fleet. Reports are what laptops say of themselves, unsigned: hints for
 people, never inputs to an update.`,
