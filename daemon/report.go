@@ -23,6 +23,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/peerup/peerup/apply"
+	"github.com/peerup/peerup/transfer"
 )
 
 // A status report is what a laptop tells the school server it updates from
@@ -217,9 +218,17 @@ func newReporter(cfg Config, db *DB, sys *apply.Sysroot, log *slog.Logger) (*rep
 	name, _ := os.Hostname()
 	return &reporter{
 		upstream: up, id: id, name: clip(name, maxNameLen), db: db, sys: sys, log: log,
-		client: &http.Client{Timeout: 10 * time.Second},
+		client: reportClient(),
 		kick:   make(chan struct{}, 1),
 	}, nil
+}
+
+// reportClient never takes a proxy, like every LAN source (SPEC.md §13),
+// and gives up on a report after 10 s.
+func reportClient() *http.Client {
+	hc := transfer.DefaultHTTPClient()
+	hc.Timeout = 10 * time.Second
+	return hc
 }
 
 // PropsChanged reports when an operation settles.

@@ -2,17 +2,21 @@ package daemon
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/peerup/peerup/apply"
 )
 
 func goodReport() Report {
@@ -333,5 +337,59 @@ func TestFleetHTTP(t *testing.T) {
 	h.ServeHTTP(w, req)
 	if strings.Contains(w.Body.String(), "<script>alert") {
 		t.Fatalf("the page carries a laptop's markup:\n%s", w.Body.String())
+	}
+}
+
+// TestReportsReachTheSeed: a laptop daemon configured with a seed as its
+// peer reports when it starts and again once it applied an update, with
+// the bytes it fetched from the seed; the seed's table survives its
+// restart.
+func TestReportsReachTheSeed(t *testing.T) {
+	f := newTestFleet(t)
+	f.publish(t, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	seedCtx, stopSeed := context.WithCancel(ctx)
+	defer cancel()
+	seed, err := StartSeed(seedCtx, Config{Repo: f.repo.Dir(), Trust: []string{f.pub}, Listen: "127.0.0.1:0"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seedURL := "http://" + seed.Addr.String() + "/"
+	sysroot := f.sysrootAt(t, 1)
+	d, err := Start(ctx, Config{Sysroot: sysroot, Trust: []string{f.pub}, Listen: "127.0.0.1:0", Bus: "none", Peers: []string{seedURL}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); d.Wait(ctx) }()
+	wait := func(what string, ok func(FleetMachine) bool) FleetMachine {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			if v, err := FetchFleet(ctx, seedURL); err == nil && len(v.Machines) == 1 && ok(v.Machines[0]) {
+				return v.Machines[0]
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatalf("the seed's table never showed %s", what)
+		return FleetMachine{}
+	}
+	host, _ := os.Hostname()
+	m := wait("the laptop on v1", func(m FleetMachine) bool { return m.Current == 1 })
+	if m.Name != clip(host, maxNameLen) || m.Image != "school-laptop" || m.Addr != "127.0.0.1" || len(m.ID) != 32 {
+		t.Errorf("first report: %+v", m)
+	}
+	f.publish(t, 2)
+	d.Core.Hint()
+	m = wait("the laptop on v2", func(m FleetMachine) bool { return m.Current == 2 && settled(m.State) })
+	if m.ServerBytes == 0 || m.NeighbourBytes != 0 || m.Previous != 1 || m.Trying != 2 || m.TriesLeft != apply.DefaultBootTries {
+		t.Errorf("report after the update: %+v", m)
+	}
+
+	stopSeed()
+	seed.Wait(seedCtx)
+	fl := openTestFleet(t, f.repo.Layout().FleetDB(), DefaultFleetLimits)
+	defer fl.Close()
+	if v := fl.View(time.Now()); len(v.Machines) != 1 || v.Machines[0].Current != 2 || v.Machines[0].ID != m.ID {
+		t.Errorf("after the seed stopped, its table holds %+v", v.Machines)
 	}
 }
