@@ -122,18 +122,21 @@ func (f *Fleet) Record(addr string, r Report, now time.Time) {
 
 // put adds or replaces m, evicting to stay within the limits. f.mu held.
 func (f *Fleet) put(m FleetMachine) {
+	stored := false
 	if e := f.m[m.ID]; e != nil {
-		if e.Addr != m.Addr {
-			f.unindex(e)
-			f.makeRoom(m.Addr)
-			f.index(m.ID, m.Addr)
+		if e.Addr == m.Addr {
+			e.FleetMachine = m
+			f.dirty[m.ID] = struct{}{}
+			return
 		}
-		e.FleetMachine = m
-		f.dirty[m.ID] = struct{}{}
-		return
+		// A machine that moved is taken out before room is made at its
+		// new address, so that the eviction cannot pick it half moved.
+		stored = e.stored
+		f.unindex(e)
+		delete(f.m, m.ID)
 	}
 	f.makeRoom(m.Addr)
-	f.m[m.ID] = &fleetEntry{FleetMachine: m}
+	f.m[m.ID] = &fleetEntry{FleetMachine: m, stored: stored}
 	f.index(m.ID, m.Addr)
 	f.dirty[m.ID] = struct{}{}
 	delete(f.gone, m.ID)

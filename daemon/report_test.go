@@ -169,6 +169,14 @@ func TestFleetTableBounds(t *testing.T) {
 				f.Record("10.0.0.1", fakeReport(i), t0.Add(2*time.Minute))
 			}
 		}, 3 + 5, []string{"00000000000000a1", "00000000000000a2"}, nil},
+		{"a machine that moves to a full table is not lost half moved", func(f *Fleet) {
+			for i := range 47 {
+				f.Record(fmt.Sprintf("10.2.0.%d", i), fakeReport(i), t0.Add(time.Second))
+			}
+			f.Record("10.0.0.9", named("00000000000000a1", "xo-1"), t0.Add(time.Minute))
+			f.Record("10.0.0.9", named("00000000000000a1", "xo-1"), t0.Add(2*time.Minute))
+			f.Record("10.0.0.1", fakeReport(99), t0.Add(3*time.Minute))
+		}, 50, []string{"00000000000000a1", fakeReport(99).ID}, nil},
 		{"silent machines expire", func(f *Fleet) {
 			f.Record("10.0.0.2", named("00000000000000a2", "xo-2"), t0.Add(2*time.Hour))
 			f.Expire(t0.Add(2*time.Hour + time.Minute))

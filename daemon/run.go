@@ -139,7 +139,6 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	if err != nil {
 		return nil, err
 	}
-	rep.start(ctx, d.Core, &d.wg)
 	if cfg.Bus != "none" {
 		conn, err := ConnectBus(cfg.Bus)
 		if err != nil {
@@ -150,6 +149,9 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 			return nil, err
 		}
 	}
+	// Goroutines start last: a failure above closes the daemon, which
+	// waits for them, and ctx has not ended.
+	rep.start(ctx, d.Core, &d.wg)
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
