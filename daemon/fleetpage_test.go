@@ -200,6 +200,12 @@ func TestFleetPage(t *testing.T) {
 	if !strings.Contains(dom, "xo-6 (") || !strings.Contains(dom, "fell back from v2") {
 		t.Errorf("the page does not list xo-6 as fallen back:\n%s", dom)
 	}
+	// Left open, the page refreshes itself from /fleet.json, which its
+	// Content-Security-Policy allows.
+	dom = chromium(t, lan, observer, page, "--dump-dom", "--virtual-time-budget=7000")
+	if !regexp.MustCompile(`<body data-refreshes="[1-9]`).MatchString(dom) || strings.Contains(dom, `id="live" class="stale"`) {
+		t.Errorf("the page did not refresh itself:\n%s", dom)
+	}
 
 	// v3: 2 MB of new files, which the laptops share.
 	for i := range 16 {
