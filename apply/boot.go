@@ -136,6 +136,13 @@ func (s *Sysroot) startProbation(v uint64, tries int) error {
 	return s.writeBoot(b)
 }
 
+// Probation is the version on probation (0: none) and the boots it may
+// still start before it is given up, for status reports.
+func (s *Sysroot) Probation() (version uint64, left int) {
+	b, _ := s.readBoot()
+	return b.Trying, b.Left
+}
+
 // MarkGood confirms that the current version boots: it leaves probation.
 // booted is the version this boot started (BootedVersion), 0 if unknown: a
 // boot of another version (a one-boot revert) proves nothing about current,

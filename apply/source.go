@@ -29,12 +29,18 @@ type SourceOptions struct {
 	// Upstream sends requests through the proxy that http_proxy,
 	// https_proxy and no_proxy name; off for LAN peers.
 	Upstream bool
+	// HTTP, if set, is the client for repo URLs (not with Upstream). A
+	// daemon shares one across its polls: a client each would leave each
+	// poll's connections idle on the peers, and a laptop woken often (by
+	// adverts of a version it refuses) would run into their per-address
+	// connection caps.
+	HTTP *http.Client
 }
 
 // OpenSourceWith is OpenSource with options.
 func OpenSourceWith(loc string, o SourceOptions) (Source, error) {
 	if strings.HasPrefix(loc, "http://") || strings.HasPrefix(loc, "https://") {
-		var hc *http.Client
+		hc := o.HTTP
 		if o.Upstream {
 			hc = transfer.UpstreamHTTPClient()
 		}

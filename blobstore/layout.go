@@ -29,6 +29,7 @@ const (
 	stagingName   = "staging"
 	lockName      = "lock"
 	seedLock      = "seed.lock"
+	fleetDB       = "fleet.db"
 	sigSuffix     = ".sig"
 	manifestExt   = ".manifest"
 	withdrawnName = "withdrawn"
@@ -60,6 +61,10 @@ func (l Layout) Lock() string { return l.at(lockName) }
 
 // SeedLock is held by the one daemon seeding the repo.
 func (l Layout) SeedLock() string { return l.at(seedLock) }
+
+// FleetDB is a seed's table of its laptops' status reports; it is never
+// served (Kind does not know it).
+func (l Layout) FleetDB() string { return l.at(fleetDB) }
 
 // Images holds one folder per image.
 func (l Layout) Images() string { return l.at(imagesName) }

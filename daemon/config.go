@@ -101,6 +101,9 @@ type Config struct {
 	BatteryFloorPercent *int     `toml:"battery-floor-percent" usage:"on battery below this charge (UPower), fetch but do not switch until on AC or above it (0: no floor)"`
 	// SystemBus is where UPower and NetworkManager answer.
 	SystemBus string `toml:"system-bus" usage:"bus of UPower (battery) and NetworkManager (metered connections): system, an address, or none to ignore them"`
+	// NoReport stops the status reports a laptop sends its --peer servers
+	// (SPEC.md §18).
+	NoReport bool `toml:"no-report" usage:"do not send status reports to the --peer servers (for their fleet page)"`
 }
 
 // Defaults is the value of every setting a config leaves unset.

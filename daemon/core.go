@@ -137,6 +137,9 @@ type Options struct {
 	// Helpers, if set, lists neighbours whose own pulls may lend objects
 	// (apply.PullOptions.Helpers).
 	Helpers func() []apply.Haver
+	// Pulled, if set, hears of each staged pull (the status report counts
+	// its bytes by source).
+	Pulled func(*apply.PullResult)
 	// Entries refuses kinds of entry this node never installs.
 	Entries apply.EntryPolicy
 	// Metrics, if set, counts fetches and applies (SPEC.md §11).
@@ -881,6 +884,9 @@ func (c *Core) fetchVersion(ctx context.Context, want uint64, peers []string) (n
 			}
 			pmu.Unlock()
 			c.o.Log.Info("update staged", "version", want, "from", u, "fetched", res.FetchedBytes, "patches", res.PatchObjects, "from_neighbours", res.NeighbourBytes, "sources", res.Sources)
+			if c.o.Pulled != nil {
+				c.o.Pulled(res)
+			}
 			rs := c.rollout(res.Image, want)
 			c.update(func(p *Props) {
 				p.State = StateUpdateReady

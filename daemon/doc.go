@@ -11,4 +11,9 @@
 // Durable state (peers seen, banned peers, counters, the last poll) lives in
 // a bbolt database under the sysroot. bbolt's lock doubles as the guarantee
 // that one daemon runs per sysroot.
+//
+// A laptop reports its status to the school server it is configured with
+// (report.go); a seed keeps the latest report per machine, bounded, and
+// shows them on its fleet page (fleet.go, SPEC.md §18). Reports are hints
+// for people and feed nothing that installs.
 package daemon

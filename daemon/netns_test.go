@@ -17,7 +17,13 @@ import (
 // host (its own UTS namespace), keeping its log, and waits until it serves.
 func lanDaemon(t *testing.T, lan *testlan.LAN, i int, bin, host string, args ...string) *syncBuffer {
 	t.Helper()
-	cmd := lan.Command(i, "unshare", append([]string{"-u", "sh", "-c", `hostname "$0" && exec "$@"`, host, bin, "daemon"}, args...)...)
+	return lanServe(t, lan, i, lan.Command(i, "unshare", append([]string{"-u", "sh", "-c", `hostname "$0" && exec "$@"`, host, bin, "daemon"}, args...)...))
+}
+
+// lanServe starts cmd, a daemon in node i of lan, keeping its log, and
+// waits until it serves.
+func lanServe(t *testing.T, lan *testlan.LAN, i int, cmd *exec.Cmd) *syncBuffer {
+	t.Helper()
 	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = io.MultiWriter(os.Stderr, log), io.MultiWriter(os.Stderr, log)
 	lan.Serve(cmd, 7380, log)

@@ -224,6 +224,8 @@ func isLAN(ctx context.Context, loc string, r resolver) bool {
 	return true
 }
 
+// lanAddr is the one rule for a LAN address: private, link-local or
+// loopback. Metered fetching and the fleet page both go by it.
 func lanAddr(a netip.Addr) bool {
 	a = a.Unmap()
 	return a.IsPrivate() || a.IsLoopback() || a.IsLinkLocalUnicast()

@@ -92,7 +92,7 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 		partial = sys
 	}
 	metrics := NewMetrics(cfg.Peers)
-	ln, err := serveRepo(ctx, cfg, sys.Repo().Dir(), partial, metrics, &d.srv, &d.wg, log)
+	ln, err := serveRepo(ctx, cfg, sys.Repo().Dir(), partial, metrics, nil, &d.srv, &d.wg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -123,6 +123,11 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 		return nil, err
 	}
 	downloadLimit := transfer.NewRateLimiter(cfg.MaxDownloadRate)
+	peerHTTP := transfer.DefaultHTTPClient()
+	rep, err := newReporter(cfg, db, sys, log)
+	if err != nil {
+		return nil, err
+	}
 	var helpers func() []apply.Haver
 	if !cfg.NoP2P {
 		// On a metered connection, a peer beyond the LAN lends nothing
@@ -132,9 +137,9 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 	}
 	d.Core, err = NewCore(ctx, Options{
 		Sysroot: sys, DB: db, Trust: kr, Policy: policy, Peers: peers, Discovered: discovered, Log: log, EncodingBudget: apply.EncodingBudgetMiB(*cfg.KeepEncodingsMiB), Memory: apply.MemoryMiB(cfg.MemoryMiB), Entries: apply.EntryPolicy{NoDevices: cfg.NoDevices, NoSetuid: cfg.NoSetuid},
-		Helpers: helpers, Metrics: metrics, Conditions: cond, Now: cfg.Now,
+		Helpers: helpers, Metrics: metrics, Conditions: cond, Now: cfg.Now, Pulled: rep.pulledHook(),
 		Open: func(loc string) (apply.Source, error) {
-			return apply.OpenSourceWith(loc, apply.SourceOptions{DownloadLimit: downloadLimit})
+			return apply.OpenSourceWith(loc, apply.SourceOptions{DownloadLimit: downloadLimit, HTTP: peerHTTP})
 		},
 		OnApplied: func(from, to uint64) {
 			if d.disc != nil {
@@ -156,6 +161,9 @@ func Start(ctx context.Context, cfg Config, newDisc func(image string, version u
 			return nil, err
 		}
 	}
+	// Goroutines start last: a failure above closes the daemon, which
+	// waits for them, and ctx has not ended.
+	rep.start(ctx, d.Core, &d.wg)
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -240,8 +248,9 @@ func (d *Daemon) close() {
 
 // serveRepo serves dir on cfg.Listen, with cfg's limits, and the metrics
 // at MetricsPath, until *srv is shut down (or, for a LAN listen, ctx
-// ends). cfg has its defaults filled in.
-func serveRepo(ctx context.Context, cfg Config, dir string, partial transfer.Partial, metrics *Metrics, srv **http.Server, wg *sync.WaitGroup, log *slog.Logger) (net.Listener, error) {
+// ends); wrap, if set, adds routes of its own. cfg has its defaults filled
+// in.
+func serveRepo(ctx context.Context, cfg Config, dir string, partial transfer.Partial, metrics *Metrics, wrap func(http.Handler) http.Handler, srv **http.Server, wg *sync.WaitGroup, log *slog.Logger) (net.Listener, error) {
 	ln, err := transfer.ListenOn(ctx, cfg.Listen, cfg.LANAddrs, cfg.limits(), log)
 	if err != nil {
 		return nil, err
@@ -249,6 +258,10 @@ func serveRepo(ctx context.Context, cfg Config, dir string, partial transfer.Par
 	h := transfer.NewHandler(dir, log).WithLimits(cfg.limits())
 	if partial != nil {
 		h = h.WithPartial(partial)
+	}
+	var hh http.Handler = h
+	if wrap != nil {
+		hh = wrap(h)
 	}
 	// Not a ServeMux: its redirects of unclean paths would change what the
 	// repo's own handler answers to them.
@@ -258,7 +271,7 @@ func serveRepo(ctx context.Context, cfg Config, dir string, partial transfer.Par
 			mh.ServeHTTP(w, r)
 			return
 		}
-		h.ServeHTTP(w, r)
+		hh.ServeHTTP(w, r)
 	})
 	*srv = transfer.NewServer(ln.Addr().String(), both)
 	s := *srv

@@ -21,13 +21,19 @@ import (
 // Seed is a school server's daemon: it serves a repo (kept by `peerup
 // publish` or `peerup mirror`) to the LAN and advertises its newest signed
 // version, announcing each new one within moments of its publication. It
-// needs no sysroot and no state of its own beyond a lock beside the repo.
+// needs no sysroot and no state of its own beyond a lock beside the repo
+// and its fleet table (the laptops' status reports, SPEC.md §18).
 type Seed struct {
-	Addr net.Addr
-	srv  *http.Server
-	disc Discovery
-	wg   sync.WaitGroup
-	stop func()
+	Addr  net.Addr
+	srv   *http.Server
+	disc  Discovery
+	fleet *Fleet
+	log   *slog.Logger
+	wg    sync.WaitGroup
+	stop  func()
+	// stopFleet ends the fleet table's flushes once the server has stopped
+	// taking reports.
+	stopFleet func()
 }
 
 // StartSeed starts serving and advertising cfg.Repo.
@@ -48,7 +54,7 @@ func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, versi
 	if err != nil {
 		return nil, fmt.Errorf("%w: another peerup daemon seeds %s", ErrRunning, repo.Dir())
 	}
-	s := &Seed{stop: unlock}
+	s := &Seed{stop: unlock, log: log}
 	ok := false
 	defer func() {
 		if !ok {
@@ -63,10 +69,20 @@ func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, versi
 	var advertised atomic.Uint64
 	advertised.Store(v)
 	metrics.watchSeed(image, &advertised)
-	ln, err := serveRepo(ctx, cfg, repo.Dir(), nil, metrics, &s.srv, &s.wg, log)
+	if s.fleet, err = OpenFleet(repo.Layout().FleetDB(), DefaultFleetLimits, log); err != nil {
+		return nil, err
+	}
+	ln, err := serveRepo(ctx, cfg, repo.Dir(), nil, metrics, s.fleet.Handler, &s.srv, &s.wg, log)
 	if err != nil {
 		return nil, err
 	}
+	fctx, stopFleet := context.WithCancel(context.WithoutCancel(ctx))
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.fleet.run(fctx)
+	}()
+	s.stopFleet = stopFleet
 	s.Addr = ln.Addr()
 	if newDisc != nil {
 		if s.disc, err = newDisc(image, v, ln.Addr().(*net.TCPAddr).Port); err != nil {
@@ -213,6 +229,14 @@ func (s *Seed) close() {
 	if s.disc != nil {
 		s.disc.Close()
 	}
+	if s.stopFleet != nil {
+		s.stopFleet()
+	}
 	s.wg.Wait()
+	if s.fleet != nil {
+		if err := s.fleet.Close(); err != nil {
+			s.log.Warn("fleet table", "err", err)
+		}
+	}
 	s.stop()
 }
