@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/peerup/peerup/daemon"
 	"github.com/peerup/peerup/internal/testlan"
 )
 
@@ -86,8 +87,12 @@ func (d *demo) startFleet(ctx context.Context, lan *testlan.LAN, repo, pub strin
 		}
 		if lan != nil {
 			// A real LAN: the laptops find the server and each other by
-			// mDNS and multicast announcements alone.
+			// mDNS and multicast announcements alone. The server is
+			// named only so that they report to it, for its fleet page.
 			args = append(args, "--iface", lan.Nodes[i].Iface)
+			if n.sysroot != "" {
+				args = append(args, "--peer", f.nodes[0].url)
+			}
 		} else {
 			// Loopback: no multicast, so every laptop is told the others'
 			// addresses and asks them every second.
@@ -231,6 +236,41 @@ func (f *fleet) follow(ctx context.Context, v, imageBytes int) (most int, err er
 		}
 	}
 	return 0, nil // most is set by the summary above, deferred
+}
+
+// fleetPage reads the school server's fleet table as `peerup fleet` does
+// from a laptop (in a LAN, from laptop-1's namespace: the server answers
+// the LAN only), until it lists every laptop at version v, and returns it
+// and the page's address.
+func (f *fleet) fleetPage(ctx context.Context, lan *testlan.LAN, v int) (string, daemon.FleetView, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	seed := f.nodes[0].url
+	var view daemon.FleetView
+	for {
+		args := []string{"fleet", "--from", seed, "--json"}
+		cmd := exec.CommandContext(ctx, f.d.bin, args...)
+		if lan != nil {
+			cmd = lan.Command(2, f.d.bin, args...)
+		}
+		out, err := cmd.Output()
+		if err == nil && json.Unmarshal(out, &view) == nil {
+			at := 0
+			for _, m := range view.Machines {
+				if m.Current == uint64(v) {
+					at++
+				}
+			}
+			if at >= laptops {
+				return seed + "fleet", view, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", view, fmt.Errorf("the fleet page at %sfleet does not list the %d laptops at v%d: %v (%d listed)", seed, laptops, v, err, len(view.Machines))
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // mark starts the clock the events are timed by.

@@ -162,6 +162,10 @@ func (d *demo) run(r *testlan.Runner, loopback bool) error {
 	if _, err := f.follow(ctx, 3, imageBytes); err != nil {
 		return err
 	}
+	page, view, err := f.fleetPage(ctx, lan, 3)
+	if err != nil {
+		return err
+	}
 	f.stop()
 
 	fmt.Println("\n6. Every laptop runs v3, built beside v2 from hard links, its files checked against the manifest:")
@@ -190,6 +194,15 @@ func (d *demo) run(r *testlan.Runner, loopback bool) error {
 		return errors.New("an old version was accepted")
 	}
 	fmt.Printf("     refused: %s\n", lastLine(err.Error()))
+
+	fmt.Printf("\n9. The school server's fleet page was at %s (the school LAN only;\n", page)
+	fmt.Println("   `peerup fleet --from URL` prints it in a terminal). Once v3 was everywhere it showed:")
+	var on []string
+	for _, c := range view.Versions {
+		on = append(on, fmt.Sprintf("v%d: %d", c.Version, c.Machines))
+	}
+	fmt.Printf("     laptops by version: %s; fell back: %d; failed: %d\n", strings.Join(on, ", "), view.FellBack, view.Failed)
+	fmt.Printf("     bytes the laptops got from the server: %s, from each other: %s\n", size(int(view.ServerBytes)), size(int(view.NeighbourBytes)))
 	fmt.Println("\nDone. `make test` runs the full test suite; README.md explains the rest.")
 	return nil
 }
