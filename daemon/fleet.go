@@ -32,9 +32,11 @@ type FleetLimits struct {
 	TTL     time.Duration // a machine silent this long is dropped
 }
 
-// DefaultFleetLimits: a school's fleet, with room for a few laptops behind
+// DefaultFleetLimits are a school's fleet, with room for a few laptops behind
 // one address (a NAT, several nodes on one machine), and the holidays.
-var DefaultFleetLimits = FleetLimits{Max: 4096, PerAddr: 32, TTL: 30 * 24 * time.Hour}
+func DefaultFleetLimits() FleetLimits {
+	return FleetLimits{Max: 4096, PerAddr: 32, TTL: 30 * 24 * time.Hour}
+}
 
 // fleetFlushInterval batches the table's writes: a report is one map
 // update, and the disk sees at most one commit (two fsyncs) per interval.

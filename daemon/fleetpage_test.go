@@ -342,8 +342,8 @@ func TestFleetFlood(t *testing.T) {
 	if _, ok := m["xo-2"]; !ok {
 		t.Errorf("xo-2 is gone after the flood")
 	}
-	if len(v.Machines) != 2+DefaultFleetLimits.PerAddr {
-		t.Errorf("%d machines listed, want 2 and %d from the flooding address", len(v.Machines), DefaultFleetLimits.PerAddr)
+	if len(v.Machines) != 2+DefaultFleetLimits().PerAddr {
+		t.Errorf("%d machines listed, want 2 and %d from the flooding address", len(v.Machines), DefaultFleetLimits().PerAddr)
 	}
 }
 

@@ -224,7 +224,7 @@ func named(id, name string) Report {
 // the HTTP handler leave the table at its cap, the live heap about where
 // it was, and the real laptops listed.
 func TestFleetFloodHeap(t *testing.T) {
-	f := openTestFleet(t, filepath.Join(t.TempDir(), "fleet.db"), DefaultFleetLimits)
+	f := openTestFleet(t, filepath.Join(t.TempDir(), "fleet.db"), DefaultFleetLimits())
 	defer f.Close()
 	h := f.Handler(http.NotFoundHandler())
 	post := func(addr string, r Report) int {
@@ -261,8 +261,8 @@ func TestFleetFloodHeap(t *testing.T) {
 		t.Errorf("the live heap grew by %.1f MiB", float64(after-before)/(1<<20))
 	}
 	v := f.View(time.Now())
-	if len(v.Machines) != 6+DefaultFleetLimits.PerAddr {
-		t.Errorf("%d machines listed, want the 6 real ones and %d fakes", len(v.Machines), DefaultFleetLimits.PerAddr)
+	if len(v.Machines) != 6+DefaultFleetLimits().PerAddr {
+		t.Errorf("%d machines listed, want the 6 real ones and %d fakes", len(v.Machines), DefaultFleetLimits().PerAddr)
 	}
 	for i := range 6 {
 		if !strings.Contains(fmt.Sprint(v.Machines), fmt.Sprintf("xo-%d", i)) {
@@ -275,7 +275,7 @@ func TestFleetFloodHeap(t *testing.T) {
 // garbage in its file is dropped rather than shown.
 func TestFleetPersists(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "fleet.db")
-	f := openTestFleet(t, path, DefaultFleetLimits)
+	f := openTestFleet(t, path, DefaultFleetLimits())
 	t0 := time.Now()
 	for i := range 10 {
 		r := fakeReport(i)
@@ -292,7 +292,7 @@ func TestFleetPersists(t *testing.T) {
 	if len(got.Machines) != 4 || got.Machines[0].Name != "fake-6" {
 		t.Fatalf("reopened with a cap of 4: %+v", got.Machines)
 	}
-	f = openTestFleet(t, path, DefaultFleetLimits)
+	f = openTestFleet(t, path, DefaultFleetLimits())
 	defer f.Close()
 	if got := f.View(t0); len(got.Machines) != 4 || len(want.Machines) != 10 {
 		t.Fatalf("evicted machines came back: %d", len(got.Machines))
@@ -302,7 +302,7 @@ func TestFleetPersists(t *testing.T) {
 // TestFleetHTTP: reports only from the LAN, bounded, checked; the page
 // and the JSON only to the LAN.
 func TestFleetHTTP(t *testing.T) {
-	f := openTestFleet(t, filepath.Join(t.TempDir(), "fleet.db"), DefaultFleetLimits)
+	f := openTestFleet(t, filepath.Join(t.TempDir(), "fleet.db"), DefaultFleetLimits())
 	defer f.Close()
 	h := f.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "repo") }))
 	good := reportJSON(t, goodReport())
@@ -395,7 +395,7 @@ func TestReportsReachTheSeed(t *testing.T) {
 
 	stopSeed()
 	seed.Wait(seedCtx)
-	fl := openTestFleet(t, f.repo.Layout().FleetDB(), DefaultFleetLimits)
+	fl := openTestFleet(t, f.repo.Layout().FleetDB(), DefaultFleetLimits())
 	defer fl.Close()
 	if v := fl.View(time.Now()); len(v.Machines) != 1 || v.Machines[0].Current != 2 || v.Machines[0].ID != m.ID {
 		t.Errorf("after the seed stopped, its table holds %+v", v.Machines)

@@ -69,7 +69,7 @@ func StartSeed(ctx context.Context, cfg Config, newDisc func(image string, versi
 	var advertised atomic.Uint64
 	advertised.Store(v)
 	metrics.watchSeed(image, &advertised)
-	if s.fleet, err = OpenFleet(repo.Layout().FleetDB(), DefaultFleetLimits, log); err != nil {
+	if s.fleet, err = OpenFleet(repo.Layout().FleetDB(), DefaultFleetLimits(), log); err != nil {
 		return nil, err
 	}
 	ln, err := serveRepo(ctx, cfg, repo.Dir(), nil, metrics, s.fleet.Handler, &s.srv, &s.wg, log)
