@@ -75,7 +75,11 @@ func (b *builder) finishDir(e *manifest.Entry) error {
 // from what was signed. The node's own /etc entries are checked as its
 // own.
 func (b *builder) check(e *manifest.Entry) error {
-	p := b.path(e.Path)
+	return b.checkAt(b.path(e.Path), e)
+}
+
+// checkAt is check for the entry e made at p.
+func (b *builder) checkAt(p string, e *manifest.Entry) error {
 	var st unix.Stat_t
 	if err := unix.Lstat(p, &st); err != nil {
 		return fmt.Errorf("build %s: %w", e.Path, err)
@@ -138,8 +142,8 @@ func (b *builder) add(e *manifest.Entry, from string) error {
 	}
 	p := b.path(e.Path)
 	var err error
-	switch e.Type {
-	case manifest.TypeDir:
+	switch {
+	case e.Type == manifest.TypeDir:
 		if e.Path != "." {
 			err = os.Mkdir(p, 0o700)
 		}
@@ -147,43 +151,18 @@ func (b *builder) add(e *manifest.Entry, from string) error {
 			b.open = append(b.open, e)
 			b.waitDir = append(b.waitDir, false)
 		}
-	case manifest.TypeFile:
-		if from != "" {
-			err = copyFile(from, p, e)
-		} else if b.later[e.SHA256] {
-			if b.waiting == nil {
-				b.waiting = map[manifest.Digest][]int{}
-			}
-			b.waiting[e.SHA256] = append(b.waiting[e.SHA256], len(b.files))
-			b.files = append(b.files, e)
-			for i := range b.waitDir {
-				b.waitDir[i] = true
-			}
-			return nil
-		} else {
-			err = b.linkFile(p, e)
+	case e.Type == manifest.TypeFile && from == "" && b.later[e.SHA256]:
+		if b.waiting == nil {
+			b.waiting = map[manifest.Digest][]int{}
 		}
-	case manifest.TypeSymlink:
-		err = os.Symlink(e.Target, p)
-		if err == nil && (e.UID != b.uid || e.GID != b.gid) {
-			err = os.Lchown(p, int(e.UID), int(e.GID))
+		b.waiting[e.SHA256] = append(b.waiting[e.SHA256], len(b.files))
+		b.files = append(b.files, e)
+		for i := range b.waitDir {
+			b.waitDir[i] = true
 		}
-		if err == nil {
-			err = blobstore.FixMtime(p)
-		}
-	case manifest.TypeFifo, manifest.TypeChar, manifest.TypeBlock:
-		mode := uint32(unix.S_IFIFO)
-		if e.Type == manifest.TypeChar {
-			mode = unix.S_IFCHR
-		} else if e.Type == manifest.TypeBlock {
-			mode = unix.S_IFBLK
-		}
-		err = unix.Mknod(p, mode|0o600, int(unix.Mkdev(e.Major, e.Minor)))
-		if err == nil {
-			err = b.setMeta(p, e)
-		}
+		return nil
 	default:
-		err = fmt.Errorf("unknown type %v", e.Type)
+		err = b.create(p, e, from)
 	}
 	if err != nil {
 		return fmt.Errorf("build %s (%s): %w", short(e.Path), e.Type, shortErr(err))
@@ -192,6 +171,42 @@ func (b *builder) add(e *manifest.Entry, from string) error {
 		return nil // checked once finished
 	}
 	return b.check(e)
+}
+
+// create makes the entry e, anything but a directory, at p: the node's own
+// file copied from from if that is set, else the image's. A build makes
+// each entry at its place in the tree; a repair makes one beside the tree
+// and renames it into place.
+func (b *builder) create(p string, e *manifest.Entry, from string) error {
+	switch e.Type {
+	case manifest.TypeFile:
+		if from != "" {
+			return copyFile(from, p, e)
+		}
+		return b.linkFile(p, e)
+	case manifest.TypeSymlink:
+		err := os.Symlink(e.Target, p)
+		if err == nil && (e.UID != b.uid || e.GID != b.gid) {
+			err = os.Lchown(p, int(e.UID), int(e.GID))
+		}
+		if err == nil {
+			err = blobstore.FixMtime(p)
+		}
+		return err
+	case manifest.TypeFifo, manifest.TypeChar, manifest.TypeBlock:
+		mode := uint32(unix.S_IFIFO)
+		if e.Type == manifest.TypeChar {
+			mode = unix.S_IFCHR
+		} else if e.Type == manifest.TypeBlock {
+			mode = unix.S_IFBLK
+		}
+		err := unix.Mknod(p, mode|0o600, int(unix.Mkdev(e.Major, e.Minor)))
+		if err == nil {
+			err = b.setMeta(p, e)
+		}
+		return err
+	}
+	return fmt.Errorf("unknown type %v", e.Type)
 }
 
 // shortErr drops the path a *fs.PathError repeats: for a 4 KB path the
@@ -219,7 +234,7 @@ func (b *builder) linkFile(p string, e *manifest.Entry) error {
 		return copyFile(lp, p, e)
 	}
 	meta := blobstore.MetaOf(e)
-	if isEtc(e.Path) || !meta.Shareable() {
+	if !linksStore(e) {
 		// The running system writes to its /etc, and local users to a file
 		// others may write: a link would let them write into the store's
 		// object, the trees sharing it and what the node serves its
@@ -231,9 +246,9 @@ func (b *builder) linkFile(p string, e *manifest.Entry) error {
 		return copyFile(src, p, e)
 	}
 	// Most files of a new version are already in the store: link first,
-	// and look further only if that fails.
-	err := os.Link(b.store.FilePath(blobstore.FileID(e.SHA256, meta)), p)
-	if err == nil {
+	// and look further only if that fails (or a repair replaces it).
+	id := blobstore.FileID(e.SHA256, meta)
+	if !b.batch.Replaces(e.SHA256, id) && os.Link(b.store.FilePath(id), p) == nil {
 		return nil
 	}
 	src, err := b.batch.LinkFile(e.SHA256, meta)
@@ -248,6 +263,12 @@ func (b *builder) linkFile(p string, e *manifest.Entry) error {
 		return err
 	}
 	return copyFile(src, p, e)
+}
+
+// linksStore reports whether a tree's file e shares its inode with the
+// store (linkFile), rather than holding a copy of its own.
+func linksStore(e *manifest.Entry) bool {
+	return !isEtc(e.Path) && blobstore.MetaOf(e).Shareable()
 }
 
 func copyFile(src, dst string, e *manifest.Entry) error {

@@ -87,7 +87,7 @@ func (s *Sysroot) plan(b *blobstore.Batch, mf *blobstore.SignedFile, deltas *sig
 		if err := pol.check(e); err != nil {
 			return nil, 0, err
 		}
-		if e.Type == manifest.TypeFile && (isEtc(e.Path) || !blobstore.MetaOf(e).Shareable()) {
+		if e.Type == manifest.TypeFile && !linksStore(e) {
 			copies += e.Size
 		}
 		if e.Type != manifest.TypeFile || seen[e.SHA256] {

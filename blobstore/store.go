@@ -151,10 +151,15 @@ type Batch struct {
 	Fault func(point string)
 	// Received, if set, is told of the bytes PutFrom reads from a source,
 	// as they arrive: a fetch's progress within a large object.
-	Received  func(n int64)
-	files     map[Digest]bool // staged files
-	done      bool
-	committed bool
+	Received func(n int64)
+	files    map[Digest]bool // staged files
+	// Committed objects and files found damaged (Replace, ReplaceFile):
+	// never reused, and the fresh copies staged are renamed over them.
+	replaceObj  map[Digest]bool
+	replaceFile map[Digest]bool
+	oldInodes   map[[2]uint64]bool // the damaged objects' inodes, which other files may share
+	done        bool
+	committed   bool
 }
 
 // Begin starts a batch.
@@ -163,7 +168,44 @@ func (s *Store) Begin() (*Batch, error) {
 	if err != nil {
 		return nil, fmt.Errorf("begin batch: %w", err)
 	}
-	return &Batch{s: s, dir: dir, objects: map[Digest]bool{}, files: map[Digest]bool{}}, nil
+	return &Batch{s: s, dir: dir, objects: map[Digest]bool{}, files: map[Digest]bool{},
+		replaceObj: map[Digest]bool{}, replaceFile: map[Digest]bool{}, oldInodes: map[[2]uint64]bool{}}, nil
+}
+
+// Replace tells the batch that the committed object d holds wrong bytes or
+// is missing (a repair found it so): the batch then neither reports it
+// held nor reads it, and reuses none of its committed files, which may
+// share its inode. Commit renames the fresh copy staged for it over it only
+// once that copy is durable, so a crash never leaves the store with less
+// than before; other checkout files sharing the damaged inode then leave
+// the store.
+func (b *Batch) Replace(d Digest) {
+	var st unix.Stat_t
+	ok := unix.Lstat(b.s.Path(d), &st) == nil
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.replaceObj[d] = true
+	if ok {
+		b.oldInodes[[2]uint64{st.Dev, st.Ino}] = true
+	}
+}
+
+// ReplaceFile is Replace for a committed checkout file whose inode holds
+// wrong bytes or metadata: LinkFile stages a fresh one, which Commit
+// renames over it.
+func (b *Batch) ReplaceFile(id Digest) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.replaceFile[id] = true
+}
+
+// Replaces reports whether the committed file id, holding object d, must
+// not be linked into a tree: the batch replaces it or its object. A tree
+// builder that links committed files directly asks first.
+func (b *Batch) Replaces(d, id Digest) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.replaceObj[d] || b.replaceFile[id]
 }
 
 func (b *Batch) stagedObject(d Digest) string { return filepath.Join(b.dir, "o-"+d.String()) }
@@ -172,22 +214,22 @@ func (b *Batch) stagedFile(id Digest) string  { return filepath.Join(b.dir, "f-"
 // Has reports whether object d is committed or staged in this batch.
 func (b *Batch) Has(d Digest) bool {
 	b.mu.Lock()
-	staged := b.objects[d]
+	staged, replaced := b.objects[d], b.replaceObj[d]
 	b.mu.Unlock()
-	return staged || b.s.Has(d)
+	return staged || !replaced && b.s.Has(d)
 }
 
 // ObjectPath returns where object d can be read now: staged or committed.
 func (b *Batch) ObjectPath(d Digest) (string, error) {
 	b.mu.Lock()
-	staged := b.objects[d]
+	staged, replaced := b.objects[d], b.replaceObj[d]
 	b.mu.Unlock()
 	if staged {
 		return b.stagedObject(d), nil
 	}
 	p := b.s.Path(d)
 	fi, err := os.Lstat(p)
-	if err != nil {
+	if err != nil || replaced {
 		return "", fmt.Errorf("object %s: %w", d, ErrNotFound)
 	}
 	// An object whose inode someone else may have written (a store from
@@ -357,7 +399,8 @@ func (b *Batch) LinkFile(d Digest, m Meta) (string, error) {
 	b.linkMu.Lock()
 	defer b.linkMu.Unlock()
 	id := FileID(d, m)
-	if p := b.s.filePath(id); exists(p) {
+	replace := b.Replaces(d, id)
+	if p := b.s.filePath(id); !replace && exists(p) {
 		return p, nil
 	}
 	b.mu.Lock()
@@ -390,6 +433,9 @@ func (b *Batch) LinkFile(d Digest, m Meta) (string, error) {
 	}
 	b.mu.Lock()
 	b.files[id] = true
+	if replace {
+		b.replaceFile[id] = true // renamed over the damaged one on Commit
+	}
 	b.mu.Unlock()
 	return dst, nil
 }
@@ -497,17 +543,23 @@ func (b *Batch) Commit() error {
 		return err
 	}
 	dirs := map[string]bool{}
-	move := func(src, dst string) error {
+	move := func(src, dst string, replace bool) error {
 		if b.Fault != nil {
 			b.Fault("commit " + filepath.Base(dst))
 		}
+		rename := renameNoReplace
+		if replace {
+			// A damaged copy goes only now, its durable replacement
+			// taking its name in one step.
+			rename = os.Rename
+		}
 		dir := filepath.Dir(dst)
-		err := renameNoReplace(src, dst)
+		err := rename(src, dst)
 		if errors.Is(err, fs.ErrNotExist) && !dirs[dir] {
 			if err := os.MkdirAll(dir, 0o755); err != nil {
 				return err
 			}
-			err = renameNoReplace(src, dst)
+			err = rename(src, dst)
 		}
 		if errors.Is(err, fs.ErrExist) {
 			// Same name, same verified content: keep the one in place.
@@ -519,14 +571,17 @@ func (b *Batch) Commit() error {
 		return err
 	}
 	for d := range b.objects {
-		if err := move(b.stagedObject(d), b.s.Path(d)); err != nil {
+		if err := move(b.stagedObject(d), b.s.Path(d), b.replaceObj[d]); err != nil {
 			return fmt.Errorf("commit object %s: %w", d, err)
 		}
 	}
 	for id := range b.files {
-		if err := move(b.stagedFile(id), b.s.filePath(id)); err != nil {
+		if err := move(b.stagedFile(id), b.s.filePath(id), b.replaceFile[id]); err != nil {
 			return fmt.Errorf("commit file %s: %w", id, err)
 		}
+	}
+	if err := b.dropSharing(dirs); err != nil {
+		return err
 	}
 	for d := range dirs {
 		if err := fsutil.FsyncDir(d); err != nil {
@@ -535,6 +590,37 @@ func (b *Batch) Commit() error {
 	}
 	b.done, b.committed = true, true
 	os.RemoveAll(b.dir)
+	return nil
+}
+
+// dropSharing removes the committed files still linking a replaced
+// object's damaged inode (those of versions no one keeps, which no repair
+// restaged): a later tree would link them. It runs once the replacements
+// are in place, and only when an object was replaced. The caller holds mu.
+func (b *Batch) dropSharing(dirs map[string]bool) error {
+	if len(b.oldInodes) == 0 {
+		return nil
+	}
+	if b.Fault != nil {
+		b.Fault("drop damaged files")
+	}
+	err := filepath.WalkDir(LayoutOf(b.s.root).Files(), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		var st unix.Stat_t
+		if unix.Lstat(p, &st) != nil || !b.oldInodes[[2]uint64{st.Dev, st.Ino}] {
+			return nil
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		dirs[filepath.Dir(p)] = true
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("commit: drop files of damaged objects: %w", err)
+	}
 	return nil
 }
 
