@@ -226,9 +226,24 @@ func TestCrashAtEveryStep(t *testing.T) {
 	f.update(gcBase, 1)
 	f.update(gcBase, 2)
 	f.update(gcBase, 3)
+	// repair needs damage to repair, of every kind: in place through a
+	// hard link (trees and store), a tree path replaced, an object lost
+	// from the store, and the temporaries an older repair left.
+	repairBase := filepath.Join(t.TempDir(), "sysroot")
+	if out, err := exec.Command("cp", "-a", base.Dir(), repairBase).CombinedOutput(); err != nil {
+		t.Fatalf("copy baseline: %v %s", err, out)
+	}
+	damage(t, repairBase)
+	damaged := problemSet(t, repairBase)
+	if len(damaged) < 6 {
+		t.Fatalf("the damaged baseline shows only %v", damaged)
+	}
 	bin, _ := os.Executable()
 	total := 0
-	for _, op := range []string{"update", "rollback", "gc", "daemon"} {
+	for _, op := range []string{"update", "rollback", "gc", "daemon", "repair"} {
+		if only := os.Getenv("PEERUP_CRASH_ONLY"); only != "" && only != op {
+			continue // one operation's points, while working on it
+		}
 		run := func(k int, dir string) (int, string) {
 			cmd := exec.Command(bin)
 			cmd.Env = append(os.Environ(), "PEERUP_CRASH_OP="+op, "PEERUP_CRASH_AT="+strconv.Itoa(k),
@@ -243,8 +258,11 @@ func TestCrashAtEveryStep(t *testing.T) {
 			return code, string(out)
 		}
 		from := base.Dir()
-		if op == "gc" {
+		switch op {
+		case "gc":
 			from = gcBase.Dir()
+		case "repair":
+			from = repairBase
 		}
 		fresh := func() string {
 			dir := filepath.Join(t.TempDir(), "sysroot")
@@ -254,9 +272,17 @@ func TestCrashAtEveryStep(t *testing.T) {
 			return dir
 		}
 		// A run without a crash counts the points.
-		code, out := run(0, fresh())
+		whole := fresh()
+		code, out := run(0, whole)
 		if code != 0 {
 			t.Fatalf("%s without a crash: exit %d\n%s", op, code, out)
+		}
+		if op == "repair" {
+			s, err := apply.Open(whole)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkRepaired(t, s, "repair without a crash")
 		}
 		points, _ := strconv.Atoi(strings.TrimSpace(out))
 		for k := 1; k <= points; k++ {
@@ -270,8 +296,19 @@ func TestCrashAtEveryStep(t *testing.T) {
 				t.Fatal(err)
 			}
 			where := fmt.Sprintf("%s crashed at point %d of %d (%s)", op, k, points, strings.TrimSpace(crashOut))
-			checkInvariants(t, s, where)
-			if op == "update" || op == "daemon" {
+			if op == "repair" {
+				// The damage it began with may remain, but none is added:
+				// what matched its manifest, in the trees and in the store,
+				// still does.
+				for p := range problemSet(t, dir) {
+					if !damaged[p] {
+						t.Fatalf("%s: a problem the damage did not make: %s", where, p)
+					}
+				}
+			} else {
+				checkInvariants(t, s, where)
+			}
+			if op == "update" || op == "daemon" || op == "repair" {
 				checkEtc(s, where)
 			}
 			// Restart: the same operation, uninterrupted, must succeed and
@@ -287,6 +324,9 @@ func TestCrashAtEveryStep(t *testing.T) {
 			if left, _ := filepath.Glob(filepath.Join(dir, "trees", ".tmp-*")); len(left) > 0 {
 				t.Fatalf("%s: half-built trees left after the rerun: %v", where, left)
 			}
+			if op == "repair" {
+				checkRepaired(t, s, where+", after the rerun")
+			}
 			if op == "update" || op == "daemon" {
 				if st, _ := s.Status(); st.Current != 3 {
 					t.Fatalf("%s: after the rerun current is v%d, want 3", where, st.Current)
@@ -298,7 +338,101 @@ func TestCrashAtEveryStep(t *testing.T) {
 		total += points
 	}
 	t.Logf("%d crash points in all", total)
-	if total < 50 {
+	if total < 50 && os.Getenv("PEERUP_CRASH_ONLY") == "" {
 		t.Errorf("only %d crash points covered", total)
 	}
+}
+
+// damage breaks a copy of the crash baseline (v2 current, v1 previous) in
+// every way repair mends.
+func damage(t *testing.T, dir string) {
+	t.Helper()
+	// Edited in place through current: the inode v1, v2 and the store share.
+	editInPlace(t, filepath.Join(dir, "current/usr/lib/big.so"))
+	// Replaced in v2 by another file: the store keeps the good bytes.
+	lib := filepath.Join(dir, "trees/2/usr/lib/libschool.so.1")
+	write(t, lib+".new", "not the library", 0o755)
+	if err := os.Rename(lib+".new", lib); err != nil {
+		t.Fatal(err)
+	}
+	// Lost from the store; the trees still have it.
+	s, err := apply.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(s.Repo().Path(manifest.Digest(sha256.Sum256([]byte("same bytes"))))); err != nil {
+		t.Fatal(err)
+	}
+	// What an older peerup's repair, killed, left in the trees.
+	write(t, filepath.Join(dir, "trees/2/usr/bin/tool.peerup-repair.tmp"), "half a copy", 0o600)
+	write(t, filepath.Join(dir, "trees/1/usr/lib/big.so.peerup-repair"), "a whole copy", 0o755)
+}
+
+// problemSet is what verify finds in the sysroot at dir, each problem as a
+// line without the link count (which repair changes as it goes).
+func problemSet(t *testing.T, dir string) map[string]bool {
+	t.Helper()
+	s, err := apply.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probs, err := s.Verify(context.Background())
+	if err != nil {
+		t.Fatalf("verify %s: %v", dir, err)
+	}
+	out := map[string]bool{}
+	for _, p := range probs {
+		line, _, _ := strings.Cut(p.String(), "; the file is hard-linked")
+		out[line] = true
+	}
+	return out
+}
+
+// checkRepaired asserts a repair's end: the trees and every object current
+// and previous need verify (checkInvariants), and nothing a repair makes
+// is left behind, in the trees or in staging.
+func checkRepaired(t *testing.T, s *apply.Sysroot, where string) {
+	t.Helper()
+	checkInvariants(t, s, where)
+	st, _ := s.Status()
+	for _, v := range []uint64{st.Current, st.Previous} {
+		for _, e := range storedEntries(t, s, v) {
+			if e.Type != manifest.TypeFile {
+				continue
+			}
+			b, err := os.ReadFile(s.Repo().Path(e.SHA256))
+			if err != nil || sha256.Sum256(b) != e.SHA256 {
+				t.Fatalf("%s: version %d's object for %s: %v", where, v, e.Path, err)
+			}
+		}
+	}
+	filepath.WalkDir(filepath.Join(s.Dir(), "trees"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && strings.Contains(d.Name(), ".peerup-repair") {
+			t.Fatalf("%s: a repair temporary left: %s", where, p)
+		}
+		return err
+	})
+	if left, _ := os.ReadDir(s.Repo().Layout().Staging()); len(left) > 0 {
+		t.Fatalf("%s: staging holds %d entries after the repair", where, len(left))
+	}
+}
+
+// storedEntries is version v's stored manifest's entries, whole: a test's
+// manifests are small.
+func storedEntries(t *testing.T, s *apply.Sysroot, v uint64) []manifest.Entry {
+	t.Helper()
+	st, err := s.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mf, err := s.Repo().OpenVersion(st.Image, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mf.Close()
+	m, err := manifest.ReadAll(mf.Reader())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.Entries
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"maps"
 	"os"
@@ -116,29 +115,13 @@ func (in *inspection) add(v uint64, e *manifest.Entry, kind problemKind, what st
 }
 
 func (in *inspection) version(ctx context.Context, image string, v uint64) error {
-	mf, err := in.s.repo.OpenVersion(image, v)
-	if err != nil {
-		return err
-	}
-	defer mf.Close()
-	r, err := manifest.NewReader(mf.Reader())
-	if err != nil {
-		return err
-	}
 	root := in.s.TreePath(v)
 	leftovers, err := repairLeftovers(ctx, root)
 	if err != nil {
 		return err
 	}
-	for {
+	err = eachVersionEntry(in.s.repo, image, v, func(e *manifest.Entry) error {
 		if err := ctx.Err(); err != nil {
-			return err
-		}
-		e, err := r.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
 			return err
 		}
 		if len(leftovers) > 0 {
@@ -148,7 +131,7 @@ func (in *inspection) version(ctx context.Context, image string, v uint64) error
 			in.object(v, e) // every file's, /etc's and local/'s too: a pull fetches them all
 		}
 		if _, ok := override(in.s.LocalDir(), e); ok || isEtc(e.Path) {
-			continue // the node's own version, by design (local/, /etc)
+			return nil // the node's own version, by design (local/, /etc)
 		}
 		p := root
 		if e.Path != "." {
@@ -161,6 +144,10 @@ func (in *inspection) version(ctx context.Context, image string, v uint64) error
 		if e.Type == manifest.TypeFile && linksStore(e) {
 			in.file(v, e, bad)
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	for _, p := range slices.Sorted(maps.Keys(leftovers)) {
 		in.probs = append(in.probs, Problem{Version: v, Path: p, kind: stray,

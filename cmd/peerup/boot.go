@@ -122,13 +122,17 @@ func (a *app) newVerifyCmd() *cobra.Command {
 	var repair bool
 	cmd := &cobra.Command{
 		Use:   "verify --sysroot DIR [--repair --from URL]",
-		Short: "Check the kept trees against their manifests (and repair them)",
+		Short: "Check the kept trees and the store against their manifests (and repair them)",
 		Long: `Checks current, previous and staged against their signed manifests: type,
 mode, owner, symlink targets, devices, and every file's size and SHA-256. A
 file edited in place through one tree shows in every tree that shares it by
-hard link. With --repair, damaged files are fetched anew from URL (or a
-folder holding a repo, such as a USB stick), checked against the manifest
-and put back; exits non-zero if problems remain.`,
+hard link. The store is checked too: every object those versions need must be
+there with the right bytes, or the laptop could not build, export or serve
+them. With --repair, damaged or missing files and objects are fetched anew
+from URL (or a folder holding a repo, such as a USB stick), checked against
+the manifest, made durable and only then put in place, so an interrupted
+repair loses nothing and a second run finishes it; exits non-zero if
+problems remain.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := apply.OpenExisting(sysroot)
@@ -162,12 +166,12 @@ and put back; exits non-zero if problems remain.`,
 			if len(probs) > 0 {
 				return fmt.Errorf("%d problems found", len(probs))
 			}
-			fmt.Println("all kept trees match their manifests")
+			fmt.Println("all kept trees, and the store objects they need, match their manifests")
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&sysroot, "sysroot", "", "sysroot directory (required)")
-	cmd.Flags().BoolVar(&repair, "repair", false, "fetch good copies of damaged files and put them back")
+	cmd.Flags().BoolVar(&repair, "repair", false, "fetch good copies of damaged files and objects and put them back")
 	cmd.Flags().StringVar(&from, "from", "", "with --repair: repo URL, or a folder holding a repo, to fetch from")
 	cmd.MarkFlagRequired("sysroot")
 	return cmd
