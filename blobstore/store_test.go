@@ -263,3 +263,65 @@ func TestSalvageKeepsOnlyVerifiedLeftovers(t *testing.T) {
 		t.Fatalf("commit: %v", err)
 	}
 }
+
+// TestReplaceRenamesFreshCopiesOverDamaged: an object edited in place
+// through a tree, and a checkout file sharing its inode, are neither
+// reused nor read by a batch that replaces them; Commit puts the fresh
+// copies in their place, and drops a checkout file it did not make anew
+// that still links the damaged inode.
+func TestReplaceRenamesFreshCopiesOverDamaged(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := "library bytes"
+	d := digest(good)
+	m, other := Meta{Mode: 0o755}, Meta{Mode: 0o555}
+	b, _ := s.Begin()
+	if err := b.Put(ctx, d, int64(len(good)), strings.NewReader(good)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.LinkFile(d, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	// A second name for the damaged inode, as an unkept version's file.
+	stale := s.FilePath(FileID(d, other))
+	os.MkdirAll(filepath.Dir(stale), 0o755)
+	if err := os.Link(s.Path(d), stale); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(s.Path(d), []byte("LIBRARY BYTES"), 0) // through a tree: the inode is 0755
+
+	b, _ = s.Begin()
+	defer b.Abort()
+	b.Replace(d)
+	id := FileID(d, m)
+	if b.Has(d) || !b.Replaces(d, id) {
+		t.Fatal("the damaged object counts as held")
+	}
+	if _, err := b.ObjectPath(d); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("ObjectPath of the damaged object: %v", err)
+	}
+	if err := b.Put(ctx, d, int64(len(good)), strings.NewReader(good)); err != nil {
+		t.Fatal(err)
+	}
+	p, err := b.LinkFile(d, m)
+	if err != nil || p == s.FilePath(id) {
+		t.Fatalf("LinkFile reused the damaged file: %s, %v", p, err)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{s.Path(d), s.FilePath(id)} {
+		if got, _ := os.ReadFile(p); string(got) != good {
+			t.Errorf("%s after the commit: %q", p, got)
+		}
+	}
+	if _, err := os.Lstat(stale); err == nil {
+		t.Error("a file linking the damaged inode stayed")
+	}
+}
