@@ -470,22 +470,34 @@ func (s *Sysroot) restore(ctx context.Context, src Source, in *inspection, fetch
 	if _, _, err := b.Salvage(ctx); err != nil {
 		return fmt.Errorf("repair: %w", err)
 	}
+	// An object the source no longer has (an old previous version's) is
+	// left as it is, and with it what needs it; the rest is repaired.
+	var unfetched []string
+	failed := map[manifest.Digest]bool{}
 	for _, e := range fetch {
-		if b.Has(e.SHA256) {
+		if failed[e.SHA256] || b.Has(e.SHA256) {
 			continue
 		}
 		s.at("repair fetch " + e.Path)
 		if err := src.FetchObject(ctx, b, e.SHA256, e.Size); err != nil {
-			return fmt.Errorf("repair %s: %w", e.Path, err)
+			if ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
+			failed[e.SHA256] = true
+			unfetched = append(unfetched, fmt.Sprintf("%s (%v)", e.Path, err))
 		}
 	}
 	for _, e := range in.badFiles {
 		// Made anew even where no tree entry needs one now: the next build
 		// links it.
+		if failed[e.SHA256] {
+			continue
+		}
 		if _, err := b.LinkFile(e.SHA256, blobstore.MetaOf(e)); err != nil {
 			return fmt.Errorf("repair %s: %w", e.Path, err)
 		}
 	}
+	fix = slices.DeleteFunc(fix, func(p Problem) bool { return p.entry.Type == manifest.TypeFile && failed[p.entry.SHA256] })
 	// Each entry is made beside the trees, where every start of peerup
 	// clears what an interrupted run left, and never inside a kept tree.
 	var tmp string
@@ -525,7 +537,13 @@ func (s *Sysroot) restore(ctx context.Context, src Source, in *inspection, fetch
 		}
 		dirs[filepath.Dir(dst)] = true
 	}
-	return settleDirs(dirs)
+	if err := settleDirs(dirs); err != nil {
+		return err
+	}
+	if len(unfetched) > 0 {
+		return fmt.Errorf("repair: repaired the rest, but %s could not give the objects of %s", src, strings.Join(unfetched, "; "))
+	}
+	return nil
 }
 
 // settleDirs gives the tree directories a repair renamed into the mtime a

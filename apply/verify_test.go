@@ -260,3 +260,34 @@ func buildsRight(t *testing.T, f *fleet, s *apply.Sysroot, tree string) {
 		t.Fatalf("v3 built from the repaired store: %v %v", probs, err)
 	}
 }
+
+// TestRepairMendsTheRestWhenTheSourceLacksAnObject: the publisher has
+// dropped an old version's object, which previous needs; repair says so,
+// leaves that as it found it, and mends current all the same.
+func TestRepairMendsTheRestWhenTheSourceLacksAnObject(t *testing.T) {
+	f := newFleet(t)
+	tree := makeTree(t, "VERSION=1\n")
+	write(t, tree+"/usr/share/old-only", "only version 1 has this", 0o644)
+	f.publish(tree, 1)
+	os.Remove(tree + "/usr/share/old-only")
+	write(t, tree+"/etc/os-release", "VERSION=2\n", 0o644)
+	f.publish(tree, 2)
+	s := newSysroot(t)
+	f.update(s, 1)
+	f.update(s, 2)
+	old := manifest.Digest(sha256.Sum256([]byte("only version 1 has this")))
+	for _, p := range []string{s.Repo().Path(old), f.repo.Path(old)} {
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	editInPlace(t, s.Dir()+"/current/usr/lib/big.so")
+	_, err := s.Repair(context.Background(), f.client())
+	if err == nil || !strings.Contains(err.Error(), "could not give the objects of usr/share/old-only") {
+		t.Fatalf("repair without the old object: %v", err)
+	}
+	probs, err := s.Verify(context.Background())
+	if err != nil || len(probs) != 1 || probs[0].Path != "usr/share/old-only" || probs[0].Version != 1 {
+		t.Fatalf("after the repair: %v, %v", probs, err)
+	}
+}

@@ -157,7 +157,7 @@ type Batch struct {
 	// never reused, and the fresh copies staged are renamed over them.
 	replaceObj  map[Digest]bool
 	replaceFile map[Digest]bool
-	oldInodes   map[[2]uint64]bool // the damaged objects' inodes, which other files may share
+	oldInodes   map[Digest][2]uint64 // the damaged objects' inodes, which other files may share
 	done        bool
 	committed   bool
 }
@@ -169,7 +169,7 @@ func (s *Store) Begin() (*Batch, error) {
 		return nil, fmt.Errorf("begin batch: %w", err)
 	}
 	return &Batch{s: s, dir: dir, objects: map[Digest]bool{}, files: map[Digest]bool{},
-		replaceObj: map[Digest]bool{}, replaceFile: map[Digest]bool{}, oldInodes: map[[2]uint64]bool{}}, nil
+		replaceObj: map[Digest]bool{}, replaceFile: map[Digest]bool{}, oldInodes: map[Digest][2]uint64{}}, nil
 }
 
 // Replace tells the batch that the committed object d holds wrong bytes or
@@ -186,7 +186,7 @@ func (b *Batch) Replace(d Digest) {
 	defer b.mu.Unlock()
 	b.replaceObj[d] = true
 	if ok {
-		b.oldInodes[[2]uint64{st.Dev, st.Ino}] = true
+		b.oldInodes[d] = [2]uint64{st.Dev, st.Ino}
 	}
 }
 
@@ -598,7 +598,13 @@ func (b *Batch) Commit() error {
 // restaged): a later tree would link them. It runs once the replacements
 // are in place, and only when an object was replaced. The caller holds mu.
 func (b *Batch) dropSharing(dirs map[string]bool) error {
-	if len(b.oldInodes) == 0 {
+	old := map[[2]uint64]bool{}
+	for d, ino := range b.oldInodes {
+		if b.objects[d] {
+			old[ino] = true
+		}
+	}
+	if len(old) == 0 {
 		return nil
 	}
 	if b.Fault != nil {
@@ -609,7 +615,7 @@ func (b *Batch) dropSharing(dirs map[string]bool) error {
 			return err
 		}
 		var st unix.Stat_t
-		if unix.Lstat(p, &st) != nil || !b.oldInodes[[2]uint64{st.Dev, st.Ino}] {
+		if unix.Lstat(p, &st) != nil || !old[[2]uint64{st.Dev, st.Ino}] {
 			return nil
 		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
