@@ -440,7 +440,7 @@ func (s *Sysroot) Repair(ctx context.Context, src Source) ([]Problem, error) {
 		}
 	}
 	if len(left) > 0 {
-		return probs, fmt.Errorf("repair: %d problems are not a file's content, and a built directory is not replaced: reinstall the version: %s", len(left), strings.Join(left, "; "))
+		return probs, fmt.Errorf("repair: repaired the rest, but a built directory is not replaced (a rename cannot do it whole): reinstall the version: %s", strings.Join(left, "; "))
 	}
 	if len(etcLeft) > 0 {
 		return probs, fmt.Errorf("repair: left %s as it is: /etc is the node's own and repair does not write there; replace each file with a copy of itself to unlink it", strings.Join(etcLeft, ", "))
