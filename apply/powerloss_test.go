@@ -2,11 +2,11 @@ package apply_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -56,6 +56,7 @@ type powerFS struct {
 	opts  string                 // mount options
 	fsck  func(img string) error // replays and checks a captured image; nil: the mount replays
 	rands int                    // cuts at random delays, per operation
+	every int                    // cuts at every so many fault points
 }
 
 func powerFilesystems() []powerFS {
@@ -75,12 +76,12 @@ func powerFilesystems() []powerFS {
 			}
 			return nil
 		},
-		rands: 3,
+		rands: 3, every: 1,
 	}}
 	if _, err := exec.LookPath("mkfs.xfs"); err == nil {
 		// 300 MiB is the smallest filesystem mkfs.xfs makes; the image is
-		// sparse.
-		fss = append(fss, powerFS{name: "xfs", size: 300 << 20, mkfs: []string{"mkfs.xfs", "-q", "-f"}, opts: "nouuid", rands: 2})
+		// sparse. Every other fault point, to keep make test short.
+		fss = append(fss, powerFS{name: "xfs", size: 300 << 20, mkfs: []string{"mkfs.xfs", "-q", "-f"}, opts: "nouuid", rands: 2, every: 2})
 	}
 	return fss
 }
@@ -123,9 +124,8 @@ type powerHarness struct {
 	fs  powerFS
 	dir string
 	rng *rand.Rand
-	// damaged is what the repair baseline's damaged files hold, and
-	// should, by path.
-	damaged map[string][2]string
+	// damaged is the repair baseline's damage.
+	damaged *damageBaseline
 }
 
 func (h *powerHarness) run() {
@@ -143,7 +143,7 @@ func (h *powerHarness) run() {
 		// operation, for the random delays.
 		points, took := h.countPoints(op)
 		n, bad, faults := 0, 0, 0
-		for k := 1; k <= points; k++ {
+		for k := 1; k <= points; k += h.fs.every {
 			if v := h.cut(op, k, 0); v >= 0 {
 				bad += v
 				n++
@@ -168,8 +168,7 @@ func (h *powerHarness) run() {
 // makeBases builds the baseline images: "two" (v2 current with the node's
 // /etc edits, v1 previous, v3 published but not fetched), "three" (v3
 // current, v2 previous, v1's tree and objects left for gc) and "damaged"
-// ("two" with files edited in place through their shared inodes, for
-// repair).
+// ("two" with the crash harness's damage, for repair).
 func (h *powerHarness) makeBases() map[string]string {
 	t := h.t
 	bases := map[string]string{}
@@ -219,26 +218,11 @@ func (h *powerHarness) makeBases() map[string]string {
 		h.f.update(s, 2)
 		h.f.update(s, 3)
 	})
-	// tool's inode is shared by both trees and the store; v2's library by
-	// current and the store. One is overwritten in place with as many
-	// bytes, the other cut short.
-	h.damaged = map[string][2]string{"usr/bin/tool": {"#!/bin/sh\necho TOOL\n", "#!/bin/sh\necho tool\n"},
-		"usr/lib/libschool.so.1": {"short", library(2)}}
+	// The crash harness's damage, of every kind repair mends.
 	build("damaged", func(s *apply.Sysroot) {
 		two(s)
-		for p, data := range h.damaged {
-			f, err := os.OpenFile(filepath.Join(s.Dir(), "current", p), os.O_WRONLY|os.O_TRUNC, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := f.WriteString(data[0]); err != nil {
-				t.Fatal(err)
-			}
-			f.Close()
-		}
-		if probs, err := s.Verify(context.Background()); err != nil || len(probs) == 0 {
-			t.Fatalf("the repair baseline: verify finds %v, %v; want the damage", probs, err)
-		}
+		damage(t, s.Dir())
+		h.damaged = recordDamage(t, s)
 	})
 	return bases
 }
@@ -461,6 +445,11 @@ func (h *powerHarness) cut(op powerOp, k int, delay time.Duration) int {
 	for _, b := range bad {
 		t.Errorf("%s: %s", where, b)
 	}
+	if op.name == "repair" && len(bad) == 0 {
+		// Nothing a repair makes is left behind (the crash harness's
+		// check, which stops the test at the first problem).
+		checkRepaired(t, s, where+", after the rerun")
+	}
 	return len(bad)
 }
 
@@ -469,7 +458,7 @@ func (h *powerHarness) cut(op powerOp, k int, delay time.Duration) int {
 func (h *powerHarness) check(s *apply.Sysroot, op powerOp, done bool) []string {
 	var ex excuses
 	if op.name == "repair" && !done {
-		ex = h.damage(s)
+		ex = h.damaged
 	}
 	bad := sysrootBroken(s, ex)
 	st, err := s.Status()
@@ -480,7 +469,7 @@ func (h *powerHarness) check(s *apply.Sysroot, op powerOp, done bool) []string {
 		bad = append(bad, fmt.Sprintf("links at current %d, previous %d; want one of %v", st.Current, st.Previous, op.states))
 	}
 	bad = append(bad, keptVersionsBroken(s, st, ex)...)
-	if op.name == "update" {
+	if op.name == "update" || op.name == "repair" {
 		for p, want := range nodeEtcEdits() {
 			if got, _ := os.ReadFile(filepath.Join(s.Dir(), apply.LinkCurrent, p)); string(got) != want {
 				bad = append(bad, fmt.Sprintf("current/%s = %q, want the node's %q", p, got, want))
@@ -559,36 +548,57 @@ func keptVersionsBroken(s *apply.Sysroot, st apply.Status, ex excuses) []string 
 	return bad
 }
 
-// damageExcuses passes over, before a repair has run through, the damage
-// the repair baseline starts from: a problem at a damaged path whose file
-// holds the damaged bytes or the good ones (no third state), a store
-// object holding the damaged bytes, and the damaged files' objects missing
-// (a repair takes them out before it puts good ones back).
-type damageExcuses struct {
-	s       *apply.Sysroot
-	damaged map[string][2]string // path: the damaged bytes, the good ones
+// damageBaseline is the damage a repair starts from, which a cut repair
+// may leave but not add to (SPEC §7): the problems verify finds, and the
+// objects that hold other bytes than their names (by the hash of those
+// bytes) or that current or previous needs and the store lacks ("").
+type damageBaseline struct {
+	problems map[string]bool
+	objects  map[string]string
 }
 
-func (h *powerHarness) damage(s *apply.Sysroot) excuses {
-	return damageExcuses{s: s, damaged: h.damaged}
-}
-
-func (d damageExcuses) problem(p apply.Problem) bool {
-	both, ok := d.damaged[p.Path]
-	if !ok {
-		return false
+func recordDamage(t *testing.T, s *apply.Sysroot) *damageBaseline {
+	t.Helper()
+	d := &damageBaseline{problems: problemSet(t, s.Dir()), objects: map[string]string{}}
+	filepath.WalkDir(s.Repo().Layout().Objects(), func(p string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		if b, err := os.ReadFile(p); err == nil && fmt.Sprintf("%x", sha256.Sum256(b)) != e.Name() {
+			d.objects[e.Name()] = fmt.Sprintf("%x", sha256.Sum256(b))
+		}
+		return nil
+	})
+	st, err := s.Status()
+	if err != nil {
+		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(d.s.TreePath(p.Version), filepath.FromSlash(p.Path)))
-	return err == nil && (string(b) == both[0] || string(b) == both[1])
-}
-
-func (d damageExcuses) object(name string, data []byte) bool {
-	for _, both := range d.damaged {
-		if data == nil && fmt.Sprintf("%x", sha256.Sum256([]byte(both[1]))) == name || data != nil && string(data) == both[0] {
-			return true
+	for _, v := range []uint64{st.Current, st.Previous} {
+		for _, e := range storedEntries(t, s, v) {
+			if _, err := os.Lstat(s.Repo().Path(e.SHA256)); e.Type == manifest.TypeFile && err != nil {
+				d.objects[e.SHA256.String()] = ""
+			}
 		}
 	}
-	return false
+	if len(d.problems) == 0 || len(d.objects) == 0 {
+		t.Fatalf("the repair baseline shows problems %v and bad objects %v; want damage of both", d.problems, d.objects)
+	}
+	return d
+}
+
+func (d *damageBaseline) problem(p apply.Problem) bool {
+	// Without the link count, which a repair changes as it goes, as
+	// problemSet has it.
+	line, _, _ := strings.Cut(p.String(), "; the file is hard-linked")
+	return d.problems[line]
+}
+
+// object excuses an object damaged in the baseline that holds the same
+// bytes still or is missing (a repair takes a damaged object out before it
+// puts the good one in), and one missing there that is missing still.
+func (d *damageBaseline) object(name string, data []byte) bool {
+	bad, ok := d.objects[name]
+	return ok && (data == nil || bad != "" && fmt.Sprintf("%x", sha256.Sum256(data)) == bad)
 }
 
 // copySparse copies the image src to dst, leaving holes where src reads
