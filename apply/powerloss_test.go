@@ -42,8 +42,8 @@ import (
 //
 // dm-log-writes or dm-flakey would also model a disk cache that reorders or
 // drops writes between flushes; the loop device keeps every completed write
-// in order, a weaker model, but the one that needs no device mapper (this
-// kernel may have none). ext4 is mounted noauto_da_alloc,commit=1: no
+// in order, a weaker model, but one that needs no device mapper (the
+// kernel this was written on has none). ext4 is mounted noauto_da_alloc,commit=1: no
 // implicit flush on rename-over-truncate, so a file renamed without fsync
 // comes back empty, and the journal commits every second, so renames reach
 // the disk long before the data under them.
@@ -351,8 +351,8 @@ const cldStopped = 5
 // cut runs op from its baseline, cuts the power at fault point k, or after
 // delay if k is 0, and checks what the disk holds then. It returns the
 // number of violations found (each reported with t.Errorf), or -1 if the
-// run never reached point k (a pull's parallel fetches can pass one point
-// fewer).
+// run never reached point k (the count varies by a point or two between
+// runs: a pull's parallel fetches, what gc finds to sweep).
 func (h *powerHarness) cut(op powerOp, k int, delay time.Duration) int {
 	t := h.t
 	t.Helper()
