@@ -35,7 +35,8 @@ import (
 // cache, holds exactly what the filesystem has submitted to its block
 // device (written-back data, committed journal blocks) and nothing it still
 // holds in its own caches. sync or fsfreeze would flush those and hide the
-// lost writes, so neither is used. The copy is then mounted (after
+// lost writes, so neither is used. A second copy is taken once the
+// journal has committed (cut). Each copy is then mounted (after
 // e2fsck -p for ext4): the journal replays as at boot, and SPEC §7's
 // invariants are checked on what is left, before and after the interrupted
 // operation is run again.
@@ -360,9 +361,8 @@ func (h *powerHarness) cut(op powerOp, k int, delay time.Duration) int {
 	if k == 0 {
 		where = fmt.Sprintf("%s on %s, cut after %v", op.name, h.fs.name, delay)
 	}
-	img, captured := filepath.Join(h.dir, "live.img"), filepath.Join(h.dir, "cut.img")
+	img := filepath.Join(h.dir, "live.img")
 	defer os.Remove(img)
-	defer os.Remove(captured)
 	if err := copySparse(img, op.base); err != nil {
 		t.Fatal(err)
 	}
@@ -389,8 +389,22 @@ func (h *powerHarness) cut(op powerOp, k int, delay time.Duration) int {
 	}
 	watchdog.Stop()
 	stopped := info.Code == cldStopped
-	// The power fails now.
-	if err := captureDisk(m.dev, img, captured); err != nil {
+	// The power fails now, or a moment later, once the journal has
+	// committed what the operation did (as commit=1's timer would) but
+	// the data it wrote and did not sync is still only in memory: an
+	// fsync of a file beside the sysroot commits the running transaction
+	// and writes no other file's delayed data. This second state is
+	// where a rename that reached the disk before its file's bytes shows.
+	now, later := filepath.Join(h.dir, "cut.img"), filepath.Join(h.dir, "cut-committed.img")
+	defer os.Remove(now)
+	defer os.Remove(later)
+	if err := captureDisk(m.dev, img, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := commitJournal(filepath.Join(m.dir, "commit")); err != nil {
+		t.Fatal(err)
+	}
+	if err := captureDisk(m.dev, img, later); err != nil {
 		t.Fatal(err)
 	}
 	cmd.Process.Kill()
@@ -412,13 +426,39 @@ func (h *powerHarness) cut(op powerOp, k int, delay time.Duration) int {
 	if err := m.close(); err != nil {
 		t.Fatal(err)
 	}
+	return h.after(op, where, now) + h.after(op, where+", the journal committed", later)
+}
+
+// commitJournal commits the filesystem's running journal transaction: it
+// writes and fsyncs the file at p, which the sysroot does not use.
+func commitJournal(p string) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write([]byte{'.'})
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// after boots the captured disk: replays its journal, checks the
+// invariants, runs the operation again and checks them once more. It
+// returns the number of violations, each reported with t.Errorf.
+func (h *powerHarness) after(op powerOp, where, captured string) int {
+	t := h.t
+	t.Helper()
 	var bad []string
 	if h.fs.fsck != nil {
 		if err := h.fs.fsck(captured); err != nil {
 			bad = append(bad, err.Error())
 		}
 	}
-	m, err = mountImage(t, h.fs, captured, filepath.Join(h.dir, "after"))
+	m, err := mountImage(t, h.fs, captured, filepath.Join(h.dir, "after"))
 	if err != nil {
 		t.Fatalf("%s: the captured disk does not mount: %v", where, err)
 	}
@@ -430,7 +470,7 @@ func (h *powerHarness) cut(op powerOp, k int, delay time.Duration) int {
 	}
 	bad = append(bad, h.check(s, op, false)...)
 	// The boot after the cut: the operation runs again, uninterrupted.
-	cmd, out = h.child(op.name, sysroot, 0)
+	cmd, out := h.child(op.name, sysroot, 0)
 	if err := cmd.Wait(); err != nil {
 		// A cut after the last switch's journal leaves nothing to redo
 		// once the journal is finished: the rerun is refused as not
