@@ -3,6 +3,7 @@ package apply
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 
 	"github.com/peerup/peerup/transfer"
@@ -18,6 +19,9 @@ type swarm struct {
 	sources []Source
 	load    []int
 	dead    []bool
+	// why is the error that put the first source out, for fetches that
+	// then find none left: "not found: …" says more than "none left".
+	why error
 }
 
 func newSwarm(primary Source, extra []Source) *swarm {
@@ -53,7 +57,20 @@ func (w *swarm) done(i int, err error) {
 	// A busy peer is no fault: try it again for later items.
 	if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, transfer.ErrBusy) {
 		w.dead[i] = true
+		if w.why == nil {
+			w.why = err
+		}
 	}
+}
+
+// gone is why no source is left.
+func (w *swarm) gone() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.why != nil {
+		return fmt.Errorf("no source left to fetch from (%w)", w.why)
+	}
+	return errors.New("no source left to fetch from")
 }
 
 // fetch runs f against sources until one succeeds, returning the last
@@ -66,7 +83,7 @@ func (w *swarm) fetch(ctx context.Context, f func(Source) error) error {
 		i, src, ok := w.pick(tried)
 		if !ok {
 			if last == nil {
-				last = errors.New("no source left to fetch from")
+				last = w.gone()
 			}
 			return last
 		}
