@@ -331,7 +331,10 @@ func (r *reporter) run(ctx context.Context) {
 		case <-t.C:
 		}
 		rep := r.build()
-		for _, u := range r.upstream {
+		// A report is traffic like any other: on a metered connection it
+		// goes to servers on the LAN alone.
+		to, _ := r.core.lanOnly(r.upstream)
+		for _, u := range to {
 			if err := r.send(ctx, u, rep); err != nil {
 				r.log.Debug("status report not taken", "server", u, "err", err)
 			}
