@@ -37,3 +37,8 @@ func (p *previewed) take(image string, v uint64) *pulled {
 	}
 	return m
 }
+
+// ForgetPreview drops the metadata the last Preview kept, removing its
+// files from staging: a daemon calls it as it stops, so that a restart
+// does not leave them there.
+func (s *Sysroot) ForgetPreview() { s.previewed.keep(nil) }

@@ -71,6 +71,13 @@ func (f *testFleet) sysrootAt(t *testing.T, v uint64) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.install(t, s, v)
+	return dir
+}
+
+// install pulls version v into s from the fleet's server and switches to it.
+func (f *testFleet) install(t *testing.T, s *apply.Sysroot, v uint64) {
+	t.Helper()
 	kr, _ := manifest.LoadKeyring(f.pub)
 	cl, _ := transfer.NewClient(f.url, nil)
 	if _, err := s.Pull(context.Background(), cl, apply.PullOptions{Version: v, Trust: kr}); err != nil {
@@ -79,7 +86,6 @@ func (f *testFleet) sysrootAt(t *testing.T, v uint64) string {
 	if _, _, err := s.Apply(v); err != nil {
 		t.Fatal(err)
 	}
-	return dir
 }
 
 // watcher collects the updater's signals from a second bus connection.
@@ -558,5 +564,43 @@ func TestDaemonPassesOverAWithdrawnVersion(t *testing.T) {
 	})
 	if p, _ := dialT(t, addr).Props(); p.AvailableVersion != 2 || p.Version != "2" {
 		t.Errorf("with v3 withdrawn, the offer is %+v, want v2", p)
+	}
+}
+
+// TestStoppedDaemonLeavesNoPreviewBehind: a daemon that previewed an offer
+// keeps its manifest and delta index in staging for the fetch; stopped
+// before the fetch, it removes them, so that restarts do not pile them up.
+func TestStoppedDaemonLeavesNoPreviewBehind(t *testing.T) {
+	addr := privateBus(t)
+	f := newTestFleet(t)
+	f.publish(t, 1)
+	sysroot := f.sysrootAt(t, 1)
+	f.publish(t, 2)
+	w := watch(t, addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d, err := Start(ctx, Config{Sysroot: sysroot, Trust: []string{f.pub}, Listen: "127.0.0.1:0", Bus: addr, Policy: "notify", Peers: []string{f.url}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.until(t, "update-available", stateIs(StateUpdateAvailable))
+	staging := d.Sysroot.Repo().Layout().Staging()
+	held := func() []string {
+		ents, _ := os.ReadDir(staging)
+		var names []string
+		for _, e := range ents {
+			if !e.IsDir() {
+				names = append(names, e.Name())
+			}
+		}
+		return names
+	}
+	if len(held()) == 0 {
+		t.Fatal("the preview kept nothing in staging for the fetch")
+	}
+	cancel()
+	d.Wait(ctx)
+	if left := held(); len(left) != 0 {
+		t.Errorf("the stopped daemon left %v in staging", left)
 	}
 }

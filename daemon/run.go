@@ -238,6 +238,9 @@ func (d *Daemon) close() {
 		d.disc.Close()
 	}
 	d.wg.Wait()
+	if d.Sysroot != nil {
+		d.Sysroot.ForgetPreview()
+	}
 	if d.host != nil {
 		d.host.Close()
 	}
