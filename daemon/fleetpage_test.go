@@ -21,8 +21,6 @@ import (
 
 	"github.com/peerup/peerup/apply"
 	"github.com/peerup/peerup/internal/testlan"
-	"github.com/peerup/peerup/manifest"
-	"github.com/peerup/peerup/transfer"
 )
 
 // startSeed runs `peerup daemon --repo` in node 1 of lan and waits until it
@@ -85,14 +83,7 @@ func (f *testFleet) fellBackSysroot(t *testing.T) string {
 	if _, err := s.MarkGood(0); err != nil {
 		t.Fatal(err)
 	}
-	kr, _ := manifest.LoadKeyring(f.pub)
-	cl, _ := transfer.NewClient(f.url, nil)
-	if _, err := s.Pull(context.Background(), cl, apply.PullOptions{Version: 2, Trust: kr}); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := s.Apply(2); err != nil {
-		t.Fatal(err)
-	}
+	f.install(t, s, 2)
 	for range apply.DefaultBootTries + 1 {
 		if _, err := s.Boot("quiet"); err != nil {
 			t.Fatal(err)

@@ -6,8 +6,6 @@ import (
 
 	"github.com/peerup/peerup/apply"
 	"github.com/peerup/peerup/internal/crashpoint"
-	"github.com/peerup/peerup/manifest"
-	"github.com/peerup/peerup/transfer"
 )
 
 // TestDaemonReportsAPendingSwitch: a rollback stopped between its renames
@@ -24,14 +22,7 @@ func TestDaemonReportsAPendingSwitch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kr, _ := manifest.LoadKeyring(f.pub)
-	cl, _ := transfer.NewClient(f.url, nil)
-	if _, err := s.Pull(context.Background(), cl, apply.PullOptions{Version: 2, Trust: kr}); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := s.Apply(2); err != nil {
-		t.Fatal(err)
-	}
+	f.install(t, s, 2)
 	crashpoint.Stop(t, s, "rename previous", func() { s.Rollback() })
 
 	db, err := OpenDB(t.TempDir() + "/state.db")
