@@ -168,27 +168,13 @@ func (f *fleet) stop() {
 
 // follow prints what the fleet does until every laptop runs version v, an
 // image of imageBytes, and returns the most one laptop received.
-func (f *fleet) follow(ctx context.Context, v, imageBytes int) (most int, err error) {
+func (f *fleet) follow(ctx context.Context, v, imageBytes int) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	shown := map[string]int{} // progress quarter shown, per laptop
 	done := map[string]bool{}
 	var fromServer, fetched int
 	var each []int // what each laptop received, metadata included
-	defer func() {
-		if len(done) < laptops || len(each) == 0 {
-			return
-		}
-		slices.Sort(each)
-		most = each[len(each)-1]
-		got := size(each[0])
-		if hi := size(each[len(each)-1]); hi != got {
-			got += " to " + hi
-		}
-		fmt.Printf("   The image is %s. Each laptop received %s of it, signed metadata included\n", size(imageBytes), got)
-		fmt.Printf("   (%.2f%% of the image at most); %s in all, %s of it from the school server, the rest from laptops.\n",
-			100*float64(each[len(each)-1])/float64(imageBytes), size(fetched), size(fromServer))
-	}()
 	for len(done) < laptops {
 		select {
 		case <-ctx.Done():
@@ -235,7 +221,19 @@ func (f *fleet) follow(ctx context.Context, v, imageBytes int) (most int, err er
 			}
 		}
 	}
-	return 0, nil // most is set by the summary above, deferred
+	if len(each) == 0 {
+		return 0, fmt.Errorf("no laptop said what it fetched for version %d", v)
+	}
+	slices.Sort(each)
+	lo, most := size(each[0]), each[len(each)-1]
+	got := lo
+	if hi := size(most); hi != lo {
+		got += " to " + hi
+	}
+	fmt.Printf("   The image is %s. Each laptop received %s of it, signed metadata included\n", size(imageBytes), got)
+	fmt.Printf("   (%.2f%% of the image at most); %s in all, %s of it from the school server, the rest from laptops.\n",
+		100*float64(most)/float64(imageBytes), size(fetched), size(fromServer))
+	return most, nil
 }
 
 // fleetPage reads the school server's fleet table as `peerup fleet` does
